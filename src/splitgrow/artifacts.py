@@ -1,0 +1,103 @@
+"""Writing results so that no file is ever half-written, and recording what produced them.
+
+Every file goes to a temporary name in its destination folder and is renamed into place (an atomic replace on
+POSIX and Windows), so a killed run leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write strict JSON (non-finite floats become null) atomically."""
+    atomic_write_text(path, json.dumps(_finite_or_none(data), indent=1, allow_nan=False) + "\n")
+
+
+def save_figure(figure: Figure, path: Path, *, dpi: int = 120) -> None:
+    """Render a matplotlib figure to PNG and write it atomically."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def run_metadata() -> dict[str, Any]:
+    """Versions, platform and time, recorded with every result."""
+    import matplotlib
+    import numpy
+    import scipy
+    import torch
+
+    from . import __version__
+
+    return {
+        "splitgrow": __version__,
+        "git_commit": _git_commit(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "matplotlib": matplotlib.__version__,
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "command": sys.argv,
+        "utc_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

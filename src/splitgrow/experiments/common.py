@@ -1,0 +1,141 @@
+"""What every experiment shares: seeds, progress reporting, the run loop over seeds, and tables."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from ..artifacts import atomic_write_json, atomic_write_text, run_metadata
+from ..config import config_to_dict
+
+
+def derive_seed(seed: int, *keys: str) -> int:
+    """A 63-bit seed for one purpose (e.g. ``"target"``, ``"method/random_split"``) of a run with this seed.
+
+    Streams for different purposes are independent, and adding a purpose never shifts the others.
+    """
+    digest = hashlib.sha256(":".join([str(seed), *keys]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def make_generator(seed: int, *keys: str) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded with :func:`derive_seed`."""
+    return torch.Generator().manual_seed(derive_seed(seed, *keys))
+
+
+class Reporter:
+    """Progress bars and one-line messages on stderr; silent when ``enabled`` is False."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+
+    def bar(self, total: int, description: str) -> tqdm:
+        return tqdm(
+            total=total,
+            desc=description,
+            unit="it",
+            unit_scale=True,
+            leave=False,
+            disable=not self.enabled,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            tqdm.write(text, file=sys.stderr)
+
+
+def format_number(value: float | None, digits: int = 3) -> str:
+    """Compact scientific notation for tables; '-' for a missing value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits - 1}e}"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured markdown table with columns padded for reading in a terminal too."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |"
+
+    separator = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
+    return "\n".join([line(cells[0]), separator, *(line(row) for row in cells[1:])])
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """An experiment the command line can run.
+
+    Attributes:
+        name: the command-line name (``splitgrow run NAME``).
+        description: one line for listings.
+        config_class: the dataclass of its settings (defaults = the documented default run).
+        run_seed: runs one seed and returns the JSON-ready results (the numbers behind every figure).
+        plot: draws the figures of one seed's results into a folder; returns the files written.
+        summarize: from all seeds' results, a JSON-ready summary and a markdown table.
+    """
+
+    name: str
+    description: str
+    config_class: type
+    run_seed: Callable[[Any, int, Reporter], dict[str, Any]]
+    plot: Callable[[dict[str, Any], Path], list[Path]]
+    summarize: Callable[[list[dict[str, Any]]], tuple[dict[str, Any], str]]
+
+
+def run_experiment(
+    experiment: Experiment,
+    config: Any,
+    seeds: Sequence[int],
+    out_dir: Path,
+    reporter: Reporter,
+) -> tuple[dict[str, Any], str]:
+    """Run an experiment for every seed, writing ``seed-<s>/results.json`` and figures as each seed ends, then
+    ``summary.json``, ``summary.md`` and the ``config.yaml`` that reproduces the run."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_dict = config_to_dict(config)
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config_dict, sort_keys=False))
+    all_results = []
+    for seed in seeds:
+        started = time.perf_counter()
+        results = experiment.run_seed(config, seed, reporter)
+        results = {
+            "experiment": experiment.name,
+            "seed": seed,
+            "config": config_dict,
+            "metadata": run_metadata(),
+            "wall_time_s": time.perf_counter() - started,
+            **results,
+        }
+        seed_dir = out_dir / f"seed-{seed}"
+        atomic_write_json(seed_dir / "results.json", results)
+        experiment.plot(results, seed_dir)
+        reporter.message(f"seed {seed}: results in {seed_dir} ({results['wall_time_s']:.1f} s)")
+        all_results.append(results)
+    summary, table = experiment.summarize(all_results)
+    atomic_write_json(
+        out_dir / "summary.json",
+        {
+            "experiment": experiment.name,
+            "seeds": list(seeds),
+            "config": config_dict,
+            "metadata": run_metadata(),
+            "wall_time_s": sum(r["wall_time_s"] for r in all_results),
+            **summary,
+        },
+    )
+    atomic_write_text(out_dir / "summary.md", table + "\n")
+    return summary, table

@@ -1,0 +1,268 @@
+"""Experiment ``mmd``: compress a sample into a few particles by minimising the MMD (paper Appendix C.1,
+Figures 8 and 9).
+
+1000 points from the mixture 0.2 N(-2, 0.5) + 0.3 N(1, 0.5) + 0.5 N(3, 0.5) (second argument read as the
+variance, as in experiment ``rbf``) are approximated by weighted particles under a Gaussian kernel of bandwidth
+h. Every method starts from one particle drawn from U[-5, -3] and adds one particle every 1000 Adagrad
+iterations (learning rate 0.01), up to ``max_particles``. Weights are never trained:
+
+* splitting and random split halve the parent's weight between the two offspring;
+* new initialisation and gradient boosting (here: kernel herding, the new particle fitted with the old ones
+  frozen) reset every weight to 1/n, which causes the paper's "kicks" in the loss.
+
+Figures: ``trajectories.png`` (Figure 8: particle positions against iteration, dot area proportional to weight)
+and ``log_mmd.png`` (Figure 9: log10 of the squared MMD against iteration).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from ..artifacts import save_figure
+from ..config import require
+from ..growth import (
+    GradientBoosting,
+    GrowableProblem,
+    GrowthMethod,
+    NewInitialization,
+    RandomSplit,
+    SplittingSteepestDescent,
+    run_growth,
+)
+from ..particles import SPLITTING_FORMS, ParticleApproximation
+from .common import Experiment, Reporter, format_number, make_generator, markdown_table
+
+METHODS = ("splitting", "random_split", "new_init", "gradient_boosting")
+LABELS = {
+    "splitting": "splitting (ours)",
+    "random_split": "random split",
+    "new_init": "new initialisation",
+    "gradient_boosting": "gradient boosting (herding)",
+}
+COLORS = {
+    "splitting": "tab:red",
+    "random_split": "tab:blue",
+    "new_init": "tab:green",
+    "gradient_boosting": "tab:orange",
+}
+DTYPE = torch.float64
+
+
+@dataclass
+class MMDConfig:
+    """Settings of the ``mmd`` experiment; the defaults are the paper's (a few seconds on a CPU)."""
+
+    mixture_weights: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.5])
+    mixture_means: list[float] = field(default_factory=lambda: [-2.0, 1.0, 3.0])
+    mixture_variances: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    num_samples: int = 1000
+    #: h of the Gaussian kernel exp(-|a - b|^2 / (2 h^2)) (the paper does not give it)
+    bandwidth: float = 1.0
+    #: the first particle is drawn from U[init_min, init_max]
+    init_min: float = -5.0
+    init_max: float = -3.0
+    #: new particles (new initialisation, herding candidates) are drawn from U[new_min, new_max]
+    new_min: float = -5.0
+    new_max: float = 5.0
+    iterations_per_step: int = 1000
+    learning_rate: float = 0.01
+    max_particles: int = 10
+    #: m_*, the most particles split (or added) per growth step
+    max_splits_per_step: int = 1
+    epsilon: float = 0.1
+    #: lambda_*: split only particles whose index is below it
+    threshold: float = 0.0
+    #: "exact" (kernel form of S) or "random_features"
+    splitting_form: str = "exact"
+    num_features: int = 2000
+    #: herding starts each new particle from the best of this many random candidates
+    boosting_candidates: int = 100
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    record_every: int = 10
+
+    def validate(self) -> None:
+        k = len(self.mixture_weights)
+        require(k >= 1, "mixture_weights must not be empty")
+        require(
+            len(self.mixture_means) == k and len(self.mixture_variances) == k,
+            "mixture_weights, mixture_means and mixture_variances must have the same length",
+        )
+        require(all(w > 0 for w in self.mixture_weights), "mixture_weights must be > 0")
+        require(all(v > 0 for v in self.mixture_variances), "mixture_variances must be > 0")
+        require(self.num_samples >= 1, "num_samples must be >= 1")
+        require(self.bandwidth > 0, "bandwidth must be > 0")
+        require(self.init_min <= self.init_max, "init_min must be <= init_max")
+        require(self.new_min <= self.new_max, "new_min must be <= new_max")
+        require(self.iterations_per_step >= 1, "iterations_per_step must be >= 1")
+        require(self.learning_rate > 0, "learning_rate must be > 0")
+        require(self.max_particles >= 1, "max_particles must be >= 1")
+        require(
+            self.max_splits_per_step >= 1,
+            f"max_splits_per_step (m_*) must be >= 1, got {self.max_splits_per_step}",
+        )
+        require(self.epsilon >= 0, f"epsilon (the split step size) must be >= 0, got {self.epsilon}")
+        require(self.threshold <= 0, f"threshold (lambda_*) must be <= 0, got {self.threshold}")
+        require(
+            self.splitting_form in SPLITTING_FORMS,
+            f"splitting_form must be one of {', '.join(SPLITTING_FORMS)}, got {self.splitting_form!r}",
+        )
+        require(self.num_features >= 1, "num_features must be >= 1")
+        require(self.boosting_candidates >= 1, "boosting_candidates must be >= 1")
+        unknown = [m for m in self.methods if m not in METHODS]
+        require(not unknown, f"unknown method(s) {unknown} in methods; known: {', '.join(METHODS)}")
+        require(bool(self.methods) and len(set(self.methods)) == len(self.methods), "methods must be distinct, >= 1")
+        require(self.record_every >= 1, "record_every must be >= 1")
+
+
+def sample_mixture(config: MMDConfig, generator: torch.Generator) -> Tensor:
+    """``num_samples`` points of the one-dimensional Gaussian mixture, shape (N, 1)."""
+    weights = torch.tensor(config.mixture_weights, dtype=DTYPE)
+    components = torch.multinomial(weights / weights.sum(), config.num_samples, replacement=True, generator=generator)
+    means = torch.tensor(config.mixture_means, dtype=DTYPE)[components]
+    stds = torch.tensor(config.mixture_variances, dtype=DTYPE).sqrt()[components]
+    return (means + stds * torch.randn(config.num_samples, generator=generator, dtype=DTYPE)).unsqueeze(1)
+
+
+def make_problem(config: MMDConfig, targets: Tensor, seed: int) -> ParticleApproximation:
+    generator = make_generator(seed, "initial-particle")
+    first = config.init_min + (config.init_max - config.init_min) * torch.rand((1, 1), generator=generator, dtype=DTYPE)
+    return ParticleApproximation(
+        first,
+        torch.ones(1, dtype=DTYPE),
+        targets,
+        bandwidth=config.bandwidth,
+        learning_rate=config.learning_rate,
+        new_particle_range=(config.new_min, config.new_max),
+        splitting_form=config.splitting_form,
+        num_features=config.num_features,
+        feature_generator=make_generator(seed, "random-features"),
+    )
+
+
+def make_method(name: str, config: MMDConfig) -> GrowthMethod:
+    if name == "splitting":
+        return SplittingSteepestDescent(config.epsilon, config.threshold)
+    if name == "random_split":
+        return RandomSplit(config.epsilon)
+    if name == "new_init":
+        return NewInitialization()
+    if name == "gradient_boosting":
+        return GradientBoosting(config.boosting_candidates)
+    raise ValueError(f"unknown method {name!r}")
+
+
+def run_seed(config: MMDConfig, seed: int, reporter: Reporter) -> dict[str, Any]:
+    """Run every configured method on one seed's sample; returns the JSON-ready results."""
+    targets = sample_mixture(config, make_generator(seed, "data"))
+    runs: dict[str, Any] = {}
+    schedule: list[int] | None = None
+    ordered = [m for m in METHODS if m in config.methods]
+    for name in ordered:
+        problem = make_problem(config, targets, seed)
+        snapshots: dict[str, list] = {"iteration": [], "positions": [], "weights": []}
+
+        def snapshot(iteration: int, loss: float, grown: GrowableProblem, snapshots: dict = snapshots) -> None:
+            snapshots["iteration"].append(iteration)
+            snapshots["positions"].append(grown.particles.detach()[:, 0].tolist())
+            snapshots["weights"].append(grown.weights.tolist())
+
+        with reporter.bar(config.max_particles * config.iterations_per_step, f"seed {seed} {name}") as bar:
+            run = run_growth(
+                problem,
+                make_method(name, config),
+                iterations_per_step=config.iterations_per_step,
+                generator=make_generator(seed, "method", name),
+                max_size=config.max_particles,
+                max_per_step=config.max_splits_per_step,
+                schedule=schedule,
+                record_every=config.record_every,
+                on_progress=bar.update,
+                on_record=snapshot,
+            )
+        if name == "splitting":
+            schedule = run.sizes
+        runs[name] = {
+            **run.to_dict(),
+            "final_log10_mmd2": math.log10(max(run.final_loss, 1e-300)),
+            "final_particles": problem.particles.detach()[:, 0].tolist(),
+            "final_weights": problem.weights.tolist(),
+            "trajectory": snapshots,
+        }
+        reporter.message(
+            f"seed {seed} {name}: {run.final_size} particles, log10 MMD^2 {runs[name]['final_log10_mmd2']:.3f}"
+            f" ({run.stop_reason})"
+        )
+    return {"targets": targets[:, 0].tolist(), "methods": runs}
+
+
+def plot(results: dict[str, Any], directory: Path) -> list[Path]:
+    """Write figures 8 (trajectories) and 9 (log MMD) of one seed's results into ``directory``."""
+    methods = list(results["methods"])
+    figure = Figure(figsize=(4.2 * len(methods), 3.8))
+    axes = figure.subplots(1, len(methods), squeeze=False, sharey=True)[0]
+    for ax, name in zip(axes, methods):
+        trajectory = results["methods"][name]["trajectory"]
+        xs, ys, sizes = [], [], []
+        for iteration, positions, weights in zip(
+            trajectory["iteration"], trajectory["positions"], trajectory["weights"]
+        ):
+            xs.extend([iteration] * len(positions))
+            ys.extend(positions)
+            sizes.extend(weights)
+        ax.scatter(xs, ys, s=40.0 * np.asarray(sizes), color=COLORS[name], alpha=0.5, linewidths=0)
+        ax.set_title(LABELS[name])
+        ax.set_xlabel("iteration")
+    axes[0].set_ylabel("particle position")
+    trajectories = directory / "trajectories.png"
+    save_figure(figure, trajectories)
+
+    figure = Figure(figsize=(6.4, 4.0))
+    ax = figure.subplots()
+    for name in methods:
+        history = results["methods"][name]["history"]
+        values = np.log10(np.maximum(np.asarray(history["loss"]), 1e-300))
+        ax.plot(history["iteration"], values, color=COLORS[name], lw=1.2, label=LABELS[name])
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("log10 MMD^2")
+    ax.legend(fontsize=8)
+    log_mmd = directory / "log_mmd.png"
+    save_figure(figure, log_mmd)
+    return [trajectories, log_mmd]
+
+
+def summarize(all_results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """Final log10 MMD^2 of each method, per seed and averaged over seeds."""
+    methods = [m for m in METHODS if m in all_results[0]["methods"]]
+    rows = []
+    for results in all_results:
+        rows.append(
+            [results["seed"], results["methods"][methods[0]]["final_size"]]
+            + [f"{results['methods'][m]['final_log10_mmd2']:.3f}" for m in methods]
+        )
+    values = {m: [r["methods"][m]["final_log10_mmd2"] for r in all_results] for m in methods}
+    means = {m: float(np.mean(v)) for m, v in values.items()}
+    stds = {m: float(np.std(v)) for m, v in values.items()}
+    rows.append(["mean", ""] + [f"{means[m]:.3f} ± {stds[m]:.3f}" for m in methods])
+    table = markdown_table(["seed", "particles"] + [LABELS[m] for m in methods], rows)
+    table = "Final log10 MMD^2 (lower is better)\n\n" + table
+    best = min(means, key=means.get)
+    table += f"\n\nLowest mean: {LABELS[best]} ({format_number(10 ** means[best])} in MMD^2)."
+    return {"final_log10_mmd2": values, "mean": means, "std": stds}, table
+
+
+EXPERIMENT = Experiment(
+    name="mmd",
+    description="MMD particle compression (paper Appendix C.1, Figures 8-9): splitting vs. baselines",
+    config_class=MMDConfig,
+    run_seed=run_seed,
+    plot=plot,
+    summarize=summarize,
+)

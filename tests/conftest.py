@@ -1,0 +1,44 @@
+"""Shared fixtures: mathematics is checked in float64, and every random draw comes from a seeded generator."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from splitgrow.neurons import RidgeNeuron
+from splitgrow.shallow import ShallowNetwork, ShallowRegression
+
+DTYPE = torch.float64
+
+#: Every activation with a genuine second derivative (the ones splitting can use).
+SMOOTH_ACTIVATIONS = ["softplus", "sigmoid", "tanh", "gaussian", "cosine", "silu", "gelu"]
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    return torch.Generator().manual_seed(1234)
+
+
+def random_regression(
+    generator: torch.Generator,
+    *,
+    activation: str = "tanh",
+    neurons: int = 5,
+    input_dim: int = 2,
+    outputs: int | None = None,
+    samples: int = 64,
+) -> ShallowRegression:
+    """A random one-hidden-layer regression problem in float64 (not at a stationary point)."""
+    theta = torch.randn((neurons, input_dim + 1), generator=generator, dtype=DTYPE)
+    weight_shape = (neurons,) if outputs is None else (neurons, outputs)
+    weights = torch.randn(weight_shape, generator=generator, dtype=DTYPE)
+    network = ShallowNetwork(RidgeNeuron(activation), theta, weights)
+    x = torch.randn((samples, input_dim), generator=generator, dtype=DTYPE)
+    target_shape = (samples,) if outputs is None else (samples, outputs)
+    y = torch.randn(target_shape, generator=generator, dtype=DTYPE)
+    return ShallowRegression(network, x, y)
+
+
+def random_unit_vector(dim: int, generator: torch.Generator) -> torch.Tensor:
+    v = torch.randn(dim, generator=generator, dtype=DTYPE)
+    return v / v.norm()
