@@ -1,3 +1,63 @@
-"""splitgrow: grow neural networks by splitting steepest descent."""
+"""splitgrow: grow neural networks by splitting steepest descent (Liu, Wu & Wang, NeurIPS 2019).
+
+The main entry points, importable from the package itself:
+
+* neurons and their splitting matrices: :class:`RidgeNeuron`, :class:`FunctionalNeuron`;
+* indexes and directions: :func:`dense_eigenpairs`; selection: :func:`select_neurons`;
+* one-hidden-layer models: :class:`ShallowNetwork`, :class:`ShallowRegression`;
+* growth: :func:`run_growth` with :class:`SplittingSteepestDescent` or a baseline
+  (:class:`RandomSplit`, :class:`Net2Net`, :class:`NewInitialization`, :class:`GradientBoosting`),
+  and :func:`train_from_scratch`.
+"""
+
+from .activations import Activation, get_activation, relu_with_softplus_surrogate
+from .errors import ConfigError, DivergenceError, SplitgrowError
+from .growth import (
+    GradientBoosting,
+    GrowableProblem,
+    GrowthEvent,
+    GrowthMethod,
+    GrowthRun,
+    Net2Net,
+    NewInitialization,
+    RandomSplit,
+    SplittingSteepestDescent,
+    run_growth,
+    train_from_scratch,
+)
+from .neurons import FunctionalNeuron, Neuron, RidgeNeuron
+from .particles import ParticleApproximation
+from .selection import select_neurons
+from .shallow import ShallowNetwork, ShallowRegression
+from .solvers import SplittingEigenpairs, dense_eigenpairs
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Activation",
+    "ConfigError",
+    "DivergenceError",
+    "FunctionalNeuron",
+    "GradientBoosting",
+    "GrowableProblem",
+    "GrowthEvent",
+    "GrowthMethod",
+    "GrowthRun",
+    "Net2Net",
+    "Neuron",
+    "NewInitialization",
+    "ParticleApproximation",
+    "RandomSplit",
+    "RidgeNeuron",
+    "ShallowNetwork",
+    "ShallowRegression",
+    "SplitgrowError",
+    "SplittingEigenpairs",
+    "SplittingSteepestDescent",
+    "dense_eigenpairs",
+    "get_activation",
+    "relu_with_softplus_surrogate",
+    "run_growth",
+    "select_neurons",
+    "train_from_scratch",
+]

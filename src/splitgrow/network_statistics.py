@@ -1,0 +1,384 @@
+"""Splitting matrices, indexes and splitting gradients of every site of a network, from one pass over data.
+
+Forward hooks record, for each site, the producer's input (unfolded into patches for a convolution, with the
+constant 1 of the bias), the activation's input u and output a; one ``torch.autograd.grad`` call then gives
+g = dL/da for every site at once, without touching the parameters' ``.grad``. With an eval-mode BatchNorm between
+the producer and the activation (scale s = gamma / sqrt(running_var + eps)),
+
+    S_j = sum_p c[p, j] h_p h_p^T,   c = g * phi''(u) * s^2                               (MATH.md)
+
+accumulated over batches (each batch's loss is a mean, so batch b is weighted by its size over the total). For a
+site feeding a depthwise block (producer -> BN -> phi1 -> depthwise conv k -> BN2 -> phi2), whose offspring pass
+separately through phi2, the exact splitting matrix adds
+
+    sum_q c2[q, j] J_q J_q^T,   c2 = g2 * phi2''(u2) * s2^2,   J = k_j * (phi1'(u1) s1 h)   (a depthwise conv)
+
+The model is put in eval mode for the pass (BatchNorm with running statistics, dropout off) and restored after.
+Memory: the hooks keep one batch of activations, as a training step does; the matrices are accumulated in chunks
+of neurons so that no temporary exceeds ``max_temporary_elements``; the result holds n * d^2 numbers per site.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .activations import activation_of_module
+from .graph import ChannelGraph, Site
+from .solvers import dense_eigenpairs
+from .statistics import DEFAULT_MAX_TEMPORARY_ELEMENTS, ridge_splitting_matrices
+
+LossFunction = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class SiteSplitting:
+    """Splitting indexes and gradients of one site.
+
+    Attributes:
+        site: the producer module's name.
+        indexes: (n,) lambda_min of each output channel.
+        directions: (n, d) unit splitting gradients; entries follow the flattened weight row, then the bias.
+        exact: whether eps^2/2 * lambda is the exact second-order loss change (see ChannelGraph).
+        surrogate: the phi'' surrogate used (ReLU networks), or None.
+        matrices: the (n, d, d) splitting matrices when requested.
+    """
+
+    site: str
+    indexes: Tensor
+    directions: Tensor
+    exact: bool
+    surrogate: str | None = None
+    matrices: Tensor | None = None
+
+
+def _batch_norm_scale(module: nn.Module | None, channels: int, like: Tensor) -> Tensor:
+    if module is None:
+        return torch.ones(channels, dtype=like.dtype, device=like.device)
+    return (module.weight / torch.sqrt(module.running_var + module.eps)).detach().to(like)
+
+
+def _broadcast(vector: Tensor, like: Tensor) -> Tensor:
+    shape = [1, -1] + [1] * (like.dim() - 2)
+    return vector.view(shape)
+
+
+def conv_patches(module: nn.Conv2d, inputs: Tensor) -> Tensor:
+    """Unfolded input patches of a Conv2d, shape (N, in_channels * kh * kw, L), L output positions."""
+    return F.unfold(inputs, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+
+
+def _with_bias_column(rows: Tensor, bias: bool) -> Tensor:
+    if not bias:
+        return rows
+    return torch.cat([rows, torch.ones_like(rows[..., :1])], dim=-1)
+
+
+def _per_position_rows(values: Tensor) -> Tensor:
+    """(N, C, *spatial) -> (N * positions, C)."""
+    if values.dim() == 2:
+        return values
+    return values.flatten(2).transpose(1, 2).reshape(-1, values.shape[1])
+
+
+def _neuron_inputs(module: nn.Module, inputs: Tensor) -> list[tuple[slice, Tensor]]:
+    """For each group of output channels sharing their inputs: (channel slice, (P, d) input rows)."""
+    bias = module.bias is not None
+    if isinstance(module, nn.Linear):
+        return [(slice(0, module.out_features), _with_bias_column(inputs, bias))]
+    patches = conv_patches(module, inputs)  # (N, C_in * k, L)
+    groups = module.groups
+    per_group_in = module.in_channels // groups
+    per_group_out = module.out_channels // groups
+    kernel = module.kernel_size[0] * module.kernel_size[1]
+    rows = []
+    for group in range(groups):
+        block = patches[:, group * per_group_in * kernel : (group + 1) * per_group_in * kernel]
+        flat = block.transpose(1, 2).reshape(-1, per_group_in * kernel)
+        rows.append((slice(group * per_group_out, (group + 1) * per_group_out), _with_bias_column(flat, bias)))
+    return rows
+
+
+def _site_matrices(
+    site: Site,
+    module: nn.Module,
+    producer_input: Tensor,
+    coefficients: Tensor,
+    dtype: torch.dtype,
+    max_temporary_elements: int,
+) -> Tensor:
+    """sum_p c[p, j] h_p h_p^T for one batch, grouped convolutions handled group by group."""
+    coefficient_rows = _per_position_rows(coefficients).to(dtype)
+    out = torch.zeros((site.num_neurons, site.neuron_dim, site.neuron_dim), dtype=dtype, device=coefficients.device)
+    if site.kind == "depthwise":
+        patches = conv_patches(module, producer_input)  # (N, C * k, L)
+        n, kernel = site.num_neurons, module.kernel_size[0] * module.kernel_size[1]
+        rows = patches.view(patches.shape[0], n, kernel, -1).permute(0, 3, 1, 2).reshape(-1, n, kernel)
+        rows = _with_bias_column(rows, module.bias is not None).to(dtype)  # (P, n, d)
+        chunk = max(1, max_temporary_elements // max(1, rows.shape[0] * site.neuron_dim))
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            part = rows[:, start:stop]
+            weighted = part * coefficient_rows[:, start:stop, None]
+            out[start:stop] = torch.einsum("pnd,pne->nde", weighted, part)
+        return out
+    for channels, rows in _neuron_inputs(module, producer_input):
+        out[channels] = ridge_splitting_matrices(
+            rows.to(dtype), coefficient_rows[:, channels], max_temporary_elements=max_temporary_elements
+        )
+    return out
+
+
+def _depthwise_correction(
+    module: nn.Module,
+    producer_input: Tensor,
+    first_slope: Tensor,
+    depthwise: nn.Conv2d,
+    second_coefficients: Tensor,
+    dtype: torch.dtype,
+    max_temporary_elements: int,
+) -> Tensor:
+    """sum_q c2[q, j] J_q J_q^T with J = depthwise_j * (phi1'(u1) s1 h) for every channel j of a site.
+
+    ``first_slope`` is phi1'(u1) * s1 with shape (N, n, H1, W1); ``second_coefficients`` is
+    g2 * phi2''(u2) * s2^2 with shape (N, n, H2, W2).
+    """
+    batch, n, height, width = first_slope.shape
+    if isinstance(module, nn.Linear):
+        raise AssertionError("a depthwise block follows convolutions only")
+    field = conv_patches(module, producer_input).view(batch, -1, height, width)  # (N, d0, H1, W1)
+    if module.bias is not None:
+        field = torch.cat([field, torch.ones_like(field[:, :1])], dim=1)
+    field = field.to(dtype)
+    dim = field.shape[1]
+    slope = first_slope.to(dtype)
+    kernels = depthwise.weight.detach().to(dtype)  # (n, 1, kh, kw)
+    coefficients = second_coefficients.to(dtype)
+    out = torch.zeros((n, dim, dim), dtype=dtype, device=first_slope.device)
+    positions = second_coefficients.shape[2] * second_coefficients.shape[3]
+    chunk = max(1, max_temporary_elements // max(1, batch * dim * max(height * width, positions)))
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        size = stop - start
+        signal = (slope[:, start:stop, None] * field[:, None]).reshape(batch, size * dim, height, width)
+        weight = kernels[start:stop].repeat_interleave(dim, dim=0)  # (size * d, 1, kh, kw)
+        jacobian = F.conv2d(
+            signal,
+            weight,
+            stride=depthwise.stride,
+            padding=depthwise.padding,
+            dilation=depthwise.dilation,
+            groups=size * dim,
+        )  # (N, size * d, H2, W2)
+        jacobian = jacobian.view(batch, size, dim, -1).permute(0, 3, 1, 2).reshape(-1, size, dim)  # (P2, size, d)
+        weights = coefficients[:, start:stop].flatten(2).transpose(1, 2).reshape(-1, size)  # (P2, size)
+        out[start:stop] = torch.einsum("pnd,pn,pne->nde", jacobian, weights, jacobian)
+    return out
+
+
+class _Recorder:
+    """Forward hooks that keep the tensors the splitting matrices need, for one batch at a time."""
+
+    def __init__(self, model: nn.Module, graph: ChannelGraph, sites: Sequence[Site]) -> None:
+        self.values: dict[str, Tensor] = {}
+        self.handles = []
+        modules = dict(model.named_modules())
+        wanted_inputs: set[str] = set()
+        wanted_activations: set[str] = set()
+        for site in sites:
+            wanted_inputs.add(site.name)
+            wanted_activations.add(site.activation_module)
+            if site.depthwise_chain is not None:
+                wanted_activations.add(site.depthwise_chain[2])
+        for name in wanted_inputs:
+            self.handles.append(modules[name].register_forward_hook(self._keep_input(name)))
+        for name in wanted_activations:
+            self.handles.append(modules[name].register_forward_hook(self._keep_activation(name)))
+
+    def _keep_input(self, name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            self.values[f"{name}:input"] = inputs[0].detach()
+
+        return hook
+
+    def _keep_activation(self, name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            self.values[f"{name}:pre"] = inputs[0].detach()
+            self.values[f"{name}:out"] = output
+
+        return hook
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.values.clear()
+
+
+def _batches(data: Iterable, batches: int | None) -> Iterable:
+    for count, batch in enumerate(data):
+        if batches is not None and count >= batches:
+            return
+        yield batch
+
+
+def splitting_matrices(
+    model: nn.Module,
+    graph: ChannelGraph,
+    data: Iterable[tuple[Tensor, Tensor]],
+    loss_function: LossFunction,
+    *,
+    sites: Sequence[str] | None = None,
+    batches: int | None = None,
+    dtype: torch.dtype = torch.float64,
+    max_temporary_elements: int = DEFAULT_MAX_TEMPORARY_ELEMENTS,
+    progress: bool = False,
+) -> dict[str, Tensor]:
+    """The (n, d, d) splitting matrix of every output channel of every site, over (a part of) a dataset.
+
+    Args:
+        model: the network the graph was built from.
+        graph: its :class:`ChannelGraph`.
+        data: an iterable of (inputs, targets) batches, e.g. a DataLoader.
+        loss_function: ``loss_function(model(inputs), targets)``, a mean over the batch (the loss as trained).
+        sites: names of the sites to compute (default: all).
+        batches: use only the first this many batches.
+        dtype: accumulation dtype (float64 by default).
+        max_temporary_elements: memory bound on temporaries (see :mod:`splitgrow.statistics`).
+        progress: show a progress bar.
+    """
+    chosen = [graph.sites[name] for name in (sites if sites is not None else graph.sites)]
+    if not chosen:
+        return {}
+    modules = dict(model.named_modules())
+    device = next(model.parameters()).device
+    totals: dict[str, Tensor] = {}
+    count = 0
+    recorder = _Recorder(model, graph, chosen)
+    was_training = model.training
+    model.eval()
+    iterator = _batches(data, batches)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, total=batches, desc="splitting statistics", unit="batch", leave=False)
+    try:
+        for inputs, targets in iterator:
+            inputs, targets = inputs.to(device), targets.to(device)
+            loss = loss_function(model(inputs), targets)
+            activation_names = sorted({name.rsplit(":", 1)[0] for name in recorder.values if name.endswith(":out")})
+            outputs = [recorder.values[f"{name}:out"] for name in activation_names]
+            if any(not output.requires_grad for output in outputs):
+                raise ValueError("an activation output does not require grad; are the model's parameters frozen?")
+            gradients = dict(zip(activation_names, torch.autograd.grad(loss, outputs, allow_unused=True)))
+            size = inputs.shape[0]
+            count += size
+            for site in chosen:
+                contribution = _batch_contribution(
+                    site, modules, recorder.values, gradients, dtype, max_temporary_elements
+                )
+                if site.name in totals:
+                    totals[site.name] += size * contribution
+                else:
+                    totals[site.name] = size * contribution
+            recorder.values.clear()
+    finally:
+        recorder.close()
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("the data gave no batches")
+    return {name: total / count for name, total in totals.items()}
+
+
+def _batch_contribution(
+    site: Site,
+    modules: dict[str, nn.Module],
+    values: dict[str, Tensor],
+    gradients: dict[str, Tensor | None],
+    dtype: torch.dtype,
+    max_temporary_elements: int,
+) -> Tensor:
+    module = modules[site.name]
+    producer_input = values[f"{site.name}:input"]
+    pre = values[f"{site.activation_module}:pre"]
+    gradient = gradients[site.activation_module]
+    if gradient is None:
+        gradient = torch.zeros_like(pre)
+    batch_norm = modules[site.batch_norm] if site.batch_norm else None
+    scale = _broadcast(_batch_norm_scale(batch_norm, site.num_neurons, pre), pre)
+    coefficients = gradient * site.activation.d2phi(pre) * scale**2
+    matrices = _site_matrices(site, module, producer_input, coefficients, dtype, max_temporary_elements)
+    if site.depthwise_chain is not None:
+        depthwise_name, second_norm_name, second_activation_name = site.depthwise_chain
+        second_activation = activation_of_module(modules[second_activation_name])
+        second_pre = values[f"{second_activation_name}:pre"]
+        second_gradient = gradients[second_activation_name]
+        if second_gradient is None:
+            second_gradient = torch.zeros_like(second_pre)
+        second_norm = modules[second_norm_name] if second_norm_name else None
+        second_scale = _broadcast(_batch_norm_scale(second_norm, site.num_neurons, second_pre), second_pre)
+        second_coefficients = second_gradient * second_activation.d2phi(second_pre) * second_scale**2
+        first_slope = site.activation.dphi(pre) * scale
+        matrices += _depthwise_correction(
+            module,
+            producer_input,
+            first_slope,
+            modules[depthwise_name],
+            second_coefficients,
+            dtype,
+            max_temporary_elements,
+        )
+    return matrices
+
+
+def splitting_eigenpairs(
+    model: nn.Module,
+    graph: ChannelGraph,
+    data: Iterable[tuple[Tensor, Tensor]],
+    loss_function: LossFunction,
+    *,
+    sites: Sequence[str] | None = None,
+    batches: int | None = None,
+    dtype: torch.dtype = torch.float64,
+    keep_matrices: bool = False,
+    max_temporary_elements: int = DEFAULT_MAX_TEMPORARY_ELEMENTS,
+    progress: bool = False,
+) -> dict[str, SiteSplitting]:
+    """Splitting indexes and gradients of every site: one pass over the data, then a dense batched ``eigh``.
+
+    Same arguments as :func:`splitting_matrices`; ``keep_matrices`` also returns the matrices.
+    """
+    matrices = splitting_matrices(
+        model,
+        graph,
+        data,
+        loss_function,
+        sites=sites,
+        batches=batches,
+        dtype=dtype,
+        max_temporary_elements=max_temporary_elements,
+        progress=progress,
+    )
+    results = {}
+    for name, site_matrices in matrices.items():
+        site = graph.sites[name]
+        eigenpairs = dense_eigenpairs(site_matrices)
+        results[name] = SiteSplitting(
+            site=name,
+            indexes=eigenpairs.indexes,
+            directions=eigenpairs.directions,
+            exact=site.exact,
+            surrogate=site.activation.surrogate,
+            matrices=site_matrices if keep_matrices else None,
+        )
+    return results
+
+
+def memory_estimate(graph: ChannelGraph, dtype: torch.dtype = torch.float64) -> dict[str, int]:
+    """Bytes of the dense splitting matrices of each site (n * d^2 entries)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    return {name: site.num_neurons * site.neuron_dim**2 * size for name, site in graph.sites.items()}
+
