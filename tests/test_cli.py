@@ -177,3 +177,50 @@ def test_console_script_entry_point(tmp_path):
         [sys.executable, "-m", "splitgrow.cli", "list"], capture_output=True, text=True, check=True
     )
     assert "rbf" in listing.stdout and "mmd" in listing.stdout
+
+
+def test_inspect_lists_sites_costs_and_indexes(tmp_path):
+    result = invoke(
+        "inspect",
+        "--model",
+        "dscnn",
+        "--width",
+        "4",
+        "--data",
+        "random",
+        "--samples",
+        "16",
+        "--json",
+        str(tmp_path / "sites.json"),
+    )
+    assert result.exit_code == 0, result.output
+    assert "blocks.0.pointwise.0" in result.stdout and "with depthwise correction" in result.stdout
+    assert "dscnn at width 4: 11 sites, 44 neurons" in result.stdout
+    table = json.loads((tmp_path / "sites.json").read_text())
+    sites = [row for row in table["sites"] if row["kind"] != "-"]
+    assert len(sites) == 11 and all("min_index" in row and row["split_parameters"] > 0 for row in sites)
+    assert table["totals"]["parameters"] > 0 and table["totals"]["flops"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["inspect", "--model", "lenet"], "unknown model 'lenet'"),
+        (["inspect", "--model", "vgg19", "--width", "0"], "--width must be >= 1"),
+        (["inspect", "--model", "vgg19", "--data", "cifar"], "--data must be 'random'"),
+    ],
+)
+def test_inspect_errors(args, message):
+    result = invoke(*args)
+    assert result.exit_code == 2 and message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_parallel_seeds_give_the_sequential_numbers(tmp_path):
+    config = str(tiny_config(tmp_path, TINY_MMD))
+    for name, jobs in (("sequential", "1"), ("parallel", "2")):
+        result = invoke("run", "mmd", "--config", config, "--seeds", "2", "--jobs", jobs, "--out", str(tmp_path / name), "-q")
+        assert result.exit_code == 0, result.output
+    for seed in (0, 1):
+        sequential = json.loads((tmp_path / "sequential" / f"seed-{seed}" / "results.json").read_text())
+        parallel = json.loads((tmp_path / "parallel" / f"seed-{seed}" / "results.json").read_text())
+        assert numbers(parallel) == numbers(sequential)

@@ -71,6 +71,7 @@ def run(
         list[str] | None,
         typer.Option("--set", help="Override one setting, KEY=VALUE (YAML syntax); repeatable."),
     ] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Run seeds in this many processes.")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")] = False,
 ) -> None:
     """Run an experiment: results.json and PNG figures per seed, then summary.json, summary.md and a table."""
@@ -83,13 +84,17 @@ def run(
         fail(f"--seeds must be >= 1, got {seeds}")
     if seed < 0:
         fail(f"--seed must be >= 0, got {seed}")
+    if jobs < 1:
+        fail(f"--jobs must be >= 1, got {jobs}")
     spec = known[experiment]
     try:
         settings = load_config(spec.config_class, config, parse_overrides(overrides or []))
         out_dir = out if out is not None else Path("runs") / experiment
         if out_dir.exists() and not out_dir.is_dir():
             fail(f"--out {out_dir} exists and is not a folder")
-        _, table = run_experiment(spec, settings, list(range(seed, seed + seeds)), out_dir, Reporter(not quiet))
+        _, table = run_experiment(
+            spec, settings, list(range(seed, seed + seeds)), out_dir, Reporter(not quiet), jobs=jobs
+        )
     except SplitgrowError as error:
         fail(str(error))
     except KeyboardInterrupt:
@@ -97,6 +102,80 @@ def run(
         raise typer.Exit(130) from None
     typer.echo(table)
     typer.echo(f"\nresults: {out_dir}/summary.json, {out_dir}/seed-*/results.json and figures")
+
+
+@app.command()
+def inspect(
+    model: Annotated[str, typer.Option("--model", help="Zoo model: mlp, vgg19, mobilenetv1, dscnn, resnet, concat.")],
+    width: Annotated[int, typer.Option("--width", help="Width of every layer (see splitgrow.models).")] = 16,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Also compute splitting indexes on data: 'random' (random inputs and labels)."),
+    ] = None,
+    samples: Annotated[int, typer.Option("--samples", help="Samples used for the indexes.")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for the indexes.")] = 64,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the weights and the random data.")] = 0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the table as JSON.")] = None,
+) -> None:
+    """Print a zoo model's splittable sites: neurons, parameters, FLOPs, split costs and (with --data) indexes."""
+    import torch
+
+    from .artifacts import atomic_write_json
+    from .experiments.common import format_number, markdown_table
+    from .inspection import site_table
+    from .models import build_model, uniform_widths
+    from .network import SplittableNetwork
+
+    if width < 1:
+        fail(f"--width must be >= 1, got {width}")
+    if data not in (None, "random"):
+        fail(f"--data must be 'random' (real datasets come with `splitgrow run images`), got {data!r}")
+    if samples < 1 or batch_size < 1:
+        fail("--samples and --batch-size must be >= 1")
+    try:
+        torch.manual_seed(seed)
+        network = build_model(model, **uniform_widths(model, width))
+        example = network.example_input(2)
+        net = SplittableNetwork(network, example)
+        results = None
+        if data == "random":
+            generator = torch.Generator().manual_seed(seed)
+            classes = network.config()["num_classes"]
+            inputs = torch.randn((samples, *example.shape[1:]), generator=generator)
+            targets = torch.randint(0, classes, (samples,), generator=generator)
+            batches = [(inputs[i : i + batch_size], targets[i : i + batch_size]) for i in range(0, samples, batch_size)]
+            results = net.splitting(batches, torch.nn.functional.cross_entropy, progress=True)
+        rows, totals = site_table(net.graph, example, results)
+    except SplitgrowError as error:
+        fail(str(error))
+    headers = ["site", "kind", "neurons", "d", "params", "FLOPs", "split +params", "split +FLOPs", "exact"]
+    keys = ["site", "kind", "neurons", "neuron_dim", "parameters", "flops", "split_parameters", "split_flops", "exact"]
+    if results is not None:
+        headers += ["min index", "negative"]
+        keys += ["min_index", "negative"]
+    headers.append("note")
+    keys.append("note")
+    table_rows = []
+    for row in rows:
+        cells = []
+        for key in keys:
+            value = row.get(key)
+            if key == "min_index":
+                cells.append(format_number(value))
+            elif value is None:
+                cells.append("-")
+            elif isinstance(value, bool):
+                cells.append("yes" if value else "no")
+            else:
+                cells.append(str(value))
+        table_rows.append(cells)
+    typer.echo(markdown_table(headers, table_rows))
+    typer.echo(
+        f"\n{model} at width {width}: {len(net.sites)} sites, {sum(net.widths().values())} neurons, "
+        f"{totals['parameters']:,} parameters, {totals['flops']:,} FLOPs per sample"
+    )
+    if json_path is not None:
+        atomic_write_json(json_path, {"model": model, "width": width, "sites": rows, "totals": totals})
 
 
 def main() -> None:

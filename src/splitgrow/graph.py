@@ -356,7 +356,10 @@ class ChannelGraph:
         if source is None or out is None or source_shape is None:
             self._block([out, source], f"'{node.name}' flattens a tensor splitgrow does not follow")
             return
-        if len(source_shape) == 4 and out_shape == (source_shape[0], source_shape[1] * source_shape[2] * source_shape[3]):
+        if len(source_shape) == 4 and out_shape == (
+            source_shape[0],
+            source_shape[1] * source_shape[2] * source_shape[3],
+        ):
             self._link(source, out, "to_features", block=source_shape[2] * source_shape[3])
         elif out_shape == source_shape:
             self._link(source, out, "identity")
@@ -451,6 +454,8 @@ class ChannelGraph:
                 return batch_norm, None, "its BatchNorm output has several users before any activation"
         if current.op == "call_module" and isinstance(self.modules[current.target], _ACTIVATION_MODULES):
             return batch_norm, current, ""
+        if current.op == "output":
+            return batch_norm, None, "its output is the model's output, not an activation's input"
         if current.op == "call_module" and isinstance(self.modules[current.target], nn.Module):
             what = f"module '{current.target}' ({type(self.modules[current.target]).__name__})"
         else:

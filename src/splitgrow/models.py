@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -445,6 +446,6 @@ def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[Zo
         model = build_model(description["architecture"], **description["config"])
         state = torch.load(weights_path, map_location=map_location, weights_only=True)
         model.load_state_dict(state)
-    except (json.JSONDecodeError, KeyError, TypeError, RuntimeError, EOFError) as error:
+    except (json.JSONDecodeError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
         raise SplitgrowError(f"{path}: not a valid saved splitgrow model ({type(error).__name__}: {error})") from None
     return model, description.get("history", [])

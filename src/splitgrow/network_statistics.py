@@ -381,4 +381,3 @@ def memory_estimate(graph: ChannelGraph, dtype: torch.dtype = torch.float64) -> 
     """Bytes of the dense splitting matrices of each site (n * d^2 entries)."""
     size = torch.empty((), dtype=dtype).element_size()
     return {name: site.num_neurons * site.neuron_dim**2 * size for name, site in graph.sites.items()}
-

@@ -159,7 +159,7 @@ def _new_order(size: int, units: list[_Unit]) -> tuple[Tensor, dict[int, _Unit],
     return torch.tensor(order, dtype=torch.long), originals, copies
 
 
-def _parameters_along(module: nn.Module, dim: int) -> list[tuple[str, Tensor, int]]:
+def parameters_along(module: nn.Module, dim: int) -> list[tuple[str, Tensor, int]]:
     """(name, tensor, dimension) of every parameter or buffer of ``module`` indexed by its dim 0 (outputs) or
     dim 1 (inputs)."""
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -255,7 +255,7 @@ def split_network(
     column_maps: dict[str, tuple[Tensor, set[int]]] = {}
     for (module_name, dim), units in sorted(plan.items(), key=lambda item: -item[0][1]):
         module = modules[module_name]
-        tensors = _parameters_along(module, dim)
+        tensors = parameters_along(module, dim)
         size = tensors[0][1].shape[tensors[0][2]]
         order, originals, copies = _new_order(size, units)
         roles = {position: unit.role for position, unit in {**originals, **copies}.items()}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,9 @@ class Experiment:
         run_seed: runs one seed and returns the JSON-ready results (the numbers behind every figure).
         plot: draws the figures of one seed's results into a folder; returns the files written.
         summarize: from all seeds' results, a JSON-ready summary and a markdown table.
+        threads: torch CPU threads while it runs (None: leave torch's setting). The toy experiments use 1: their
+            tensors are so small that a second thread only adds synchronisation, and much more of it when the
+            machine is busy with anything else.
     """
 
     name: str
@@ -94,6 +98,43 @@ class Experiment:
     run_seed: Callable[[Any, int, Reporter], dict[str, Any]]
     plot: Callable[[dict[str, Any], Path], list[Path]]
     summarize: Callable[[list[dict[str, Any]]], tuple[dict[str, Any], str]]
+    threads: int | None = None
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run with ``count`` torch CPU threads, restoring the previous setting after."""
+    if count is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_one_seed(experiment: Experiment, config: Any, seed: int, reporter: Reporter) -> dict[str, Any]:
+    started = time.perf_counter()
+    with torch_threads(experiment.threads):
+        results = experiment.run_seed(config, seed, reporter)
+        metadata = run_metadata()
+    return {
+        "experiment": experiment.name,
+        "seed": seed,
+        "config": config_to_dict(config),
+        "metadata": metadata,
+        "wall_time_s": time.perf_counter() - started,
+        **results,
+    }
+
+
+def _run_in_worker(name: str, config: Any, seed: int) -> dict[str, Any]:
+    """A seed in a worker process (looked up by name: experiments hold functions, which do not pickle)."""
+    from . import experiments
+
+    return _run_one_seed(experiments()[name], config, seed, Reporter(False))
 
 
 def run_experiment(
@@ -102,29 +143,37 @@ def run_experiment(
     seeds: Sequence[int],
     out_dir: Path,
     reporter: Reporter,
+    *,
+    jobs: int = 1,
 ) -> tuple[dict[str, Any], str]:
     """Run an experiment for every seed, writing ``seed-<s>/results.json`` and figures as each seed ends, then
-    ``summary.json``, ``summary.md`` and the ``config.yaml`` that reproduces the run."""
+    ``summary.json``, ``summary.md`` and the ``config.yaml`` that reproduces the run.
+
+    With ``jobs`` > 1, seeds run in that many worker processes; every seed's numbers are the same as in a
+    sequential run (each seed has its own random streams and runs single-threaded when the experiment says so).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     config_dict = config_to_dict(config)
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config_dict, sort_keys=False))
-    all_results = []
-    for seed in seeds:
-        started = time.perf_counter()
-        results = experiment.run_seed(config, seed, reporter)
-        results = {
-            "experiment": experiment.name,
-            "seed": seed,
-            "config": config_dict,
-            "metadata": run_metadata(),
-            "wall_time_s": time.perf_counter() - started,
-            **results,
-        }
-        seed_dir = out_dir / f"seed-{seed}"
+
+    def finish(results: dict[str, Any]) -> dict[str, Any]:
+        seed_dir = out_dir / f"seed-{results['seed']}"
         atomic_write_json(seed_dir / "results.json", results)
         experiment.plot(results, seed_dir)
-        reporter.message(f"seed {seed}: results in {seed_dir} ({results['wall_time_s']:.1f} s)")
-        all_results.append(results)
+        reporter.message(f"seed {results['seed']}: results in {seed_dir} ({results['wall_time_s']:.1f} s)")
+        return results
+
+    if jobs > 1 and len(seeds) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        reporter.message(f"running {len(seeds)} seeds in {min(jobs, len(seeds))} processes")
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(jobs, len(seeds)), mp_context=context) as pool:
+            futures = [pool.submit(_run_in_worker, experiment.name, config, seed) for seed in seeds]
+            all_results = [finish(future.result()) for future in futures]
+    else:
+        all_results = [finish(_run_one_seed(experiment, config, seed, reporter)) for seed in seeds]
     summary, table = experiment.summarize(all_results)
     atomic_write_json(
         out_dir / "summary.json",

@@ -265,4 +265,5 @@ EXPERIMENT = Experiment(
     run_seed=run_seed,
     plot=plot,
     summarize=summarize,
+    threads=1,
 )

@@ -1,0 +1,133 @@
+"""Cost of the splitting phase on the zoo models, against one training epoch over the same samples.
+
+For each model at a small width: its sites and neurons, the time to compute every splitting index (hook
+statistics in float64 + dense batched eigh) over N samples, and the time of one training epoch (SGD with
+Nesterov momentum, batch 64) over the same N samples, measured side by side in one run. Random inputs of the
+model's shape are enough for timing. Writes JSON and a markdown table.
+
+    python benchmarks/zoo_splitting_cost.py [--samples 1024] [--width 16] [--repeats 3] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from splitgrow.experiments.common import markdown_table
+from splitgrow.models import build_model, uniform_widths
+from splitgrow.network import SplittableNetwork
+
+MODELS = ["mlp", "vgg19", "mobilenetv1", "dscnn", "resnet", "concat"]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def one_epoch(model, batches, device) -> float:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    model.train()
+    synchronize(device)
+    started = time.perf_counter()
+    for inputs, targets in batches:
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(inputs), targets).backward()
+        optimizer.step()
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def splitting_phase(net, batches, device) -> float:
+    synchronize(device)
+    started = time.perf_counter()
+    net.splitting(batches, F.cross_entropy)
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "zoo_splitting_cost")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    rows, report = [], []
+    for name in args.models:
+        model = build_model(name, **uniform_widths(name, args.width)).to(device)
+        example = model.example_input(args.samples)
+        classes = model.config()["num_classes"]
+        inputs = example.to(device)
+        targets = torch.randint(0, classes, (args.samples,), device=device)
+        batches = [
+            (inputs[i : i + args.batch_size], targets[i : i + args.batch_size])
+            for i in range(0, args.samples, args.batch_size)
+        ]
+        net = SplittableNetwork(model, inputs[:2])
+        one_epoch(model, batches[:1], device)  # warm-up
+        splitting_phase(net, batches[:1], device)
+        epochs, splits = [], []
+        for _ in range(args.repeats):  # alternate, so that both see the same machine state
+            epochs.append(one_epoch(model, batches, device))
+            splits.append(splitting_phase(net, batches, device))
+        epoch, split = statistics.median(epochs), statistics.median(splits)
+        entry = {
+            "model": name,
+            "width": args.width,
+            "sites": len(net.sites),
+            "neurons": sum(net.widths().values()),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "splitting_seconds": split,
+            "epoch_seconds": epoch,
+            "ratio": split / epoch,
+            "splitting_runs": splits,
+            "epoch_runs": epochs,
+        }
+        report.append(entry)
+        rows.append(
+            [
+                name,
+                len(net.sites),
+                entry["neurons"],
+                f"{entry['parameters']:,}",
+                f"{split:.2f}",
+                f"{epoch:.2f}",
+                f"{split / epoch:.2f}",
+            ]
+        )
+        print(f"{name}: splitting {split:.2f} s, epoch {epoch:.2f} s, ratio {split / epoch:.2f}", flush=True)
+    machine = {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+    }
+    headers = ["model", "sites", "neurons", "parameters", "all indexes (s)", "one epoch (s)", "ratio"]
+    table = markdown_table(headers, rows)
+    title = f"{args.samples} samples, batch {args.batch_size}, width {args.width}, {machine['device']}"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"machine": machine, "settings": vars(args) | {"out": str(args.out)}, "results": report}, indent=1)
+        + "\n"
+    )
+    args.out.with_suffix(".md").write_text(f"{title}\n\n{table}\n")
+    print(f"\n{title}\n\n{table}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""The zoo: widths as arguments, and grown models saved and rebuilt without pickling modules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from deep_helpers import zoo_model
+
+from splitgrow.errors import SplitgrowError
+from splitgrow.models import MODELS, VGG19, MobileNetV1, build_model, load_model, save_model, uniform_widths
+from splitgrow.network import SplittableNetwork
+
+
+def test_paper_architectures():
+    vgg = VGG19()
+    assert len(vgg.convs()) == 16 and vgg.config()["widths"] == [16] * 16
+    mobilenet = MobileNetV1()
+    depthwise = [m for m in mobilenet.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert len(depthwise) == 13 and mobilenet.config()["widths"] == [32] + [16] * 13
+    assert uniform_widths("mobilenetv1", 16)["widths"][0] == 32  # the paper keeps the first conv at 32
+    for name in MODELS:
+        model = build_model(name, **uniform_widths(name, 4))
+        assert model(model.example_input(2)).shape == (2, model.config()["num_classes"])
+    with pytest.raises(ValueError, match="VGG19 needs 16 positive widths"):
+        VGG19(widths=[4] * 15)
+    with pytest.raises(SplitgrowError, match="unknown model 'lenet'"):
+        build_model("lenet")
+
+
+@pytest.mark.parametrize("architecture", sorted(MODELS))
+def test_grown_model_round_trip(tmp_path, architecture):
+    model, inputs, targets = zoo_model(architecture)
+    net = SplittableNetwork(model, inputs)
+    results = net.splitting([(inputs, targets)], F.cross_entropy)
+    report = net.split(net.select(results, 3, allow_inexact=True), 0.05, allow_inexact=True)
+    assert report.parameters_after > report.parameters_before
+    history = [{"step": 0, "parameters": report.parameters_after, "widths": net.widths()}]
+    save_model(tmp_path / "grown", model, history)
+    saved = json.loads((tmp_path / "grown.json").read_text())
+    assert saved["architecture"] == architecture and saved["config"] == model.config()
+    rebuilt, loaded_history = load_model(tmp_path / "grown")
+    rebuilt = rebuilt.to(torch.float64).eval()
+    assert loaded_history == history
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(inputs), model(inputs))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_loading_reports_missing_and_corrupt_files(tmp_path):
+    model, _, _ = zoo_model("mlp")
+    with pytest.raises(SplitgrowError, match="missing .*nothing.json"):
+        load_model(tmp_path / "nothing")
+    save_model(tmp_path / "m", model)
+    (tmp_path / "m.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SplitgrowError, match="not a valid saved splitgrow model"):
+        load_model(tmp_path / "m")
+    save_model(tmp_path / "m", model)
+    (tmp_path / "m.json").write_text("{")
+    with pytest.raises(SplitgrowError, match="not a valid saved splitgrow model"):
+        load_model(tmp_path / "m")

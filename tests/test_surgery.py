@@ -1,0 +1,211 @@
+"""Surgery: function preservation, consistent modules, and the optimiser state rule."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from deep_helpers import zoo_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from splitgrow.graph import ChannelGraph, GraphError
+from splitgrow.models import MODELS, build_model
+from splitgrow.network import SplittableNetwork
+from splitgrow.surgery import SplitRequest, split_network
+
+
+def random_requests(graph: ChannelGraph, generator: torch.Generator, count: int) -> list[SplitRequest]:
+    """Several channels in several layers, none coupled to another (skipped when they would be)."""
+    sites = [site for site in graph.sites.values() if site.splittable]
+    requests: list[SplitRequest] = []
+    for _ in range(4 * count):
+        if len(requests) == count:
+            break
+        site = sites[int(torch.randint(len(sites), (1,), generator=generator))]
+        channel = int(torch.randint(site.num_neurons, (1,), generator=generator))
+        request = SplitRequest(site.name, channel, torch.randn(site.neuron_dim, generator=generator))
+        try:
+            from splitgrow.surgery import plan_split
+
+            plan_split(graph, [*requests, request], allow_inexact=True)
+        except GraphError:
+            continue
+        requests.append(request)
+    return requests
+
+
+def assert_consistent(model: nn.Module) -> None:
+    """Every layer's attributes match its tensors, and the model rebuilds from its config."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            assert module.weight.shape[0] == module.out_channels
+            assert module.weight.shape[1] * module.groups == module.in_channels
+        elif isinstance(module, nn.Linear):
+            assert module.weight.shape == (module.out_features, module.in_features)
+        elif isinstance(module, nn.BatchNorm2d):
+            assert module.running_mean.shape == module.weight.shape == (module.num_features,)
+    rebuilt = build_model(model.architecture, **model.config()).to(next(model.parameters()).dtype)
+    rebuilt.load_state_dict(model.state_dict())
+
+
+@pytest.mark.parametrize("architecture", sorted(MODELS))
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_zero_epsilon_splits_preserve_the_function(architecture, dtype, tolerance):
+    model, inputs, _ = zoo_model(architecture, dtype=dtype)
+    generator = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        before = model(inputs)
+    for _ in range(3):  # repeated splits, each of several channels in several layers
+        graph = ChannelGraph(model, inputs)
+        requests = random_requests(graph, generator, count=4)
+        assert len({request.site for request in requests}) >= 2
+        split_network(model, graph, requests, 0.0, allow_inexact=True)
+    with torch.no_grad():
+        after = model(inputs)
+    assert float((after - before).abs().max()) <= tolerance
+    assert_consistent(model)
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), architecture=st.sampled_from(["mobilenetv1", "concat", "resnet", "dscnn"]))
+def test_zero_epsilon_property(seed, architecture):
+    model, inputs, _ = zoo_model(architecture, width=3, seed=seed % 1000)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        before = model(inputs)
+    graph = ChannelGraph(model, inputs)
+    split_network(model, graph, random_requests(graph, generator, count=5), 0.0, allow_inexact=True)
+    with torch.no_grad():
+        assert float((model(inputs) - before).abs().max()) <= 1e-10
+
+
+def test_the_split_moves_the_offspring_and_halves_the_consumers():
+    model, inputs, _ = zoo_model("mlp")
+    old = copy.deepcopy(model)
+    graph = ChannelGraph(model, inputs)
+    direction = torch.randn(5, dtype=torch.float64)
+    split_network(model, graph, [SplitRequest("hidden.3", 2, direction)], 0.5)
+    v = direction / direction.norm()
+    theta = torch.cat([old.hidden[3].weight[2], old.hidden[3].bias[2:3]])
+    new_layer = model.hidden[3]
+    torch.testing.assert_close(torch.cat([new_layer.weight[2], new_layer.bias[2:3]]), theta + 0.5 * v)
+    torch.testing.assert_close(torch.cat([new_layer.weight[3], new_layer.bias[3:4]]), theta - 0.5 * v)
+    torch.testing.assert_close(new_layer.weight[[0, 1, 4]], old.hidden[3].weight[[0, 1, 3]])
+    column = old.classifier.weight[:, 2]
+    torch.testing.assert_close(model.classifier.weight[:, 2], column / 2)
+    torch.testing.assert_close(model.classifier.weight[:, 3], column / 2)
+    torch.testing.assert_close(model.classifier.weight[:, 4], old.classifier.weight[:, 3])
+    assert (new_layer.out_features, model.classifier.in_features) == (5, 5)
+
+
+def test_batch_norm_and_depthwise_layers_are_duplicated_exactly():
+    model, inputs, _ = zoo_model("mobilenetv1")
+    old = copy.deepcopy(model)
+    graph = ChannelGraph(model, inputs)
+    split_network(model, graph, [SplitRequest("blocks.4.pointwise.0", 1, torch.randn(4, dtype=torch.float64))], 0.1)
+    depthwise_old, depthwise = old.blocks[5].depthwise, model.blocks[5].depthwise
+    assert depthwise[0].groups == depthwise[0].in_channels == depthwise[0].out_channels == 5
+    torch.testing.assert_close(depthwise[0].weight[2], depthwise_old[0].weight[1])
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        for norm_old, norm in (
+            (old.blocks[4].pointwise[1], model.blocks[4].pointwise[1]),
+            (depthwise_old[1], depthwise[1]),
+        ):
+            values, old_values = getattr(norm, name), getattr(norm_old, name)
+            assert values[2] == old_values[1] and values[1] == old_values[1]
+    assert model.blocks[5].pointwise[0].in_channels == 5
+
+
+def test_coupled_channels_must_be_split_in_separate_steps():
+    model, inputs, _ = zoo_model("mobilenetv1")
+    graph = ChannelGraph(model, inputs)
+    requests = [SplitRequest("blocks.4.pointwise.0", 1), SplitRequest("blocks.5.depthwise.0", 1)]
+    with pytest.raises(GraphError, match="are coupled"):
+        split_network(model, graph, requests, 0.0)
+    assert model.blocks[4].pointwise[0].out_channels == 4  # nothing changed
+
+
+def test_direction_of_the_wrong_size_is_refused():
+    model, inputs, _ = zoo_model("mlp")
+    graph = ChannelGraph(model, inputs)
+    with pytest.raises(GraphError, match="has 3 entries; its neurons have 5 parameters"):
+        split_network(model, graph, [SplitRequest("hidden.3", 0, torch.zeros(3))], 0.1)
+    with pytest.raises(ValueError, match="epsilon"):
+        split_network(model, graph, [SplitRequest("hidden.3", 0)], -1.0)
+
+
+def _train_steps(model, optimizer, scheduler, inputs, targets, steps):
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(inputs), targets)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    return float(loss.detach())
+
+
+@pytest.mark.parametrize(
+    ("make_optimizer", "first", "second"),
+    [
+        (
+            lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4),
+            "momentum_buffer",
+            None,
+        ),
+        (lambda p: torch.optim.Adam(p, lr=1e-3), "exp_avg", "exp_avg_sq"),
+        (lambda p: torch.optim.AdamW(p, lr=1e-3, amsgrad=True), "exp_avg", "max_exp_avg_sq"),
+        (lambda p: torch.optim.Adagrad(p, lr=0.01), None, "sum"),
+        (lambda p: torch.optim.RMSprop(p, lr=1e-3, momentum=0.5), "momentum_buffer", "square_avg"),
+    ],
+)
+def test_optimizer_state_follows_the_documented_rule(make_optimizer, first, second):
+    model, inputs, targets = zoo_model("vgg19")
+    model.train()
+    optimizer = make_optimizer(model.parameters())
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[4], gamma=0.1)
+    _train_steps(model, optimizer, scheduler, inputs, targets, 3)
+    producer, consumer = model.features[3][0].weight, model.features[4][0].weight
+    norm = model.features[3][1].weight
+    old = {
+        id(p): {k: v.clone() for k, v in optimizer.state[p].items() if torch.is_tensor(v)}
+        for p in (producer, consumer, norm)
+    }
+    steps = {k: v.clone() for k, v in optimizer.state[producer].items() if torch.is_tensor(v) and v.dim() == 0}
+    net = SplittableNetwork(model, inputs[:2])
+    net.split([SplitRequest("features.3.0", 2, torch.randn(36, dtype=torch.float64))], 0.0, optimizer=optimizer)
+    state, consumer_state, norm_state = optimizer.state[producer], optimizer.state[consumer], optimizer.state[norm]
+    assert producer.shape[0] == 5 and consumer.shape[1] == 5
+    for value in state.values():
+        if torch.is_tensor(value) and value.dim() > 0:
+            assert value.shape == producer.shape
+    for key, factor in ((first, 0.5), (second, 0.25)):
+        if key is None:
+            continue
+        parent = old[id(producer)][key][2]
+        torch.testing.assert_close(state[key][2], factor * parent)  # offspring rows: gradient halves
+        torch.testing.assert_close(state[key][3], factor * parent)
+        torch.testing.assert_close(state[key][[0, 1, 4]], old[id(producer)][key][[0, 1, 3]])
+        torch.testing.assert_close(norm_state[key][3], factor * old[id(norm)][key][2])
+        parent_column = old[id(consumer)][key][:, 2]
+        torch.testing.assert_close(consumer_state[key][:, 2], parent_column)  # consumer columns: unchanged
+        torch.testing.assert_close(consumer_state[key][:, 3], parent_column)
+    for key, value in steps.items():
+        assert torch.equal(state[key], value)
+    before = float(F.cross_entropy(model(inputs), targets).detach())
+    after = _train_steps(model, optimizer, scheduler, inputs, targets, 4)
+    assert after < before  # training continues with the carried state
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(optimizer.defaults["lr"] * 0.1)
+
+
+def test_unknown_optimizer_state_is_refused_before_any_change():
+    model, inputs, targets = zoo_model("mlp")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer.state[model.hidden[1].weight]["mystery"] = torch.zeros_like(model.hidden[1].weight)
+    graph = ChannelGraph(model, inputs)
+    with pytest.raises(GraphError, match="optimiser state 'mystery'"):
+        split_network(model, graph, [SplitRequest("hidden.3", 0)], 0.0, optimizer=optimizer)
+    assert model.hidden[3].out_features == 4
