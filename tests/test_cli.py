@@ -218,7 +218,8 @@ def test_inspect_errors(args, message):
 def test_parallel_seeds_give_the_sequential_numbers(tmp_path):
     config = str(tiny_config(tmp_path, TINY_MMD))
     for name, jobs in (("sequential", "1"), ("parallel", "2")):
-        result = invoke("run", "mmd", "--config", config, "--seeds", "2", "--jobs", jobs, "--out", str(tmp_path / name), "-q")
+        out = str(tmp_path / name)
+        result = invoke("run", "mmd", "--config", config, "--seeds", "2", "--jobs", jobs, "--out", out, "-q")
         assert result.exit_code == 0, result.output
     for seed in (0, 1):
         sequential = json.loads((tmp_path / "sequential" / f"seed-{seed}" / "results.json").read_text())

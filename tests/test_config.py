@@ -96,7 +96,13 @@ def test_mmd_validation():
 
 
 @pytest.mark.parametrize(
-    ("name", "cls"), [("rbf.yaml", RBFConfig), ("rbf-paper.yaml", RBFConfig), ("mmd.yaml", MMDConfig)]
+    ("name", "cls"),
+    [
+        ("rbf.yaml", RBFConfig),
+        ("rbf-paper.yaml", RBFConfig),
+        ("mmd.yaml", MMDConfig),
+        ("mmd-converged.yaml", MMDConfig),
+    ],
 )
 def test_shipped_configs_load(name, cls):
     config = load_config(cls, CONFIGS / name)
@@ -107,6 +113,13 @@ def test_default_configs_match_the_dataclass_defaults():
     # configs/rbf.yaml and configs/mmd.yaml document the defaults; they must not drift apart
     assert load_config(RBFConfig, CONFIGS / "rbf.yaml") == RBFConfig()
     assert load_config(MMDConfig, CONFIGS / "mmd.yaml") == MMDConfig()
+
+
+def test_converged_mmd_config_differs_from_the_paper_only_in_the_learning_rate():
+    paper = load_config(MMDConfig, CONFIGS / "mmd.yaml")
+    converged = load_config(MMDConfig, CONFIGS / "mmd-converged.yaml")
+    assert dataclasses.replace(converged, learning_rate=paper.learning_rate) == paper
+    assert (paper.learning_rate, converged.learning_rate) == (0.01, 0.1)
 
 
 def test_paper_config_has_the_paper_settings():
