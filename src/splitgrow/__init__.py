@@ -7,11 +7,14 @@ The main entry points, importable from the package itself:
 * one-hidden-layer models: :class:`ShallowNetwork`, :class:`ShallowRegression`;
 * growth: :func:`run_growth` with :class:`SplittingSteepestDescent` or a baseline
   (:class:`RandomSplit`, :class:`Net2Net`, :class:`NewInitialization`, :class:`GradientBoosting`),
-  and :func:`train_from_scratch`.
+  and :func:`train_from_scratch`;
+* any PyTorch model: :class:`SplittableNetwork` (statistics, selection and surgery in three calls), built on
+  :class:`ChannelGraph`, :func:`splitting_eigenpairs`, :func:`select_splits` and :func:`split_network`.
 """
 
 from .activations import Activation, get_activation, relu_with_softplus_surrogate
 from .errors import ConfigError, DivergenceError, SplitgrowError
+from .graph import ChannelGraph, GraphError, Site
 from .growth import (
     GradientBoosting,
     GrowableProblem,
@@ -25,20 +28,25 @@ from .growth import (
     run_growth,
     train_from_scratch,
 )
+from .network import SplittableNetwork
+from .network_statistics import SiteSplitting, splitting_eigenpairs, splitting_matrices
 from .neurons import FunctionalNeuron, Neuron, RidgeNeuron
 from .particles import ParticleApproximation
 from .selection import select_neurons
 from .shallow import ShallowNetwork, ShallowRegression
 from .solvers import SplittingEigenpairs, dense_eigenpairs
+from .surgery import SplitReport, SplitRequest, select_splits, split_network
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Activation",
+    "ChannelGraph",
     "ConfigError",
     "DivergenceError",
     "FunctionalNeuron",
     "GradientBoosting",
+    "GraphError",
     "GrowableProblem",
     "GrowthEvent",
     "GrowthMethod",
@@ -51,7 +59,12 @@ __all__ = [
     "RidgeNeuron",
     "ShallowNetwork",
     "ShallowRegression",
+    "Site",
+    "SiteSplitting",
+    "SplitReport",
+    "SplitRequest",
     "SplitgrowError",
+    "SplittableNetwork",
     "SplittingEigenpairs",
     "SplittingSteepestDescent",
     "dense_eigenpairs",
@@ -59,5 +72,9 @@ __all__ = [
     "relu_with_softplus_surrogate",
     "run_growth",
     "select_neurons",
+    "select_splits",
+    "split_network",
+    "splitting_eigenpairs",
+    "splitting_matrices",
     "train_from_scratch",
 ]

@@ -69,7 +69,16 @@ def _broadcast(vector: Tensor, like: Tensor) -> Tensor:
 
 def conv_patches(module: nn.Conv2d, inputs: Tensor) -> Tensor:
     """Unfolded input patches of a Conv2d, shape (N, in_channels * kh * kw, L), L output positions."""
-    return F.unfold(inputs, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+    padding = module.padding
+    if padding == "valid":
+        padding = (0, 0)
+    elif padding == "same":
+        # PyTorch pads 'same' convolutions by dilation * (k - 1) in total, the extra pixel (if odd) at the end
+        totals = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size)]
+        before = [t // 2 for t in totals]
+        inputs = F.pad(inputs, (before[1], totals[1] - before[1], before[0], totals[0] - before[0]))
+        padding = (0, 0)
+    return F.unfold(inputs, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
 
 
 def _with_bias_column(rows: Tensor, bias: bool) -> Tensor:
