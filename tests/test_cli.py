@@ -225,3 +225,40 @@ def test_parallel_seeds_give_the_sequential_numbers(tmp_path):
         sequential = json.loads((tmp_path / "sequential" / f"seed-{seed}" / "results.json").read_text())
         parallel = json.loads((tmp_path / "parallel" / f"seed-{seed}" / "results.json").read_text())
         assert numbers(parallel) == numbers(sequential)
+
+
+def test_inspect_budgeted_selection(tmp_path):
+    result = invoke(
+        "inspect",
+        "--model",
+        "mlp",
+        "--width",
+        "4",
+        "--data",
+        "random",
+        "--samples",
+        "32",
+        "--solver",
+        "lobpcg",
+        "--budget",
+        "30",
+        "--json",
+        str(tmp_path / "sites.json"),
+    )
+    assert result.exit_code == 0, result.output
+    assert "within a budget of 30 parameters" in result.stdout
+    chosen = json.loads((tmp_path / "sites.json").read_text())["budget_selection"]
+    assert chosen and sum(c["cost"] for c in chosen) <= 30
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--solver", "qr"], "--solver must be one of"),
+        (["--budget", "10"], "--budget needs --data"),
+        (["--data", "random", "--budget-kind", "watts", "--budget", "1"], "--budget-kind must be one of"),
+    ],
+)
+def test_inspect_solver_and_budget_errors(args, message):
+    result = invoke("inspect", "--model", "mlp", *args)
+    assert result.exit_code == 2 and message in result.stderr

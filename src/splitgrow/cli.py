@@ -114,6 +114,14 @@ def inspect(
     ] = None,
     samples: Annotated[int, typer.Option("--samples", help="Samples used for the indexes.")] = 256,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for the indexes.")] = 64,
+    solver: Annotated[str, typer.Option("--solver", help="dense, lobpcg (matrix-free), rayleigh or auto.")] = "auto",
+    budget: Annotated[
+        float | None,
+        typer.Option("--budget", help="With --data: the splits that lower the loss most within this budget."),
+    ] = None,
+    budget_kind: Annotated[str, typer.Option("--budget-kind", help="What --budget counts: parameters or flops.")] = (
+        "parameters"
+    ),
     seed: Annotated[int, typer.Option("--seed", help="Seed of the weights and the random data.")] = 0,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the table as JSON.")] = None,
 ) -> None:
@@ -132,6 +140,15 @@ def inspect(
         fail(f"--data must be 'random' (real datasets come with `splitgrow run images`), got {data!r}")
     if samples < 1 or batch_size < 1:
         fail("--samples and --batch-size must be >= 1")
+    from .budget import COST_KINDS
+    from .network_statistics import SOLVERS
+
+    if solver not in SOLVERS:
+        fail(f"--solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    if budget_kind not in COST_KINDS:
+        fail(f"--budget-kind must be one of {', '.join(COST_KINDS)}, got {budget_kind!r}")
+    if budget is not None and (data is None or budget < 0):
+        fail("--budget needs --data and a value >= 0")
     try:
         torch.manual_seed(seed)
         network = build_model(model, **uniform_widths(model, width))
@@ -144,8 +161,14 @@ def inspect(
             inputs = torch.randn((samples, *example.shape[1:]), generator=generator)
             targets = torch.randint(0, classes, (samples,), generator=generator)
             batches = [(inputs[i : i + batch_size], targets[i : i + batch_size]) for i in range(0, samples, batch_size)]
-            results = net.splitting(batches, torch.nn.functional.cross_entropy, progress=True)
+            results = net.splitting(batches, torch.nn.functional.cross_entropy, solver=solver, progress=True)
         rows, totals = site_table(net.graph, example, results)
+        selection = None
+        if budget is not None:
+            from .budget import select_within_budget, split_costs
+
+            costs = split_costs(net.graph, example, budget_kind)
+            selection = select_within_budget(results, costs, budget, graph=net.graph)
     except SplitgrowError as error:
         fail(str(error))
     headers = ["site", "kind", "neurons", "d", "params", "FLOPs", "split +params", "split +FLOPs", "exact"]
@@ -174,8 +197,25 @@ def inspect(
         f"\n{model} at width {width}: {len(net.sites)} sites, {sum(net.widths().values())} neurons, "
         f"{totals['parameters']:,} parameters, {totals['flops']:,} FLOPs per sample"
     )
+    chosen = None
+    if selection is not None:
+        spent = sum(costs[request.site] for request in selection)
+        chosen = [{"site": r.site, "channel": r.channel, "index": r.index, "cost": costs[r.site]} for r in selection]
+        typer.echo(
+            f"\nwithin a budget of {budget:g} {budget_kind}: {len(selection)} splits costing {spent:g}, predicted "
+            f"loss change eps^2/2 * {sum(r.index for r in selection):.3e}"
+        )
+        if chosen:
+            typer.echo(
+                markdown_table(
+                    ["site", "channel", "index", f"cost ({budget_kind})"],
+                    [[c["site"], c["channel"], format_number(c["index"]), f"{c['cost']:g}"] for c in chosen],
+                )
+            )
     if json_path is not None:
-        atomic_write_json(json_path, {"model": model, "width": width, "sites": rows, "totals": totals})
+        atomic_write_json(
+            json_path, {"model": model, "width": width, "sites": rows, "totals": totals, "budget_selection": chosen}
+        )
 
 
 def main() -> None:

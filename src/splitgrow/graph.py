@@ -576,6 +576,13 @@ class ChannelGraph:
                     queue.append(edge.other)
         return {name: sorted(positions) for name, positions in found.items()}
 
+    def coupling_key(self, site: str, channel: int) -> tuple[int, int]:
+        """An identifier of the coupled channel that ``channel`` of ``site`` belongs to: two (site, channel) pairs
+        with the same key are one channel of the network (e.g. a depthwise channel and the pointwise channel
+        feeding it) and cannot be split in the same step."""
+        closure = self.closure(site, channel)
+        return min((self.spaces[name].order, positions[0]) for name, positions in closure.items())
+
     def coupled_modules(self, site: str) -> dict[str, list[str]]:
         """The modules a split of ``site`` changes, by role: producers, per_channel, consumers."""
         closure = self.closure(site, 0)

@@ -12,13 +12,13 @@ identity, so a training loop (and its learning-rate scheduler) simply continues.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .graph import ChannelGraph, Site
 from .network_statistics import LossFunction, SiteSplitting, splitting_eigenpairs
-from .statistics import DEFAULT_MAX_TEMPORARY_ELEMENTS
 from .surgery import SplitReport, SplitRequest, select_splits, split_network
 
 
@@ -75,13 +75,13 @@ class SplittableNetwork:
         *,
         sites: Sequence[str] | None = None,
         batches: int | None = None,
-        dtype: torch.dtype = torch.float64,
-        keep_matrices: bool = False,
-        max_temporary_elements: int = DEFAULT_MAX_TEMPORARY_ELEMENTS,
+        solver: str = "dense",
         progress: bool = False,
+        **options: Any,
     ) -> dict[str, SiteSplitting]:
-        """Splitting indexes and gradients of every site (see
-        :func:`splitgrow.network_statistics.splitting_eigenpairs`)."""
+        """Splitting indexes and gradients of every site: ``solver`` is ``"dense"``, ``"lobpcg"`` (matrix-free),
+        ``"rayleigh"`` or ``"auto"``; ``options`` go to :func:`splitgrow.network_statistics.splitting_eigenpairs`
+        (dtype, tolerance, max_iterations, warm_start, keep_matrices, ...)."""
         return splitting_eigenpairs(
             self.model,
             self.graph,
@@ -89,10 +89,9 @@ class SplittableNetwork:
             loss_function,
             sites=sites,
             batches=batches,
-            dtype=dtype,
-            keep_matrices=keep_matrices,
-            max_temporary_elements=max_temporary_elements,
+            solver=solver,
             progress=progress,
+            **options,
         )
 
     def select(

@@ -20,7 +20,7 @@ of neurons so that no temporary exceeds ``max_temporary_elements``; the result h
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +29,8 @@ from torch import Tensor, nn
 
 from .activations import activation_of_module
 from .graph import ChannelGraph, Site
-from .solvers import dense_eigenpairs
+from .operators import SiteOperator, numeric_padding, pad_same
+from .solvers import dense_eigenpairs, lobpcg_smallest, rayleigh_quotient_descent
 from .statistics import DEFAULT_MAX_TEMPORARY_ELEMENTS, ridge_splitting_matrices
 
 LossFunction = Callable[[Tensor, Tensor], Tensor]
@@ -46,6 +47,8 @@ class SiteSplitting:
         exact: whether eps^2/2 * lambda is the exact second-order loss change (see ChannelGraph).
         surrogate: the phi'' surrogate used (ReLU networks), or None.
         matrices: the (n, d, d) splitting matrices when requested.
+        converged: (n,) False for a neuron whose iterative solve did not meet the tolerance (never selected).
+        solver: the solver that produced them; iterations and products: its work (iterative solvers).
     """
 
     site: str
@@ -54,6 +57,10 @@ class SiteSplitting:
     exact: bool
     surrogate: str | None = None
     matrices: Tensor | None = None
+    converged: Tensor | None = None
+    solver: str = "dense"
+    iterations: int = 0
+    products: int = 0
 
 
 def _batch_norm_scale(module: nn.Module | None, channels: int, like: Tensor) -> Tensor:
@@ -69,16 +76,13 @@ def _broadcast(vector: Tensor, like: Tensor) -> Tensor:
 
 def conv_patches(module: nn.Conv2d, inputs: Tensor) -> Tensor:
     """Unfolded input patches of a Conv2d, shape (N, in_channels * kh * kw, L), L output positions."""
-    padding = module.padding
-    if padding == "valid":
-        padding = (0, 0)
-    elif padding == "same":
-        # PyTorch pads 'same' convolutions by dilation * (k - 1) in total, the extra pixel (if odd) at the end
-        totals = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size)]
-        before = [t // 2 for t in totals]
-        inputs = F.pad(inputs, (before[1], totals[1] - before[1], before[0], totals[0] - before[0]))
-        padding = (0, 0)
-    return F.unfold(inputs, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
+    return F.unfold(
+        pad_same(module, inputs),
+        module.kernel_size,
+        dilation=module.dilation,
+        padding=numeric_padding(module),
+        stride=module.stride,
+    )
 
 
 def _with_bias_column(rows: Tensor, bias: bool) -> Tensor:
@@ -234,6 +238,97 @@ def _batches(data: Iterable, batches: int | None) -> Iterable:
         yield batch
 
 
+@dataclass
+class BatchStatistics:
+    """What one batch contributes to one site's splitting matrices.
+
+    Attributes:
+        inputs: the producer's input (N, in_features) or (N, C, H, W).
+        coefficients: c = g * phi''(u) * s^2, shaped like the site's output.
+        slope, second_coefficients: for a site feeding a depthwise block, phi1'(u1) * s1 and
+            g2 * phi2''(u2) * s2^2 (see the module docstring); None otherwise.
+    """
+
+    inputs: Tensor
+    coefficients: Tensor
+    slope: Tensor | None = None
+    second_coefficients: Tensor | None = None
+
+
+def _site_statistics(
+    site: Site, modules: dict[str, nn.Module], values: dict[str, Tensor], gradients: dict[str, Tensor | None]
+) -> BatchStatistics:
+    pre = values[f"{site.activation_module}:pre"]
+    gradient = gradients[site.activation_module]
+    if gradient is None:
+        gradient = torch.zeros_like(pre)
+    batch_norm = modules[site.batch_norm] if site.batch_norm else None
+    scale = _broadcast(_batch_norm_scale(batch_norm, site.num_neurons, pre), pre)
+    statistics = BatchStatistics(values[f"{site.name}:input"], gradient * site.activation.d2phi(pre) * scale**2)
+    if site.depthwise_chain is not None:
+        _, second_norm_name, second_activation_name = site.depthwise_chain
+        second_activation = activation_of_module(modules[second_activation_name])
+        second_pre = values[f"{second_activation_name}:pre"]
+        second_gradient = gradients[second_activation_name]
+        if second_gradient is None:
+            second_gradient = torch.zeros_like(second_pre)
+        second_norm = modules[second_norm_name] if second_norm_name else None
+        second_scale = _broadcast(_batch_norm_scale(second_norm, site.num_neurons, second_pre), second_pre)
+        statistics.second_coefficients = second_gradient * second_activation.d2phi(second_pre) * second_scale**2
+        statistics.slope = site.activation.dphi(pre) * scale
+    return statistics
+
+
+def collect_statistics(
+    model: nn.Module,
+    graph: ChannelGraph,
+    data: Iterable[tuple[Tensor, Tensor]],
+    loss_function: LossFunction,
+    *,
+    sites: Sequence[str] | None = None,
+    batches: int | None = None,
+    progress: bool = False,
+) -> Iterator[tuple[int, dict[str, BatchStatistics]]]:
+    """One pass over the data with hooks: yields (batch size, statistics of every chosen site) per batch.
+
+    The model is in eval mode during the pass and restored after it, even when the consumer stops early.
+    """
+    chosen = [graph.sites[name] for name in (sites if sites is not None else graph.sites)]
+    if not chosen:
+        return
+    modules = dict(model.named_modules())
+    device = next(model.parameters()).device
+    recorder = _Recorder(model, graph, chosen)
+    was_training = model.training
+    model.eval()
+    iterator = _batches(data, batches)
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(iterator, total=batches, desc="splitting statistics", unit="batch", leave=False)
+    count = 0
+    try:
+        for inputs, targets in iterator:
+            inputs, targets = inputs.to(device), targets.to(device)
+            loss = loss_function(model(inputs), targets)
+            activation_names = sorted({name.rsplit(":", 1)[0] for name in recorder.values if name.endswith(":out")})
+            outputs = [recorder.values[f"{name}:out"] for name in activation_names]
+            if any(not output.requires_grad for output in outputs):
+                raise ValueError("an activation output does not require grad; are the model's parameters frozen?")
+            gradients = dict(zip(activation_names, torch.autograd.grad(loss, outputs, allow_unused=True)))
+            count += 1
+            yield (
+                inputs.shape[0],
+                {site.name: _site_statistics(site, modules, recorder.values, gradients) for site in chosen},
+            )
+            recorder.values.clear()
+    finally:
+        recorder.close()
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("the data gave no batches")
+
+
 def splitting_matrices(
     model: nn.Module,
     graph: ChannelGraph,
@@ -246,7 +341,7 @@ def splitting_matrices(
     max_temporary_elements: int = DEFAULT_MAX_TEMPORARY_ELEMENTS,
     progress: bool = False,
 ) -> dict[str, Tensor]:
-    """The (n, d, d) splitting matrix of every output channel of every site, over (a part of) a dataset.
+    """The dense (n, d, d) splitting matrix of every output channel of every site, over (a part of) a dataset.
 
     Args:
         model: the network the graph was built from.
@@ -259,88 +354,80 @@ def splitting_matrices(
         max_temporary_elements: memory bound on temporaries (see :mod:`splitgrow.statistics`).
         progress: show a progress bar.
     """
-    chosen = [graph.sites[name] for name in (sites if sites is not None else graph.sites)]
-    if not chosen:
-        return {}
     modules = dict(model.named_modules())
-    device = next(model.parameters()).device
     totals: dict[str, Tensor] = {}
     count = 0
-    recorder = _Recorder(model, graph, chosen)
-    was_training = model.training
-    model.eval()
-    iterator = _batches(data, batches)
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(iterator, total=batches, desc="splitting statistics", unit="batch", leave=False)
-    try:
-        for inputs, targets in iterator:
-            inputs, targets = inputs.to(device), targets.to(device)
-            loss = loss_function(model(inputs), targets)
-            activation_names = sorted({name.rsplit(":", 1)[0] for name in recorder.values if name.endswith(":out")})
-            outputs = [recorder.values[f"{name}:out"] for name in activation_names]
-            if any(not output.requires_grad for output in outputs):
-                raise ValueError("an activation output does not require grad; are the model's parameters frozen?")
-            gradients = dict(zip(activation_names, torch.autograd.grad(loss, outputs, allow_unused=True)))
-            size = inputs.shape[0]
-            count += size
-            for site in chosen:
-                contribution = _batch_contribution(
-                    site, modules, recorder.values, gradients, dtype, max_temporary_elements
-                )
-                if site.name in totals:
-                    totals[site.name] += size * contribution
-                else:
-                    totals[site.name] = size * contribution
-            recorder.values.clear()
-    finally:
-        recorder.close()
-        model.train(was_training)
-    if count == 0:
-        raise ValueError("the data gave no batches")
+    for size, statistics in collect_statistics(
+        model, graph, data, loss_function, sites=sites, batches=batches, progress=progress
+    ):
+        count += size
+        for name, batch in statistics.items():
+            contribution = size * _dense_contribution(graph.sites[name], modules, batch, dtype, max_temporary_elements)
+            totals[name] = totals[name] + contribution if name in totals else contribution
     return {name: total / count for name, total in totals.items()}
 
 
-def _batch_contribution(
+def splitting_operators(
+    model: nn.Module,
+    graph: ChannelGraph,
+    data: Iterable[tuple[Tensor, Tensor]],
+    loss_function: LossFunction,
+    *,
+    sites: Sequence[str] | None = None,
+    batches: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+) -> dict[str, SiteOperator]:
+    """Matrix-free splitting matrices (:class:`~splitgrow.operators.SiteOperator`) of every site, from the
+    statistics of (a part of) a dataset cached in ``dtype``."""
+    modules = dict(model.named_modules())
+    chosen = list(sites if sites is not None else graph.sites)
+    operators = {}
+    for name in chosen:
+        site = graph.sites[name]
+        depthwise = modules[site.depthwise_chain[0]] if site.depthwise_chain is not None else None
+        operators[name] = SiteOperator(modules[name], site.num_neurons, site.neuron_dim, depthwise)
+    for size, statistics in collect_statistics(
+        model, graph, data, loss_function, sites=chosen, batches=batches, progress=progress
+    ):
+        for name, batch in statistics.items():
+            operators[name].add_batch(
+                batch.inputs,
+                batch.coefficients,
+                size,
+                slope=batch.slope,
+                second_coefficients=batch.second_coefficients,
+                dtype=dtype,
+            )
+    return operators
+
+
+def _dense_contribution(
     site: Site,
     modules: dict[str, nn.Module],
-    values: dict[str, Tensor],
-    gradients: dict[str, Tensor | None],
+    batch: BatchStatistics,
     dtype: torch.dtype,
     max_temporary_elements: int,
 ) -> Tensor:
     module = modules[site.name]
-    producer_input = values[f"{site.name}:input"]
-    pre = values[f"{site.activation_module}:pre"]
-    gradient = gradients[site.activation_module]
-    if gradient is None:
-        gradient = torch.zeros_like(pre)
-    batch_norm = modules[site.batch_norm] if site.batch_norm else None
-    scale = _broadcast(_batch_norm_scale(batch_norm, site.num_neurons, pre), pre)
-    coefficients = gradient * site.activation.d2phi(pre) * scale**2
-    matrices = _site_matrices(site, module, producer_input, coefficients, dtype, max_temporary_elements)
+    matrices = _site_matrices(site, module, batch.inputs, batch.coefficients, dtype, max_temporary_elements)
     if site.depthwise_chain is not None:
-        depthwise_name, second_norm_name, second_activation_name = site.depthwise_chain
-        second_activation = activation_of_module(modules[second_activation_name])
-        second_pre = values[f"{second_activation_name}:pre"]
-        second_gradient = gradients[second_activation_name]
-        if second_gradient is None:
-            second_gradient = torch.zeros_like(second_pre)
-        second_norm = modules[second_norm_name] if second_norm_name else None
-        second_scale = _broadcast(_batch_norm_scale(second_norm, site.num_neurons, second_pre), second_pre)
-        second_coefficients = second_gradient * second_activation.d2phi(second_pre) * second_scale**2
-        first_slope = site.activation.dphi(pre) * scale
         matrices += _depthwise_correction(
             module,
-            producer_input,
-            first_slope,
-            modules[depthwise_name],
-            second_coefficients,
+            batch.inputs,
+            batch.slope,
+            modules[site.depthwise_chain[0]],
+            batch.second_coefficients,
             dtype,
             max_temporary_elements,
         )
     return matrices
+
+
+SOLVERS = ("dense", "lobpcg", "rayleigh", "auto")
+
+#: "auto" uses the dense solver for a site whose matrices fit in this many bytes (float64), LOBPCG otherwise
+DEFAULT_DENSE_BYTES = 256 * 2**20
 
 
 def splitting_eigenpairs(
@@ -351,37 +438,116 @@ def splitting_eigenpairs(
     *,
     sites: Sequence[str] | None = None,
     batches: int | None = None,
+    solver: str = "dense",
     dtype: torch.dtype = torch.float64,
+    operator_dtype: torch.dtype = torch.float32,
+    tolerance: float = 1e-3,
+    max_iterations: int = 300,
+    rayleigh_epochs: int = 10,
+    rayleigh_learning_rate: float = 0.01,
+    warm_start: dict[str, Tensor] | None = None,
+    dense_bytes: int = DEFAULT_DENSE_BYTES,
     keep_matrices: bool = False,
     max_temporary_elements: int = DEFAULT_MAX_TEMPORARY_ELEMENTS,
+    seed: int = 0,
     progress: bool = False,
 ) -> dict[str, SiteSplitting]:
-    """Splitting indexes and gradients of every site: one pass over the data, then a dense batched ``eigh``.
+    """Splitting indexes and gradients of every site, from one pass over (a part of) the data.
 
-    Same arguments as :func:`splitting_matrices`; ``keep_matrices`` also returns the matrices.
+    Args:
+        model, graph, data, loss_function, sites, batches, progress: as for :func:`splitting_matrices`.
+        solver: ``"dense"`` (form S, batched ``eigh``: exact, n d^2 memory), ``"lobpcg"`` (matrix-free
+            :func:`~splitgrow.solvers.lobpcg_smallest` on the cached statistics, O(n d) memory per product),
+            ``"rayleigh"`` (the energy-aware paper's stochastic Rayleigh-quotient descent) or ``"auto"`` (dense
+            when a site's matrices fit in ``dense_bytes``, LOBPCG otherwise).
+        dtype: accumulation dtype of the dense matrices.
+        operator_dtype: dtype in which the matrix-free solvers cache statistics and compute products.
+        tolerance, max_iterations: of the iterative solvers (relative residual; iteration cap).
+        rayleigh_epochs, rayleigh_learning_rate: of the Rayleigh-quotient solver.
+        warm_start: starting directions per site (e.g. the previous growth step's); random otherwise.
+        keep_matrices: also return the dense matrices (dense solver only).
+        seed: seed of the random starting directions.
     """
-    matrices = splitting_matrices(
-        model,
-        graph,
-        data,
-        loss_function,
-        sites=sites,
-        batches=batches,
-        dtype=dtype,
-        max_temporary_elements=max_temporary_elements,
-        progress=progress,
-    )
-    results = {}
-    for name, site_matrices in matrices.items():
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    chosen = list(sites if sites is not None else graph.sites)
+    element = torch.empty((), dtype=torch.float64).element_size()
+
+    def method(name: str) -> str:
+        if solver != "auto":
+            return solver
         site = graph.sites[name]
-        eigenpairs = dense_eigenpairs(site_matrices)
+        return "dense" if site.num_neurons * site.neuron_dim**2 * element <= dense_bytes else "lobpcg"
+
+    methods = {name: method(name) for name in chosen}
+    modules = dict(model.named_modules())
+    totals: dict[str, Tensor] = {}
+    operators: dict[str, SiteOperator] = {}
+    for name in chosen:
+        if methods[name] != "dense":
+            site = graph.sites[name]
+            depthwise = modules[site.depthwise_chain[0]] if site.depthwise_chain is not None else None
+            operators[name] = SiteOperator(modules[name], site.num_neurons, site.neuron_dim, depthwise)
+    count = 0
+    for size, statistics in collect_statistics(
+        model, graph, data, loss_function, sites=chosen, batches=batches, progress=progress
+    ):
+        count += size
+        for name, batch in statistics.items():
+            if name in operators:
+                operators[name].add_batch(
+                    batch.inputs,
+                    batch.coefficients,
+                    size,
+                    slope=batch.slope,
+                    second_coefficients=batch.second_coefficients,
+                    dtype=operator_dtype,
+                )
+            else:
+                contribution = size * _dense_contribution(
+                    graph.sites[name], modules, batch, dtype, max_temporary_elements
+                )
+                totals[name] = totals[name] + contribution if name in totals else contribution
+    generator = torch.Generator().manual_seed(seed)
+    results = {}
+    for name in chosen:
+        site = graph.sites[name]
+        common = {"site": name, "exact": site.exact, "surrogate": site.activation.surrogate, "solver": methods[name]}
+        if name in totals:
+            matrices = totals[name] / count
+            eigenpairs = dense_eigenpairs(matrices)
+            results[name] = SiteSplitting(
+                indexes=eigenpairs.indexes,
+                directions=eigenpairs.directions,
+                converged=torch.ones(site.num_neurons, dtype=torch.bool),
+                matrices=matrices if keep_matrices else None,
+                **common,
+            )
+            continue
+        operator = operators[name]
+        initial = None if warm_start is None else warm_start.get(name)
+        if initial is None or initial.shape != (site.num_neurons, site.neuron_dim):
+            initial = torch.randn((site.num_neurons, site.neuron_dim), generator=generator, dtype=torch.float64)
+        initial = initial.to(operator_dtype)
+        if methods[name] == "lobpcg":
+            found = lobpcg_smallest(operator.matvec, initial, tolerance=tolerance, max_iterations=max_iterations)
+        else:
+            found = rayleigh_quotient_descent(
+                operator.matvec_batch,
+                len(operator.batches),
+                operator.matvec,
+                initial,
+                epochs=rayleigh_epochs,
+                learning_rate=rayleigh_learning_rate,
+                tolerance=tolerance,
+            )
         results[name] = SiteSplitting(
-            site=name,
-            indexes=eigenpairs.indexes,
-            directions=eigenpairs.directions,
-            exact=site.exact,
-            surrogate=site.activation.surrogate,
-            matrices=site_matrices if keep_matrices else None,
+            indexes=found.indexes.double(),
+            directions=found.directions.double(),
+            converged=found.converged,
+            iterations=found.iterations,
+            products=found.products,
+            **common,
         )
     return results
 

@@ -337,7 +337,8 @@ def select_splits(
     across every site, as split requests along their splitting gradients.
 
     With ``graph``, channels that are not splittable (or inexact, unless allowed) are skipped, and so is a channel
-    coupled to one already chosen (they would have to be split in separate steps).
+    coupled to one already chosen (they would have to be split in separate steps). Channels whose iterative solve
+    did not converge are never chosen.
     """
     from .selection import validate_selection
 
@@ -348,8 +349,9 @@ def select_splits(
             site = graph.sites[name]
             if not site.splittable or (not site.exact and not allow_inexact):
                 continue
+        converged = result.converged.tolist() if getattr(result, "converged", None) is not None else None
         for channel, index in enumerate(result.indexes.tolist()):
-            if index < threshold:
+            if index < threshold and (converged is None or converged[channel]):
                 candidates.append((index, name, channel))
     candidates.sort()
     chosen: list[SplitRequest] = []

@@ -1,0 +1,209 @@
+"""Matrix-free operators, iterative solvers and budgeted selection."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from deep_helpers import zoo_model
+from torch import nn
+
+from splitgrow.budget import select_within_budget, split_costs
+from splitgrow.graph import ChannelGraph
+from splitgrow.network_statistics import splitting_eigenpairs, splitting_matrices, splitting_operators
+from splitgrow.solvers import dense_eigenpairs, lobpcg_smallest, rayleigh_quotient_descent
+from splitgrow.surgery import select_splits
+
+DTYPE = torch.float64
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "vgg19", "mobilenetv1", "concat", "resnet"])
+def test_matrix_free_operator_equals_the_dense_matrices(architecture):
+    """No unfolding, no d x d matrix: convolutions and their weight gradients give the same S, depthwise blocks
+    included."""
+    model, inputs, targets = zoo_model(architecture, width=3)
+    graph = ChannelGraph(model, inputs)
+    data = [(inputs[:5], targets[:5]), (inputs[5:], targets[5:])]
+    dense = splitting_matrices(model, graph, data, F.cross_entropy)
+    operators = splitting_operators(model, graph, data, F.cross_entropy, dtype=DTYPE)
+    for name, operator in operators.items():
+        assert operator.memory_bytes() > 0
+        torch.testing.assert_close(operator.dense(), dense[name], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["grouped", "same", "dilated"])
+def test_operator_on_unusual_convolutions(kind):
+    conv = {
+        "grouped": nn.Conv2d(4, 6, 3, padding=1, groups=2),
+        "same": nn.Conv2d(4, 6, 4, padding="same"),
+        "dilated": nn.Conv2d(4, 6, 3, stride=2, dilation=2, padding=2),
+    }[kind]
+    model = nn.Sequential(conv, nn.BatchNorm2d(6), nn.Tanh(), nn.Flatten(), nn.LazyLinear(3)).to(DTYPE)
+    x = torch.randn(3, 4, 7, 7, dtype=DTYPE)
+    model(x)
+    model.eval()
+    y = torch.randint(0, 3, (3,))
+    graph = ChannelGraph(model, x)
+    dense = splitting_matrices(model, graph, [(x, y)], F.cross_entropy)["0"]
+    operator = splitting_operators(model, graph, [(x, y)], F.cross_entropy, dtype=DTYPE)["0"]
+    torch.testing.assert_close(operator.dense(), dense, rtol=1e-9, atol=1e-12)
+
+
+def random_spectrum_matrices(n: int, d: int, spectrum: str, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn((n, d, d), generator=generator, dtype=DTYPE))[0]
+    k = torch.arange(d, dtype=DTYPE)
+    if spectrum == "decaying":  # -1, -0.8, -0.64, ... : a clear gap below the rest
+        values = -(0.8**k).repeat(n, 1) * (0.5 + torch.rand((n, 1), generator=generator, dtype=DTYPE))
+    else:  # flat: evenly spread over [-1, 1], the smallest gap is 2 / (d - 1)
+        values = torch.linspace(-1, 1, d, dtype=DTYPE).repeat(n, 1)
+    return basis @ torch.diag_embed(values) @ basis.transpose(1, 2)
+
+
+@pytest.mark.parametrize("spectrum", ["decaying", "flat"])
+def test_lobpcg_agrees_with_dense(spectrum):
+    matrices = random_spectrum_matrices(12, 60, spectrum, seed=1)
+    exact = dense_eigenpairs(matrices)
+    found = lobpcg_smallest(
+        lambda v: (matrices @ v.unsqueeze(2)).squeeze(2),
+        torch.randn((12, 60), generator=torch.Generator().manual_seed(2), dtype=DTYPE),
+        tolerance=1e-6,
+        max_iterations=2000,
+    )
+    assert bool(found.converged.all())
+    torch.testing.assert_close(found.indexes, exact.indexes, rtol=1e-8, atol=1e-12)
+    overlaps = (found.directions * exact.directions).sum(1).abs()
+    assert float(overlaps.min()) > 1 - 1e-6
+    assert found.products < 2 * found.iterations + 2  # one product per iteration, plus refreshes
+
+
+def test_lobpcg_reports_neurons_that_did_not_converge():
+    matrices = random_spectrum_matrices(6, 80, "flat", seed=3)
+    found = lobpcg_smallest(
+        lambda v: (matrices @ v.unsqueeze(2)).squeeze(2),
+        torch.randn((6, 80), generator=torch.Generator().manual_seed(4), dtype=DTYPE),
+        tolerance=1e-8,
+        max_iterations=5,
+    )
+    assert not bool(found.converged.any())
+    assert found.iterations == 5 and bool((found.residuals > 1e-8).all())
+
+
+def test_rayleigh_quotient_descent_finds_the_smallest_direction():
+    matrices = random_spectrum_matrices(5, 20, "decaying", seed=5)
+    halves = [0.9 * matrices, 1.1 * matrices]  # two "batches" averaging to S
+
+    def batch(b, v):
+        return (halves[b] @ v.unsqueeze(2)).squeeze(2)
+
+    found = rayleigh_quotient_descent(
+        batch,
+        2,
+        lambda v: (matrices @ v.unsqueeze(2)).squeeze(2),
+        torch.randn((5, 20), generator=torch.Generator().manual_seed(6), dtype=DTYPE),
+        epochs=300,
+        learning_rate=0.01,
+        tolerance=1e-2,
+    )
+    exact = dense_eigenpairs(matrices)
+    assert bool(found.converged.all())
+    torch.testing.assert_close(found.indexes, exact.indexes, rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("solver", ["lobpcg", "auto"])
+def test_iterative_solvers_on_a_network_select_the_dense_selection(solver):
+    model, inputs, targets = zoo_model("mobilenetv1", width=4, seed=2)
+    graph = ChannelGraph(model, inputs)
+    data = [(inputs, targets)]
+    dense = splitting_eigenpairs(model, graph, data, F.cross_entropy)
+    fast = splitting_eigenpairs(
+        model,
+        graph,
+        data,
+        F.cross_entropy,
+        solver=solver,
+        operator_dtype=DTYPE,
+        tolerance=1e-6,
+        max_iterations=1000,
+        dense_bytes=2000,
+    )
+    solvers = {result.solver for result in fast.values()}
+    assert solvers == ({"lobpcg"} if solver == "lobpcg" else {"dense", "lobpcg"})
+    for name, result in fast.items():
+        assert bool(result.converged.all())
+        torch.testing.assert_close(result.indexes, dense[name].indexes, rtol=1e-6, atol=1e-9)
+    chosen = {(r.site, r.channel) for r in select_splits(fast, 10, graph=graph)}
+    assert chosen == {(r.site, r.channel) for r in select_splits(dense, 10, graph=graph)}
+
+
+def test_unconverged_neurons_are_never_selected():
+    model, inputs, targets = zoo_model("mlp")
+    graph = ChannelGraph(model, inputs)
+    results = splitting_eigenpairs(model, graph, [(inputs, targets)], F.cross_entropy)
+    best = min(results.values(), key=lambda r: float(r.indexes.min()))
+    channel = int(best.indexes.argmin())
+    best.converged = torch.ones_like(best.indexes, dtype=torch.bool)
+    best.converged[channel] = False
+    assert (best.site, channel) not in {(r.site, r.channel) for r in select_splits(results, 50, graph=graph)}
+
+
+class _Result:
+    def __init__(self, indexes):
+        self.indexes = torch.tensor(indexes, dtype=DTYPE)
+        self.directions = torch.eye(len(indexes), dtype=DTYPE)
+        self.converged = None
+
+
+def brute_force(candidates, budget):
+    """The largest total decrease of any subset within the budget, by enumeration."""
+    best = 0.0
+    for size in range(len(candidates) + 1):
+        for subset in itertools.combinations(candidates, size):
+            if sum(cost for _, _, cost in subset) <= budget:
+                best = max(best, -sum(index for _, index, _ in subset))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_budgeted_selection_is_optimal_on_small_cases(seed):
+    rng = np.random.default_rng(seed)
+    results = {f"site{k}": _Result(list(rng.uniform(-1, 0.2, size=3))) for k in range(3)}
+    costs = {f"site{k}": float(rng.integers(1, 10)) for k in range(3)}
+    budget = float(rng.integers(5, 25))
+    chosen = select_within_budget(results, costs, budget)
+    assert sum(costs[r.site] for r in chosen) <= budget
+    candidates = [
+        (name, index, costs[name]) for name, r in results.items() for index in r.indexes.tolist() if index < 0
+    ]
+    assert -sum(r.index for r in chosen) == pytest.approx(brute_force(candidates, budget))
+    assert [r.index for r in chosen] == sorted(r.index for r in chosen)
+
+
+def test_budgeted_selection_with_equal_costs_is_plain_ranking():
+    model, inputs, targets = zoo_model("vgg19")
+    graph = ChannelGraph(model, inputs)
+    results = splitting_eigenpairs(model, graph, [(inputs, targets)], F.cross_entropy)
+    equal = {name: 1.0 for name in results}
+    budgeted = select_within_budget(results, equal, budget=7, graph=graph)
+    ranked = select_splits(results, 7, graph=graph)
+    assert [(r.site, r.channel) for r in budgeted] == [(r.site, r.channel) for r in ranked]
+
+
+def test_budgeted_selection_uses_graph_costs_and_respects_coupling():
+    model, inputs, targets = zoo_model("mobilenetv1", seed=1)
+    graph = ChannelGraph(model, inputs)
+    results = splitting_eigenpairs(model, graph, [(inputs, targets)], F.cross_entropy)
+    costs = split_costs(graph, inputs, "parameters")
+    flops = split_costs(graph, inputs, "flops")
+    assert costs["blocks.3.pointwise.0"] > 0 and flops["blocks.3.pointwise.0"] > costs["blocks.3.pointwise.0"]
+    budget = 0.25 * sum(costs[name] * site.num_neurons for name, site in graph.sites.items())
+    chosen = select_within_budget(results, costs, budget, graph=graph)
+    assert chosen and sum(costs[r.site] for r in chosen) <= budget
+    keys = [graph.coupling_key(r.site, r.channel) for r in chosen]
+    assert len(keys) == len(set(keys))
+    assert graph.coupling_key("blocks.3.depthwise.0", 2) == graph.coupling_key("blocks.2.pointwise.0", 2)
+    with pytest.raises(ValueError, match="cost kind"):
+        split_costs(graph, inputs, "watts")
