@@ -262,3 +262,19 @@ def test_inspect_budgeted_selection(tmp_path):
 def test_inspect_solver_and_budget_errors(args, message):
     result = invoke("inspect", "--model", "mlp", *args)
     assert result.exit_code == 2 and message in result.stderr
+
+
+def test_report_redraws_a_finished_run(tmp_path):
+    out = tmp_path / "out"
+    assert (
+        invoke("run", "mmd", "--config", str(tiny_config(tmp_path, TINY_MMD)), "--out", str(out), "-q").exit_code == 0
+    )
+    (out / "seed-0" / "log_mmd.png").unlink()
+    before = json.loads((out / "summary.json").read_text())
+    result = invoke("report", str(out))
+    assert result.exit_code == 0 and "Final log10 MMD^2" in result.stdout
+    assert_png(out / "seed-0" / "log_mmd.png")
+    after = json.loads((out / "summary.json").read_text())
+    assert after["mean"] == before["mean"]
+    missing = invoke("report", str(tmp_path / "nothing"))
+    assert missing.exit_code == 2 and "no seed-*/results.json" in missing.stderr

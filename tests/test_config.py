@@ -9,6 +9,7 @@ import pytest
 
 from splitgrow.config import load_config, parse_overrides
 from splitgrow.errors import ConfigError
+from splitgrow.experiments.images import ImagesConfig
 from splitgrow.experiments.mmd import MMDConfig
 from splitgrow.experiments.rbf import RBFConfig
 
@@ -102,6 +103,9 @@ def test_mmd_validation():
         ("rbf-paper.yaml", RBFConfig),
         ("mmd.yaml", MMDConfig),
         ("mmd-converged.yaml", MMDConfig),
+        ("images-cpu.yaml", ImagesConfig),
+        ("images-paper-vgg19.yaml", ImagesConfig),
+        ("images-paper-mobilenetv1.yaml", ImagesConfig),
     ],
 )
 def test_shipped_configs_load(name, cls):
@@ -113,6 +117,7 @@ def test_default_configs_match_the_dataclass_defaults():
     # configs/rbf.yaml and configs/mmd.yaml document the defaults; they must not drift apart
     assert load_config(RBFConfig, CONFIGS / "rbf.yaml") == RBFConfig()
     assert load_config(MMDConfig, CONFIGS / "mmd.yaml") == MMDConfig()
+    assert load_config(ImagesConfig, CONFIGS / "images-cpu.yaml") == ImagesConfig()
 
 
 def test_converged_mmd_config_differs_from_the_paper_only_in_the_learning_rate():
@@ -120,6 +125,18 @@ def test_converged_mmd_config_differs_from_the_paper_only_in_the_learning_rate()
     converged = load_config(MMDConfig, CONFIGS / "mmd-converged.yaml")
     assert dataclasses.replace(converged, learning_rate=paper.learning_rate) == paper
     assert (paper.learning_rate, converged.learning_rate) == (0.01, 0.1)
+
+
+def test_image_paper_configs_have_the_paper_protocol():
+    for model in ("vgg19", "mobilenetv1"):
+        paper = load_config(ImagesConfig, CONFIGS / f"images-paper-{model}.yaml")
+        assert (paper.dataset, paper.model, paper.batch_size, paper.learning_rate) == ("cifar10", model, 64, 0.1)
+        assert (paper.momentum, paper.weight_decay, paper.bn_sparsity, paper.start_width) == (0.9, 1e-4, 1e-4, 16)
+        assert paper.epochs == paper.finetune_epochs == 160
+    vgg = load_config(ImagesConfig, CONFIGS / "images-paper-vgg19.yaml")
+    assert vgg.full_widths[0] == 64 and vgg.full_widths[-1] == 512
+    with pytest.raises(ConfigError, match="full_widths must list 16 positive widths"):
+        load_config(ImagesConfig, None, {"full_widths": [8, 8]})
 
 
 def test_paper_config_has_the_paper_settings():

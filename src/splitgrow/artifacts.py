@@ -67,7 +67,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
 def save_figure(figure: Figure, path: Path, *, dpi: int = 120) -> None:
     """Render a matplotlib figure to PNG and write it atomically."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=dpi)
     atomic_write_bytes(path, buffer.getvalue())
 
 

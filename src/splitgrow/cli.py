@@ -6,6 +6,7 @@ line, ``splitgrow: error: ...``, and exit with status 2 before anything is writt
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -60,7 +61,7 @@ def list_experiments() -> None:
 
 @app.command()
 def run(
-    experiment: Annotated[str, typer.Argument(help="Experiment to run (see `splitgrow list`): rbf, mmd.")],
+    experiment: Annotated[str, typer.Argument(help="Experiment to run (see `splitgrow list`): rbf, mmd, images.")],
     out: Annotated[Path | None, typer.Option("--out", help="Output folder [default: runs/EXPERIMENT].")] = None,
     seed: Annotated[int, typer.Option("--seed", help="First random seed.")] = 0,
     seeds: Annotated[int, typer.Option("--seeds", help="Number of seeds: SEED, SEED+1, ...")] = 1,
@@ -72,6 +73,12 @@ def run(
         typer.Option("--set", help="Override one setting, KEY=VALUE (YAML syntax); repeatable."),
     ] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Run seeds in this many processes.")] = 1,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoints.")] = False,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="images: fashion-mnist, mnist or cifar10.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="images: vgg19 or mobilenetv1.")] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help="images: folder of the dataset.")] = None,
+    download: Annotated[bool, typer.Option("--download", help="images: fetch the dataset (internet).")] = False,
+    device: Annotated[str | None, typer.Option("--device", help="images: cpu or cuda.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")] = False,
 ) -> None:
     """Run an experiment: results.json and PNG figures per seed, then summary.json, summary.md and a table."""
@@ -87,13 +94,26 @@ def run(
     if jobs < 1:
         fail(f"--jobs must be >= 1, got {jobs}")
     spec = known[experiment]
+    shortcuts = {"dataset": dataset, "model": model, "data_root": data_root, "download": download or None}
+    shortcuts["device"] = device
     try:
-        settings = load_config(spec.config_class, config, parse_overrides(overrides or []))
+        values = parse_overrides(overrides or [])
+        settings_fields = {f.name for f in dataclasses.fields(spec.config_class)}
+        for key, value in shortcuts.items():
+            if value is None:
+                continue
+            option = "--" + key.replace("_", "-")
+            if key not in settings_fields:
+                fail(f"{option} does not apply to the {experiment} experiment (it has no '{key}' setting)")
+            values[key] = str(value) if isinstance(value, Path) else value
+        settings = load_config(spec.config_class, config, values)
         out_dir = out if out is not None else Path("runs") / experiment
         if out_dir.exists() and not out_dir.is_dir():
             fail(f"--out {out_dir} exists and is not a folder")
+        if resume and not out_dir.is_dir():
+            fail(f"--resume: {out_dir} does not exist; give the --out folder of the run to continue")
         _, table = run_experiment(
-            spec, settings, list(range(seed, seed + seeds)), out_dir, Reporter(not quiet), jobs=jobs
+            spec, settings, list(range(seed, seed + seeds)), out_dir, Reporter(not quiet), jobs=jobs, resume=resume
         )
     except SplitgrowError as error:
         fail(str(error))
@@ -102,6 +122,20 @@ def run(
         raise typer.Exit(130) from None
     typer.echo(table)
     typer.echo(f"\nresults: {out_dir}/summary.json, {out_dir}/seed-*/results.json and figures")
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Argument(help="The --out folder of a finished `splitgrow run`.")],
+) -> None:
+    """Redraw the figures and rewrite the summary of a finished run from its results files (no re-running)."""
+    from .experiments import report_experiment
+
+    try:
+        _, table = report_experiment(out)
+    except SplitgrowError as error:
+        fail(str(error))
+    typer.echo(table)
 
 
 @app.command()

@@ -73,6 +73,7 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
         if value is None and type(None) in options:
             return None
         (annotation,) = [option for option in options if option is not type(None)]
+        return _coerce(name, annotation, value)
     if annotation is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"setting {name!r} must be true or false, got {value!r}")

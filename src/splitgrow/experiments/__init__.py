@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from .common import Experiment, Reporter, run_experiment
+from .common import Experiment, Reporter, report_experiment, run_experiment
 
 
 def experiments() -> dict[str, Experiment]:
     """All experiments by name (imported lazily: each pulls in its own dependencies)."""
-    from . import mmd, rbf
+    from . import images, mmd, rbf
 
-    return {experiment.name: experiment for experiment in (rbf.EXPERIMENT, mmd.EXPERIMENT)}
+    return {experiment.name: experiment for experiment in (rbf.EXPERIMENT, mmd.EXPERIMENT, images.EXPERIMENT)}
 
 
-__all__ = ["Experiment", "Reporter", "experiments", "run_experiment"]
+__all__ = ["Experiment", "Reporter", "experiments", "report_experiment", "run_experiment"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import sys
 import time
@@ -90,6 +91,7 @@ class Experiment:
         threads: torch CPU threads while it runs (None: leave torch's setting). The toy experiments use 1: their
             tensors are so small that a second thread only adds synchronisation, and much more of it when the
             machine is busy with anything else.
+        checkpoints: ``run_seed`` also takes ``workdir`` (the seed's folder) and ``resume``, and checkpoints there.
     """
 
     name: str
@@ -99,6 +101,7 @@ class Experiment:
     plot: Callable[[dict[str, Any], Path], list[Path]]
     summarize: Callable[[list[dict[str, Any]]], tuple[dict[str, Any], str]]
     threads: int | None = None
+    checkpoints: bool = False
 
 
 @contextlib.contextmanager
@@ -115,10 +118,15 @@ def torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _run_one_seed(experiment: Experiment, config: Any, seed: int, reporter: Reporter) -> dict[str, Any]:
+def _run_one_seed(
+    experiment: Experiment, config: Any, seed: int, reporter: Reporter, workdir: Path, resume: bool
+) -> dict[str, Any]:
     started = time.perf_counter()
     with torch_threads(experiment.threads):
-        results = experiment.run_seed(config, seed, reporter)
+        if experiment.checkpoints:
+            results = experiment.run_seed(config, seed, reporter, workdir=workdir, resume=resume)
+        else:
+            results = experiment.run_seed(config, seed, reporter)
         metadata = run_metadata()
     return {
         "experiment": experiment.name,
@@ -130,11 +138,11 @@ def _run_one_seed(experiment: Experiment, config: Any, seed: int, reporter: Repo
     }
 
 
-def _run_in_worker(name: str, config: Any, seed: int) -> dict[str, Any]:
+def _run_in_worker(name: str, config: Any, seed: int, workdir: Path, resume: bool) -> dict[str, Any]:
     """A seed in a worker process (looked up by name: experiments hold functions, which do not pickle)."""
     from . import experiments
 
-    return _run_one_seed(experiments()[name], config, seed, Reporter(False))
+    return _run_one_seed(experiments()[name], config, seed, Reporter(False), workdir, resume)
 
 
 def run_experiment(
@@ -145,12 +153,14 @@ def run_experiment(
     reporter: Reporter,
     *,
     jobs: int = 1,
+    resume: bool = False,
 ) -> tuple[dict[str, Any], str]:
     """Run an experiment for every seed, writing ``seed-<s>/results.json`` and figures as each seed ends, then
     ``summary.json``, ``summary.md`` and the ``config.yaml`` that reproduces the run.
 
     With ``jobs`` > 1, seeds run in that many worker processes; every seed's numbers are the same as in a
     sequential run (each seed has its own random streams and runs single-threaded when the experiment says so).
+    With ``resume``, seeds whose results exist are kept, and experiments with checkpoints continue from them.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     config_dict = config_to_dict(config)
@@ -163,17 +173,31 @@ def run_experiment(
         reporter.message(f"seed {results['seed']}: results in {seed_dir} ({results['wall_time_s']:.1f} s)")
         return results
 
-    if jobs > 1 and len(seeds) > 1:
+    done: dict[int, dict[str, Any]] = {}
+    if resume:
+        for seed in seeds:
+            path = out_dir / f"seed-{seed}" / "results.json"
+            if path.is_file():
+                done[seed] = json.loads(path.read_text())
+                reporter.message(f"seed {seed}: already finished in {path.parent}")
+    pending = [seed for seed in seeds if seed not in done]
+    if jobs > 1 and len(pending) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        reporter.message(f"running {len(seeds)} seeds in {min(jobs, len(seeds))} processes")
+        reporter.message(f"running {len(pending)} seeds in {min(jobs, len(pending))} processes")
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(jobs, len(seeds)), mp_context=context) as pool:
-            futures = [pool.submit(_run_in_worker, experiment.name, config, seed) for seed in seeds]
-            all_results = [finish(future.result()) for future in futures]
+        with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=context) as pool:
+            futures = {
+                seed: pool.submit(_run_in_worker, experiment.name, config, seed, out_dir / f"seed-{seed}", resume)
+                for seed in pending
+            }
+            for seed, future in futures.items():
+                done[seed] = finish(future.result())
     else:
-        all_results = [finish(_run_one_seed(experiment, config, seed, reporter)) for seed in seeds]
+        for seed in pending:
+            done[seed] = finish(_run_one_seed(experiment, config, seed, reporter, out_dir / f"seed-{seed}", resume))
+    all_results = [done[seed] for seed in seeds]
     summary, table = experiment.summarize(all_results)
     atomic_write_json(
         out_dir / "summary.json",
@@ -182,6 +206,44 @@ def run_experiment(
             "seeds": list(seeds),
             "config": config_dict,
             "metadata": run_metadata(),
+            "wall_time_s": sum(r["wall_time_s"] for r in all_results),
+            **summary,
+        },
+    )
+    atomic_write_text(out_dir / "summary.md", table + "\n")
+    return summary, table
+
+
+def report_experiment(out_dir: Path) -> tuple[dict[str, Any], str]:
+    """Redraw the figures and rewrite the summary of a finished run from its ``seed-*/results.json`` files."""
+    from ..errors import SplitgrowError
+    from . import experiments
+
+    paths = sorted(out_dir.glob("seed-*/results.json"), key=lambda p: int(p.parent.name.split("-", 1)[1]))
+    if not paths:
+        raise SplitgrowError(f"no seed-*/results.json under {out_dir}; give the --out folder of a finished run")
+    try:
+        all_results = [json.loads(path.read_text()) for path in paths]
+    except json.JSONDecodeError as error:
+        raise SplitgrowError(f"a results file under {out_dir} is not valid JSON: {error}") from None
+    name = all_results[0].get("experiment")
+    known = experiments()
+    if name not in known:
+        raise SplitgrowError(f"{paths[0]} is not the result of a known experiment")
+    experiment = known[name]
+    for results, path in zip(all_results, paths):
+        experiment.plot(results, path.parent)
+    summary, table = experiment.summarize(all_results)
+    previous = {}
+    if (out_dir / "summary.json").is_file():
+        previous = json.loads((out_dir / "summary.json").read_text())
+    atomic_write_json(
+        out_dir / "summary.json",
+        {
+            "experiment": name,
+            "seeds": [r["seed"] for r in all_results],
+            "config": all_results[0]["config"],
+            "metadata": previous.get("metadata", all_results[0]["metadata"]),
             "wall_time_s": sum(r["wall_time_s"] for r in all_results),
             **summary,
         },

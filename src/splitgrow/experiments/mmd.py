@@ -206,7 +206,7 @@ def run_seed(config: MMDConfig, seed: int, reporter: Reporter) -> dict[str, Any]
 def plot(results: dict[str, Any], directory: Path) -> list[Path]:
     """Write figures 8 (trajectories) and 9 (log MMD) of one seed's results into ``directory``."""
     methods = list(results["methods"])
-    figure = Figure(figsize=(4.2 * len(methods), 3.8))
+    figure = Figure(figsize=(4.2 * len(methods), 3.8), layout="constrained")
     axes = figure.subplots(1, len(methods), squeeze=False, sharey=True)[0]
     for ax, name in zip(axes, methods):
         trajectory = results["methods"][name]["trajectory"]
@@ -224,7 +224,7 @@ def plot(results: dict[str, Any], directory: Path) -> list[Path]:
     trajectories = directory / "trajectories.png"
     save_figure(figure, trajectories)
 
-    figure = Figure(figsize=(6.4, 4.0))
+    figure = Figure(figsize=(6.4, 4.0), layout="constrained")
     ax = figure.subplots()
     for name in methods:
         history = results["methods"][name]["history"]

@@ -384,7 +384,7 @@ def plot(results: dict[str, Any], directory: Path) -> list[Path]:
 
 def _plot_curves(results: dict[str, Any], path: Path) -> Path:
     sizes = sorted({int(s) for run in results["methods"].values() for s in run["curves"]})
-    figure = Figure(figsize=(5.0 * max(1, len(sizes)), 3.6))
+    figure = Figure(figsize=(5.0 * max(1, len(sizes)), 3.6), layout="constrained")
     axes = figure.subplots(1, max(1, len(sizes)), squeeze=False)[0]
     for ax in axes:
         ax.plot(results["grid"], results["target_curve"], color="black", lw=2.5, label="true function")
@@ -403,7 +403,7 @@ def _plot_curves(results: dict[str, Any], path: Path) -> Path:
 
 
 def _plot_losses(results: dict[str, Any], path: Path) -> Path:
-    figure = Figure(figsize=(6.4, 4.0))
+    figure = Figure(figsize=(6.4, 4.0), layout="constrained")
     ax = figure.subplots()
     for name, run in results["methods"].items():
         ax.semilogy(run["history"]["iteration"], run["history"]["loss"], color=_color(name), lw=1.2, label=LABELS[name])
@@ -417,7 +417,7 @@ def _plot_losses(results: dict[str, Any], path: Path) -> Path:
 
 def _plot_indexes(probe: dict[str, Any], path: Path) -> Path:
     negative = -np.asarray(probe["indexes"])
-    figure = Figure(figsize=(10.0, 3.8))
+    figure = Figure(figsize=(10.0, 3.8), layout="constrained")
     left, right = figure.subplots(1, 2)
     left.plot(negative, probe["immediate_decrease"], "o", color="tab:red", label="measured")
     left.plot(negative, probe["predicted_immediate_decrease"], "-", color="black", lw=1, label="eps^2/2 * (-lambda)")
@@ -439,7 +439,7 @@ def _plot_indexes(probe: dict[str, Any], path: Path) -> Path:
 
 
 def _plot_angles(probe: dict[str, Any], path: Path) -> Path:
-    figure = Figure(figsize=(10.0, 3.8))
+    figure = Figure(figsize=(10.0, 3.8), layout="constrained")
     left, right = figure.subplots(1, 2)
     left.plot(probe["degrees"], probe["immediate_decrease"], "o", color="tab:red", label="measured")
     left.plot(probe["degrees"], probe["predicted_immediate_decrease"], "-", color="black", lw=1, label="second order")
@@ -458,20 +458,24 @@ def _plot_angles(probe: dict[str, Any], path: Path) -> Path:
 
 
 def summarize(all_results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
-    """Per seed: each method's training loss at the final size, the index/decrease correlation and the angle of
-    largest decrease; plus how often splitting had the lowest loss."""
+    """Per seed: each method's training loss at the final size, the correlation between -lambda and the loss
+    decrease (immediately and after training) and the angle of largest decrease (immediately and after training);
+    plus how often splitting had the lowest loss, and beat random splitting."""
     methods = [m for m in METHODS if m in all_results[0]["methods"]]
     rows, per_seed = [], []
-    wins = 0
+    wins = beats_random = 0
     for results in all_results:
         losses = results["loss_at_final_size"]
         probes = results.get("probes") or {}
         correlation = probes.get("indexes", {}).get("correlation_trained")
         immediate = probes.get("indexes", {}).get("correlation_immediate")
         angle = probes.get("angles", {}).get("argmax_degrees_trained")
+        angle_now = probes.get("angles", {}).get("argmax_degrees_immediate")
         others = [losses[m] for m in methods if m != "splitting" and losses.get(m) is not None]
         split_wins = "splitting" in losses and all(losses["splitting"] < other for other in others)
         wins += int(split_wins)
+        if "splitting" in losses and "random_split" in losses:
+            beats_random += int(losses["splitting"] < losses["random_split"])
         per_seed.append(
             {
                 "seed": results["seed"],
@@ -480,6 +484,7 @@ def summarize(all_results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
                 "splitting_lowest": split_wins,
                 "correlation_trained": correlation,
                 "correlation_immediate": immediate,
+                "argmax_degrees_immediate": angle_now,
                 "argmax_degrees_trained": angle,
             }
         )
@@ -487,24 +492,35 @@ def summarize(all_results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
             [results["seed"], results["final_size"]]
             + [format_number(losses.get(m)) for m in methods]
             + [
-                "-" if correlation is None else f"{correlation:.3f}",
                 "-" if immediate is None else f"{immediate:.4f}",
+                "-" if correlation is None else f"{correlation:.3f}",
+                "-" if angle_now is None else f"{angle_now:g}",
                 "-" if angle is None else f"{angle:g}",
             ]
         )
-    headers = ["seed", "neurons"] + [LABELS[m] for m in methods] + ["r (trained)", "r (immediate)", "best angle"]
+    headers = (
+        ["seed", "neurons"]
+        + [LABELS[m] for m in methods]
+        + ["r, immediate", "r, after training", "best angle, immediate", "best angle, after training"]
+    )
     geometric = {
         m: float(np.exp(np.mean(np.log([r["loss_at_final_size"][m] for r in all_results]))))
         for m in methods
         if all(r["loss_at_final_size"].get(m) for r in all_results)
     }
-    rows.append(["geo. mean", ""] + [format_number(geometric.get(m)) for m in methods] + ["", "", ""])
+    rows.append(["geo. mean", ""] + [format_number(geometric.get(m)) for m in methods] + ["", "", "", ""])
     table = markdown_table(headers, rows)
     if "splitting" in methods and len(methods) > 1:
-        table += (
-            f"\n\nSplitting had the lowest training loss at the final size in {wins} of {len(all_results)} seed(s)."
-        )
-    summary = {"per_seed": per_seed, "geometric_mean_loss": geometric, "splitting_lowest_count": wins}
+        table += f"\n\nSplitting had the lowest training loss at the final size in {wins} of {len(all_results)} seed(s)"
+        if "random_split" in methods:
+            table += f"; it beat random splitting in {beats_random}"
+        table += "."
+    summary = {
+        "per_seed": per_seed,
+        "geometric_mean_loss": geometric,
+        "splitting_lowest_count": wins,
+        "splitting_beats_random_split_count": beats_random,
+    }
     return summary, table
 
 

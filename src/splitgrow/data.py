@@ -1,0 +1,344 @@
+"""Image datasets without torchvision: MNIST-format IDX files (MNIST, Fashion-MNIST) and CIFAR-10 python batches.
+
+Everything is loaded into memory as uint8 tensors; batches are normalised (and, for training, augmented) on the
+fly with torch operations driven by an explicit ``torch.Generator``, so a run is reproducible and resumable.
+
+Where the files are looked for: ``--data-root`` if given; otherwise, for Fashion-MNIST, the Debian package
+``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), then ``~/.cache/splitgrow/<dataset>``.
+``download=True`` fetches the official files into the root (checksums verified, written atomically).
+A missing, truncated or corrupt file is a :class:`DataError` naming the path and how to get the data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import pickle
+import tarfile
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .artifacts import atomic_write_bytes
+from .errors import SplitgrowError
+
+
+class DataError(SplitgrowError):
+    """A dataset file is missing, truncated or corrupt."""
+
+
+DATASETS = ("fashion-mnist", "mnist", "cifar10")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+CACHE = Path.home() / ".cache" / "splitgrow"
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_DOWNLOADS = {
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        {
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+    ),
+    "fashion-mnist": (
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        {
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+    ),
+    "cifar10": (
+        "https://www.cs.toronto.edu/~kriz/",
+        {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
+    ),
+}
+#: per-channel mean and standard deviation of the training images (in [0, 1])
+STATISTICS = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+_HOW_TO_GET = {
+    "fashion-mnist": "install it with `apt-get install dataset-fashion-mnist`, pass --data-root to a folder with the "
+    "four IDX files, or pass --download",
+    "mnist": "pass --data-root to a folder with the four MNIST IDX files (train-images-idx3-ubyte[.gz], ...), or "
+    "pass --download",
+    "cifar10": "pass --data-root to the folder holding cifar-10-batches-py (from cifar-10-python.tar.gz), or pass "
+    "--download",
+}
+
+
+@dataclass
+class ImageDataset:
+    """Images (N, C, H, W) as uint8, labels (N,) as int64, and the per-channel normalisation."""
+
+    name: str
+    images: Tensor
+    labels: Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int = 10
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, count: int) -> ImageDataset:
+        """The first ``count`` samples (for reduced runs)."""
+        return ImageDataset(self.name, self.images[:count], self.labels[:count], self.mean, self.std, self.num_classes)
+
+
+# ------------------------------------------------------------------------------------------ file formats
+
+
+def _open(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+        return gzip.decompress(raw) if path.suffix == ".gz" else raw
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise DataError(f"cannot read {path}: {error}") from None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX array (the MNIST format): magic 0x0000 08 <ndim>, big-endian int32 sizes, then uint8 data."""
+    data = _open(path)
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path} is truncated (incomplete header)")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape))
+    if len(data) != expected:
+        raise DataError(f"{path} has {len(data)} bytes, its header announces {expected}: truncated or corrupt")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def write_idx(path: Path, array: np.ndarray, *, compress: bool = True) -> None:
+    """Write a uint8 array as an IDX file (gzipped when ``compress``); used by tests to make fixtures."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in array.shape)
+    payload = header + array.tobytes()
+    atomic_write_bytes(path, gzip.compress(payload) if compress else payload)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR batches only: numpy arrays, lists, dicts and bytes; refuses anything else (no code)."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR batch")
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 3, 32, 32) uint8, labels (N,)) from one ``cifar-10-batches-py`` file."""
+    try:
+        batch = _ArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
+        raise DataError(f"{path} is not a CIFAR-10 python batch (truncated or corrupt: {error})") from None
+    try:
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (KeyError, TypeError) as error:
+        raise DataError(f"{path} is not a CIFAR-10 python batch (no {error})") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
+        raise DataError(f"{path} has data of shape {data.shape} and {labels.shape[0]} labels; expected (N, 3072)")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+# ------------------------------------------------------------------------------------------ locating and loading
+
+
+def default_root(name: str) -> Path:
+    """Where a dataset is looked for without --data-root."""
+    if name == "fashion-mnist" and DEBIAN_FASHION_MNIST.is_dir():
+        return DEBIAN_FASHION_MNIST
+    return CACHE / name
+
+
+def _find_idx(root: Path, stem: str, name: str) -> Path:
+    for candidate in (root / stem, root / f"{stem}.gz", root / "raw" / stem, root / "raw" / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{name}: no {stem}[.gz] in {root}; {_HOW_TO_GET[name]}")
+
+
+def _load_idx_split(root: Path, name: str, split: str) -> ImageDataset:
+    image_stem, label_stem = _IDX_FILES[split]
+    images = read_idx(_find_idx(root, image_stem, name))
+    labels = read_idx(_find_idx(root, label_stem, name))
+    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+        raise DataError(f"{name} in {root}: {images.shape} images do not match {labels.shape} labels")
+    if labels.max(initial=0) > 9:
+        raise DataError(f"{name} in {root}: labels above 9; the file is corrupt")
+    mean, std = STATISTICS[name]
+    return ImageDataset(
+        name, torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)), mean, std
+    )
+
+
+def _load_cifar_split(root: Path, split: str) -> ImageDataset:
+    folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
+    files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    parts = []
+    for file in files:
+        path = folder / file
+        if not path.is_file():
+            raise DataError(f"cifar10: no {file} in {folder}; {_HOW_TO_GET['cifar10']}")
+        parts.append(read_cifar_batch(path))
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    if labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
+        raise DataError(f"cifar10 in {folder}: labels outside 0..9; a file is corrupt")
+    mean, std = STATISTICS["cifar10"]
+    return ImageDataset("cifar10", torch.from_numpy(images.copy()), torch.from_numpy(labels), mean, std)
+
+
+def load_dataset(name: str, split: str, root: Path | None = None, *, download: bool = False) -> ImageDataset:
+    """Load the ``split`` ("train" or "test") of ``name`` (fashion-mnist, mnist, cifar10)."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = Path(root) if root is not None else default_root(name)
+    if download:
+        fetch(name, root)
+    if not root.is_dir():
+        raise DataError(f"{name}: the data folder {root} does not exist; {_HOW_TO_GET[name]}")
+    if name == "cifar10":
+        return _load_cifar_split(root, split)
+    return _load_idx_split(root, name, split)
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def fetch(name: str, root: Path, *, opener=urllib.request.urlopen) -> None:
+    """Download ``name``'s official files into ``root`` (skipping those already there), verifying checksums and
+    writing atomically; CIFAR-10's archive is unpacked into ``root/cifar-10-batches-py``."""
+    base, files = _DOWNLOADS[name]
+    root.mkdir(parents=True, exist_ok=True)
+    for file, checksum in files.items():
+        target = root / file
+        if name == "cifar10" and (root / "cifar-10-batches-py" / "test_batch").is_file():
+            return
+        if target.is_file() and _md5(target.read_bytes()) == checksum:
+            continue
+        try:
+            with opener(base + file, timeout=60) as response:
+                data = response.read()
+        except OSError as error:
+            raise DataError(
+                f"could not download {base + file}: {error}; check the connection or use --data-root"
+            ) from None
+        if _md5(data) != checksum:
+            raise DataError(f"{base + file} has md5 {_md5(data)}, expected {checksum}: not written")
+        atomic_write_bytes(target, data)
+        if name == "cifar10":
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+                for member in archive.getmembers():
+                    if member.isfile() and member.name.startswith("cifar-10-batches-py/"):
+                        stream = archive.extractfile(member)
+                        atomic_write_bytes(root / member.name, stream.read())
+
+
+# ------------------------------------------------------------------------------------------ batches
+
+
+def to_float(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...], size: int | None = None) -> Tensor:
+    """uint8 (N, C, H, W) -> normalised float32, zero-padded (centred) to ``size`` x ``size`` if larger."""
+    x = images.float().div_(255.0)
+    mean_t = torch.tensor(mean).view(1, -1, 1, 1)
+    std_t = torch.tensor(std).view(1, -1, 1, 1)
+    x = (x - mean_t) / std_t
+    if size is not None and size > x.shape[-1]:
+        total = size - x.shape[-1]
+        x = torch.nn.functional.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2))
+    return x
+
+
+def augment(images: Tensor, generator: torch.Generator, *, padding: int = 4, flip: bool = True) -> Tensor:
+    """Random crops after zero padding by ``padding`` pixels, and random horizontal flips (standard CIFAR
+    augmentation), for a float batch (N, C, H, W)."""
+    n, _, height, width = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    rows = torch.randint(0, 2 * padding + 1, (n,), generator=generator).tolist()
+    cols = torch.randint(0, 2 * padding + 1, (n,), generator=generator).tolist()
+    cropped = torch.stack([padded[i, :, r : r + height, c : c + width] for i, (r, c) in enumerate(zip(rows, cols))])
+    if flip:
+        flips = torch.rand(n, generator=generator) < 0.5
+        cropped[flips] = cropped[flips].flip(3)
+    return cropped
+
+
+class Batches:
+    """Mini-batches of an :class:`ImageDataset` in a reproducible order.
+
+    Args:
+        dataset: the data.
+        batch_size: samples per batch (the last batch may be smaller).
+        shuffle: draw a new permutation every epoch from ``generator``.
+        augmentation: random crop (4-pixel padding) and horizontal flip, for training.
+        size: pad images to size x size (e.g. 28 -> 32 for VGG19 on Fashion-MNIST).
+        generator: the source of order and augmentation; its state is part of a checkpoint.
+        device: where batches are sent.
+    """
+
+    def __init__(
+        self,
+        dataset: ImageDataset,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        augmentation: bool = False,
+        size: int | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augmentation = augmentation
+        self.size = size
+        self.generator = generator or torch.Generator().manual_seed(0)
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return (len(self.dataset) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        count = len(self.dataset)
+        order = torch.randperm(count, generator=self.generator) if self.shuffle else torch.arange(count)
+        for start in range(0, count, self.batch_size):
+            index = order[start : start + self.batch_size]
+            images = to_float(self.dataset.images[index], self.dataset.mean, self.dataset.std, self.size)
+            if self.augmentation:
+                images = augment(images, self.generator, flip=self.dataset.name == "cifar10")
+            yield images.to(self.device), self.dataset.labels[index].to(self.device)

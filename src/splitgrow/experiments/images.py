@@ -1,0 +1,665 @@
+"""Experiment ``images``: grow VGG19 or MobileNetV1 by splitting and compare with pruning at equal size
+(paper Section 3, Figure 3, Appendix B.3).
+
+One run, for one dataset and one model, is a list of *tasks*, each checkpointed after every epoch:
+
+1. ``splitting``: train the small network, then ``stages`` times: compute every splitting index, split the
+   channels with the most negative ones (``growth_ratio`` of the current neurons), fine-tune. The accuracy and
+   size after each stage are the "fine-tuned" splitting curve (Figure 3a-b).
+2. ``full`` and ``full-slim``: the full-size network trained from scratch, without and with network slimming's
+   sparsity (L1 on BatchNorm scales).
+3. ``prune-<method>-<k>``: the trained full network pruned to the parameter ratio splitting reached at stage k, then
+   fine-tuned (L1-norm filter pruning from ``full``; BatchNorm-scale pruning from ``full-slim``).
+4. ``retrain-<method>-<k>``: every architecture found above trained again from a random start (Figure 3c-d).
+
+Parameter ratios are relative to the full-size network. Everything a task needs to continue (widths, state_dict,
+optimiser and scheduler state, data order and RNG state, results so far) is written atomically after every
+epoch; ``--resume`` continues a killed run and reaches the same numbers as an uninterrupted one on a CPU.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+
+from ..artifacts import atomic_write_bytes, atomic_write_json, save_figure
+from ..budget import select_within_budget, split_costs
+from ..classification import (
+    evaluate,
+    make_optimizer,
+    make_scheduler,
+    parameter_count,
+    restart_learning_rate,
+    train_epoch,
+)
+from ..config import require
+from ..data import DATASETS, Batches, ImageDataset, load_dataset
+from ..errors import SplitgrowError
+from ..inspection import module_flops
+from ..models import build_model, load_model, save_model
+from ..network import SplittableNetwork
+from ..network_statistics import SOLVERS
+from ..pruning import LABELS as PRUNING_LABELS
+from ..pruning import PRUNING_METHODS, prune_to_ratio
+from .common import Experiment, Reporter, derive_seed, markdown_table
+
+MODELS = ("vgg19", "mobilenetv1")
+METHOD_LABELS = {"splitting": "splitting (ours)", **PRUNING_LABELS}
+
+
+@dataclass
+class ImagesConfig:
+    """Settings of the ``images`` experiment. The defaults are the reduced CPU protocol on Fashion-MNIST
+    (``configs/images-cpu.yaml``); ``configs/images-paper.yaml`` is the paper's CIFAR-10 protocol."""
+
+    dataset: str = "fashion-mnist"
+    model: str = "vgg19"
+    #: folder of the dataset files (default: the Debian package for Fashion-MNIST, else ~/.cache/splitgrow)
+    data_root: str | None = None
+    download: bool = False
+    device: str = "cpu"
+    #: use only the first this many training / test images (0: all)
+    train_samples: int = 8000
+    test_samples: int = 2000
+    #: images are zero-padded to this size (VGG19 needs 32: five 2x2 poolings)
+    image_size: int = 32
+    #: starting width of every layer (MobileNetV1: of the pointwise layers; its first conv gets twice as many)
+    start_width: int = 8
+    #: width of the full-size network the pruning baselines start from (parameter ratio 1)
+    full_width: int = 32
+    #: or its widths layer by layer (e.g. the standard VGG19 64 ... 512), instead of full_width
+    full_widths: list[int] | None = None
+    batch_size: int = 64
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    #: epochs of the first training and of every training from scratch (learning rate / 10 at 50% and 75%)
+    epochs: int = 6
+    #: epochs of fine-tuning after each split or pruning
+    finetune_epochs: int = 4
+    stages: int = 3
+    #: neurons added per stage, as a fraction of the current number of neurons (m_*)
+    growth_ratio: float = 0.5
+    #: instead of growth_ratio: a budget of added parameters per stage, as a fraction of the current count,
+    #: spent by energy-aware selection (0: off)
+    parameter_budget: float = 0.0
+    epsilon: float = 0.1
+    threshold: float = 0.0
+    solver: str = "auto"
+    #: training batches used for the splitting statistics (no augmentation)
+    split_batches: int = 16
+    #: network slimming's L1 penalty on BatchNorm scales
+    bn_sparsity: float = 1e-4
+    pruning_methods: list[str] = field(default_factory=lambda: ["bn", "l1"])
+    max_pruning_ratio: float = 0.9
+    retrain: bool = True
+
+    def validate(self) -> None:
+        require(self.dataset in DATASETS, f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        require(self.model in MODELS, f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        require(
+            self.device == "cpu" or self.device.startswith("cuda"), f"device must be cpu or cuda, got {self.device!r}"
+        )
+        require(self.train_samples >= 0 and self.test_samples >= 0, "train_samples and test_samples must be >= 0")
+        require(self.image_size >= 32 or self.model != "vgg19", "VGG19 needs image_size >= 32 (five 2x2 poolings)")
+        require(1 <= self.start_width <= self.full_width, "need 1 <= start_width <= full_width")
+        layers = 16 if self.model == "vgg19" else 14
+        require(
+            self.full_widths is None or (len(self.full_widths) == layers and min(self.full_widths) >= 1),
+            f"full_widths must list {layers} positive widths for {self.model}",
+        )
+        require(self.batch_size >= 1, "batch_size must be >= 1")
+        require(self.learning_rate > 0, "learning_rate must be > 0")
+        require(self.epochs >= 1 and self.finetune_epochs >= 0, "epochs must be >= 1 and finetune_epochs >= 0")
+        require(self.stages >= 0, "stages must be >= 0")
+        require(self.growth_ratio > 0, "growth_ratio must be > 0")
+        require(self.parameter_budget >= 0, "parameter_budget must be >= 0")
+        require(self.epsilon >= 0, f"epsilon (the split step size) must be >= 0, got {self.epsilon}")
+        require(self.threshold <= 0, f"threshold (lambda_*) must be <= 0, got {self.threshold}")
+        require(self.solver in SOLVERS, f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        require(self.split_batches >= 1, "split_batches must be >= 1")
+        unknown = [m for m in self.pruning_methods if m not in PRUNING_METHODS]
+        require(not unknown, f"unknown pruning method(s) {unknown}; known: {', '.join(PRUNING_METHODS)}")
+        require(0 < self.max_pruning_ratio < 1, "max_pruning_ratio must be in (0, 1)")
+
+
+def model_config(
+    config: ImagesConfig, width: int, channels: int, classes: int, widths: list[int] | None = None
+) -> dict[str, Any]:
+    if widths is not None:
+        widths = list(widths)
+    elif config.model == "vgg19":
+        widths = [width] * 16
+    else:
+        widths = [2 * width] + [width] * 13
+    return {
+        "widths": widths,
+        "num_classes": classes,
+        "in_channels": channels,
+        "activation": "softplus",
+        "image_size": config.image_size,
+    }
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+class Checkpoint:
+    """The state of a run, written atomically after every epoch: ``checkpoint.json`` (progress and results)
+    and ``checkpoint.pt`` (tensors of the task in progress)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.progress: dict[str, Any] = {"completed": {}, "current": None}
+
+    def load(self) -> bool:
+        path = self.folder / "checkpoint.json"
+        if not path.is_file():
+            return False
+        try:
+            self.progress = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise SplitgrowError(f"{path} is corrupt ({error}); delete it to start the run again") from None
+        return True
+
+    def tensors(self) -> dict[str, Any] | None:
+        path = self.folder / "checkpoint.pt"
+        if not path.is_file():
+            return None
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+    def save(self, tensors: dict[str, Any] | None) -> None:
+        if tensors is not None:
+            buffer = io.BytesIO()
+            torch.save(tensors, buffer)
+            atomic_write_bytes(self.folder / "checkpoint.pt", buffer.getvalue())
+        atomic_write_json(self.folder / "checkpoint.json", self.progress)
+
+
+class _Interrupted(Exception):
+    """Raised by the test hook that simulates a killed run."""
+
+
+@dataclass
+class _Context:
+    config: ImagesConfig
+    seed: int
+    folder: Path
+    reporter: Reporter
+    checkpoint: Checkpoint
+    train: ImageDataset
+    test: ImageDataset
+    device: torch.device
+    stop_after_epochs: int | None = None
+    epochs_run: int = 0
+
+    def batches(self, dataset: ImageDataset, *, training: bool, generator: torch.Generator | None = None) -> Batches:
+        return Batches(
+            dataset,
+            self.config.batch_size,
+            shuffle=training,
+            augmentation=training,
+            size=self.config.image_size,
+            generator=generator,
+            device=self.device,
+        )
+
+    def example(self) -> torch.Tensor:
+        images, _ = next(iter(self.batches(self.test.subset(2), training=False)))
+        return images
+
+    def tick(self) -> None:
+        """Count an epoch; the test hook stops the run here (after the checkpoint), like a kill would."""
+        self.epochs_run += 1
+        if self.stop_after_epochs is not None and self.epochs_run >= self.stop_after_epochs:
+            raise _Interrupted
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _Trainer:
+    """Trains one model through phases of epochs, with a checkpoint after every epoch.
+
+    With ``resume`` (a checkpoint of this task) the optimiser, data order and RNG states are restored, and
+    :meth:`phase` continues a phase from the epoch the checkpoint reached.
+    """
+
+    def __init__(self, context: _Context, task: str, model, *, sparsity: float = 0.0, resume=None) -> None:
+        self.context = context
+        self.task = task
+        self.model = model.to(context.device)
+        self.sparsity = sparsity
+        config = context.config
+        self.optimizer = make_optimizer(
+            self.model, config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+        self.generator = torch.Generator().manual_seed(derive_seed(context.seed, "data", task))
+        self.history: list[dict[str, Any]] = []
+        self.resume = resume
+        if resume is not None:
+            self.optimizer.load_state_dict(resume["optimizer"])
+            self.generator.set_state(resume["generator"])
+            _set_rng_state(resume["rng"])
+            self.history = resume["history"]
+
+    def save(self, phase: int, epoch: int, done: bool, scheduler, extra: dict[str, Any]) -> None:
+        context = self.context
+        context.checkpoint.progress["current"] = {"task": self.task, "phase": phase, "epoch": epoch, "done": done}
+        context.checkpoint.save(
+            {
+                "task": self.task,
+                "architecture": self.model.architecture,
+                "config": self.model.config(),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": None if scheduler is None else scheduler.state_dict(),
+                "generator": self.generator.get_state(),
+                "rng": _rng_state(),
+                "phase": phase,
+                "epoch": epoch,
+                "done": done,
+                "history": self.history,
+                "extra": extra,
+            }
+        )
+
+    def phase(self, phase: int, epochs: int, extra: dict[str, Any]) -> dict[str, float]:
+        """Train ``epochs`` epochs as phase ``phase`` (continuing it if the checkpoint is inside it) and return
+        the test accuracy and loss after it. The caller marks the phase done once it has recorded the result."""
+        context = self.context
+        restart_learning_rate(self.optimizer, context.config.learning_rate)
+        scheduler = make_scheduler(self.optimizer, epochs)
+        start = 0
+        resume = self.resume
+        if resume is not None and resume["phase"] == phase and not resume["done"]:
+            # continue the phase (after its last epoch, only the evaluation is left)
+            self.optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            start = resume["epoch"]
+        self.resume = None
+        train_batches = context.batches(context.train, training=True, generator=self.generator)
+        for epoch in range(start, epochs):
+            description = f"seed {context.seed} {self.task} phase {phase} epoch {epoch + 1}/{epochs}"
+            with context.reporter.bar(len(train_batches), description) as bar:
+                loss = train_epoch(
+                    self.model, train_batches, self.optimizer, sparsity=self.sparsity, on_batch=lambda _: bar.update()
+                )
+            scheduler.step()
+            self.history.append({"phase": phase, "epoch": epoch + 1, "train_loss": loss})
+            self.save(phase, epoch + 1, False, scheduler, extra)
+            context.tick()
+        accuracy, test_loss = evaluate(self.model, context.batches(context.test, training=False))
+        return {"accuracy": accuracy, "test_loss": test_loss}
+
+
+def _restore(resume: dict[str, Any]):
+    model = build_model(resume["architecture"], **resume["config"])
+    model.load_state_dict(resume["model"])
+    return model
+
+
+def _row(method: str, variant: str, stage: int, model, full_parameters: int, flops: int, measured: dict) -> dict:
+    parameters = parameter_count(model)
+    return {
+        "method": method,
+        "variant": variant,
+        "stage": stage,
+        "parameters": parameters,
+        "ratio": parameters / full_parameters,
+        "flops": flops,
+        "widths": model.config()["widths"],
+        **measured,
+    }
+
+
+def _flops(model, example: torch.Tensor) -> int:
+    return module_flops(model, example).get("", 0)
+
+
+# ------------------------------------------------------------------------------------------ tasks
+
+
+def _task_splitting(context: _Context, resume: dict[str, Any] | None) -> list[dict[str, Any]]:
+    config = context.config
+    example = context.example()
+    full_parameters = context.checkpoint.progress["full_parameters"]
+    if resume is not None:
+        model = _restore(resume)
+    else:
+        torch.manual_seed(derive_seed(context.seed, "init", "splitting"))
+        model = build_model(config.model, **context.checkpoint.progress["start_config"])
+    trainer = _Trainer(context, "splitting", model, resume=resume)
+    rows = list(resume["extra"]["rows"]) if resume is not None else []
+    statistics_batches = [
+        batch for _, batch in zip(range(config.split_batches), context.batches(context.train, training=False))
+    ]
+    first = 0
+    if resume is not None:
+        # a finished phase resumes with the next stage's split; an unfinished one (already split) continues
+        first = resume["phase"] + 1 if resume["done"] else resume["phase"]
+    for stage in range(first, config.stages + 1):
+        continuing = resume is not None and resume["phase"] == stage and not resume["done"]
+        if stage > 0 and not continuing:
+            _split_stage(context, trainer, stage, statistics_batches, example)
+        epochs = config.epochs if stage == 0 else config.finetune_epochs
+        measured = trainer.phase(stage, epochs, {"rows": rows}) if epochs else evaluate_only(context, trainer.model)
+        rows.append(
+            _row(
+                "splitting",
+                "fine-tuned",
+                stage,
+                trainer.model,
+                full_parameters,
+                _flops(trainer.model, example),
+                measured,
+            )
+        )
+        trainer.save(stage, epochs, True, None, {"rows": rows})
+        context.reporter.message(
+            f"seed {context.seed} splitting stage {stage}: {rows[-1]['parameters']:,} parameters "
+            f"(ratio {rows[-1]['ratio']:.3f}), test accuracy {measured['accuracy']:.4f}"
+        )
+    return rows
+
+
+def _split_stage(context: _Context, trainer: _Trainer, stage: int, batches, example: torch.Tensor) -> None:
+    config = context.config
+    model = trainer.model
+    net = SplittableNetwork(model, example)
+    started = time.perf_counter()
+    results = net.splitting(
+        batches, F.cross_entropy, solver=config.solver, seed=derive_seed(context.seed, "split", str(stage))
+    )
+    neurons = sum(site.num_neurons for site in net.sites.values())
+    if config.parameter_budget > 0:
+        costs = split_costs(net.graph, example, "parameters")
+        budget = config.parameter_budget * parameter_count(model)
+        requests = select_within_budget(results, costs, budget, threshold=config.threshold, graph=net.graph)
+    else:
+        count = max(1, math.ceil(config.growth_ratio * neurons))
+        requests = net.select(results, count, config.threshold)
+    report = net.split(requests, config.epsilon, optimizer=trainer.optimizer)
+    trainer.history.append(
+        {
+            "stage": stage,
+            "splits": len(requests),
+            "sites": sorted({r.site for r in requests}),
+            "predicted_change": report.predicted_change,
+            "parameters": report.parameters_after,
+            "seconds": time.perf_counter() - started,
+        }
+    )
+
+
+def _task_train_full(context: _Context, resume: dict[str, Any] | None, task: str, sparsity: float) -> dict[str, Any]:
+    config = context.config
+    if resume is not None:
+        model = _restore(resume)
+    else:
+        torch.manual_seed(derive_seed(context.seed, "init", task))
+        model = build_model(config.model, **context.checkpoint.progress["full_config"])
+    trainer = _Trainer(context, task, model, sparsity=sparsity, resume=resume)
+    measured = trainer.phase(0, config.epochs, {})
+    save_model(context.folder / task, trainer.model, trainer.history)
+    example = context.example()
+    full_parameters = context.checkpoint.progress["full_parameters"]
+    row = _row(task, "trained", 0, trainer.model, full_parameters, _flops(trainer.model, example), measured)
+    context.reporter.message(f"seed {context.seed} {task}: test accuracy {measured['accuracy']:.4f}")
+    return row
+
+
+def _task_prune(context: _Context, resume: dict[str, Any] | None, method: str, stage: int, target: float) -> dict:
+    config = context.config
+    example = context.example()
+    full_parameters = context.checkpoint.progress["full_parameters"]
+    task = f"prune-{method}-{stage}"
+    if resume is not None:
+        model = _restore(resume)
+    else:
+        source, _ = load_model(context.folder / ("full-slim" if method == "bn" else "full"))
+        model, _ = prune_to_ratio(
+            source.to(context.device),
+            example,
+            method,
+            target,
+            reference_parameters=full_parameters,
+            max_ratio=config.max_pruning_ratio,
+        )
+    trainer = _Trainer(context, task, model, resume=resume)
+    if config.finetune_epochs:
+        measured = trainer.phase(0, config.finetune_epochs, {})
+    else:
+        measured = evaluate_only(context, trainer.model)
+    return _row(method, "fine-tuned", stage, trainer.model, full_parameters, _flops(trainer.model, example), measured)
+
+
+def evaluate_only(context: _Context, model) -> dict[str, float]:
+    accuracy, loss = evaluate(model, context.batches(context.test, training=False))
+    return {"accuracy": accuracy, "test_loss": loss}
+
+
+def _task_retrain(context: _Context, resume: dict[str, Any] | None, source: dict[str, Any]) -> dict[str, Any]:
+    """Train the architecture of a finished row again from a random start."""
+    config = context.config
+    task = f"retrain-{source['method']}-{source['stage']}"
+    if resume is not None:
+        model = _restore(resume)
+    else:
+        torch.manual_seed(derive_seed(context.seed, "init", task))
+        architecture = {**context.checkpoint.progress["start_config"], "widths": source["widths"]}
+        model = build_model(config.model, **architecture)
+    trainer = _Trainer(context, task, model, resume=resume)
+    measured = trainer.phase(0, config.epochs, {})
+    example = context.example()
+    full_parameters = context.checkpoint.progress["full_parameters"]
+    return _row(
+        source["method"],
+        "retrained",
+        source["stage"],
+        trainer.model,
+        full_parameters,
+        _flops(trainer.model, example),
+        measured,
+    )
+
+
+def run_seed(
+    config: ImagesConfig,
+    seed: int,
+    reporter: Reporter,
+    *,
+    workdir: Path,
+    resume: bool = False,
+    stop_after_epochs: int | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) every task of the comparison for one seed; returns the JSON-ready results."""
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SplitgrowError("device 'cuda' was asked for but torch sees no CUDA device; use --device cpu")
+    root = Path(config.data_root) if config.data_root else None
+    train = load_dataset(config.dataset, "train", root, download=config.download)
+    test = load_dataset(config.dataset, "test", root)
+    if config.train_samples:
+        train = train.subset(config.train_samples)
+    if config.test_samples:
+        test = test.subset(config.test_samples)
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpoint = Checkpoint(workdir)
+    if resume:
+        checkpoint.load()
+    context = _Context(config, seed, workdir, reporter, checkpoint, train, test, device, stop_after_epochs)
+    channels = train.images.shape[1]
+    progress = checkpoint.progress
+    if "start_config" not in progress:
+        progress["start_config"] = model_config(config, config.start_width, channels, train.num_classes)
+        progress["full_config"] = model_config(
+            config, config.full_width, channels, train.num_classes, config.full_widths
+        )
+        progress["full_parameters"] = parameter_count(build_model(config.model, **progress["full_config"]))
+    completed: dict[str, Any] = progress["completed"]
+    in_progress = checkpoint.tensors() if resume else None
+
+    def resume_for(task: str) -> dict[str, Any] | None:
+        if in_progress is not None and in_progress.get("task") == task:
+            return in_progress
+        return None
+
+    def finish(task: str, value: Any) -> None:
+        completed[task] = value
+        progress["current"] = None
+        checkpoint.save(None)
+
+    if "splitting" not in completed:
+        finish("splitting", _task_splitting(context, resume_for("splitting")))
+    splitting_rows = completed["splitting"]
+    if "l1" in config.pruning_methods and "full" not in completed:
+        finish("full", _task_train_full(context, resume_for("full"), "full", 0.0))
+    if "bn" in config.pruning_methods and "full-slim" not in completed:
+        finish("full-slim", _task_train_full(context, resume_for("full-slim"), "full-slim", config.bn_sparsity))
+    targets = [(row["stage"], row["ratio"]) for row in splitting_rows if row["stage"] > 0 and row["ratio"] < 1]
+    for method in config.pruning_methods:
+        for stage, ratio in targets:
+            task = f"prune-{method}-{stage}"
+            if task not in completed:
+                finish(task, _task_prune(context, resume_for(task), method, stage, ratio))
+    if config.retrain:
+        sources = [row for row in splitting_rows if row["stage"] > 0]
+        sources += [completed[f"prune-{m}-{s}"] for m in config.pruning_methods for s, _ in targets]
+        for source in sources:
+            task = f"retrain-{source['method']}-{source['stage']}"
+            if task not in completed:
+                finish(task, _task_retrain(context, resume_for(task), source))
+    rows = list(completed["splitting"])
+    rows += [value for key, value in completed.items() if key.startswith(("prune-", "retrain-"))]
+    references = {key: completed[key] for key in ("full", "full-slim") if key in completed}
+    return {
+        "dataset": config.dataset,
+        "model": config.model,
+        "full_parameters": progress["full_parameters"],
+        "rows": rows,
+        "full_networks": references,
+    }
+
+
+# ------------------------------------------------------------------------------------------ figures and summary
+
+
+def plot(results: dict[str, Any], directory: Path) -> list[Path]:
+    """Accuracy against parameter ratio: fine-tuned (left) and retrained (right), every method."""
+    figure = Figure(figsize=(10.0, 4.0), layout="constrained")
+    axes = figure.subplots(1, 2, sharey=True)
+    colors = {"splitting": "tab:red", "bn": "tab:blue", "l1": "tab:green"}
+    for ax, variant in zip(axes, ("fine-tuned", "retrained")):
+        for method, color in colors.items():
+            rows = sorted(
+                (r for r in results["rows"] if r["method"] == method and r["variant"] == variant),
+                key=lambda r: r["ratio"],
+            )
+            if rows:
+                ax.plot(
+                    [r["ratio"] for r in rows],
+                    [r["accuracy"] for r in rows],
+                    "o-",
+                    color=color,
+                    label=METHOD_LABELS[method],
+                )
+        for key, reference in results.get("full_networks", {}).items():
+            ax.axhline(reference["accuracy"], color="gray", lw=0.8, ls="--" if key == "full" else ":")
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters / full-size network")
+        ax.set_title(f"{results['model']} on {results['dataset']}: {variant}")
+    axes[0].set_ylabel("test accuracy")
+    axes[0].legend(fontsize=8)
+    path = directory / "accuracy_vs_ratio.png"
+    save_figure(figure, path)
+    return [path]
+
+
+def summarize(all_results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """Accuracy of every method at every size, averaged over seeds, and whether splitting wins at equal size."""
+    groups: dict[tuple[str, str, int], list[dict]] = {}
+    for results in all_results:
+        for row in results["rows"]:
+            groups.setdefault((row["method"], row["variant"], row["stage"]), []).append(row)
+    table_rows, summary_rows = [], []
+    for (method, variant, stage), rows in sorted(groups.items(), key=lambda item: (item[0][1], item[0][2], item[0][0])):
+        accuracy = [r["accuracy"] for r in rows]
+        summary_rows.append(
+            {
+                "method": method,
+                "variant": variant,
+                "stage": stage,
+                "ratio": float(np.mean([r["ratio"] for r in rows])),
+                "parameters": float(np.mean([r["parameters"] for r in rows])),
+                "accuracy_mean": float(np.mean(accuracy)),
+                "accuracy_std": float(np.std(accuracy)),
+                "seeds": len(rows),
+            }
+        )
+        table_rows.append(
+            [
+                variant,
+                stage,
+                METHOD_LABELS[method],
+                f"{np.mean([r['parameters'] for r in rows]):,.0f}",
+                f"{np.mean([r['ratio'] for r in rows]):.3f}",
+                f"{100 * np.mean(accuracy):.2f}" + (f" ± {100 * np.std(accuracy):.2f}" if len(rows) > 1 else ""),
+            ]
+        )
+    wins, comparisons = 0, 0
+    for entry in summary_rows:
+        if entry["method"] != "splitting" or entry["stage"] == 0:
+            continue
+        rivals = [
+            other
+            for other in summary_rows
+            if other["method"] != "splitting"
+            and other["variant"] == entry["variant"]
+            and other["stage"] == entry["stage"]
+        ]
+        for other in rivals:
+            comparisons += 1
+            wins += int(entry["accuracy_mean"] > other["accuracy_mean"])
+    first = all_results[0]
+    references = ", ".join(
+        f"{key} {100 * value['accuracy']:.2f}%" for key, value in first.get("full_networks", {}).items()
+    )
+    table = markdown_table(["variant", "stage", "method", "parameters", "ratio", "test accuracy %"], table_rows)
+    table = (
+        f"{first['model']} on {first['dataset']} (full-size network: {first['full_parameters']:,} parameters; "
+        f"{references})\n\n{table}\n\nSplitting more accurate than a pruning baseline at the same size in {wins} of "
+        f"{comparisons} comparisons."
+    )
+    return {"rows": summary_rows, "splitting_wins": wins, "comparisons": comparisons}, table
+
+
+EXPERIMENT = Experiment(
+    name="images",
+    description="image classification (paper Section 3, Figure 3): splitting vs pruning at equal size",
+    config_class=ImagesConfig,
+    run_seed=run_seed,
+    plot=plot,
+    summarize=summarize,
+    checkpoints=True,
+)
