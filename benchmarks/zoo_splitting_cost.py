@@ -107,10 +107,10 @@ def main() -> None:
                 len(net.sites),
                 entry["neurons"],
                 f"{entry['parameters']:,}",
-                f"{epoch:.2f}",
-                f"{dense:.2f}",
+                f"{epoch:.3g}",
+                f"{dense:.3g}",
                 f"{dense / epoch:.1f}",
-                f"{free:.2f}",
+                f"{free:.3g}",
                 f"{free / epoch:.1f}",
             ]
         )

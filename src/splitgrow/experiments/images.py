@@ -7,7 +7,7 @@ One run, for one dataset and one model, is a list of *tasks*, each checkpointed 
    channels with the most negative ones (``growth_ratio`` of the current neurons), fine-tune. The accuracy and
    size after each stage are the "fine-tuned" splitting curve (Figure 3a-b).
 2. ``full`` and ``full-slim``: the full-size network trained from scratch, without and with network slimming's
-   sparsity (L1 on BatchNorm scales).
+   sparsity (L1 on BatchNorm scales), for as many epochs as the splitting path takes in all.
 3. ``prune-<method>-<k>``: the trained full network pruned to the parameter ratio splitting reached at stage k, then
    fine-tuned (L1-norm filter pruning from ``full``; BatchNorm-scale pruning from ``full-slim``).
 4. ``retrain-<method>-<k>``: every architecture found above trained again from a random start (Figure 3c-d).
@@ -87,6 +87,9 @@ class ImagesConfig:
     epochs: int = 6
     #: epochs of fine-tuning after each split or pruning
     finetune_epochs: int = 4
+    #: epochs of the full-size networks the pruning baselines start from (0: as many as the splitting path in
+    #: all, epochs + stages * finetune_epochs, so that neither side gets more training)
+    full_epochs: int = 0
     stages: int = 3
     #: neurons added per stage, as a fraction of the current number of neurons (m_*)
     growth_ratio: float = 0.5
@@ -121,6 +124,7 @@ class ImagesConfig:
         require(self.batch_size >= 1, "batch_size must be >= 1")
         require(self.learning_rate > 0, "learning_rate must be > 0")
         require(self.epochs >= 1 and self.finetune_epochs >= 0, "epochs must be >= 1 and finetune_epochs >= 0")
+        require(self.full_epochs >= 0, "full_epochs must be >= 0 (0: epochs + stages * finetune_epochs)")
         require(self.stages >= 0, "stages must be >= 0")
         require(self.growth_ratio > 0, "growth_ratio must be > 0")
         require(self.parameter_budget >= 0, "parameter_budget must be >= 0")
@@ -420,7 +424,8 @@ def _task_train_full(context: _Context, resume: dict[str, Any] | None, task: str
         torch.manual_seed(derive_seed(context.seed, "init", task))
         model = build_model(config.model, **context.checkpoint.progress["full_config"])
     trainer = _Trainer(context, task, model, sparsity=sparsity, resume=resume)
-    measured = trainer.phase(0, config.epochs, {})
+    epochs = config.full_epochs or config.epochs + config.stages * config.finetune_epochs
+    measured = trainer.phase(0, epochs, {})
     save_model(context.folder / task, trainer.model, trainer.history)
     example = context.example()
     full_parameters = context.checkpoint.progress["full_parameters"]
