@@ -55,12 +55,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timed(device: torch.device, function, *args, **kwargs):
+PEAKS: dict[str, int] = {}
+
+
+def timed(device: torch.device, function, *args, label: str | None = None, **kwargs):
+    """(result, seconds); on a GPU the peak memory of the call is kept in PEAKS[label]."""
     synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     result = function(*args, **kwargs)
     synchronize(device)
-    return result, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    if device.type == "cuda" and label is not None:
+        PEAKS[label] = torch.cuda.max_memory_allocated(device)
+    return result, seconds
 
 
 def layer_stack(channels: int, device: torch.device) -> nn.Module:
@@ -126,7 +135,7 @@ def benchmark_layer(channels: int, args: argparse.Namespace, device: torch.devic
     reference_seconds = (time.perf_counter() - started) * n / reference_neurons
     # (ii) dense batched (closed form + batched eigh), on the neurons that fit
     (dense, dense_seconds) = timed(
-        device, lambda: dense_eigenpairs(ridge_splitting_matrices(rows, coefficients[:, :dense_neurons]))
+        device, lambda: dense_eigenpairs(ridge_splitting_matrices(rows, coefficients[:, :dense_neurons])), label="dense"
     )
     dense_seconds = (dense_seconds + statistics_seconds) * n / dense_neurons
     reference_error = max(
@@ -139,7 +148,7 @@ def benchmark_layer(channels: int, args: argparse.Namespace, device: torch.devic
         start = torch.randn((n, d), generator=torch.Generator().manual_seed(0)).to(device)
         return lobpcg_smallest(operators["0"].matvec, start, tolerance=args.tolerance, max_iterations=500), operators
 
-    (found, operators), free_seconds = timed(device, matrix_free)
+    (found, operators), free_seconds = timed(device, matrix_free, label="matrix_free")
     compared = torch.arange(dense_neurons)
     exact, approximate = dense.indexes.cpu(), found.indexes.double().cpu()[compared]
     m = max(1, int(round(args.top_fraction * dense_neurons)))
@@ -167,6 +176,7 @@ def benchmark_layer(channels: int, args: argparse.Namespace, device: torch.devic
         "lambda_relative_error_top_m": relative,
         "top_m": m,
         "top_m_overlap": len(top_exact & top_found) / m,
+        "cuda_peak_bytes": dict(PEAKS) if device.type == "cuda" else None,
     }
 
 

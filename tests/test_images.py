@@ -107,8 +107,8 @@ def test_a_killed_run_resumes_to_the_same_result(mnist_root, tmp_path, uninterru
         run_seed(config, 0, Reporter(False), workdir=tmp_path / "killed", stop_after_epochs=stop)
     resumed = run_seed(config, 0, Reporter(False), workdir=tmp_path / "killed", resume=True)
     assert comparable(resumed) == comparable(reference)
-    whole = torch.load(whole_folder / "checkpoint.pt", weights_only=False)
-    again = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)
+    whole = torch.load(whole_folder / "checkpoint.pt", weights_only=True)
+    again = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
     assert whole["task"] == again["task"]
     for name, tensor in whole["model"].items():
         assert torch.equal(tensor, again["model"][name]), name

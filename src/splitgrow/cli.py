@@ -208,8 +208,8 @@ def inspect(
     headers = ["site", "kind", "neurons", "d", "params", "FLOPs", "split +params", "split +FLOPs", "exact"]
     keys = ["site", "kind", "neurons", "neuron_dim", "parameters", "flops", "split_parameters", "split_flops", "exact"]
     if results is not None:
-        headers += ["min index", "negative"]
-        keys += ["min_index", "negative"]
+        headers += ["min index", "negative", "solver", "converged"]
+        keys += ["min_index", "negative", "solver", "converged"]
     headers.append("note")
     keys.append("note")
     table_rows = []
@@ -219,6 +219,8 @@ def inspect(
             value = row.get(key)
             if key == "min_index":
                 cells.append(format_number(value))
+            elif key == "converged":
+                cells.append(f"{value:.0%}")
             elif value is None:
                 cells.append("-")
             elif isinstance(value, bool):

@@ -89,9 +89,13 @@ def site_table(
             "note": site.reason or site.inexact_reason or ("with depthwise correction" if site.depthwise_chain else ""),
         }
         if results is not None and name in results:
-            indexes = results[name].indexes
+            result = results[name]
+            indexes = result.indexes
             row["min_index"] = float(indexes.min())
             row["negative"] = int((indexes < 0).sum())
+            row["solver"] = getattr(result, "solver", "dense")
+            converged = getattr(result, "converged", None)
+            row["converged"] = 1.0 if converged is None else float(converged.float().mean())
         rows.append(row)
     for name, reason in graph.not_sites.items():
         rows.append(

@@ -10,7 +10,8 @@ One run, for one dataset and one model, is a list of *tasks*, each checkpointed 
    sparsity (L1 on BatchNorm scales), for as many epochs as the splitting path takes in all.
 3. ``prune-<method>-<k>``: the trained full network pruned to the parameter ratio splitting reached at stage k, then
    fine-tuned (L1-norm filter pruning from ``full``; BatchNorm-scale pruning from ``full-slim``).
-4. ``retrain-<method>-<k>``: every architecture found above trained again from a random start (Figure 3c-d).
+4. ``retrain-<method>-<k>``: every architecture found above trained again from a random start, for as many epochs
+   as the full-size networks (Figure 3c-d).
 
 Parameter ratios are relative to the full-size network. Everything a task needs to continue (widths, state_dict,
 optimiser and scheduler state, data order and RNG state, results so far) is written atomically after every
@@ -22,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,13 +85,15 @@ class ImagesConfig:
     learning_rate: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    #: epochs of the first training and of every training from scratch (learning rate / 10 at 50% and 75%)
+    #: epochs of the splitting path's first training (learning rate / 10 at 50% and 75% of every phase)
     epochs: int = 6
     #: epochs of fine-tuning after each split or pruning
     finetune_epochs: int = 4
     #: epochs of the full-size networks the pruning baselines start from (0: as many as the splitting path in
     #: all, epochs + stages * finetune_epochs, so that neither side gets more training)
     full_epochs: int = 0
+    #: epochs of every retraining from scratch (0: as many as the full-size networks)
+    retrain_epochs: int = 0
     stages: int = 3
     #: neurons added per stage, as a fraction of the current number of neurons (m_*)
     growth_ratio: float = 0.5
@@ -125,6 +129,7 @@ class ImagesConfig:
         require(self.learning_rate > 0, "learning_rate must be > 0")
         require(self.epochs >= 1 and self.finetune_epochs >= 0, "epochs must be >= 1 and finetune_epochs >= 0")
         require(self.full_epochs >= 0, "full_epochs must be >= 0 (0: epochs + stages * finetune_epochs)")
+        require(self.retrain_epochs >= 0, "retrain_epochs must be >= 0 (0: as many as full_epochs)")
         require(self.stages >= 0, "stages must be >= 0")
         require(self.growth_ratio > 0, "growth_ratio must be > 0")
         require(self.parameter_budget >= 0, "parameter_budget must be >= 0")
@@ -135,6 +140,11 @@ class ImagesConfig:
         unknown = [m for m in self.pruning_methods if m not in PRUNING_METHODS]
         require(not unknown, f"unknown pruning method(s) {unknown}; known: {', '.join(PRUNING_METHODS)}")
         require(0 < self.max_pruning_ratio < 1, "max_pruning_ratio must be in (0, 1)")
+
+
+def full_epochs(config: ImagesConfig) -> int:
+    """Epochs of the full-size networks: as many as the splitting path in all, unless set."""
+    return config.full_epochs or config.epochs + config.stages * config.finetune_epochs
 
 
 def model_config(
@@ -180,7 +190,10 @@ class Checkpoint:
         path = self.folder / "checkpoint.pt"
         if not path.is_file():
             return None
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+            raise SplitgrowError(f"{path} is corrupt ({error}); delete it to start the task again") from None
 
     def save(self, tensors: dict[str, Any] | None) -> None:
         if tensors is not None:
@@ -424,8 +437,7 @@ def _task_train_full(context: _Context, resume: dict[str, Any] | None, task: str
         torch.manual_seed(derive_seed(context.seed, "init", task))
         model = build_model(config.model, **context.checkpoint.progress["full_config"])
     trainer = _Trainer(context, task, model, sparsity=sparsity, resume=resume)
-    epochs = config.full_epochs or config.epochs + config.stages * config.finetune_epochs
-    measured = trainer.phase(0, epochs, {})
+    measured = trainer.phase(0, full_epochs(config), {})
     save_model(context.folder / task, trainer.model, trainer.history)
     example = context.example()
     full_parameters = context.checkpoint.progress["full_parameters"]
@@ -475,7 +487,7 @@ def _task_retrain(context: _Context, resume: dict[str, Any] | None, source: dict
         architecture = {**context.checkpoint.progress["start_config"], "widths": source["widths"]}
         model = build_model(config.model, **architecture)
     trainer = _Trainer(context, task, model, resume=resume)
-    measured = trainer.phase(0, config.epochs, {})
+    measured = trainer.phase(0, config.retrain_epochs or full_epochs(config), {})
     example = context.example()
     full_parameters = context.checkpoint.progress["full_parameters"]
     return _row(
