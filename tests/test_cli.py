@@ -172,7 +172,7 @@ def test_console_script_entry_point(tmp_path):
         check=False,
     )
     assert completed.returncode == 2
-    assert completed.stderr == "splitgrow: error: unknown experiment 'nonsense'; choose one of: rbf, mmd\n"
+    assert completed.stderr == "splitgrow: error: unknown experiment 'nonsense'; choose one of: rbf, mmd, images\n"
     listing = subprocess.run(
         [sys.executable, "-m", "splitgrow.cli", "list"], capture_output=True, text=True, check=True
     )

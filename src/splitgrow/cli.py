@@ -219,10 +219,10 @@ def inspect(
             value = row.get(key)
             if key == "min_index":
                 cells.append(format_number(value))
-            elif key == "converged":
-                cells.append(f"{value:.0%}")
             elif value is None:
                 cells.append("-")
+            elif key == "converged":
+                cells.append(f"{value:.0%}")
             elif isinstance(value, bool):
                 cells.append("yes" if value else "no")
             else:
