@@ -130,6 +130,11 @@ def test_command_line(mnist_root, tmp_path):
     assert (out / "seed-0" / "accuracy_vs_ratio.png").is_file()
     resumed = invoke(*args, "--out", str(out), "--resume", "-q")
     assert resumed.exit_code == 0 and json.loads((out / "summary.json").read_text())["comparisons"] == 2
+    # resuming with other settings would mix results computed two ways: refused, nothing rewritten
+    settings = (out / "config.yaml").read_text()
+    changed = invoke(*args, "--out", str(out), "--resume", "--set", "epochs=3", "-q")
+    assert changed.exit_code == 2 and "cannot resume" in changed.stderr and "epochs: 2 -> 3" in changed.stderr
+    assert (out / "config.yaml").read_text() == settings
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..artifacts import atomic_write_json, atomic_write_text, run_metadata
 from ..config import config_to_dict
+from ..errors import SplitgrowError
 
 
 def derive_seed(seed: int, *keys: str) -> int:
@@ -102,6 +103,7 @@ class Experiment:
     summarize: Callable[[list[dict[str, Any]]], tuple[dict[str, Any], str]]
     threads: int | None = None
     checkpoints: bool = False
+    resume_free_keys: frozenset[str] = frozenset()  # settings a resumed run may change (where data or device is)
 
 
 @contextlib.contextmanager
@@ -145,6 +147,30 @@ def _run_in_worker(name: str, config: Any, seed: int, workdir: Path, resume: boo
     return _run_one_seed(experiments()[name], config, seed, Reporter(False), workdir, resume)
 
 
+def _check_resumable(out_dir: Path, config_dict: dict[str, Any], free_keys: frozenset[str]) -> None:
+    """Refuse to resume a run with settings other than those it was started with: its finished parts would be
+    mixed with parts computed differently."""
+    path = out_dir / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        previous = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SplitgrowError(f"{path} is corrupt ({error}); delete {out_dir} or choose another --out") from None
+    if not isinstance(previous, dict):
+        raise SplitgrowError(f"{path} is not a mapping of settings; delete {out_dir} or choose another --out")
+    changed = [
+        f"{key}: {previous.get(key)!r} -> {value!r}"
+        for key, value in config_dict.items()
+        if key not in free_keys and previous.get(key) != value
+    ]
+    if changed:
+        raise SplitgrowError(
+            f"cannot resume the run in {out_dir} with other settings ({'; '.join(changed)}); "
+            f"resume with its settings (--config {path}) or choose another --out"
+        )
+
+
 def run_experiment(
     experiment: Experiment,
     config: Any,
@@ -162,8 +188,10 @@ def run_experiment(
     sequential run (each seed has its own random streams and runs single-threaded when the experiment says so).
     With ``resume``, seeds whose results exist are kept, and experiments with checkpoints continue from them.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
     config_dict = config_to_dict(config)
+    if resume:
+        _check_resumable(out_dir, config_dict, experiment.resume_free_keys)
+    out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config_dict, sort_keys=False))
 
     def finish(results: dict[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from ..artifacts import atomic_write_bytes, atomic_write_json, save_figure
@@ -582,6 +583,11 @@ def run_seed(
 # ------------------------------------------------------------------------------------------ figures and summary
 
 
+def _minor_ratio_label(value: float, _position: int) -> str:
+    mantissa = value / 10 ** np.floor(np.log10(value))
+    return f"{value:g}" if round(mantissa) in (2, 5) else ""
+
+
 def plot(results: dict[str, Any], directory: Path) -> list[Path]:
     """Accuracy against parameter ratio: fine-tuned (left) and retrained (right), every method."""
     figure = Figure(figsize=(10.0, 4.0), layout="constrained")
@@ -602,8 +608,12 @@ def plot(results: dict[str, Any], directory: Path) -> list[Path]:
                     label=METHOD_LABELS[method],
                 )
         for key, reference in results.get("full_networks", {}).items():
-            ax.axhline(reference["accuracy"], color="gray", lw=0.8, ls="--" if key == "full" else ":")
+            label = "full size" if key == "full" else "full size, L1 on BN scales"
+            ax.axhline(reference["accuracy"], color="gray", lw=0.8, ls="--" if key == "full" else ":", label=label)
         ax.set_xscale("log")
+        # plain decimals: the default 3x10^-1-style minor labels collide on a one-decade axis
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(ticker.FuncFormatter(_minor_ratio_label))
         ax.set_xlabel("parameters / full-size network")
         ax.set_title(f"{results['model']} on {results['dataset']}: {variant}")
     axes[0].set_ylabel("test accuracy")
@@ -679,4 +689,5 @@ EXPERIMENT = Experiment(
     plot=plot,
     summarize=summarize,
     checkpoints=True,
+    resume_free_keys=frozenset({"device", "data_root", "download"}),
 )
