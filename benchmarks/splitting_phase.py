@@ -251,7 +251,7 @@ def benchmark_network(name: str, args: argparse.Namespace, device: torch.device)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--channels", type=int, nargs="+", default=[16, 64, 128, 256, 512])
+    parser.add_argument("--channels", type=int, nargs="+", choices=sorted(LAYERS), help="layer widths (default: all)")
     parser.add_argument("--layer-samples", type=int, default=64)
     parser.add_argument("--reference-neurons", type=int, default=2, help="neurons timed by (i) when d > 1000")
     parser.add_argument("--dense-bytes", type=int, default=2 * 2**30, help="largest dense batch of matrices")
@@ -265,8 +265,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small settings to check the script")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "splitting_phase")
     args = parser.parse_args()
+    if args.channels is None:
+        args.channels = [16, 64] if args.quick else [16, 64, 128, 256, 512]
     if args.quick:
-        args.channels, args.layer_samples, args.network_samples = [16, 64], 8, 256
+        args.layer_samples, args.network_samples = 8, 256
         args.sample_sizes, args.width = [64, 128], 16
     device = torch.device(args.device)
     machine = {

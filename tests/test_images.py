@@ -105,8 +105,10 @@ def test_a_killed_run_resumes_to_the_same_result(mnist_root, tmp_path, uninterru
     reference, whole_folder = uninterrupted
     with pytest.raises(_Interrupted):
         run_seed(config, 0, Reporter(False), workdir=tmp_path / "killed", stop_after_epochs=stop)
+    killed_seconds = json.loads((tmp_path / "killed" / "checkpoint.json").read_text())["elapsed_s"]
     resumed = run_seed(config, 0, Reporter(False), workdir=tmp_path / "killed", resume=True)
     assert comparable(resumed) == comparable(reference)
+    assert resumed["wall_time_s"] > killed_seconds > 0  # the time of both sessions
     whole = torch.load(whole_folder / "checkpoint.pt", weights_only=True)
     again = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
     assert whole["task"] == again["task"]

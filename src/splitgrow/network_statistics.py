@@ -519,7 +519,7 @@ def splitting_eigenpairs(
             results[name] = SiteSplitting(
                 indexes=eigenpairs.indexes,
                 directions=eigenpairs.directions,
-                converged=torch.ones(site.num_neurons, dtype=torch.bool),
+                converged=torch.ones(site.num_neurons, dtype=torch.bool, device=eigenpairs.indexes.device),
                 matrices=matrices if keep_matrices else None,
                 **common,
             )
@@ -528,7 +528,7 @@ def splitting_eigenpairs(
         initial = None if warm_start is None else warm_start.get(name)
         if initial is None or initial.shape != (site.num_neurons, site.neuron_dim):
             initial = torch.randn((site.num_neurons, site.neuron_dim), generator=generator, dtype=torch.float64)
-        initial = initial.to(operator_dtype)
+        initial = initial.to(device=operator.device, dtype=operator_dtype)
         if methods[name] == "lobpcg":
             found = lobpcg_smallest(operator.matvec, initial, tolerance=tolerance, max_iterations=max_iterations)
         else:

@@ -84,6 +84,11 @@ class SiteOperator:
         self.total_weight += float(weight)
 
     @property
+    def device(self) -> torch.device:
+        """Where the cached batches are, and where products are computed."""
+        return self.batches[0].inputs.device if self.batches else self.module.weight.device
+
+    @property
     def has_bias(self) -> bool:
         return self.module.bias is not None
 
@@ -165,7 +170,7 @@ class SiteOperator:
 
     def dense(self) -> Tensor:
         """The (n, d, d) matrices, by d products with the unit vectors (for checks on small sites)."""
-        eye = torch.eye(self.neuron_dim, dtype=self.batches[0].inputs.dtype)
+        eye = torch.eye(self.neuron_dim, dtype=self.batches[0].inputs.dtype, device=self.device)
         columns = [self.matvec(eye[k].expand(self.num_neurons, -1).clone()) for k in range(self.neuron_dim)]
         return torch.stack(columns, dim=2)
 

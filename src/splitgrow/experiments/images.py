@@ -176,6 +176,12 @@ class Checkpoint:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.progress: dict[str, Any] = {"completed": {}, "current": None}
+        self._session_started = time.perf_counter()
+        self._earlier_sessions_s = 0.0
+
+    def elapsed(self) -> float:
+        """Seconds of computation of the run so far, over every session that worked on it."""
+        return self._earlier_sessions_s + time.perf_counter() - self._session_started
 
     def load(self) -> bool:
         path = self.folder / "checkpoint.json"
@@ -185,6 +191,7 @@ class Checkpoint:
             self.progress = json.loads(path.read_text())
         except json.JSONDecodeError as error:
             raise SplitgrowError(f"{path} is corrupt ({error}); delete it to start the run again") from None
+        self._earlier_sessions_s = float(self.progress.get("elapsed_s", 0.0))
         return True
 
     def tensors(self) -> dict[str, Any] | None:
@@ -201,6 +208,7 @@ class Checkpoint:
             buffer = io.BytesIO()
             torch.save(tensors, buffer)
             atomic_write_bytes(self.folder / "checkpoint.pt", buffer.getvalue())
+        self.progress["elapsed_s"] = self.elapsed()
         atomic_write_json(self.folder / "checkpoint.json", self.progress)
 
 
@@ -577,6 +585,7 @@ def run_seed(
         "full_parameters": progress["full_parameters"],
         "rows": rows,
         "full_networks": references,
+        "wall_time_s": checkpoint.elapsed(),  # over every session of a resumed run, not only the last
     }
 
 

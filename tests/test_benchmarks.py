@@ -1,0 +1,56 @@
+"""The benchmark scripts run end to end on tiny settings, and the checks they report hold.
+
+Only correctness is asserted here (solvers agree, selections overlap, sizes add up); the times they measure are
+reported by the scripts, never tested.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_script(name: str, *args: str) -> None:
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True, text=True, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+
+
+def test_splitting_phase_quick(tmp_path):
+    out = tmp_path / "splitting_phase"
+    run_script("splitting_phase.py", "--quick", "--channels", "16", "--models", "vgg19", "--out", str(out))
+    report = json.loads(out.with_suffix(".json").read_text())
+    (layer,) = report["layers"]
+    # the reference construction and the dense batched one are the same mathematics
+    assert layer["reference_vs_dense_relative_error"] <= 1e-8
+    assert layer["lambda_relative_error_top_m"] <= 1e-2 and layer["lobpcg_converged"] == 1.0
+    assert layer["d"] == 9 * 16 and layer["neurons"] == 16
+    (network,) = report["networks"]
+    assert all(0.0 <= s["top_m_overlap_with_all_data"] <= 1.0 for s in network["subsamples"])
+    assert "| 16 @ 32x32" in out.with_suffix(".md").read_text()
+
+
+def test_images_stage_tiny(tmp_path):
+    paper = yaml.safe_load((ROOT / "configs" / "images-paper-vgg19.yaml").read_text())
+    tiny = {**paper, "start_width": 4, "full_widths": [8] * 16, "batch_size": 16, "split_batches": 2}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    out = tmp_path / "stage"
+    run_script(
+        "images_stage.py", "--config", str(tmp_path / "tiny.yaml"), "--samples", "32", "--repeats", "1",
+        "--out", str(out),
+    )  # fmt: skip
+    report = json.loads(out.with_suffix(".json").read_text())
+    # at most 30% of the 64 neurons split (ceil(19.2) = 20), each one more channel
+    assert 0 < report["splits"] <= 20 and report["grown_parameters"] > report["start_parameters"]
+    # the paper's protocol: 160 + 5 x 160 (splitting), 2 x 160 (full nets), 2 x 5 x 160 (pruning),
+    # 3 x 5 x 160 (retraining of every found architecture)
+    assert report["protocol_epochs"] == 5280
+    assert report["converged_fraction"] == pytest.approx(1.0)
