@@ -14,6 +14,7 @@ from torch import nn
 from splitgrow.budget import select_within_budget, split_costs
 from splitgrow.graph import ChannelGraph
 from splitgrow.network_statistics import splitting_eigenpairs, splitting_matrices, splitting_operators
+from splitgrow.operators import SiteOperator
 from splitgrow.solvers import dense_eigenpairs, lobpcg_smallest, rayleigh_quotient_descent
 from splitgrow.surgery import select_splits
 
@@ -113,8 +114,10 @@ def test_rayleigh_quotient_descent_finds_the_smallest_direction():
     torch.testing.assert_close(found.indexes, exact.indexes, rtol=1e-3, atol=0)
 
 
-@pytest.mark.parametrize("solver", ["lobpcg", "auto"])
-def test_iterative_solvers_on_a_network_select_the_dense_selection(solver):
+@pytest.mark.parametrize(
+    ("solver", "start", "subspace_dim"), [("lobpcg", "subspace", 3), ("lobpcg", "random", 0), ("auto", "subspace", 32)]
+)
+def test_iterative_solvers_on_a_network_select_the_dense_selection(solver, start, subspace_dim):
     model, inputs, targets = zoo_model("mobilenetv1", width=4, seed=2)
     graph = ChannelGraph(model, inputs)
     data = [(inputs, targets)]
@@ -129,6 +132,8 @@ def test_iterative_solvers_on_a_network_select_the_dense_selection(solver):
         tolerance=1e-6,
         max_iterations=1000,
         dense_bytes=2000,
+        start=start,
+        subspace_dim=subspace_dim,
     )
     solvers = {result.solver for result in fast.values()}
     assert solvers == ({"lobpcg"} if solver == "lobpcg" else {"dense", "lobpcg"})
@@ -137,6 +142,55 @@ def test_iterative_solvers_on_a_network_select_the_dense_selection(solver):
         torch.testing.assert_close(result.indexes, dense[name].indexes, rtol=1e-6, atol=1e-9)
     chosen = {(r.site, r.channel) for r in select_splits(fast, 10, graph=graph)}
     assert chosen == {(r.site, r.channel) for r in select_splits(dense, 10, graph=graph)}
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "vgg19", "mobilenetv1"])
+def test_shared_subspace_compression_equals_the_projected_matrices(architecture):
+    """Q^T S_j Q from the k features HQ (plain sites) or from k products (depthwise blocks), and the Ritz start:
+    an upper bound on lambda_min, exact when the subspace is everything."""
+    model, inputs, targets = zoo_model(architecture, width=3)
+    graph = ChannelGraph(model, inputs)
+    data = [(inputs[:5], targets[:5]), (inputs[5:], targets[5:])]
+    dense = splitting_matrices(model, graph, data, F.cross_entropy)
+    operators = splitting_operators(model, graph, data, F.cross_entropy, dtype=DTYPE)
+    generator = torch.Generator().manual_seed(0)
+    for name, operator in operators.items():
+        exact = dense_eigenpairs(dense[name]).indexes
+        for dim in (2, operator.neuron_dim):
+            basis = operator.input_subspace(dim, generator)
+            if basis is None:  # a grouped convolution with d > dim
+                assert operator.module.groups > 1 and operator.neuron_dim > dim
+                continue
+            k = min(dim, operator.neuron_dim)
+            assert basis.shape == (operator.neuron_dim, k)
+            torch.testing.assert_close(basis.t() @ basis, torch.eye(k, dtype=DTYPE), rtol=0, atol=1e-12)
+            projected = basis.t() @ dense[name] @ basis
+            torch.testing.assert_close(operator.compress(basis), projected, rtol=1e-9, atol=1e-12)
+            directions, values = operator.ritz_start(dim, generator)
+            torch.testing.assert_close(directions.norm(dim=1), torch.ones(operator.num_neurons, dtype=DTYPE))
+            quotients = (directions * (dense[name] @ directions.unsqueeze(2)).squeeze(2)).sum(1)
+            torch.testing.assert_close(values, quotients, rtol=1e-9, atol=1e-12)
+            assert bool((values >= exact - 1e-12).all())
+            if k == operator.neuron_dim:
+                torch.testing.assert_close(values, exact, rtol=1e-9, atol=1e-12)
+
+
+def test_input_subspace_finds_the_dominant_input_direction():
+    generator = torch.Generator().manual_seed(0)
+    direction = torch.nn.functional.normalize(torch.randn(20, generator=generator, dtype=DTYPE), dim=0)
+    inputs = 10 * torch.randn((200, 1), generator=generator, dtype=DTYPE) * direction  # one strong direction
+    inputs = inputs + 0.1 * torch.randn((200, 20), generator=generator, dtype=DTYPE)
+    layer = nn.Linear(20, 4).to(DTYPE)
+    operator = SiteOperator(layer, 4, 21)
+    operator.add_batch(inputs, torch.randn((200, 4), generator=generator, dtype=DTYPE), 200)
+    basis = operator.input_subspace(1, generator)
+    assert abs(float(basis[:20, 0] @ direction)) > 0.999  # the bias coordinate (energy 1) is not it
+
+
+def test_unknown_start_is_refused():
+    model, inputs, targets = zoo_model("mlp", width=3)
+    with pytest.raises(ValueError, match="start must be one of subspace, random"):
+        splitting_eigenpairs(model, ChannelGraph(model, inputs), [(inputs, targets)], F.cross_entropy, start="zero")
 
 
 def test_unconverged_neurons_are_never_selected():

@@ -10,6 +10,10 @@ a convolution with respect to its weight: two convolutions, no unfolded H. A dep
 J^T (c2 * (J v)), with J v = depthwise(phi1' s1 * (H v)) and J^T its adjoint (``conv2d_input``), both per-channel
 convolutions. Memory: the cached inputs and coefficient fields of a sample of the data, plus O(n d) per product;
 never n d^2.
+
+A good start for the solver comes from the same structure: every S_j = H^T diag(c_j) H reads the same inputs, so
+in a subspace Q (d x k) of the dominant input directions, shared by all neurons of the site, all the compressed
+matrices Q^T S_j Q = (HQ)^T diag(c_j) (HQ) cost one pass over the k features HQ (``ritz_start``).
 """
 
 from __future__ import annotations
@@ -147,6 +151,95 @@ class SiteOperator:
         if bias is not None:
             parts.append(field_.sum((0, 2, 3)).unsqueeze(1))
         return torch.cat(parts, dim=1)
+
+    # ------------------------------------------------------------------ a shared input subspace (Rayleigh-Ritz)
+
+    @property
+    def _shares_inputs(self) -> bool:
+        """Whether every neuron reads the same input rows h_p (not so in a grouped convolution)."""
+        return isinstance(self.module, nn.Linear) or self.module.groups == 1
+
+    def _conv_arguments(self) -> dict:
+        module = self.module
+        return {"stride": module.stride, "padding": numeric_padding(module), "dilation": module.dilation}
+
+    def _features(self, batch: _Batch, basis: Tensor) -> Tensor:
+        """H Q for one batch: (N, k) for a Linear, (N, k, H', W') for a convolution; ``basis`` is (d, k)."""
+        rows = basis.t()
+        weights, bias = (rows[:, :-1], rows[:, -1].contiguous()) if self.has_bias else (rows, None)
+        if isinstance(self.module, nn.Linear):
+            out = batch.inputs @ weights.t()
+            return out if bias is None else out + bias
+        filters = weights.reshape(basis.shape[1], *self.module.weight.shape[1:])
+        return F.conv2d(batch.inputs, filters, bias, **self._conv_arguments())
+
+    def _features_adjoint(self, batch: _Batch, features: Tensor) -> Tensor:
+        """H^T Y for one batch, (d, k): the adjoint of :meth:`_features`."""
+        if isinstance(self.module, nn.Linear):
+            parts = [batch.inputs.t() @ features]
+            if self.has_bias:
+                parts.append(features.sum(0, keepdim=True))
+            return torch.cat(parts, dim=0)
+        shape = (features.shape[1], *self.module.weight.shape[1:])
+        parts = [conv2d_weight(batch.inputs, shape, features, **self._conv_arguments()).flatten(1).t()]
+        if self.has_bias:
+            parts.append(features.sum((0, 2, 3)).unsqueeze(0))
+        return torch.cat(parts, dim=0)
+
+    def input_subspace(self, dim: int, generator: torch.Generator, power_iterations: int = 1) -> Tensor | None:
+        """An orthonormal basis (d, k) of the dominant subspace of the site's inputs (k = min(dim, d)).
+
+        Randomised range finding on H^T H with ``power_iterations`` passes (two products with H and one with
+        H^T each). The identity when d <= dim (then Rayleigh-Ritz is exact); None for a grouped convolution
+        with d > dim, whose neurons do not share their inputs.
+        """
+        dtype, device = self.batches[0].inputs.dtype, self.device
+        if self.neuron_dim <= dim:
+            return torch.eye(self.neuron_dim, dtype=dtype, device=device)
+        if not self._shares_inputs:
+            return None
+        basis = torch.randn((self.neuron_dim, dim), generator=generator, dtype=torch.float64).to(device, dtype)
+        for _ in range(max(1, power_iterations)):
+            gram = sum(self._features_adjoint(b, self._features(b, basis)) for b in self.batches)
+            basis = torch.linalg.qr(gram)[0]
+        return basis
+
+    def compress(self, basis: Tensor, *, max_temporary_elements: int = 2**25) -> Tensor:
+        """Q^T S_j Q for every neuron j, (n, k, k), for an orthonormal ``basis`` Q (d, k).
+
+        When all neurons share their inputs and no depthwise term is present, from the k features HQ alone:
+        sum_p c_pj g_p g_p^T with g_p = Q^T h_p, in chunks of rows that keep the (rows, k^2) outer products
+        within ``max_temporary_elements``. Otherwise by k products S (q_i, ..., q_i).
+        """
+        k = basis.shape[1]
+        if self.depthwise is not None or not self._shares_inputs:
+            columns = [self.matvec(basis[:, i].expand(self.num_neurons, -1).contiguous()) for i in range(k)]
+            return basis.t().unsqueeze(0) @ torch.stack(columns, dim=2)  # (n, k, d) @ (n, d, k)
+        total = basis.new_zeros((self.num_neurons, k * k))
+        rows_per_chunk = max(1, max_temporary_elements // (k * k))
+        for batch in self.batches:
+            features = self._features(batch, basis)
+            coefficients = batch.coefficients
+            if features.dim() == 4:  # (N, k, H', W') -> (P, k), coefficients alike
+                features = features.permute(0, 2, 3, 1).reshape(-1, k)
+                coefficients = coefficients.permute(0, 2, 3, 1).reshape(-1, self.num_neurons)
+            for start in range(0, features.shape[0], rows_per_chunk):
+                g = features[start : start + rows_per_chunk]
+                outer = (g.unsqueeze(2) * g.unsqueeze(1)).reshape(g.shape[0], k * k)
+                total += batch.weight * (coefficients[start : start + rows_per_chunk].t() @ outer)
+        return (total / self.total_weight).reshape(self.num_neurons, k, k)
+
+    def ritz_start(
+        self, dim: int, generator: torch.Generator, power_iterations: int = 1
+    ) -> tuple[Tensor, Tensor] | None:
+        """Starting directions (n, d) and their Rayleigh quotients (n,): each neuron's lowest Ritz pair in the
+        site's dominant input subspace of dimension ``dim``. None where there is no shared subspace."""
+        basis = self.input_subspace(dim, generator, power_iterations)
+        if basis is None:
+            return None
+        compressed = self.compress(basis)
+        values, vectors = torch.linalg.eigh(0.5 * (compressed + compressed.transpose(1, 2)))
+        return vectors[:, :, 0] @ basis.t(), values[:, 0]
 
     def _depthwise_term(self, batch: _Batch, z: Tensor) -> Tensor:
         """The field whose weight-gradient is J^T (c2 * (J v)), J v = depthwise(slope * (H v))."""
