@@ -35,6 +35,9 @@ def test_splitting_phase_quick(tmp_path):
     assert layer["d"] == 9 * 16 and layer["neurons"] == 16
     (network,) = report["networks"]
     assert all(0.0 <= s["top_m_overlap_with_all_data"] <= 1.0 for s in network["subsamples"])
+    # from the shared-subspace start LOBPCG finds lambda_min itself, not another pair that passes the residual test
+    assert network["starts"]["subspace"]["max_error"] <= 1e-2
+    assert network["starts"]["subspace"]["top_m_overlap_with_dense"] == 1.0
     assert "| 16 @ 32x32" in out.with_suffix(".md").read_text()
 
 

@@ -166,7 +166,11 @@ def test_shared_subspace_compression_equals_the_projected_matrices(architecture)
             torch.testing.assert_close(basis.t() @ basis, torch.eye(k, dtype=DTYPE), rtol=0, atol=1e-12)
             projected = basis.t() @ dense[name] @ basis
             torch.testing.assert_close(operator.compress(basis), projected, rtol=1e-9, atol=1e-12)
-            directions, values = operator.ritz_start(dim, generator)
+            start = operator.ritz_start(dim, generator)
+            if operator.depthwise is not None and k < operator.neuron_dim:
+                assert start is None  # compressing would cost k products: random start instead
+                continue
+            directions, values = start
             torch.testing.assert_close(directions.norm(dim=1), torch.ones(operator.num_neurons, dtype=DTYPE))
             quotients = (directions * (dense[name] @ directions.unsqueeze(2)).squeeze(2)).sum(1)
             torch.testing.assert_close(values, quotients, rtol=1e-9, atol=1e-12)

@@ -233,7 +233,10 @@ class SiteOperator:
         self, dim: int, generator: torch.Generator, power_iterations: int = 1
     ) -> tuple[Tensor, Tensor] | None:
         """Starting directions (n, d) and their Rayleigh quotients (n,): each neuron's lowest Ritz pair in the
-        site's dominant input subspace of dimension ``dim``. None where there is no shared subspace."""
+        site's dominant input subspace of dimension ``dim``. None where there is no shared subspace, or where a
+        depthwise block's term (which does not factor through the inputs) would make it cost ``dim`` products."""
+        if self.depthwise is not None and self.neuron_dim > dim:
+            return None  # compressing would take dim full products: as much as most solves need in all
         basis = self.input_subspace(dim, generator, power_iterations)
         if basis is None:
             return None
