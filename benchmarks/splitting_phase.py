@@ -150,7 +150,7 @@ def benchmark_layer(channels: int, args: argparse.Namespace, device: torch.devic
         operators = splitting_operators(model, graph, [(inputs, targets)], F.cross_entropy)
         generator = torch.Generator().manual_seed(0)
         if start == "subspace":
-            initial = operators["0"].ritz_start(args.subspace_dim, generator)[0]
+            initial = operators["0"].ritz_start(args.subspace_dim, generator)
         else:
             initial = torch.randn((n, d), generator=generator).to(device)
         found = lobpcg_smallest(operators["0"].matvec, initial, tolerance=args.tolerance, max_iterations=500)

@@ -153,11 +153,10 @@ def test_shared_subspace_compression_equals_the_projected_matrices(architecture)
     data = [(inputs[:5], targets[:5]), (inputs[5:], targets[5:])]
     dense = splitting_matrices(model, graph, data, F.cross_entropy)
     operators = splitting_operators(model, graph, data, F.cross_entropy, dtype=DTYPE)
-    generator = torch.Generator().manual_seed(0)
     for name, operator in operators.items():
         exact = dense_eigenpairs(dense[name]).indexes
         for dim in (2, operator.neuron_dim):
-            basis = operator.input_subspace(dim, generator)
+            basis = operator.input_subspace(dim, torch.Generator().manual_seed(dim))
             if basis is None:  # a grouped convolution with d > dim
                 assert operator.module.groups > 1 and operator.neuron_dim > dim
                 continue
@@ -166,15 +165,15 @@ def test_shared_subspace_compression_equals_the_projected_matrices(architecture)
             torch.testing.assert_close(basis.t() @ basis, torch.eye(k, dtype=DTYPE), rtol=0, atol=1e-12)
             projected = basis.t() @ dense[name] @ basis
             torch.testing.assert_close(operator.compress(basis), projected, rtol=1e-9, atol=1e-12)
-            start = operator.ritz_start(dim, generator)
+            directions = operator.ritz_start(dim, torch.Generator().manual_seed(dim))  # in the same subspace
             if operator.depthwise is not None and k < operator.neuron_dim:
-                assert start is None  # compressing would cost k products: random start instead
+                assert directions is None  # compressing would cost k products: random start instead
                 continue
-            directions, values = start
             torch.testing.assert_close(directions.norm(dim=1), torch.ones(operator.num_neurons, dtype=DTYPE))
-            quotients = (directions * (dense[name] @ directions.unsqueeze(2)).squeeze(2)).sum(1)
-            torch.testing.assert_close(values, quotients, rtol=1e-9, atol=1e-12)
-            assert bool((values >= exact - 1e-12).all())
+            values = (directions * (dense[name] @ directions.unsqueeze(2)).squeeze(2)).sum(1)
+            assert bool((values >= exact - 1e-12).all())  # Rayleigh quotients bound lambda_min from above
+            ritz_values = torch.linalg.eigvalsh(projected)[:, 0]
+            torch.testing.assert_close(values, ritz_values, rtol=1e-9, atol=1e-12)
             if k == operator.neuron_dim:
                 torch.testing.assert_close(values, exact, rtol=1e-9, atol=1e-12)
 
@@ -265,3 +264,19 @@ def test_budgeted_selection_uses_graph_costs_and_respects_coupling():
     assert graph.coupling_key("blocks.3.depthwise.0", 2) == graph.coupling_key("blocks.2.pointwise.0", 2)
     with pytest.raises(ValueError, match="cost kind"):
         split_costs(graph, inputs, "watts")
+
+
+def test_compression_on_the_first_rows_reads_only_those():
+    """The starting vectors' estimate: with max_rows = the first batch's rows it is that batch's compression."""
+    model, inputs, targets = zoo_model("vgg19", width=3)
+    graph = ChannelGraph(model, inputs)
+    both = splitting_operators(model, graph, [(inputs[:5], targets[:5]), (inputs[5:], targets[5:])], F.cross_entropy,
+                               dtype=DTYPE)  # fmt: skip
+    first = splitting_operators(model, graph, [(inputs[:5], targets[:5])], F.cross_entropy, dtype=DTYPE)
+    for name in ("features.1.0", "features.19.0"):
+        operator = both[name]
+        basis = operator.input_subspace(2, torch.Generator().manual_seed(0))
+        rows = operator.batches[0].coefficients[:, 0].numel()  # samples x positions of the first batch
+        estimate = operator.compress(basis, max_rows=rows)
+        torch.testing.assert_close(estimate, first[name].compress(basis), rtol=1e-9, atol=1e-12)
+        assert not torch.allclose(estimate, operator.compress(basis), rtol=1e-3, atol=0)  # all rows: both batches

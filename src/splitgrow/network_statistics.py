@@ -542,7 +542,7 @@ def splitting_eigenpairs(
             if methods[name] == "lobpcg" and start == "subspace":
                 ritz = operator.ritz_start(subspace_dim, generator)
             if ritz is not None:
-                initial = ritz[0]
+                initial = ritz
             else:
                 initial = torch.randn((site.num_neurons, site.neuron_dim), generator=generator, dtype=torch.float64)
         initial = initial.to(device=operator.device, dtype=operator_dtype)

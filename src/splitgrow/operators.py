@@ -49,6 +49,11 @@ class _Batch:
     second_coefficients: Tensor | None = None  # g2 * phi2''(u2) * s2^2, (N, n, H2, W2)
 
 
+# Rows h_p (samples x positions) read to compress the matrices for LOBPCG's starting vectors: a 32 x 32 feature map
+# of 1,024 images has a million, whose k^2 outer products would cost more than the solve they are meant to shorten.
+START_ROWS = 2**15
+
+
 @dataclass
 class SiteOperator:
     """The splitting matrices of one site as a linear operator, built from cached batches.
@@ -204,12 +209,15 @@ class SiteOperator:
             basis = torch.linalg.qr(gram)[0]
         return basis
 
-    def compress(self, basis: Tensor, *, max_temporary_elements: int = 2**25) -> Tensor:
+    def compress(self, basis: Tensor, *, max_rows: int | None = None, max_temporary_elements: int = 2**25) -> Tensor:
         """Q^T S_j Q for every neuron j, (n, k, k), for an orthonormal ``basis`` Q (d, k).
 
-        When all neurons share their inputs and no depthwise term is present, from the k features HQ alone:
-        sum_p c_pj g_p g_p^T with g_p = Q^T h_p, in chunks of rows that keep the (rows, k^2) outer products
-        within ``max_temporary_elements``. Otherwise by k products S (q_i, ..., q_i).
+        When all neurons share their inputs and no depthwise block follows, from the k features HQ alone:
+        sum_p c_pj g_p g_p^T with g_p = Q^T h_p, in chunks of rows that keep the (rows, k^2) outer products within
+        ``max_temporary_elements``. Otherwise (a depthwise block's term does not factor through the inputs; a
+        grouped convolution's neurons read different inputs) by k products S (q_i, ..., q_i). With ``max_rows``,
+        the fast path reads only the first rows h_p of the cached batches (at least part of one batch), an estimate
+        that is enough for starting vectors and keeps their cost below that of one product on large inputs.
         """
         k = basis.shape[1]
         if self.depthwise is not None or not self._shares_inputs:
@@ -217,32 +225,40 @@ class SiteOperator:
             return basis.t().unsqueeze(0) @ torch.stack(columns, dim=2)  # (n, k, d) @ (n, d, k)
         total = basis.new_zeros((self.num_neurons, k * k))
         rows_per_chunk = max(1, max_temporary_elements // (k * k))
+        rows_left = max_rows if max_rows is not None else float("inf")
+        weight = 0.0
         for batch in self.batches:
+            if rows_left <= 0:
+                break
             features = self._features(batch, basis)
             coefficients = batch.coefficients
             if features.dim() == 4:  # (N, k, H', W') -> (P, k), coefficients alike
                 features = features.permute(0, 2, 3, 1).reshape(-1, k)
                 coefficients = coefficients.permute(0, 2, 3, 1).reshape(-1, self.num_neurons)
-            for start in range(0, features.shape[0], rows_per_chunk):
-                g = features[start : start + rows_per_chunk]
+            rows = int(min(features.shape[0], rows_left))
+            rows_left -= rows
+            weight += batch.weight
+            for start in range(0, rows, rows_per_chunk):
+                stop = min(rows, start + rows_per_chunk)
+                g = features[start:stop]
                 outer = (g.unsqueeze(2) * g.unsqueeze(1)).reshape(g.shape[0], k * k)
-                total += batch.weight * (coefficients[start : start + rows_per_chunk].t() @ outer)
-        return (total / self.total_weight).reshape(self.num_neurons, k, k)
+                total += batch.weight * (coefficients[start:stop].t() @ outer)
+        return (total / weight).reshape(self.num_neurons, k, k)
 
-    def ritz_start(
-        self, dim: int, generator: torch.Generator, power_iterations: int = 1
-    ) -> tuple[Tensor, Tensor] | None:
-        """Starting directions (n, d) and their Rayleigh quotients (n,): each neuron's lowest Ritz pair in the
-        site's dominant input subspace of dimension ``dim``. None where there is no shared subspace, or where a
-        depthwise block's term (which does not factor through the inputs) would make it cost ``dim`` products."""
+    def ritz_start(self, dim: int, generator: torch.Generator, power_iterations: int = 1) -> Tensor | None:
+        """Starting directions (n, d): each neuron's lowest Ritz vector in the site's dominant input subspace of
+        dimension ``dim``. None where d > dim and there is no cheap compression: a grouped convolution (no
+        shared inputs), or a depthwise block's term, which would cost ``dim`` products (measured: as much as
+        the rest of the solve, and starting from the input term alone led LOBPCG astray more often than random
+        starts)."""
         if self.depthwise is not None and self.neuron_dim > dim:
-            return None  # compressing would take dim full products: as much as most solves need in all
+            return None
         basis = self.input_subspace(dim, generator, power_iterations)
         if basis is None:
             return None
-        compressed = self.compress(basis)
-        values, vectors = torch.linalg.eigh(0.5 * (compressed + compressed.transpose(1, 2)))
-        return vectors[:, :, 0] @ basis.t(), values[:, 0]
+        compressed = self.compress(basis, max_rows=START_ROWS)
+        _, vectors = torch.linalg.eigh(0.5 * (compressed + compressed.transpose(1, 2)))
+        return vectors[:, :, 0] @ basis.t()
 
     def _depthwise_term(self, batch: _Batch, z: Tensor) -> Tensor:
         """The field whose weight-gradient is J^T (c2 * (J v)), J v = depthwise(slope * (H v))."""
