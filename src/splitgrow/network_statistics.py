@@ -354,17 +354,11 @@ def splitting_matrices(
         max_temporary_elements: memory bound on temporaries (see :mod:`splitgrow.statistics`).
         progress: show a progress bar.
     """
-    modules = dict(model.named_modules())
-    totals: dict[str, Tensor] = {}
-    count = 0
-    for size, statistics in collect_statistics(
-        model, graph, data, loss_function, sites=sites, batches=batches, progress=progress
-    ):
-        count += size
-        for name, batch in statistics.items():
-            contribution = size * _dense_contribution(graph.sites[name], modules, batch, dtype, max_temporary_elements)
-            totals[name] = totals[name] + contribution if name in totals else contribution
-    return {name: total / count for name, total in totals.items()}
+    chosen = list(sites if sites is not None else graph.sites)
+    matrices, _ = _one_pass(
+        model, graph, data, loss_function, chosen, [], batches, dtype, dtype, max_temporary_elements, progress
+    )
+    return matrices
 
 
 def splitting_operators(
@@ -380,26 +374,54 @@ def splitting_operators(
 ) -> dict[str, SiteOperator]:
     """Matrix-free splitting matrices (:class:`~splitgrow.operators.SiteOperator`) of every site, from the
     statistics of (a part of) a dataset cached in ``dtype``."""
-    modules = dict(model.named_modules())
     chosen = list(sites if sites is not None else graph.sites)
+    _, operators = _one_pass(model, graph, data, loss_function, [], chosen, batches, torch.float64, dtype, 0, progress)
+    return operators
+
+
+def _one_pass(
+    model: nn.Module,
+    graph: ChannelGraph,
+    data: Iterable[tuple[Tensor, Tensor]],
+    loss_function: LossFunction,
+    dense_sites: Sequence[str],
+    operator_sites: Sequence[str],
+    batches: int | None,
+    dtype: torch.dtype,
+    operator_dtype: torch.dtype,
+    max_temporary_elements: int,
+    progress: bool,
+) -> tuple[dict[str, Tensor], dict[str, SiteOperator]]:
+    """One pass over the data: the mean dense matrices of ``dense_sites`` and the matrix-free operators (cached
+    statistics) of ``operator_sites``."""
+    modules = dict(model.named_modules())
     operators = {}
-    for name in chosen:
+    for name in operator_sites:
         site = graph.sites[name]
         depthwise = modules[site.depthwise_chain[0]] if site.depthwise_chain is not None else None
         operators[name] = SiteOperator(modules[name], site.num_neurons, site.neuron_dim, depthwise)
+    totals: dict[str, Tensor] = {}
+    count = 0
     for size, statistics in collect_statistics(
-        model, graph, data, loss_function, sites=chosen, batches=batches, progress=progress
+        model, graph, data, loss_function, sites=[*dense_sites, *operator_sites], batches=batches, progress=progress
     ):
+        count += size
         for name, batch in statistics.items():
-            operators[name].add_batch(
-                batch.inputs,
-                batch.coefficients,
-                size,
-                slope=batch.slope,
-                second_coefficients=batch.second_coefficients,
-                dtype=dtype,
-            )
-    return operators
+            if name in operators:
+                operators[name].add_batch(
+                    batch.inputs,
+                    batch.coefficients,
+                    size,
+                    slope=batch.slope,
+                    second_coefficients=batch.second_coefficients,
+                    dtype=operator_dtype,
+                )
+            else:
+                contribution = size * _dense_contribution(
+                    graph.sites[name], modules, batch, dtype, max_temporary_elements
+                )
+                totals[name] = totals[name] + contribution if name in totals else contribution
+    return {name: total / count for name, total in totals.items()}, operators
 
 
 def _dense_contribution(
@@ -483,50 +505,31 @@ def splitting_eigenpairs(
     if start not in STARTS:
         raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
     chosen = list(sites if sites is not None else graph.sites)
-    element = torch.empty((), dtype=torch.float64).element_size()
-
-    def method(name: str) -> str:
-        if solver != "auto":
-            return solver
-        site = graph.sites[name]
-        return "dense" if site.num_neurons * site.neuron_dim**2 * element <= dense_bytes else "lobpcg"
-
-    methods = {name: method(name) for name in chosen}
-    modules = dict(model.named_modules())
-    totals: dict[str, Tensor] = {}
-    operators: dict[str, SiteOperator] = {}
-    for name in chosen:
-        if methods[name] != "dense":
-            site = graph.sites[name]
-            depthwise = modules[site.depthwise_chain[0]] if site.depthwise_chain is not None else None
-            operators[name] = SiteOperator(modules[name], site.num_neurons, site.neuron_dim, depthwise)
-    count = 0
-    for size, statistics in collect_statistics(
-        model, graph, data, loss_function, sites=chosen, batches=batches, progress=progress
-    ):
-        count += size
-        for name, batch in statistics.items():
-            if name in operators:
-                operators[name].add_batch(
-                    batch.inputs,
-                    batch.coefficients,
-                    size,
-                    slope=batch.slope,
-                    second_coefficients=batch.second_coefficients,
-                    dtype=operator_dtype,
-                )
-            else:
-                contribution = size * _dense_contribution(
-                    graph.sites[name], modules, batch, dtype, max_temporary_elements
-                )
-                totals[name] = totals[name] + contribution if name in totals else contribution
+    dense_memory = memory_estimate(graph)
+    methods = {
+        name: solver if solver != "auto" else ("dense" if dense_memory[name] <= dense_bytes else "lobpcg")
+        for name in chosen
+    }
+    all_matrices, operators = _one_pass(
+        model,
+        graph,
+        data,
+        loss_function,
+        [name for name in chosen if methods[name] == "dense"],
+        [name for name in chosen if methods[name] != "dense"],
+        batches,
+        dtype,
+        operator_dtype,
+        max_temporary_elements,
+        progress,
+    )
     generator = torch.Generator().manual_seed(seed)
     results = {}
     for name in chosen:
         site = graph.sites[name]
         common = {"site": name, "exact": site.exact, "surrogate": site.activation.surrogate, "solver": methods[name]}
-        if name in totals:
-            matrices = totals[name] / count
+        if name in all_matrices:
+            matrices = all_matrices[name]
             eigenpairs = dense_eigenpairs(matrices)
             results[name] = SiteSplitting(
                 indexes=eigenpairs.indexes,
@@ -539,12 +542,10 @@ def splitting_eigenpairs(
         operator = operators[name]
         initial = None if warm_start is None else warm_start.get(name)
         if initial is None or initial.shape != (site.num_neurons, site.neuron_dim):
-            ritz = None
+            initial = None
             if methods[name] == "lobpcg" and start == "subspace":
-                ritz = operator.ritz_start(subspace_dim, generator)
-            if ritz is not None:
-                initial = ritz
-            else:
+                initial = operator.ritz_start(subspace_dim, generator)
+            if initial is None:
                 initial = torch.randn((site.num_neurons, site.neuron_dim), generator=generator, dtype=torch.float64)
         initial = initial.to(device=operator.device, dtype=operator_dtype)
         if methods[name] == "lobpcg":
