@@ -21,15 +21,20 @@ from splitgrow.surgery import select_splits
 DTYPE = torch.float64
 
 
-@pytest.mark.parametrize("architecture", ["mlp", "vgg19", "mobilenetv1", "concat", "resnet"])
-def test_matrix_free_operator_equals_the_dense_matrices(architecture):
-    """No unfolding, no d x d matrix: convolutions and their weight gradients give the same S, depthwise blocks
-    included."""
+def dense_and_operators(architecture: str) -> tuple[dict, dict]:
+    """Dense matrices and float64 operators of every site of a tiny zoo model, over two batches."""
     model, inputs, targets = zoo_model(architecture, width=3)
     graph = ChannelGraph(model, inputs)
     data = [(inputs[:5], targets[:5]), (inputs[5:], targets[5:])]
     dense = splitting_matrices(model, graph, data, F.cross_entropy)
-    operators = splitting_operators(model, graph, data, F.cross_entropy, dtype=DTYPE)
+    return dense, splitting_operators(model, graph, data, F.cross_entropy, dtype=DTYPE)
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "vgg19", "mobilenetv1", "concat", "resnet"])
+def test_matrix_free_operator_equals_the_dense_matrices(architecture):
+    """No unfolding, no d x d matrix: convolutions and their weight gradients give the same S, depthwise blocks
+    included."""
+    dense, operators = dense_and_operators(architecture)
     for name, operator in operators.items():
         assert operator.memory_bytes() > 0
         torch.testing.assert_close(operator.dense(), dense[name], rtol=1e-9, atol=1e-12)
@@ -148,11 +153,7 @@ def test_iterative_solvers_on_a_network_select_the_dense_selection(solver, start
 def test_shared_subspace_compression_equals_the_projected_matrices(architecture):
     """Q^T S_j Q from the k features HQ (plain sites) or from k products (depthwise blocks), and the Ritz start:
     an upper bound on lambda_min, exact when the subspace is everything."""
-    model, inputs, targets = zoo_model(architecture, width=3)
-    graph = ChannelGraph(model, inputs)
-    data = [(inputs[:5], targets[:5]), (inputs[5:], targets[5:])]
-    dense = splitting_matrices(model, graph, data, F.cross_entropy)
-    operators = splitting_operators(model, graph, data, F.cross_entropy, dtype=DTYPE)
+    dense, operators = dense_and_operators(architecture)
     for name, operator in operators.items():
         exact = dense_eigenpairs(dense[name]).indexes
         for dim in (2, operator.neuron_dim):
