@@ -24,14 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import machine, timed
 
 from splitgrow.classification import make_optimizer, parameter_count, train_epoch
 from splitgrow.config import load_config
@@ -43,19 +41,6 @@ from splitgrow.network import SplittableNetwork
 
 CIFAR_TRAIN_SIZE = 50_000
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(device: torch.device, function):
-    synchronize(device)
-    started = time.perf_counter()
-    value = function()
-    synchronize(device)
-    return value, time.perf_counter() - started
 
 
 def random_cifar(count: int, seed: int) -> ImageDataset:
@@ -133,13 +118,7 @@ def main() -> None:
     full_epoch = epoch_seconds(full, full_optimizer)
     total_epochs = protocol_epochs(config)
     report = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        },
+        "machine": machine(device),
         "config": str(args.config),
         "samples_timed": args.samples,
         "start_parameters": start_parameters,

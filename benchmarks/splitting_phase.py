@@ -32,14 +32,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _common import machine as describe_machine
+from _common import timed as common_timed
 from torch import nn
 
 from splitgrow.experiments.common import markdown_table
@@ -53,26 +53,11 @@ from splitgrow.surgery import select_splits
 LAYERS = {16: 32, 64: 32, 128: 16, 256: 8, 512: 4}  # channels -> spatial size in VGG19 on 32x32 inputs
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-PEAKS: dict[str, int] = {}
+PEAKS: dict[str, int] = {}  # peak GPU memory of the labelled calls
 
 
 def timed(device: torch.device, function, *args, label: str | None = None, **kwargs):
-    """(result, seconds); on a GPU the peak memory of the call is kept in PEAKS[label]."""
-    synchronize(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    started = time.perf_counter()
-    result = function(*args, **kwargs)
-    synchronize(device)
-    seconds = time.perf_counter() - started
-    if device.type == "cuda" and label is not None:
-        PEAKS[label] = torch.cuda.max_memory_allocated(device)
-    return result, seconds
+    return common_timed(device, function, *args, peaks=PEAKS if label else None, label=label or "", **kwargs)
 
 
 def layer_stack(channels: int, device: torch.device) -> nn.Module:
@@ -320,13 +305,7 @@ def main() -> None:
         args.layer_samples, args.network_samples = 8, 256
         args.sample_sizes, args.width = [64, 128], 16
     device = torch.device(args.device)
-    machine = {
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-    }
+    machine = describe_machine(device)
     layers = []
     for channels in args.channels:
         result = benchmark_layer(channels, args, device)

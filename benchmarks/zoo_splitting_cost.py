@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import machine as describe_machine
+from _common import timed
 
 from splitgrow.experiments.common import markdown_table
 from splitgrow.models import build_model, uniform_widths
@@ -29,30 +28,21 @@ from splitgrow.network import SplittableNetwork
 MODELS = ["mlp", "vgg19", "mobilenetv1", "dscnn", "resnet", "concat"]
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def one_epoch(model, batches, device) -> float:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
     model.train()
-    synchronize(device)
-    started = time.perf_counter()
-    for inputs, targets in batches:
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(inputs), targets).backward()
-        optimizer.step()
-    synchronize(device)
-    return time.perf_counter() - started
+
+    def epoch() -> None:
+        for inputs, targets in batches:
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(inputs), targets).backward()
+            optimizer.step()
+
+    return timed(device, epoch)[1]
 
 
 def splitting_phase(net, batches, device, solver) -> float:
-    synchronize(device)
-    started = time.perf_counter()
-    net.splitting(batches, F.cross_entropy, solver=solver)
-    synchronize(device)
-    return time.perf_counter() - started
+    return timed(device, net.splitting, batches, F.cross_entropy, solver=solver)[1]
 
 
 def main() -> None:
@@ -115,13 +105,7 @@ def main() -> None:
             ]
         )
         print(f"{name}: epoch {epoch:.2f} s, dense {dense:.2f} s, matrix-free {free:.2f} s", flush=True)
-    machine = {
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-    }
+    machine = describe_machine(device)
     headers = [
         "model",
         "sites",
