@@ -31,13 +31,14 @@ import torch
 import torch.nn.functional as F
 from _common import machine, timed
 
-from splitgrow.classification import make_optimizer, parameter_count, train_epoch
+from splitgrow.classification import make_optimizer, train_epoch
 from splitgrow.config import load_config
 from splitgrow.data import Batches, ImageDataset
 from splitgrow.experiments.common import markdown_table
 from splitgrow.experiments.images import ImagesConfig, full_epochs, model_config
 from splitgrow.models import build_model
 from splitgrow.network import SplittableNetwork
+from splitgrow.surgery import parameter_count
 
 CIFAR_TRAIN_SIZE = 50_000
 ROOT = Path(__file__).resolve().parent.parent

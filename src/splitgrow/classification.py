@@ -86,7 +86,3 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> tupl
         total += targets.shape[0]
     model.train(was_training)
     return correct / max(1, total), loss / max(1, total)
-
-
-def parameter_count(model: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .graph import ChannelGraph
-from .surgery import SplitRequest, parameters_along, plan_split
+from .surgery import SplitRequest, parameter_count, parameters_along, plan_split
 
 
 def module_flops(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
@@ -35,10 +35,6 @@ def module_flops(model: nn.Module, example_input: torch.Tensor) -> dict[str, int
         key = "" if name == prefix else name.removeprefix(prefix + ".")
         flops[key] = int(sum(counts.values()))
     return flops
-
-
-def parameter_count(module: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in module.parameters(recurse=False))
 
 
 @dataclass(frozen=True)
@@ -81,7 +77,7 @@ def site_table(
             "kind": site.kind,
             "neurons": site.num_neurons,
             "neuron_dim": site.neuron_dim,
-            "parameters": parameter_count(modules[name]),
+            "parameters": parameter_count(modules[name], recurse=False),
             "flops": flops.get(name, 0),
             "split_parameters": None if cost is None else cost.parameters,
             "split_flops": None if cost is None else cost.flops,
@@ -103,10 +99,10 @@ def site_table(
                 "site": name,
                 "kind": "-",
                 "neurons": None,
-                "parameters": parameter_count(modules[name]),
+                "parameters": parameter_count(modules[name], recurse=False),
                 "flops": flops.get(name, 0),
                 "note": f"not a site: {reason}",
             }
         )
-    totals = {"parameters": sum(p.numel() for p in graph.model.parameters()), "flops": flops.get("", 0)}
+    totals = {"parameters": parameter_count(graph.model), "flops": flops.get("", 0)}
     return rows, totals

@@ -18,8 +18,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .classification import parameter_count
 from .errors import SplitgrowError
+from .surgery import parameter_count
 
 PRUNING_METHODS = ("bn", "l1")
 LABELS = {"bn": "BN-prune (network slimming)", "l1": "L1-prune (filter norms)"}

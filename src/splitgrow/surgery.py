@@ -77,8 +77,9 @@ class SplitReport:
         return 0.5 * self.epsilon**2 * sum(request.index for request in self.requests)
 
 
-def _count_parameters(model: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())
+def parameter_count(module: nn.Module, *, recurse: bool = True) -> int:
+    """Number of parameters of ``module`` (with ``recurse=False``: its own, not its submodules')."""
+    return sum(parameter.numel() for parameter in module.parameters(recurse=recurse))
 
 
 def plan_split(
@@ -250,7 +251,7 @@ def split_network(
                 if isinstance(value, Tensor) and value.dim() > 0:
                     _state_scale(key, "copy")
     modules = dict(model.named_modules())
-    report = SplitReport(list(requests), epsilon, parameters_before=_count_parameters(model))
+    report = SplitReport(list(requests), epsilon, parameters_before=parameter_count(model))
     # Inputs first: a site whose inputs grow in the same step gets its direction mapped like its weight row.
     column_maps: dict[str, tuple[Tensor, set[int]]] = {}
     for (module_name, dim), units in sorted(plan.items(), key=lambda item: -item[0][1]):
@@ -276,7 +277,7 @@ def split_network(
                 tensor.grad = None
         _resize_attributes(module, dim, len(order))
         report.modules.setdefault(module_name, []).append("inputs" if dim == 1 else "outputs")
-    report.parameters_after = _count_parameters(model)
+    report.parameters_after = parameter_count(model)
     return report
 
 

@@ -41,7 +41,6 @@ from ..classification import (
     evaluate,
     make_optimizer,
     make_scheduler,
-    parameter_count,
     restart_learning_rate,
     train_epoch,
 )
@@ -54,6 +53,7 @@ from ..network import SplittableNetwork
 from ..network_statistics import SOLVERS
 from ..pruning import LABELS as PRUNING_LABELS
 from ..pruning import PRUNING_METHODS, prune_to_ratio
+from ..surgery import parameter_count
 from .common import Experiment, Reporter, derive_seed, markdown_table
 
 MODELS = ("vgg19", "mobilenetv1")
