@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from splitgrow.neurons import RidgeNeuron
-from splitgrow.shallow import ShallowNetwork, ShallowRegression
+from splitgrow.shallow.network import ShallowNetwork, ShallowRegression
+from splitgrow.shallow.neurons import RidgeNeuron
 
 DTYPE = torch.float64
 

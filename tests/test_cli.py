@@ -153,7 +153,7 @@ def test_divergence_is_a_clear_error(tmp_path, monkeypatch):
     # Gaussian units saturate instead of overflowing, so force the NaN a diverging run would produce.
     import torch
 
-    from splitgrow.shallow import ShallowRegression
+    from splitgrow.shallow.network import ShallowRegression
 
     monkeypatch.setattr(ShallowRegression, "_loss_tensor", lambda self: torch.tensor(float("nan"), requires_grad=True))
     config = tiny_config(tmp_path, TINY_RBF)

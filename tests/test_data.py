@@ -107,7 +107,7 @@ class _Response(io.BytesIO):
 
 
 def test_download_verifies_checksums_and_writes_atomically(tmp_path, monkeypatch):
-    from splitgrow import data
+    from splitgrow.data import images as data
 
     payload = gzip.compress(b"fixture")
     good = hashlib.md5(payload).hexdigest()

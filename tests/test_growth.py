@@ -17,7 +17,7 @@ from splitgrow.growth import (
     run_growth,
     train_from_scratch,
 )
-from splitgrow.particles import ParticleApproximation
+from splitgrow.shallow.particles import ParticleApproximation
 from splitgrow.solvers import dense_eigenpairs
 
 

@@ -15,8 +15,8 @@ from conftest import DTYPE, SMOOTH_ACTIVATIONS, random_regression, random_unit_v
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitgrow.neurons import FunctionalNeuron
-from splitgrow.particles import ParticleApproximation, gaussian_kernel_hessian
+from splitgrow.shallow.neurons import FunctionalNeuron
+from splitgrow.shallow.particles import ParticleApproximation, gaussian_kernel_hessian
 from splitgrow.solvers import dense_eigenpairs
 from splitgrow.statistics import hessian_splitting_matrices, ridge_splitting_matrices
 

@@ -30,10 +30,10 @@ from .growth import (
 )
 from .network import SplittableNetwork
 from .network_statistics import SiteSplitting, splitting_eigenpairs, splitting_matrices
-from .neurons import FunctionalNeuron, Neuron, RidgeNeuron
-from .particles import ParticleApproximation
 from .selection import select_neurons
-from .shallow import ShallowNetwork, ShallowRegression
+from .shallow.network import ShallowNetwork, ShallowRegression
+from .shallow.neurons import FunctionalNeuron, Neuron, RidgeNeuron
+from .shallow.particles import ParticleApproximation
 from .solvers import SplittingEigenpairs, dense_eigenpairs
 from .surgery import SplitReport, SplitRequest, select_splits, split_network
 

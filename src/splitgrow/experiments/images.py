@@ -20,10 +20,7 @@ epoch; ``--resume`` continues a killed run and reaches the same numbers as an un
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +32,9 @@ import torch.nn.functional as F
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
-from ..artifacts import atomic_write_bytes, atomic_write_json, save_figure
+from ..artifacts import save_figure
 from ..budget import select_within_budget, split_costs
+from ..checkpoints import Checkpoint
 from ..classification import (
     evaluate,
     make_optimizer,
@@ -167,49 +165,6 @@ def model_config(
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-
-
-class Checkpoint:
-    """The state of a run, written atomically after every epoch: ``checkpoint.json`` (progress and results)
-    and ``checkpoint.pt`` (tensors of the task in progress)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.progress: dict[str, Any] = {"completed": {}, "current": None}
-        self._session_started = time.perf_counter()
-        self._earlier_sessions_s = 0.0
-
-    def elapsed(self) -> float:
-        """Seconds of computation of the run so far, over every session that worked on it."""
-        return self._earlier_sessions_s + time.perf_counter() - self._session_started
-
-    def load(self) -> bool:
-        path = self.folder / "checkpoint.json"
-        if not path.is_file():
-            return False
-        try:
-            self.progress = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise SplitgrowError(f"{path} is corrupt ({error}); delete it to start the run again") from None
-        self._earlier_sessions_s = float(self.progress.get("elapsed_s", 0.0))
-        return True
-
-    def tensors(self) -> dict[str, Any] | None:
-        path = self.folder / "checkpoint.pt"
-        if not path.is_file():
-            return None
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
-            raise SplitgrowError(f"{path} is corrupt ({error}); delete it to start the task again") from None
-
-    def save(self, tensors: dict[str, Any] | None) -> None:
-        if tensors is not None:
-            buffer = io.BytesIO()
-            torch.save(tensors, buffer)
-            atomic_write_bytes(self.folder / "checkpoint.pt", buffer.getvalue())
-        self.progress["elapsed_s"] = self.elapsed()
-        atomic_write_json(self.folder / "checkpoint.json", self.progress)
 
 
 class _Interrupted(Exception):

@@ -37,7 +37,7 @@ from ..growth import (
     SplittingSteepestDescent,
     run_growth,
 )
-from ..particles import SPLITTING_FORMS, ParticleApproximation
+from ..shallow.particles import SPLITTING_FORMS, ParticleApproximation
 from .common import Experiment, Reporter, format_number, make_generator, markdown_table
 
 METHODS = ("splitting", "random_split", "new_init", "gradient_boosting")

@@ -42,8 +42,8 @@ from ..growth import (
     run_growth,
     train_from_scratch,
 )
-from ..neurons import RidgeNeuron
-from ..shallow import ShallowNetwork, ShallowRegression
+from ..shallow.network import ShallowNetwork, ShallowRegression
+from ..shallow.neurons import RidgeNeuron
 from ..solvers import dense_eigenpairs
 from .common import Experiment, Reporter, format_number, make_generator, markdown_table
 

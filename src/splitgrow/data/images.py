@@ -25,17 +25,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .artifacts import atomic_write_bytes
-from .errors import SplitgrowError
-
-
-class DataError(SplitgrowError):
-    """A dataset file is missing, truncated or corrupt."""
-
+from ..artifacts import atomic_write_bytes
+from .common import CACHE, DataError
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-CACHE = Path.home() / ".cache" / "splitgrow"
 
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

@@ -29,10 +29,10 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from .errors import DivergenceError
-from .selection import select_neurons, validate_selection
-from .solvers import dense_eigenpairs
-from .training import TrainingTrace
+from ..errors import DivergenceError
+from ..selection import select_neurons, validate_selection
+from ..shallow.training import TrainingTrace
+from ..solvers import dense_eigenpairs
 
 
 @runtime_checkable
@@ -69,7 +69,7 @@ class GrowableProblem(Protocol):
         on_record: Callable[[int, float], None] | None = None,
     ) -> TrainingTrace:
         """Train for a number of iterations, only the neurons in ``trainable`` (all when None); see
-        :func:`splitgrow.training.train_rows` for the callbacks."""
+        :func:`splitgrow.shallow.training.train_rows` for the callbacks."""
 
     def clone(self) -> GrowableProblem:
         """An independent copy."""

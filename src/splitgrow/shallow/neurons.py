@@ -16,8 +16,8 @@ from collections.abc import Callable
 from torch import Tensor
 from torch.func import vmap
 
-from .activations import Activation, get_activation
-from .statistics import hessian_splitting_matrices, ridge_splitting_matrices
+from ..activations import Activation, get_activation
+from ..statistics import hessian_splitting_matrices, ridge_splitting_matrices
 
 
 class Neuron(ABC):

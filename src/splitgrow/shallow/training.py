@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .errors import DivergenceError
+from ..errors import DivergenceError
 
 OptimizerFactory = Callable[[Sequence[Tensor]], torch.optim.Optimizer]
 
