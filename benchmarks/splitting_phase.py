@@ -45,10 +45,11 @@ from torch import nn
 from splitgrow.experiments.common import markdown_table
 from splitgrow.graph import ChannelGraph
 from splitgrow.models import build_model, uniform_widths
-from splitgrow.network_statistics import collect_statistics, conv_patches, splitting_eigenpairs, splitting_operators
+from splitgrow.selection import select_splits
 from splitgrow.solvers import dense_eigenpairs, lobpcg_smallest
-from splitgrow.statistics import ridge_splitting_matrices
-from splitgrow.surgery import select_splits
+from splitgrow.statistics import record_batches, ridge_splitting_matrices, splitting_eigenpairs, splitting_operators
+from splitgrow.statistics.recording import recorded_inputs
+from splitgrow.statistics.ridge import ridge_fields
 
 LAYERS = {16: 32, 64: 32, 128: 16, 256: 8, 512: 4}  # channels -> spatial size in VGG19 on 32x32 inputs
 
@@ -107,12 +108,15 @@ def benchmark_layer(channels: int, args: argparse.Namespace, device: torch.devic
         model.eval()
 
     _, epoch_seconds = timed(device, epoch)
-    (_, statistics), statistics_seconds = timed(
-        device, lambda: next(iter(collect_statistics(model, graph, [(inputs, targets)], F.cross_entropy)))
+    record, statistics_seconds = timed(
+        device,
+        lambda: next(iter(record_batches(model, graph, [(inputs, targets)], [site], loss_function=F.cross_entropy))),
     )
-    batch = statistics["0"]
-    rows = conv_patches(model[0], batch.inputs).transpose(1, 2).reshape(-1, d).double()
-    coefficients = batch.coefficients.flatten(2).transpose(1, 2).reshape(-1, n).double()
+    handler = site.members[0].handler
+    rows = handler.rows(model[0], record.values[recorded_inputs(graph, site)[0]])[:, 0].double()
+    fields = ridge_fields(graph, site, record)
+    effective = fields.coefficients if fields.scales[0] is None else fields.coefficients * fields.scales[0] ** 2
+    coefficients = handler.coefficient_rows(model[0], effective).double()
 
     dense_neurons = n if n * d * d * 8 <= args.dense_bytes else max(1, args.dense_bytes // (d * d * 8))
     reference_neurons = min(n, args.reference_neurons if d > 1000 else 4 * args.reference_neurons)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+import copy
 
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from splitgrow.graph import ChannelGraph
 from splitgrow.models import build_model, uniform_widths
+from splitgrow.surgery import SplitRequest, split_network
 
 
 def randomise_batch_norms(model: nn.Module, generator: torch.Generator) -> None:
@@ -32,3 +38,33 @@ def zoo_model(architecture: str, width: int = 4, *, seed: int = 0, dtype: torch.
     inputs = model.example_input(12).to(dtype)
     targets = torch.randint(0, model.config()["num_classes"], (12,), generator=generator)
     return model, inputs, targets
+
+
+def loss_of(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(F.cross_entropy(model(inputs), targets))
+
+
+def split_hessian(model, graph, site_name, channel, inputs, targets) -> torch.Tensor:
+    """The Hessian in delta (d,) of the loss of the network whose neuron ``channel`` is split into theta + delta and
+    theta - delta (offspring output weights halved), at delta = 0, by autograd on the whole network."""
+    grown = copy.deepcopy(model)
+    report = split_network(grown, ChannelGraph(grown, inputs), [SplitRequest(site_name, channel)], 0.0)
+    site = graph.sites[site_name]
+    modules = dict(grown.named_modules())
+    base = {name: p.detach() for name, p in grown.named_parameters()}
+
+    def loss(delta: torch.Tensor) -> torch.Tensor:
+        parameters = dict(base)
+        for (member, columns), (module_name, plus, minus) in zip(site.member_slices(), report.offspring[0]):
+            module = modules[module_name]
+            rows = member.handler.parameters_from_theta(module, delta[columns].unsqueeze(0))
+            for attribute, row in rows.items():
+                key = f"{module_name}.{attribute}" if module_name else attribute
+                shift = torch.zeros_like(parameters[key])
+                shift[plus] = row[0]
+                shift[minus] = -row[0]
+                parameters[key] = parameters[key] + shift
+        return F.cross_entropy(functional_call(grown, parameters, (inputs,)), targets)
+
+    return torch.autograd.functional.hessian(loss, torch.zeros(site.neuron_dim, dtype=torch.float64), vectorize=True)

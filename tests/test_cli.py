@@ -121,7 +121,7 @@ BAD_INPUTS = [
     (["run", "rbf", "--set", "max_splits_per_step=0"], "max_splits_per_step (m_*) must be >= 1"),
     (["run", "rbf", "--set", "threshold=0.1"], "threshold (lambda_*) must be <= 0"),
     (["run", "rbf", "--set", "epsilonn=0.1"], "unknown setting 'epsilonn'"),
-    (["run", "rbf", "--config", "/nonexistent/paper.yaml"], "config file not found: /nonexistent/paper.yaml"),
+    (["run", "rbf", "--config", "/nonexistent/paper.yaml"], "config file not found (/nonexistent/paper.yaml)"),
     (["run", "mmd", "--seeds", "0"], "--seeds must be >= 1"),
     (["run", "rbf", "--set", "epsilon"], "--set expects KEY=VALUE"),
 ]
@@ -172,7 +172,9 @@ def test_console_script_entry_point(tmp_path):
         check=False,
     )
     assert completed.returncode == 2
-    assert completed.stderr == "splitgrow: error: unknown experiment 'nonsense'; choose one of: rbf, mmd, images\n"
+    assert completed.stderr == (
+        "splitgrow: error: unknown experiment 'nonsense' (splitgrow run): choose one of rbf, mmd, images, transfer\n"
+    )
     listing = subprocess.run(
         [sys.executable, "-m", "splitgrow.cli", "list"], capture_output=True, text=True, check=True
     )

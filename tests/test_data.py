@@ -62,7 +62,7 @@ def test_truncated_and_corrupt_idx_files_name_the_path(tmp_path):
     write_mnist(tmp_path, compress=False)
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(DataError, match=f"{path}.*truncated or corrupt"):
+    with pytest.raises(DataError, match=f"truncated or corrupt \\({path}\\)"):
         load_dataset("mnist", "train", tmp_path)
     path.write_bytes(b"\x12\x34\x56\x78" + bytes(16))
     with pytest.raises(DataError, match="bad magic number"):
@@ -78,23 +78,24 @@ def test_truncated_and_corrupt_idx_files_name_the_path(tmp_path):
 def test_corrupt_cifar_batches(tmp_path):
     folder = write_cifar(tmp_path)
     (folder / "data_batch_3").write_bytes((folder / "data_batch_3").read_bytes()[:200])
-    with pytest.raises(DataError, match="data_batch_3 is not a CIFAR-10 python batch"):
+    with pytest.raises(DataError, match="not a CIFAR-10 python batch .*data_batch_3"):
         load_dataset("cifar10", "train", tmp_path)
     # a pickle that would run code is refused, not executed
     (folder / "data_batch_3").write_bytes(pickle.dumps(os.system))
     with pytest.raises(DataError, match="not allowed"):
         load_dataset("cifar10", "train", tmp_path)
     (folder / "data_batch_3").unlink()
-    with pytest.raises(DataError, match="no data_batch_3 in .*pass --data-root"):
+    with pytest.raises(DataError, match=r"no data_batch_3 \(.*\): pass --data-root"):
         load_dataset("cifar10", "train", tmp_path)
 
 
 def test_missing_root_and_files_say_how_to_get_the_data(tmp_path):
-    with pytest.raises(DataError, match=f"the data folder {tmp_path / 'nope'} does not exist;.*--download"):
-        load_dataset("mnist", "train", tmp_path / "nope")
-    with pytest.raises(DataError, match="no train-images-idx3-ubyte\\[.gz\\] in .*dataset-fashion-mnist"):
+    missing = tmp_path / "nope"
+    with pytest.raises(DataError, match=f"the data folder {missing} does not exist \\(mnist\\): .*--download"):
+        load_dataset("mnist", "train", missing)
+    with pytest.raises(DataError, match=r"no train-images-idx3-ubyte\[.gz\] \(.*\): .*dataset-fashion-mnist"):
         load_dataset("fashion-mnist", "train", tmp_path)
-    with pytest.raises(DataError, match="unknown dataset 'svhn'"):
+    with pytest.raises(DataError, match=r"unknown dataset \(svhn\)"):
         load_dataset("svhn", "train", tmp_path)
 
 

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from deep_helpers import zoo_model
 from torch import nn
 
-from splitgrow.budget import select_within_budget, split_costs
+from splitgrow import SplitgrowWarning, SplittableNetwork
 from splitgrow.graph import ChannelGraph
-from splitgrow.network_statistics import splitting_eigenpairs, splitting_matrices, splitting_operators
-from splitgrow.operators import SiteOperator
+from splitgrow.inspection import split_costs
+from splitgrow.selection import select_splits, select_within_budget
 from splitgrow.solvers import dense_eigenpairs, lobpcg_smallest, rayleigh_quotient_descent
-from splitgrow.surgery import select_splits
+from splitgrow.statistics import RidgeOperator, splitting_eigenpairs, splitting_matrices, splitting_operators
 
 DTYPE = torch.float64
 
@@ -30,32 +30,40 @@ def dense_and_operators(architecture: str) -> tuple[dict, dict]:
     return dense, splitting_operators(model, graph, data, F.cross_entropy, dtype=DTYPE)
 
 
-@pytest.mark.parametrize("architecture", ["mlp", "vgg19", "mobilenetv1", "concat", "resnet"])
+@pytest.mark.parametrize("architecture", ["mlp", "vgg19", "mobilenetv1", "concat", "resnet", "dscnn-l"])
 def test_matrix_free_operator_equals_the_dense_matrices(architecture):
-    """No unfolding, no d x d matrix: convolutions and their weight gradients give the same S, depthwise blocks
-    included."""
+    """No unfolding, no d x d matrix: convolutions and their weight gradients give the same S, depthwise-separable
+    chains and summed producers included."""
     dense, operators = dense_and_operators(architecture)
     for name, operator in operators.items():
         assert operator.memory_bytes() > 0
         torch.testing.assert_close(operator.dense(), dense[name], rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["grouped", "same", "dilated"])
+@pytest.mark.parametrize("kind", ["reflect", "same", "dilated", "conv1d-strided", "conv1d-circular", "depthwise"])
 def test_operator_on_unusual_convolutions(kind):
     conv = {
-        "grouped": nn.Conv2d(4, 6, 3, padding=1, groups=2),
+        "reflect": nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect"),
         "same": nn.Conv2d(4, 6, 4, padding="same"),
         "dilated": nn.Conv2d(4, 6, 3, stride=2, dilation=2, padding=2),
+        "conv1d-strided": nn.Conv1d(4, 6, 5, stride=2, padding=2),
+        "conv1d-circular": nn.Conv1d(4, 6, 3, dilation=2, padding="same", padding_mode="circular"),
+        "depthwise": nn.Conv2d(4, 4, 3, padding=1, groups=4, stride=2),
     }[kind]
-    model = nn.Sequential(conv, nn.BatchNorm2d(6), nn.Tanh(), nn.Flatten(), nn.LazyLinear(3)).to(DTYPE)
-    x = torch.randn(3, 4, 7, 7, dtype=DTYPE)
+    norm = nn.BatchNorm1d(conv.out_channels) if isinstance(conv, nn.Conv1d) else nn.BatchNorm2d(conv.out_channels)
+    # a depthwise layer reading the model input cannot grow; one reading a Linear's output can
+    prefix = [nn.Conv2d(4, 4, 1), nn.Softplus()] if kind == "depthwise" else []
+    model = nn.Sequential(*prefix, conv, norm, nn.Tanh(), nn.Flatten(), nn.LazyLinear(3)).to(DTYPE)
+    x = torch.randn(3, 4, 7, 7, dtype=DTYPE) if isinstance(conv, nn.Conv2d) else torch.randn(3, 4, 9, dtype=DTYPE)
     model(x)
     model.eval()
     y = torch.randint(0, 3, (3,))
     graph = ChannelGraph(model, x)
-    dense = splitting_matrices(model, graph, [(x, y)], F.cross_entropy)["0"]
-    operator = splitting_operators(model, graph, [(x, y)], F.cross_entropy, dtype=DTYPE)["0"]
+    name = "0"
+    dense = splitting_matrices(model, graph, [(x, y)], F.cross_entropy)[name]
+    operator = splitting_operators(model, graph, [(x, y)], F.cross_entropy, dtype=DTYPE)[name]
     torch.testing.assert_close(operator.dense(), dense, rtol=1e-9, atol=1e-12)
+    assert float(dense.abs().max()) > 0
 
 
 def random_spectrum_matrices(n: int, d: int, spectrum: str, seed: int) -> torch.Tensor:
@@ -155,11 +163,14 @@ def test_shared_subspace_compression_equals_the_projected_matrices(architecture)
     an upper bound on lambda_min, exact when the subspace is everything."""
     dense, operators = dense_and_operators(architecture)
     for name, operator in operators.items():
+        if not isinstance(operator, RidgeOperator):  # a chain has no cheap compression: LOBPCG starts at random
+            assert operator.ritz_start(2, torch.Generator()) is None
+            continue
         exact = dense_eigenpairs(dense[name]).indexes
         for dim in (2, operator.neuron_dim):
             basis = operator.input_subspace(dim, torch.Generator().manual_seed(dim))
-            if basis is None:  # a grouped convolution with d > dim
-                assert operator.module.groups > 1 and operator.neuron_dim > dim
+            if basis is None:  # neurons that do not share their inputs, with d > dim
+                assert operator.neuron_dim > dim
                 continue
             k = min(dim, operator.neuron_dim)
             assert basis.shape == (operator.neuron_dim, k)
@@ -167,9 +178,6 @@ def test_shared_subspace_compression_equals_the_projected_matrices(architecture)
             projected = basis.t() @ dense[name] @ basis
             torch.testing.assert_close(operator.compress(basis), projected, rtol=1e-9, atol=1e-12)
             directions = operator.ritz_start(dim, torch.Generator().manual_seed(dim))  # in the same subspace
-            if operator.depthwise is not None and k < operator.neuron_dim:
-                assert directions is None  # compressing would cost k products: random start instead
-                continue
             torch.testing.assert_close(directions.norm(dim=1), torch.ones(operator.num_neurons, dtype=DTYPE))
             values = (directions * (dense[name] @ directions.unsqueeze(2)).squeeze(2)).sum(1)
             assert bool((values >= exact - 1e-12).all())  # Rayleigh quotients bound lambda_min from above
@@ -184,9 +192,10 @@ def test_input_subspace_finds_the_dominant_input_direction():
     direction = torch.nn.functional.normalize(torch.randn(20, generator=generator, dtype=DTYPE), dim=0)
     inputs = 10 * torch.randn((200, 1), generator=generator, dtype=DTYPE) * direction  # one strong direction
     inputs = inputs + 0.1 * torch.randn((200, 20), generator=generator, dtype=DTYPE)
-    layer = nn.Linear(20, 4).to(DTYPE)
-    operator = SiteOperator(layer, 4, 21)
-    operator.add_batch(inputs, torch.randn((200, 4), generator=generator, dtype=DTYPE), 200)
+    model = nn.Sequential(nn.Linear(20, 4), nn.Tanh(), nn.Linear(4, 2)).to(DTYPE)
+    graph = ChannelGraph(model, inputs)
+    targets = torch.randint(0, 2, (200,), generator=generator)
+    operator = splitting_operators(model, graph, [(inputs, targets)], F.cross_entropy, dtype=DTYPE)["0"]
     basis = operator.input_subspace(1, generator)
     assert abs(float(basis[:20, 0] @ direction)) > 0.999  # the bias coordinate (energy 1) is not it
 
@@ -250,21 +259,23 @@ def test_budgeted_selection_with_equal_costs_is_plain_ranking():
     assert [(r.site, r.channel) for r in budgeted] == [(r.site, r.channel) for r in ranked]
 
 
-def test_budgeted_selection_uses_graph_costs_and_respects_coupling():
+def test_budgeted_selection_uses_graph_costs_and_counts_each_group_once():
     model, inputs, targets = zoo_model("mobilenetv1", seed=1)
     graph = ChannelGraph(model, inputs)
     results = splitting_eigenpairs(model, graph, [(inputs, targets)], F.cross_entropy)
-    costs = split_costs(graph, inputs, "parameters")
-    flops = split_costs(graph, inputs, "flops")
-    assert costs["blocks.3.pointwise.0"] > 0 and flops["blocks.3.pointwise.0"] > costs["blocks.3.pointwise.0"]
+    costs = split_costs(graph, "parameters")
+    flops = split_costs(graph, "flops")
+    # a pointwise channel's cost includes the depthwise filter and BatchNorms it carries along
+    width = model.blocks[3].pointwise[0].in_channels
+    assert costs["blocks.3.pointwise.0"] == width + 2 + 9 + 2 + model.blocks[4].pointwise[0].out_channels
+    assert flops["blocks.3.pointwise.0"] > costs["blocks.3.pointwise.0"]
     budget = 0.25 * sum(costs[name] * site.num_neurons for name, site in graph.sites.items())
     chosen = select_within_budget(results, costs, budget, graph=graph)
     assert chosen and sum(costs[r.site] for r in chosen) <= budget
-    keys = [graph.coupling_key(r.site, r.channel) for r in chosen]
-    assert len(keys) == len(set(keys))
-    assert graph.coupling_key("blocks.3.depthwise.0", 2) == graph.coupling_key("blocks.2.pointwise.0", 2)
+    keys = [(r.site, r.channel) for r in chosen]
+    assert len(keys) == len(set(keys)) and "blocks.4.depthwise.0" not in costs
     with pytest.raises(ValueError, match="cost kind"):
-        split_costs(graph, inputs, "watts")
+        split_costs(graph, "watts")
 
 
 def test_compression_on_the_first_rows_reads_only_those():
@@ -281,3 +292,28 @@ def test_compression_on_the_first_rows_reads_only_those():
         estimate = operator.compress(basis, max_rows=rows)
         torch.testing.assert_close(estimate, first[name].compress(basis), rtol=1e-9, atol=1e-12)
         assert not torch.allclose(estimate, operator.compress(basis), rtol=1e-3, atol=0)  # all rows: both batches
+
+
+def test_float32_lobpcg_does_not_overflow_on_large_matrices():
+    matrices = (1e12 * random_spectrum_matrices(4, 30, "decaying", seed=8)).float()
+    found = lobpcg_smallest(
+        lambda v: (matrices @ v.unsqueeze(2)).squeeze(2),
+        torch.randn((4, 30), generator=torch.Generator().manual_seed(9)),
+        tolerance=1e-3,
+        max_iterations=300,
+    )
+    assert bool(torch.isfinite(found.indexes).all()) and bool(found.converged.all())
+    exact = dense_eigenpairs(matrices.double()).indexes
+    torch.testing.assert_close(found.indexes.double(), exact, rtol=2e-3, atol=0)
+
+
+def test_selection_lists_the_sites_it_leaves_out():
+    model, inputs, targets = zoo_model("resnet")
+    net = SplittableNetwork(model, inputs)
+    results = net.splitting([(inputs, targets)], F.cross_entropy)
+    with pytest.warns(SplitgrowWarning, match="'stem.0': inexact"):
+        chosen = net.select(results, max_count=100)
+    assert "stem.0" in chosen.skipped and all(r.site != "stem.0" for r in chosen)
+    assert all(r.fingerprint == net.graph.fingerprint for r in chosen)
+    everything = net.select(results, max_count=100, allow_inexact=True)
+    assert any(r.site == "stem.0" for r in everything) or float(results["stem.0"].indexes.min()) >= 0

@@ -12,7 +12,7 @@ from test_data import write_cifar, write_mnist
 from splitgrow.config import build_config
 from splitgrow.experiments.common import Reporter
 from splitgrow.experiments.images import ImagesConfig, _Interrupted, run_seed
-from splitgrow.inspection import module_flops
+from splitgrow.inspection import model_flops
 from splitgrow.models import build_model, load_model
 
 TINY = {
@@ -59,7 +59,7 @@ def test_growth_pruning_and_retraining_end_to_end(mnist_root, tmp_path):
     for row in rows:  # sizes and FLOPs agree with the architecture rebuilt from the recorded widths
         model = build_model("vgg19", **{**full.config(), "widths": row["widths"]})
         assert sum(p.numel() for p in model.parameters()) == row["parameters"]
-        assert module_flops(model, example)[""] == row["flops"]
+        assert model_flops(model, example) == row["flops"]
         assert 0.0 <= row["accuracy"] <= 1.0
     rebuilt, history = load_model(tmp_path / "full-slim")
     assert history and rebuilt.config()["widths"] == [4] * 16

@@ -61,3 +61,46 @@ def test_loading_reports_missing_and_corrupt_files(tmp_path):
     (tmp_path / "m.json").write_text("{")
     with pytest.raises(SplitgrowError, match="not a valid saved splitgrow model"):
         load_model(tmp_path / "m")
+
+
+class _Custom(torch.nn.Module):
+    """A model that is not from the zoo: rebuilt from its constructor and the saved shapes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 3, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(3)
+        self.act = torch.nn.SiLU()
+        self.pool = torch.nn.AdaptiveAvgPool2d(2)
+        self.fc = torch.nn.Linear(12, 5)
+        self.fc_act = torch.nn.Tanh()
+        self.head = torch.nn.Linear(5, 2)
+
+    def forward(self, x):
+        x = self.pool(self.act(self.norm(self.conv(x))))
+        return self.head(self.fc_act(self.fc(x.flatten(1))))
+
+
+def test_a_grown_custom_model_reloads_from_its_constructor(tmp_path):
+    import torch.nn.functional as F
+
+    from splitgrow import SplittableNetwork
+
+    torch.manual_seed(0)
+    model = _Custom().eval()
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 2, (8,))
+    net = SplittableNetwork(model, x)
+    for _ in range(2):
+        results = net.splitting([(x, y)], F.cross_entropy)
+        net.split(net.select(results, max_count=3), 0.1)
+    assert model.conv.out_channels > 3 or model.fc.out_features > 5
+    save_model(tmp_path / "grown", model, [{"stage": 1}])
+    with pytest.raises(SplitgrowError, match="pass model= a fresh instance"):
+        load_model(tmp_path / "grown")
+    rebuilt, history = load_model(tmp_path / "grown", model=_Custom())
+    assert history == [{"stage": 1}]
+    assert rebuilt.conv.out_channels == model.conv.out_channels and rebuilt.fc.in_features == model.fc.in_features
+    assert rebuilt.norm.num_features == model.norm.num_features
+    rebuilt.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=0)

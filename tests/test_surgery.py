@@ -102,31 +102,80 @@ def test_the_split_moves_the_offspring_and_halves_the_consumers():
     assert (new_layer.out_features, model.classifier.in_features) == (5, 5)
 
 
-def test_batch_norm_and_depthwise_layers_are_duplicated_exactly():
+def test_a_depthwise_separable_neuron_splits_both_filters_and_copies_the_batch_norms():
     model, inputs, _ = zoo_model("mobilenetv1")
     old = copy.deepcopy(model)
     graph = ChannelGraph(model, inputs)
-    split_network(model, graph, [SplitRequest("blocks.4.pointwise.0", 1, torch.randn(4, dtype=torch.float64))], 0.1)
-    depthwise_old, depthwise = old.blocks[5].depthwise, model.blocks[5].depthwise
-    assert depthwise[0].groups == depthwise[0].in_channels == depthwise[0].out_channels == 5
-    torch.testing.assert_close(depthwise[0].weight[2], depthwise_old[0].weight[1])
+    site = graph.sites["blocks.4.pointwise.0"]
+    assert [m.module for m in site.members] == ["blocks.4.pointwise.0", "blocks.5.depthwise.0"]
+    direction = torch.randn(site.neuron_dim, dtype=torch.float64)
+    v = 0.1 * direction / direction.norm()
+    report = split_network(model, graph, [SplitRequest(site.name, 1, direction)], 0.1)
+    assert report.offspring == [[("blocks.4.pointwise.0", 1, 2), ("blocks.5.depthwise.0", 1, 2)]]
+    pointwise_old, pointwise = old.blocks[4].pointwise[0], model.blocks[4].pointwise[0]
+    depthwise_old, depthwise = old.blocks[5].depthwise[0], model.blocks[5].depthwise[0]
+    assert depthwise.groups == depthwise.in_channels == depthwise.out_channels == 5
+    torch.testing.assert_close(pointwise.weight[1].flatten(), pointwise_old.weight[1].flatten() + v[:4])
+    torch.testing.assert_close(pointwise.weight[2].flatten(), pointwise_old.weight[1].flatten() - v[:4])
+    torch.testing.assert_close(depthwise.weight[1].flatten(), depthwise_old.weight[1].flatten() + v[4:])
+    torch.testing.assert_close(depthwise.weight[2].flatten(), depthwise_old.weight[1].flatten() - v[4:])
     for name in ("weight", "bias", "running_mean", "running_var"):
         for norm_old, norm in (
             (old.blocks[4].pointwise[1], model.blocks[4].pointwise[1]),
-            (depthwise_old[1], depthwise[1]),
+            (old.blocks[5].depthwise[1], model.blocks[5].depthwise[1]),
         ):
             values, old_values = getattr(norm, name), getattr(norm_old, name)
             assert values[2] == old_values[1] and values[1] == old_values[1]
     assert model.blocks[5].pointwise[0].in_channels == 5
+    column = old.blocks[5].pointwise[0].weight[:, 1]
+    torch.testing.assert_close(model.blocks[5].pointwise[0].weight[:, 1], column / 2)
+    torch.testing.assert_close(model.blocks[5].pointwise[0].weight[:, 2], column / 2)
 
 
-def test_coupled_channels_must_be_split_in_separate_steps():
+def test_a_neuron_requested_twice_is_refused_and_a_member_is_not_a_site():
     model, inputs, _ = zoo_model("mobilenetv1")
     graph = ChannelGraph(model, inputs)
-    requests = [SplitRequest("blocks.4.pointwise.0", 1), SplitRequest("blocks.5.depthwise.0", 1)]
-    with pytest.raises(GraphError, match="are coupled"):
-        split_network(model, graph, requests, 0.0)
+    with pytest.raises(GraphError, match="requested twice"):
+        split_network(
+            model, graph, [SplitRequest("blocks.4.pointwise.0", 1), SplitRequest("blocks.4.pointwise.0", 1)], 0.0
+        )
+    with pytest.raises(GraphError, match="'blocks.5.depthwise.0' is not a splittable site"):
+        split_network(model, graph, [SplitRequest("blocks.5.depthwise.0", 1)], 0.0)
     assert model.blocks[4].pointwise[0].out_channels == 4  # nothing changed
+
+
+@pytest.mark.parametrize("epsilon", [float("nan"), float("inf"), -1.0, True])
+def test_bad_epsilon_is_refused_before_any_change(epsilon):
+    model, inputs, _ = zoo_model("mlp")
+    graph = ChannelGraph(model, inputs)
+    with pytest.raises(GraphError, match="epsilon must be a finite number >= 0"):
+        split_network(model, graph, [SplitRequest("hidden.3", 0, torch.ones(5))], epsilon)
+    assert model.hidden[3].out_features == 4
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_direction_with_nan_or_inf_is_refused(bad):
+    model, inputs, _ = zoo_model("mlp")
+    graph = ChannelGraph(model, inputs)
+    direction = torch.ones(5)
+    direction[2] = bad
+    with pytest.raises(GraphError, match="is not finite"):
+        split_network(model, graph, [SplitRequest("hidden.3", 0, direction)], 0.1)
+    assert model.hidden[3].out_features == 4
+
+
+def test_a_stale_graph_or_request_is_refused():
+    """A graph traced before a split describes other channels: splitting through it would split another neuron."""
+    model, inputs, _ = zoo_model("mlp")
+    graph = ChannelGraph(model, inputs)
+    request = SplitRequest("hidden.3", 0, torch.ones(5), fingerprint=graph.fingerprint)
+    split_network(model, graph, [SplitRequest("hidden.1", 1)], 0.0)
+    with pytest.raises(GraphError, match="the model changed since this graph was traced"):
+        split_network(model, graph, [SplitRequest("hidden.3", 0)], 0.0)
+    fresh = ChannelGraph(model, inputs)
+    with pytest.raises(GraphError, match="was made for the model before a later change"):
+        split_network(model, fresh, [request], 0.0)
+    assert model.hidden[3].out_features == 4
 
 
 def test_direction_of_the_wrong_size_is_refused():
@@ -134,8 +183,6 @@ def test_direction_of_the_wrong_size_is_refused():
     graph = ChannelGraph(model, inputs)
     with pytest.raises(GraphError, match="has 3 entries; its neurons have 5 parameters"):
         split_network(model, graph, [SplitRequest("hidden.3", 0, torch.zeros(3))], 0.1)
-    with pytest.raises(ValueError, match="epsilon"):
-        split_network(model, graph, [SplitRequest("hidden.3", 0)], -1.0)
 
 
 def _train_steps(model, optimizer, scheduler, inputs, targets, steps):
@@ -204,8 +251,18 @@ def test_optimizer_state_follows_the_documented_rule(make_optimizer, first, seco
 def test_unknown_optimizer_state_is_refused_before_any_change():
     model, inputs, targets = zoo_model("mlp")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    optimizer.state[model.hidden[1].weight]["mystery"] = torch.zeros_like(model.hidden[1].weight)
+    optimizer.state[model.hidden[3].weight]["mystery"] = torch.zeros_like(model.hidden[3].weight)
     graph = ChannelGraph(model, inputs)
     with pytest.raises(GraphError, match="optimiser state 'mystery'"):
+        split_network(model, graph, [SplitRequest("hidden.3", 0)], 0.0, optimizer=optimizer)
+    assert model.hidden[3].out_features == 4
+
+
+def test_optimizer_state_of_another_shape_is_refused_not_skipped():
+    model, inputs, _ = zoo_model("mlp")
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    optimizer.state[model.hidden[3].weight]["exp_avg_sq"] = torch.zeros(4)  # a factored second moment
+    graph = ChannelGraph(model, inputs)
+    with pytest.raises(GraphError, match=r"optimiser state 'exp_avg_sq' has shape \(4,\)"):
         split_network(model, graph, [SplitRequest("hidden.3", 0)], 0.0, optimizer=optimizer)
     assert model.hidden[3].out_features == 4

@@ -9,11 +9,12 @@ The main entry points, importable from the package itself:
   (:class:`RandomSplit`, :class:`Net2Net`, :class:`NewInitialization`, :class:`GradientBoosting`),
   and :func:`train_from_scratch`;
 * any PyTorch model: :class:`SplittableNetwork` (statistics, selection and surgery in three calls), built on
-  :class:`ChannelGraph`, :func:`splitting_eigenpairs`, :func:`select_splits` and :func:`split_network`.
+  :class:`ChannelGraph`, :func:`splitting_eigenpairs`, :func:`select_splits` and :func:`split_network`;
+  your own layers and activations: :func:`register_layer` (a :class:`LayerHandler`), :func:`register_activation`.
 """
 
-from .activations import Activation, get_activation, relu_with_softplus_surrogate
-from .errors import ConfigError, DivergenceError, SplitgrowError
+from .activations import Activation, get_activation, relu_with_softplus_surrogate, with_kink_surrogate
+from .errors import ConfigError, DivergenceError, SplitgrowError, SplitgrowWarning
 from .graph import ChannelGraph, GraphError, Site
 from .growth import (
     GradientBoosting,
@@ -28,14 +29,15 @@ from .growth import (
     run_growth,
     train_from_scratch,
 )
+from .layers import LayerHandler, NeuronHandler, register_activation, register_layer
 from .network import SplittableNetwork
-from .network_statistics import SiteSplitting, splitting_eigenpairs, splitting_matrices
-from .selection import select_neurons
+from .selection import Selection, select_neurons, select_splits, select_within_budget
 from .shallow.network import ShallowNetwork, ShallowRegression
 from .shallow.neurons import FunctionalNeuron, Neuron, RidgeNeuron
 from .shallow.particles import ParticleApproximation
 from .solvers import SplittingEigenpairs, dense_eigenpairs
-from .surgery import SplitReport, SplitRequest, select_splits, split_network
+from .statistics import SiteSplitting, SplittingResults, splitting_eigenpairs, splitting_matrices
+from .surgery import SplitReport, SplitRequest, resize_like, split_network
 
 __version__ = "0.1.0"
 
@@ -51,12 +53,15 @@ __all__ = [
     "GrowthEvent",
     "GrowthMethod",
     "GrowthRun",
+    "LayerHandler",
     "Net2Net",
     "Neuron",
+    "NeuronHandler",
     "NewInitialization",
     "ParticleApproximation",
     "RandomSplit",
     "RidgeNeuron",
+    "Selection",
     "ShallowNetwork",
     "ShallowRegression",
     "Site",
@@ -64,17 +69,24 @@ __all__ = [
     "SplitReport",
     "SplitRequest",
     "SplitgrowError",
+    "SplitgrowWarning",
     "SplittableNetwork",
     "SplittingEigenpairs",
+    "SplittingResults",
     "SplittingSteepestDescent",
     "dense_eigenpairs",
     "get_activation",
+    "register_activation",
+    "register_layer",
     "relu_with_softplus_surrogate",
+    "resize_like",
     "run_growth",
     "select_neurons",
     "select_splits",
+    "select_within_budget",
     "split_network",
     "splitting_eigenpairs",
     "splitting_matrices",
     "train_from_scratch",
+    "with_kink_surrogate",
 ]

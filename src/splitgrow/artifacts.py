@@ -29,23 +29,36 @@ def _file_mode() -> int:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    """Write ``data`` to ``path`` through a temporary file and a rename.
+
+    Raises:
+        OSError: the folder cannot be created or written (full disk, read-only file system, no permission, a file
+            in the way, ...); its ``filename`` is always the path concerned (``path`` rather than the temporary
+            file), and no temporary file is left behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.chmod(temporary, _file_mode())
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+    except BaseException as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        named = isinstance(error, OSError) and error.filename is not None
+        if isinstance(error, OSError) and not (named and Path(error.filename) in (path, *path.parents)):
+            # write() and fsync() on a full disk name no file, mkstemp names its temporary one: name the target
+            raise OSError(error.errno, error.strerror, str(path)) from error
         raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write UTF-8 text atomically (see :func:`atomic_write_bytes`)."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 

@@ -1,11 +1,15 @@
 """Checkpoints of long runs: progress and results as JSON, tensors as a weights-only torch file, both written
-atomically, so that a killed run resumes from its last checkpoint and never reads a half-written one."""
+atomically, so that a killed run resumes from its last checkpoint and never reads a half-written one.
+
+A checkpoint that cannot be used (cut short, emptied, overwritten by something else, or from another program) is a
+:class:`~splitgrow.errors.CheckpointError` saying so, never a silent fresh start: resuming must either continue the
+run or refuse."""
 
 from __future__ import annotations
 
 import io
 import json
-import pickle
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -13,12 +17,17 @@ from typing import Any
 import torch
 
 from .artifacts import atomic_write_bytes, atomic_write_json
-from .errors import SplitgrowError
+from .errors import CheckpointError
 
 
 class Checkpoint:
     """The state of a run, written atomically after every epoch: ``checkpoint.json`` (progress and results)
-    and ``checkpoint.pt`` (tensors of the task in progress)."""
+    and ``checkpoint.pt`` (tensors of the task in progress).
+
+    ``progress`` holds ``completed`` (results by task name), ``current`` (None, or a mapping whose ``task`` names
+    the task in progress) and anything else the run records. The tensors of the task in progress carry its name
+    under ``"task"``, which ties ``checkpoint.pt`` to ``checkpoint.json``.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -26,34 +35,86 @@ class Checkpoint:
         self._session_started = time.perf_counter()
         self._earlier_sessions_s = 0.0
 
+    @property
+    def _fix(self) -> str:
+        return f"delete {self.folder} to run this seed again from its start (the other seeds are kept by --resume)"
+
     def elapsed(self) -> float:
         """Seconds of computation of the run so far, over every session that worked on it."""
         return self._earlier_sessions_s + time.perf_counter() - self._session_started
 
     def load(self) -> bool:
+        """Read ``checkpoint.json``; False when there is none (the run had not reached its first checkpoint).
+
+        Raises:
+            CheckpointError: the file is not valid JSON or not the progress of a run.
+        """
         path = self.folder / "checkpoint.json"
         if not path.is_file():
             return False
         try:
-            self.progress = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise SplitgrowError(f"{path} is corrupt ({error}); delete it to start the run again") from None
-        self._earlier_sessions_s = float(self.progress.get("elapsed_s", 0.0))
+            progress = json.loads(path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise CheckpointError(f"corrupt checkpoint, not valid JSON: {error}", path, self._fix) from None
+        current = progress.get("current") if isinstance(progress, dict) else None
+        elapsed = progress.get("elapsed_s", 0.0) if isinstance(progress, dict) else None
+        if (
+            not isinstance(progress, dict)
+            or not isinstance(progress.get("completed"), dict)
+            or not (current is None or (isinstance(current, dict) and isinstance(current.get("task"), str)))
+            or not (isinstance(elapsed, (int, float)) and math.isfinite(elapsed))
+        ):
+            found = type(progress).__name__ if not isinstance(progress, dict) else "a mapping of other keys"
+            raise CheckpointError(
+                f"not the progress of a splitgrow run (found {found}, expected completed tasks and the current one)",
+                path,
+                self._fix,
+            )
+        self.progress = progress
+        self._earlier_sessions_s = float(elapsed)
         return True
 
     def tensors(self) -> dict[str, Any] | None:
+        """The tensors of the task in progress, or None when no task is in progress.
+
+        Raises:
+            CheckpointError: a task is in progress but ``checkpoint.pt`` is missing, cut short, not a weights-only
+                torch file, or holds something other than that task's tensors.
+        """
+        current = self.progress.get("current")
+        if current is None:
+            return None
+        task = current["task"]
         path = self.folder / "checkpoint.pt"
         if not path.is_file():
-            return None
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
-            raise SplitgrowError(f"{path} is corrupt ({error}); delete it to start the task again") from None
+            raise CheckpointError(f"missing checkpoint of the task in progress, {task!r}", path, self._fix)
+        tensors = load_tensors(path, self._fix)
+        if not isinstance(tensors, dict) or tensors.get("task") != task:
+            found = f"a {type(tensors).__name__}" if not isinstance(tensors, dict) else f"task {tensors.get('task')!r}"
+            raise CheckpointError(
+                f"foreign checkpoint: it holds {found}, not the tensors of the task in progress, {task!r}",
+                path,
+                self._fix,
+            )
+        return tensors
 
     def save(self, tensors: dict[str, Any] | None) -> None:
+        """Write ``tensors`` (if given) and then the progress, each atomically."""
         if tensors is not None:
             buffer = io.BytesIO()
             torch.save(tensors, buffer)
             atomic_write_bytes(self.folder / "checkpoint.pt", buffer.getvalue())
         self.progress["elapsed_s"] = self.elapsed()
         atomic_write_json(self.folder / "checkpoint.json", self.progress)
+
+
+def load_tensors(path: Path, fix: str = "delete it to start again") -> Any:
+    """A weights-only torch file, or a one-line CheckpointError saying it is empty, cut short or not a torch file."""
+    path = Path(path)
+    with path.open("rb") as stream:  # a file that cannot be opened is the file system's error, reported as such
+        try:
+            return torch.load(stream, map_location="cpu", weights_only=True)
+        except Exception:  # torch reports damaged bytes with many types (OSError, EOFError, UnpicklingError, ...)
+            size = path.stat().st_size
+            state = f"cut short or not a torch file ({size:,} bytes)" if size else "empty (0 bytes)"
+            raise CheckpointError(f"corrupt checkpoint: {state}", path, fix) from None

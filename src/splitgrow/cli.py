@@ -1,20 +1,27 @@
 """The ``splitgrow`` command line: a thin layer over :mod:`splitgrow.experiments`.
 
-User errors (an unknown experiment, a bad setting, a missing or malformed config file, a diverging run) print one
-line, ``splitgrow: error: ...``, and exit with status 2 before anything is written.
+Every failure a user can cause or meet (a bad setting or option, a missing or corrupt file, a folder that cannot
+be written, a full disk, a diverging run) prints one line, ``splitgrow: error: <what> (<where>): <how to fix>``,
+and exits with status 2: :func:`_one_line_errors` is the one place that turns the library's errors into that line.
+Anything else is a bug in splitgrow and is shown as one, with its traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import sys
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
+import typer.core
 
 from . import __version__
-from .config import load_config, parse_overrides
+from .config import describe_settings, load_config, parse_overrides
 from .errors import SplitgrowError
 
 app = typer.Typer(
@@ -27,12 +34,82 @@ app = typer.Typer(
 )
 
 EXIT_USER_ERROR = 2
+EXIT_BUG = 1
+EXIT_INTERRUPTED = 130
+
+#: what each file-system error means, and what fixes it (beyond choosing another place)
+_FILE_SYSTEM_ERRORS = {
+    errno.ENOSPC: ("no space left on the disk", "free some space"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space"),
+    errno.EROFS: ("read-only file system", None),
+    errno.EACCES: ("permission denied", "change its permissions"),
+    errno.EPERM: ("operation not permitted", None),
+    errno.ENOTDIR: ("a file stands where a folder is needed", None),
+    errno.EISDIR: ("a folder stands where a file is needed", None),
+    errno.ENOENT: ("no such file or folder", None),
+    errno.EEXIST: ("something is already there", None),
+    errno.ENAMETOOLONG: ("file name too long", None),
+    errno.EFBIG: ("file too large for the file system", "free some space"),
+    errno.EIO: ("input/output error", "check the disk or network mount"),
+}
 
 
-def fail(message: str) -> NoReturn:
-    """Print a one-line error and exit with status 2."""
-    typer.echo(f"splitgrow: error: {message}", err=True)
+def fail(problem: str, where: object | None = None, fix: str | None = None) -> NoReturn:
+    """Print ``splitgrow: error: <problem> (<where>): <fix>`` on one line and exit with status 2."""
+    typer.echo(f"splitgrow: error: {SplitgrowError(problem, where, fix)}", err=True)
     raise typer.Exit(EXIT_USER_ERROR)
+
+
+def _file_system_error(error: OSError, elsewhere: str) -> SplitgrowError:
+    """The one-line form of a file-system error; ``elsewhere`` says how to use another place instead."""
+    problem, fix = _FILE_SYSTEM_ERRORS.get(error.errno, (error.strerror or "file-system error", None))
+    where = error.filename if error.filename2 is None else f"{error.filename} -> {error.filename2}"
+    return SplitgrowError(problem, where, elsewhere if fix is None else f"{fix}, or {elsewhere}")
+
+
+def _bug_report_address() -> str:
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        urls = metadata("splitgrow").get_all("Project-URL") or []
+    except PackageNotFoundError:
+        urls = []
+    issues = [url.split(",", 1)[1].strip() for url in urls if url.lower().startswith(("issues,", "bug tracker,"))]
+    return issues[0] if issues else "the splitgrow maintainers"
+
+
+@contextlib.contextmanager
+def _one_line_errors(elsewhere: str, interrupted: str = "interrupted") -> Iterator[None]:
+    """Turn every error a user can cause or meet into one line and exit status 2; show any other as a bug.
+
+    Args:
+        elsewhere: how to write somewhere else, for a file-system error (e.g. "choose another folder with --out").
+        interrupted: what to say on Ctrl-C.
+    """
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except SplitgrowError as error:
+        fail(str(error))
+    except OSError as error:
+        fail(str(_file_system_error(error, elsewhere)))
+    except MemoryError:
+        fail("out of memory", "this machine", "use smaller settings (batch size, widths, samples)")
+    except KeyboardInterrupt:
+        typer.echo(f"splitgrow: {interrupted}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as error:
+        torch = sys.modules.get("torch")  # only torch, once imported, can run out of GPU memory
+        if torch is not None and isinstance(error, torch.cuda.OutOfMemoryError):
+            fail("out of GPU memory", "--device", "use smaller settings (batch size, widths) or another GPU")
+        traceback.print_exc()
+        typer.echo(
+            f"splitgrow: this is a bug in splitgrow, not a problem with your input; please report it to "
+            f"{_bug_report_address()} with the command, `splitgrow --version` and the traceback above",
+            err=True,
+        )
+        raise typer.Exit(EXIT_BUG) from None
 
 
 def _version(value: bool) -> None:
@@ -59,7 +136,42 @@ def list_experiments() -> None:
         typer.echo(f"{name:8s} {experiment.description}")
 
 
-@app.command()
+class _RunCommand(typer.core.TyperCommand):
+    """``run``, whose ``--help`` also lists the settings of the experiment it names (``splitgrow run NAME --help``),
+    read from the experiment's config dataclass, so that every registered experiment gets it."""
+
+    _EXPERIMENT = "splitgrow.help_experiment"
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # --help acts while the arguments are parsed, before EXPERIMENT has a value: read it beforehand
+        values, _, _ = self.make_parser(ctx).parse_args(args=list(args))
+        ctx.meta[self._EXPERIMENT] = values.get("experiment")
+        return super().parse_args(ctx, args)
+
+    def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        from .experiments import experiments
+
+        super().format_epilog(ctx, formatter)
+        known = experiments()
+        spec = known.get(ctx.meta.get(self._EXPERIMENT))
+        if spec is None:
+            formatter.write_paragraph()
+            formatter.write_text(f"`splitgrow run NAME --help` lists the settings of NAME ({', '.join(known)}).")
+            return
+        with formatter.section(f"Settings of {spec.name} (--config FILE.yaml, --set KEY=VALUE)"):
+            summary = (spec.config_class.__doc__ or "").strip()
+            if summary:
+                formatter.write_text(" ".join(summary.replace("``", "").split()))
+                formatter.write_paragraph()
+            formatter.write_dl(
+                [
+                    (f"{setting.name}: {setting.type}", f"{setting.meaning} [default: {setting.default}]".lstrip())
+                    for setting in describe_settings(spec.config_class)
+                ]
+            )
+
+
+@app.command(cls=_RunCommand)
 def run(
     experiment: Annotated[str, typer.Argument(help="Experiment to run (see `splitgrow list`): rbf, mmd, images.")],
     out: Annotated[Path | None, typer.Option("--out", help="Output folder [default: runs/EXPERIMENT].")] = None,
@@ -81,45 +193,47 @@ def run(
     device: Annotated[str | None, typer.Option("--device", help="images: cpu or cuda.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")] = False,
 ) -> None:
-    """Run an experiment: results.json and PNG figures per seed, then summary.json, summary.md and a table."""
+    """Run an experiment: results.json and PNG figures per seed, then summary.json, summary.md and a table.
+
+    An --out folder holds one run: a second run with other settings into it is refused.
+    """
     from .experiments import Reporter, experiments, run_experiment
 
     known = experiments()
     if experiment not in known:
-        fail(f"unknown experiment {experiment!r}; choose one of: {', '.join(known)}")
-    if seeds < 1:
-        fail(f"--seeds must be >= 1, got {seeds}")
-    if seed < 0:
-        fail(f"--seed must be >= 0, got {seed}")
-    if jobs < 1:
-        fail(f"--jobs must be >= 1, got {jobs}")
+        fail(f"unknown experiment {experiment!r}", "splitgrow run", f"choose one of {', '.join(known)}")
+    for option, value, least in (("--seeds", seeds, 1), ("--seed", seed, 0), ("--jobs", jobs, 1)):
+        if value < least:
+            fail(f"{option} must be >= {least}", f"{option} {value}", f"give a number >= {least}")
     spec = known[experiment]
+    out_dir = out if out is not None else Path("runs") / experiment
     shortcuts = {"dataset": dataset, "model": model, "data_root": data_root, "download": download or None}
     shortcuts["device"] = device
-    try:
-        values = parse_overrides(overrides or [])
-        settings_fields = {f.name for f in dataclasses.fields(spec.config_class)}
-        for key, value in shortcuts.items():
-            if value is None:
-                continue
-            option = "--" + key.replace("_", "-")
-            if key not in settings_fields:
-                fail(f"{option} does not apply to the {experiment} experiment (it has no '{key}' setting)")
-            values[key] = str(value) if isinstance(value, Path) else value
-        settings = load_config(spec.config_class, config, values)
-        out_dir = out if out is not None else Path("runs") / experiment
+    settings_fields = {f.name for f in dataclasses.fields(spec.config_class)}
+    options: dict[str, dict[str, Any]] = {}
+    for key, value in shortcuts.items():
+        if value is None:
+            continue
+        option = "--" + key.replace("_", "-")
+        if key not in settings_fields:
+            fail(
+                f"{option} does not apply to the {experiment} experiment",
+                option,
+                f"leave it out: {experiment} has no '{key}' setting (`splitgrow run {experiment} --help` lists them)",
+            )
+        options[option] = {key: str(value) if isinstance(value, Path) else value}
+    elsewhere = "choose another folder with --out"
+    with _one_line_errors(
+        elsewhere, interrupted="interrupted; finished seeds are in their folders, --resume continues"
+    ):
+        settings = load_config(spec.config_class, config, parse_overrides(overrides or []), options)
         if out_dir.exists() and not out_dir.is_dir():
-            fail(f"--out {out_dir} exists and is not a folder")
+            fail("not a folder", out_dir, f"give --out a folder, or {elsewhere}")
         if resume and not out_dir.is_dir():
-            fail(f"--resume: {out_dir} does not exist; give the --out folder of the run to continue")
+            fail("nothing to resume", f"--resume: no folder {out_dir}", "give the --out folder of the run to continue")
         _, table = run_experiment(
             spec, settings, list(range(seed, seed + seeds)), out_dir, Reporter(not quiet), jobs=jobs, resume=resume
         )
-    except SplitgrowError as error:
-        fail(str(error))
-    except KeyboardInterrupt:
-        typer.echo("splitgrow: interrupted; finished seeds are in their folders", err=True)
-        raise typer.Exit(130) from None
     typer.echo(table)
     typer.echo(f"\nresults: {out_dir}/summary.json, {out_dir}/seed-*/results.json and figures")
 
@@ -131,10 +245,8 @@ def report(
     """Redraw the figures and rewrite the summary of a finished run from its results files (no re-running)."""
     from .experiments import report_experiment
 
-    try:
+    with _one_line_errors(f"copy {out} to a writable place and report the copy"):
         _, table = report_experiment(out)
-    except SplitgrowError as error:
-        fail(str(error))
     typer.echo(table)
 
 
@@ -169,21 +281,25 @@ def inspect(
     from .network import SplittableNetwork
 
     if width < 1:
-        fail(f"--width must be >= 1, got {width}")
+        fail("--width must be >= 1", f"--width {width}", "give a width >= 1")
     if data not in (None, "random"):
-        fail(f"--data must be 'random' (real datasets come with `splitgrow run images`), got {data!r}")
+        fail("--data must be 'random'", f"--data {data}", "real datasets come with `splitgrow run images`")
     if samples < 1 or batch_size < 1:
-        fail("--samples and --batch-size must be >= 1")
-    from .budget import COST_KINDS
-    from .network_statistics import SOLVERS
+        fail("--samples and --batch-size must be >= 1", f"--samples {samples} --batch-size {batch_size}", "raise them")
+    from .selection import COST_KINDS
+    from .statistics import SOLVERS
 
     if solver not in SOLVERS:
-        fail(f"--solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+        fail("unknown solver", f"--solver {solver}", f"--solver must be one of {', '.join(SOLVERS)}")
     if budget_kind not in COST_KINDS:
-        fail(f"--budget-kind must be one of {', '.join(COST_KINDS)}, got {budget_kind!r}")
+        fail(
+            "unknown budget kind",
+            f"--budget-kind {budget_kind}",
+            f"--budget-kind must be one of {', '.join(COST_KINDS)}",
+        )
     if budget is not None and (data is None or budget < 0):
-        fail("--budget needs --data and a value >= 0")
-    try:
+        fail("--budget needs --data and a value >= 0", f"--budget {budget:g}", "add --data random, or drop --budget")
+    with _one_line_errors("choose another --json path"):
         torch.manual_seed(seed)
         network = build_model(model, **uniform_widths(model, width))
         example = network.example_input(2)
@@ -199,12 +315,11 @@ def inspect(
         rows, totals = site_table(net.graph, example, results)
         selection = None
         if budget is not None:
-            from .budget import select_within_budget, split_costs
+            from .inspection import split_costs
+            from .selection import select_within_budget
 
-            costs = split_costs(net.graph, example, budget_kind)
+            costs = split_costs(net.graph, budget_kind)
             selection = select_within_budget(results, costs, budget, graph=net.graph)
-    except SplitgrowError as error:
-        fail(str(error))
     headers = ["site", "kind", "neurons", "d", "params", "FLOPs", "split +params", "split +FLOPs", "exact"]
     keys = ["site", "kind", "neurons", "neuron_dim", "parameters", "flops", "split_parameters", "split_flops", "exact"]
     if results is not None:
@@ -249,9 +364,11 @@ def inspect(
                 )
             )
     if json_path is not None:
-        atomic_write_json(
-            json_path, {"model": model, "width": width, "sites": rows, "totals": totals, "budget_selection": chosen}
-        )
+        with _one_line_errors("choose another --json path"):
+            atomic_write_json(
+                json_path,
+                {"model": model, "width": width, "sites": rows, "totals": totals, "budget_selection": chosen},
+            )
 
 
 def main() -> None:

@@ -1,18 +1,23 @@
 """Experiment configurations: dataclasses loaded from YAML with strict validation.
 
-Every setting has a default in its dataclass; a YAML file (``--config``) and ``--set key=value`` overrides
-replace some of them. Unknown keys, values of the wrong type and out-of-range values are :class:`ConfigError`
-with a message that names the setting, never a traceback.
+Every setting has a default in its dataclass; a YAML file (``--config``), ``--set key=value`` overrides and an
+experiment's own command-line options (e.g. ``--dataset``) replace some of them, in that order. Unknown keys,
+values of the wrong type and out-of-range values are :class:`ConfigError` with a message that names the setting
+and where its value came from, never a traceback. Each setting's meaning is the ``#:`` comment above its field
+(or a string right below it), which :func:`describe_settings` reads for ``splitgrow run NAME --help``.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
 import math
+import textwrap
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,24 +27,37 @@ from .errors import ConfigError
 
 T = TypeVar("T")
 
+#: a source of settings and the values it sets: ("defaults" | a file path | "--set" | an option such as "--dataset")
+Layer = tuple[str, Mapping[str, Any]]
+
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """Read a YAML file whose top level is a mapping (an empty file is an empty mapping)."""
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        where = getattr(error, "problem_mark", None)
-        position = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"{path}: malformed YAML{position}: {problem}") from None
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError("config file not found", path, "check the path given to --config") from None
+    except IsADirectoryError:
+        raise ConfigError("a folder, not a config file", path, "give the YAML file of settings to --config") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file") from None
+        raise ConfigError("not a text file", path, "give a YAML file of settings to --config") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read the config file: {error.strerror}", path, "check its permissions") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else path
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError("malformed YAML", where, f"{problem}; fix the file") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of setting: value, not a {type(data).__name__}")
+        raise ConfigError(
+            f"the top level must be a mapping of setting: value, not a {type(data).__name__}",
+            path,
+            "write one `setting: value` per line",
+        )
     return data
 
 
@@ -49,16 +67,21 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE, got {assignment!r}")
+            raise ConfigError("--set expects KEY=VALUE", f"--set {assignment}", "write e.g. --set epsilon=0.1")
         try:
             overrides[key.strip()] = yaml.safe_load(text)
         except yaml.YAMLError:
-            raise ConfigError(f"--set {key.strip()}: cannot parse the value {text!r}") from None
+            raise ConfigError(
+                "cannot parse the value as YAML", f"--set {assignment}", "quote it or fix its syntax"
+            ) from None
     return overrides
 
 
 def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+    """``int``, ``list[int]``, ``str | None``: the annotation as it is written."""
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
 
 
 def _coerce(name: str, annotation: Any, value: Any) -> Any:
@@ -106,37 +129,75 @@ def build_config(cls: type[T], values: Mapping[str, Any], *, source: str = "conf
 
     Raises:
         ConfigError: an unknown key (with the closest known one suggested), a value of the wrong type, or a
-            value the dataclass' ``validate`` method rejects.
+            value the dataclass' ``validate`` method rejects; the message names ``source``.
     """
+    return _build_layers(cls, [(source, values)])
+
+
+def load_config(
+    cls: type[T],
+    path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> T:
+    """Defaults of ``cls``, replaced by the YAML file at ``path`` (if any), then by ``overrides`` (``--set``), then
+    by ``options``: the values set by each named command-line option, e.g. ``{"--dataset": {"dataset": "mnist"}}``.
+
+    An error names the source of the value at fault: the file, ``--set`` or the option.
+    """
+    layers: list[Layer] = []
+    if path is not None:
+        layers.append((str(path), read_yaml_mapping(path)))
+    if overrides:
+        layers.append(("--set", overrides))
+    layers += [(option, values) for option, values in (options or {}).items() if values]
+    return _build_layers(cls, layers)
+
+
+def _build_layers(cls: type[T], layers: Sequence[Layer]) -> T:
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
-    for key in values:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known settings: {', '.join(known)}"
-            raise ConfigError(f"{source}: unknown setting {key!r}{hint}")
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for source, layer in layers:
+        for key, value in layer.items():
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"known settings: {', '.join(known)}"
+                raise ConfigError(f"unknown setting {key!r}", source, hint)
+            values[key] = value
+            origin[key] = source
+    coerced = {}
+    for key, value in values.items():
+        try:
+            coerced[key] = _coerce(key, hints[key], value)
+        except ConfigError as error:
+            raise ConfigError("invalid setting", origin[key], str(error)) from None
+    config = cls(**coerced)
     try:
-        coerced = {key: _coerce(key, hints[key], value) for key, value in values.items()}
-        config = cls(**coerced)
-        validate = getattr(config, "validate", None)
-        if validate is not None:
-            validate()
+        _validate(config)
     except ConfigError as error:
-        raise ConfigError(f"{source}: {error}") from None
+        raise ConfigError("invalid setting", _first_invalid_source(cls, layers, hints), str(error)) from None
     return config
 
 
-def load_config(cls: type[T], path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> T:
-    """Defaults of ``cls``, replaced by the YAML file at ``path`` (if any), then by ``overrides``."""
+def _validate(config: Any) -> None:
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate()
+
+
+def _first_invalid_source(cls: type, layers: Sequence[Layer], hints: Mapping[str, Any]) -> str:
+    """The source whose values first make the settings invalid, applying the layers in order: the one to blame
+    for an error of ``validate``, which names no source (a rule may span settings from several)."""
     values: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        values.update(read_yaml_mapping(path))
-        source = str(path)
-    if overrides:
-        values.update(overrides)
-        source = f"{source} with --set" if path is not None else "--set"
-    return build_config(cls, values, source=source)
+    for source, layer in layers:
+        values.update(layer)
+        try:
+            _validate(cls(**{key: _coerce(key, hints[key], value) for key, value in values.items()}))
+        except ConfigError:
+            return source
+    return layers[-1][0] if layers else "defaults"
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -148,3 +209,55 @@ def require(condition: bool, message: str) -> None:
     """Raise ConfigError(message) unless condition holds (for the configs' ``validate`` methods)."""
     if not condition:
         raise ConfigError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One setting of a config dataclass, as ``splitgrow run NAME --help`` lists it."""
+
+    name: str
+    type: str
+    #: the default in YAML syntax, as ``--set`` takes it
+    default: str
+    #: the ``#:`` comment above the field and the string below it; empty where the class has neither
+    meaning: str
+
+
+def describe_settings(cls: type) -> list[Setting]:
+    """Every setting of a config dataclass in declaration order, with its type, default and meaning."""
+    hints = typing.get_type_hints(cls)
+    meanings = _field_comments(cls)
+    settings = []
+    for field in dataclasses.fields(cls):
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        text = yaml.safe_dump(default, default_flow_style=True, width=1 << 20).removesuffix("...\n").strip()
+        settings.append(Setting(field.name, _type_name(hints[field.name]), text, meanings.get(field.name, "")))
+    return settings
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """The meaning of each field from the class source: the ``#:`` lines right above it and a string literal right
+    below it (the two conventions Sphinx reads). Empty when the source is not available."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    lines = source.splitlines()
+    (definition,) = [node for node in ast.parse(source).body if isinstance(node, ast.ClassDef)]
+    meanings = {}
+    for node, following in zip(definition.body, [*definition.body[1:], None]):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        comments: list[str] = []
+        line = node.lineno - 2  # the line above, 0-based
+        while line >= 0 and lines[line].strip().startswith("#:"):
+            comments.insert(0, lines[line].strip()[2:].strip())
+            line -= 1
+        if (
+            isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            comments.append(inspect.cleandoc(following.value.value).replace("\n", " "))
+        meanings[node.target.id] = " ".join(comments)
+    return meanings

@@ -1,34 +1,40 @@
-"""The splittable sites of a PyTorch model and every layer coupled to each of their channels.
+"""The splittable sites of a PyTorch model: its coupling groups of channels, and how each is split exactly.
 
-A *site* is a Linear or Conv2d layer whose output channels are neurons: the layer is followed, possibly through an
-eval-mode BatchNorm, by an activation module with a derivative table (:mod:`splitgrow.activations`). Splitting
-channel j of a site changes every layer that sees that channel:
+The model is traced with ``torch.fx`` and run once on an example input to record every tensor's shape. Every
+dimension of every traced tensor (but the batch dimension) is a *space* of positions; operations link spaces by
+index maps (identity, a concatenation offset, a flatten block), and each layer says through its handler
+(:mod:`splitgrow.layers`) whether it *produces* the channels of its output space and consumes those of its input
+space (Linear, Conv), acts per channel (BatchNorm, activations, pooling, depthwise convolutions), or cannot be grown
+through (LayerNorm, attention, a model input or output, an unknown operation).
 
-* the site's producer (row j of its weight and bias: the neuron's theta);
-* per-channel layers between it and its consumers (BatchNorm, depthwise Conv2d, pooling, dropout, activations);
-* other producers coupled to the same channel by an elementwise sum or product (they are duplicated exactly);
-* the consumers (Linear or Conv2d inputs), through concatenation offsets and flatten (one channel = H*W features).
+Growing channel j of a producer changes every position its index maps reach: the *closure* of {j}. A closure is a
+*coupling group*: the channels that can only be split together, e.g. a pointwise convolution's channel j and the
+depthwise filter j that it feeds, or channel j of every layer summed into one residual stream. A *site* is one
+kind of coupling group, one per producer's channels; its neurons are the groups, and a neuron's parameters theta
+are the rows of every producer in the group (the pointwise filter and the depthwise filter together).
 
-The graph is built with ``torch.fx``: the model is traced symbolically and run once on an example input to record
-every tensor's shape. Each tensor with a channel dimension (dim 1 of an (N, C) or (N, C, H, W) tensor) is a
-*channel space*; operations link spaces by an index map (identity, concatenation offset, or flatten block).
-Growing channel j of a site is the closure of {j} through those maps. Any space the closure meets that splitgrow
-cannot grow (a model input or output, a reshape it does not understand, a grouped convolution, a normalisation
-across channels, a shared module, ...) stops the split with an error naming the node and the reason; nothing is
-ever changed silently.
+A site's splitting matrix S = sum g * Hessian(sigma) is that of the function sigma from the group's inputs to the
+last nonlinearity its channels see separately before their consumers (the *segment*; g is the loss gradient
+there), in one of three ways:
 
-Why not torch-pruning's ``DependencyGraph``: it couples channels the same way, but it has no expand operations,
-and in version 1.6.1 it merges the branches of a concatenation followed by pooling and flatten into one group
-(pruning channel j of one branch also prunes channel j of the other). An explicit graph with recorded shapes
-gives exact index maps and errors that name the offending node.
+* ``ridge``: the segment is producer -> [BatchNorm] -> activation (or several producers, each through its
+  BatchNorm, summed into the activation), and S = sum c h h^T in closed form (MATH.md);
+* ``chain``: a depthwise-separable chain producer -> [BN] -> activation -> depthwise -> [BN] -> activation, in
+  closed form (:mod:`splitgrow.statistics.chain`);
+* ``segment``: any other segment of per-channel operations (a gated unit, a custom neuron layer, smooth operations
+  after the activation), by automatic differentiation of the segment.
 
-*Exactness.* The second-order prediction eps^2/2 v^T S v of a split holds when the two offspring's outputs reach
-the consumers through locally linear operations only (BatchNorm in eval mode, pooling, dropout, flatten,
-concatenation, piecewise-linear activations). One more smooth nonlinearity per copy is covered in the common case
-of a depthwise block (producer -> BN -> act -> depthwise conv -> BN -> act, as in MobileNet and DS-CNN): the
-statistics then add the exact correction term. Anything else (a residual sum followed by an activation) makes a
-site *inexact*; its splitting matrix is still the paper's, but :func:`splitgrow.surgery.split_network` refuses it
-unless asked explicitly.
+All three are exact: the split's loss change is eps^2/2 v^T S v to second order, up to *kinks*. A kink (ReLU at 0, max
+pooling where two inputs tie) adds a second-order term of its own that no splitting matrix sees, as the paper's
+does not; a site whose channels pass one records it in ``Site.kinks`` (ReLU's can be smoothed with
+``relu_surrogate``). A group whose segment is not closed (a residual stream, whose producers read the stream
+itself) is *inexact*: its first producer followed by an activation gets the paper's per-layer S, the other
+producers are copied exactly, and a split needs ``allow_inexact``. Anything a split would touch that splitgrow
+cannot grow makes the group unsplittable, with the reason naming the node; nothing is ever changed silently.
+
+Why not torch-pruning's ``DependencyGraph``: it couples channels the same way, but it has no expand operations and
+(in version 1.6.1) merges the branches of a concatenation followed by pooling and flatten into one group. An
+explicit graph with recorded shapes gives exact index maps and errors that name the offending node.
 """
 
 from __future__ import annotations
@@ -41,12 +47,27 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn.utils import parametrize
 
-from .activations import Activation, activation_of_module
+from .activations import Activation, with_kink_surrogate
 from .errors import SplitgrowError
+from .layers import (
+    LINEAR,
+    PIECEWISE_LINEAR,
+    PRODUCE,
+    REFUSE,
+    SMOOTH,
+    ChannelMap,
+    LayerHandler,
+    NeuronHandler,
+    activation_of_call,
+    handler_for,
+    is_registered_leaf,
+)
+from .layers.activations import modifies_input
+from .layers.normalization import BatchNormHandler
 
 
 class GraphError(SplitgrowError):
@@ -55,140 +76,235 @@ class GraphError(SplitgrowError):
 
 # ------------------------------------------------------------------------------------------ operation tables
 
-_ACTIVATION_MODULES = (nn.Softplus, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.GELU)
-_SMOOTH_MODULES = (nn.Softplus, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.GELU, nn.ELU, nn.Softsign, nn.Mish, nn.Hardswish)
-_PIECEWISE_LINEAR_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.MaxPool2d, nn.AdaptiveMaxPool2d)
-_LINEAR_PER_CHANNEL_MODULES = (
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d,
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-)
-
-_SMOOTH_FUNCTIONS = {F.softplus, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.silu, F.gelu, F.elu, torch.exp}
-_PIECEWISE_LINEAR_FUNCTIONS = {
-    F.relu,
-    torch.relu,
-    F.relu6,
-    F.leaky_relu,
-    F.hardtanh,
-    F.max_pool2d,
-    F.adaptive_max_pool2d,
-}
-_LINEAR_FUNCTIONS = {F.dropout, F.dropout2d, F.avg_pool2d, F.adaptive_avg_pool2d}
-_SMOOTH_METHODS = {"sigmoid", "tanh", "exp"}
-_PIECEWISE_LINEAR_METHODS = {"relu"}
-_IDENTITY_METHODS = {"contiguous", "clone"}
-_BINARY_FUNCTIONS = {
+_BINARY = {
     operator.add,
     operator.sub,
     operator.mul,
     operator.truediv,
     operator.iadd,
+    operator.isub,
+    operator.imul,
+    operator.itruediv,
     torch.add,
     torch.sub,
     torch.mul,
     torch.div,
 }
-_BINARY_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
-_CAT_FUNCTIONS = {torch.cat, torch.concat}
-_REDUCTIONS = {torch.mean, torch.amax, torch.sum}
-_REDUCTION_METHODS = {"mean", "amax", "sum"}
-
-LINEAR = "linear"
-PIECEWISE_LINEAR = "piecewise-linear"
-SMOOTH = "smooth"
+_BINARY_METHODS = {"add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_"}
+_PRODUCTS = {operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul, torch.div}
+_PRODUCT_METHODS = {"mul", "div", "mul_", "div_"}
+#: elementwise operations other than activations, by how the offspring of a split pass through them
+_ELEMENTWISE = {
+    operator.neg: LINEAR,
+    torch.neg: LINEAR,
+    torch.abs: PIECEWISE_LINEAR,
+    torch.clamp: PIECEWISE_LINEAR,
+    torch.square: SMOOTH,
+    torch.sqrt: SMOOTH,
+    torch.rsqrt: SMOOTH,
+    torch.log: SMOOTH,
+    torch.pow: SMOOTH,
+    operator.pow: SMOOTH,
+    torch.nn.functional.dropout: LINEAR,
+    torch.nn.functional.dropout1d: LINEAR,
+    torch.nn.functional.dropout2d: LINEAR,
+}
+_ELEMENTWISE_METHODS = {
+    "contiguous": LINEAR,
+    "clone": LINEAR,
+    "to": LINEAR,
+    "float": LINEAR,
+    "double": LINEAR,
+    "type_as": LINEAR,
+    "neg": LINEAR,
+    "abs": PIECEWISE_LINEAR,
+    "clamp": PIECEWISE_LINEAR,
+    "square": SMOOTH,
+    "sqrt": SMOOTH,
+    "rsqrt": SMOOTH,
+    "log": SMOOTH,
+    "pow": SMOOTH,
+}
+#: per-channel pooling and resampling functions (channel dim 1)
+_POOLING = {
+    torch.nn.functional.avg_pool1d: LINEAR,
+    torch.nn.functional.avg_pool2d: LINEAR,
+    torch.nn.functional.adaptive_avg_pool1d: LINEAR,
+    torch.nn.functional.adaptive_avg_pool2d: LINEAR,
+    torch.nn.functional.interpolate: LINEAR,
+    torch.nn.functional.max_pool1d: PIECEWISE_LINEAR,
+    torch.nn.functional.max_pool2d: PIECEWISE_LINEAR,
+    torch.nn.functional.adaptive_max_pool1d: PIECEWISE_LINEAR,
+    torch.nn.functional.adaptive_max_pool2d: PIECEWISE_LINEAR,
+}
+_CONCATENATIONS = {torch.cat, torch.concat}
+_CHUNKS = {torch.chunk}
+_FLATTEN = {torch.flatten}
+_RESHAPE_METHODS = {"flatten", "view", "reshape"}
+_PERMUTATIONS = {torch.permute, torch.transpose, torch.swapaxes, torch.movedim}
+_PERMUTATION_METHODS = {"permute", "transpose", "swapaxes", "movedim"}
+_REDUCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
+_REDUCTION_METHODS = {"mean", "sum", "amax", "amin"}
+_IGNORED_METHODS = {"size", "dim", "numel"}
 
 
 # ------------------------------------------------------------------------------------------ data structures
 
+SpaceKey = tuple[str, int]  # (node name, dimension)
+
 
 @dataclass
 class Edge:
-    """An index map from positions of one space to another: identity, offset (``other`` is a concatenation
-    input starting at ``offset`` of this space, or the reverse) or block (each channel of the lower space is
-    ``block`` consecutive features of the upper one)."""
+    """An index map from the positions of one space to those of another.
+
+    ``identity``; ``to_part`` (this space is a concatenation, ``other`` its part starting at ``offset`` with
+    ``size`` positions) and ``from_part`` (the reverse); ``to_features`` (this space's channel c is the flattened
+    positions o * (size * inner) + c * inner + r of ``other``, o < outer, r < inner) and ``to_channels`` (the reverse).
+    """
 
     kind: str
-    other: str
+    other: SpaceKey
     offset: int = 0
-    block: int = 1
     size: int = 0
+    outer: int = 1
+    inner: int = 1
 
     def map(self, positions: Iterable[int]) -> set[int]:
         if self.kind == "identity":
             return set(positions)
-        if self.kind == "to_part":  # concatenation output -> one input
+        if self.kind == "to_part":
             return {p - self.offset for p in positions if self.offset <= p < self.offset + self.size}
-        if self.kind == "from_part":  # concatenation input -> output
+        if self.kind == "from_part":
             return {p + self.offset for p in positions}
-        if self.kind == "to_features":  # channels -> flattened features
-            return {p * self.block + r for p in positions for r in range(self.block)}
-        if self.kind == "to_channels":  # flattened features -> channels
-            return {p // self.block for p in positions}
+        if self.kind == "to_features":
+            stride = self.size * self.inner
+            return {
+                o * stride + c * self.inner + r for c in positions for o in range(self.outer) for r in range(self.inner)
+            }
+        if self.kind == "to_channels":
+            return {(p // self.inner) % self.size for p in positions}
         raise AssertionError(self.kind)
+
+
+_INVERSE = {
+    "identity": "identity",
+    "to_part": "from_part",
+    "from_part": "to_part",
+    "to_features": "to_channels",
+    "to_channels": "to_features",
+}
 
 
 @dataclass
 class Space:
-    """The channel dimension of one tensor of the traced model."""
+    """One dimension of one traced tensor, and what happens to its positions."""
 
-    node: str
+    key: SpaceKey
     size: int
+    order: int
+    #: modules whose output channels these are (their rows are neurons of the group)
     producers: list[str] = field(default_factory=list)
+    #: modules with a tensor indexed by these channels, copied exactly at a split (BatchNorm)
     per_channel: list[str] = field(default_factory=list)
+    #: modules that read these positions as input features (their columns are duplicated and halved)
     consumers: list[str] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
-    #: the operation that produced this tensor from its input space(s): linear, piecewise-linear or smooth
+    #: how the operation that made this space from its input spaces treats each channel
     nonlinearity: str = LINEAR
-    order: int = 0
+    #: equal parts (from ``chunk``) that must all grow by the same number of positions
+    parts: list[tuple[int, int]] | None = None
+
+
+@dataclass(frozen=True)
+class Member:
+    """The rows of one module that belong to a site's neurons: neuron j is row ``offset + j``."""
+
+    module: str
+    handler: NeuronHandler
+    offset: int
+    neuron_dim: int
+    kind: str
+
+
+@dataclass(frozen=True)
+class Chain:
+    """The nodes of a depthwise-separable chain P -> [BN1] -> phi1 -> D -> [BN2] -> phi2 (see
+    :mod:`splitgrow.statistics.chain`)."""
+
+    first_activation_node: str
+    depthwise_node: str
+    second_batch_norm: str | None
+    second_activation_node: str
+    first_activation: Activation
+    second_activation: Activation
 
 
 @dataclass
 class Site:
-    """A layer whose output channels are splittable neurons.
+    """A kind of coupling group whose channels are splittable neurons.
 
     Attributes:
-        name: qualified name of the producer module (Linear or Conv2d).
-        kind: ``"linear"``, ``"conv"``, ``"depthwise"`` or ``"grouped"``.
-        batch_norm: qualified name of the BatchNorm between producer and activation, if any.
-        activation_module: qualified name of the activation module.
-        activation: its derivative table.
-        num_neurons: output channels.
-        neuron_dim: d, parameters per neuron (filter entries plus 1 for the bias).
-        exact: whether eps^2/2 v^T S v is the exact second-order loss change of a split.
-        depthwise_chain: for a site feeding a depthwise block, (depthwise conv, its BatchNorm or None, its
-            activation module): the statistics add the correction for that block.
+        name: the group's first producer module (in the order of the forward pass).
+        members: the modules whose rows make a neuron's theta, in order (theta is their rows concatenated).
+        num_neurons: n, the number of groups (channels).
+        neuron_dim: d, parameters per neuron (the members' row sizes added).
+        kind: what the members are, e.g. ``"conv2d"``, ``"linear"``, ``"conv2d+depthwise"``.
+        engine: ``"ridge"`` (closed form), ``"chain"`` (closed form of a depthwise-separable chain) or
+            ``"segment"`` (automatic differentiation of the segment).
+        activation: the activation of a ridge site (with its surrogate, if any); the first one of a segment.
+        batch_norm: the BatchNorm between a ridge site's (first) producer and its activation, if any.
+        branches: of a ridge site, (producer node, BatchNorm or None) for each member, in order: the members'
+            outputs, each through its BatchNorm, are summed into the activation's input.
+        exact: whether eps^2/2 v^T S v is the second-order loss change of a split (up to kinks); ``inexact_reason``
+            says why not.
+        kinks: the kinks the group's channels pass (max pooling, ReLU, a Softplus with a low threshold), whose
+            own second-order effect the prediction leaves out; '' when there are none.
         splittable: False when a split would touch something splitgrow cannot grow; ``reason`` says why.
+        space: the space of the first member's output channels.
+        segment: the traced nodes of the segment, in order; ``frontier``: those whose outputs leave it.
+        producer_node, activation_node: of a ridge or chain site (the first activation for a chain).
+        chain: the rest of a chain site's nodes.
     """
 
     name: str
-    kind: str
-    batch_norm: str | None
-    activation_module: str
-    activation: Activation
+    members: list[Member]
     num_neurons: int
     neuron_dim: int
-    space: str
+    kind: str
+    engine: str
+    activation: Activation | None
+    space: SpaceKey
+    batch_norm: str | None = None
     exact: bool = True
     inexact_reason: str = ""
-    depthwise_chain: tuple[str, str | None, str] | None = None
+    kinks: str = ""
     splittable: bool = True
     reason: str = ""
+    segment: list[str] = field(default_factory=list)
+    frontier: list[str] = field(default_factory=list)
+    producer_node: str = ""
+    activation_node: str = ""
+    branches: list[tuple[str, str | None]] = field(default_factory=list)
+    chain: Chain | None = None
+
+    @property
+    def surrogate(self) -> str | None:
+        return None if self.activation is None else self.activation.surrogate
+
+    def member_slices(self) -> list[tuple[Member, slice]]:
+        """Each member with the slice of theta (and of a direction) that is its row."""
+        slices, start = [], 0
+        for member in self.members:
+            slices.append((member, slice(start, start + member.neuron_dim)))
+            start += member.neuron_dim
+        return slices
 
 
 def _shape(node: fx.Node) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta")
     shape = getattr(meta, "shape", None)  # tuples of metadata (several outputs) have no shape
     return None if shape is None else tuple(shape)
-
-
-def _is_channel_tensor(shape: tuple[int, ...] | None) -> bool:
-    return shape is not None and len(shape) in (2, 4)
 
 
 def _tensor_args(node: fx.Node) -> list[fx.Node]:
@@ -209,15 +325,56 @@ def _tensor_args(node: fx.Node) -> list[fx.Node]:
     return [arg for arg in found if _shape(arg) is not None]
 
 
+def _argument(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+    if name in node.kwargs:
+        return node.kwargs[name]
+    return node.args[index] if len(node.args) > index else default
+
+
+def _stateful(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
+
+
+def model_fingerprint(model: nn.Module) -> tuple:
+    """The names and shapes of every parameter and buffer: changes whenever a split (or anything else) resizes
+    the model."""
+    return tuple((name, tuple(t.shape)) for name, t in [*model.named_parameters(), *model.named_buffers()])
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, keeping user-registered layer types as single calls."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return is_registered_leaf(module) or super().is_leaf_module(module, qualified_name)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """The model as a ``torch.fx.GraphModule`` sharing its submodules (GraphError if it cannot be traced)."""
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as error:  # noqa: BLE001 - any tracing failure becomes one clear message
+        raise GraphError(
+            f"cannot trace {type(model).__name__} with torch.fx ({type(error).__name__}: {error}); "
+            "splitgrow needs a forward pass without Python control flow on tensor values"
+        ) from None
+    return fx.GraphModule(tracer.root, graph)
+
+
+# ------------------------------------------------------------------------------------------ the graph
+
+
 class ChannelGraph:
     """Sites and channel coupling of a model, traced on an example input.
 
     Args:
         model: the network; traced with ``torch.fx`` (its forward must not branch on tensor values).
-        example_inputs: a tensor (or tuple of tensors) accepted by ``model``; only shapes matter.
-        exclude: qualified module names (or name prefixes) whose output channels must not be split.
-        relu_surrogate: if given, ReLU activations are treated as splittable with the phi'' of
-            softplus(beta=relu_surrogate), an explicit approximation that every report names.
+        example_inputs: a tensor (or tuple of tensors, the forward's positional arguments) accepted by ``model``;
+            only shapes matter.
+        exclude: qualified module names (or name prefixes) whose channels must not be split.
+        relu_surrogate: if given, piecewise-linear activations (ReLU, LeakyReLU, ReLU6, Hardtanh) get the smooth
+            surrogate curvature of softplus(beta=relu_surrogate) at their kinks, an explicit approximation that
+            every report names (:func:`splitgrow.activations.with_kink_surrogate`).
     """
 
     def __init__(
@@ -228,17 +385,15 @@ class ChannelGraph:
         exclude: Sequence[str] = (),
         relu_surrogate: float | None = None,
     ) -> None:
+        if relu_surrogate is not None and not relu_surrogate > 0:
+            raise GraphError(f"relu_surrogate (the surrogate's beta) must be > 0, got {relu_surrogate!r}")
         self.model = model
         self.exclude = tuple(exclude)
         self.relu_surrogate = relu_surrogate
         inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-        try:
-            self.module = fx.symbolic_trace(model)
-        except Exception as error:  # noqa: BLE001 - any tracing failure becomes one clear message
-            raise GraphError(
-                f"cannot trace {type(model).__name__} with torch.fx ({type(error).__name__}: {error}); "
-                "splitgrow needs a forward pass without Python control flow on tensor values"
-            ) from None
+        # one sample is enough to record the shapes (every dimension but the batch one)
+        inputs = tuple(t[:1] if isinstance(t, torch.Tensor) and t.dim() > 0 else t for t in inputs)
+        self.module = trace(model)
         was_training = model.training
         model.eval()
         try:
@@ -248,356 +403,863 @@ class ChannelGraph:
             raise GraphError(f"the example input does not run through the model: {error}") from None
         finally:
             model.train(was_training)
+        self.fingerprint = model_fingerprint(model)
         self.modules = dict(model.named_modules())
-        self.spaces: dict[str, Space] = {}
+        self.nodes = {node.name: node for node in self.module.graph.nodes}
+        self.order = {node.name: index for index, node in enumerate(self.module.graph.nodes)}
+        self.spaces: dict[SpaceKey, Space] = {}
         self.sites: dict[str, Site] = {}
         self.not_sites: dict[str, str] = {}
-        self._nodes = {node.name: node for node in self.module.graph.nodes}
-        self._module_node: dict[str, fx.Node] = {}
+        #: whether some operation overwrites its input (the statistics then copy what they record)
+        self.has_in_place = False
+        self._maps: dict[str, ChannelMap] = {}
+        self._pending_flattens: list[tuple[fx.Node, fx.Node, int, int]] = []
+        self._refusals: dict[str, str] = {}
+        self._calls: dict[str, int] = {}
+        self._closures: dict[tuple[SpaceKey, int], dict[SpaceKey, list[int]]] = {}
         self._build_spaces()
         self._find_sites()
 
-    # ---------------------------------------------------------------------------------------- building
+    # ---------------------------------------------------------------------------------------- checks
 
-    def _space(self, node: fx.Node) -> Space | None:
-        return self.spaces.get(node.name)
+    def check_current(self) -> None:
+        """Raise GraphError if the model's parameters changed shape since it was traced (the graph is stale)."""
+        now = model_fingerprint(self.model)
+        if now != self.fingerprint:
+            changed = next(
+                (f"{a[0]} {a[1]} -> {b[1]}" for a, b in zip(self.fingerprint, now) if a != b),
+                "parameters were added or removed",
+            )
+            raise GraphError(
+                f"the model changed since this graph was traced ({changed}); trace it again "
+                "(SplittableNetwork does this after each split)"
+            )
 
-    def _link(self, a: Space, b: Space, kind: str, **kwargs: int) -> None:
-        inverse = {"identity": "identity", "to_part": "from_part", "from_part": "to_part"}
-        inverse.update({"to_features": "to_channels", "to_channels": "to_features"})
-        a.edges.append(Edge(kind, b.node, **kwargs))
-        b.edges.append(Edge(inverse[kind], a.node, **kwargs))
+    # ---------------------------------------------------------------------------------------- spaces
+
+    def space(self, node: str, dim: int) -> Space | None:
+        return self.spaces.get((node, dim))
+
+    def _spaces_of(self, node: fx.Node) -> list[Space]:
+        shape = _shape(node)
+        return [] if shape is None else [self.spaces[(node.name, d)] for d in range(1, len(shape))]
+
+    def _link(self, a: Space | None, b: Space | None, kind: str = "identity", **kwargs: int) -> None:
+        if a is None or b is None:
+            return
+        a.edges.append(Edge(kind, b.key, **kwargs))
+        b.edges.append(Edge(_INVERSE[kind], a.key, **kwargs))
 
     def _block(self, spaces: Iterable[Space | None], reason: str) -> None:
         for space in spaces:
             if space is not None and reason not in space.blocked:
                 space.blocked.append(reason)
 
+    def _block_node(self, node: fx.Node, reason: str, *, inputs: bool = True) -> None:
+        self._block(self._spaces_of(node), reason)
+        if inputs:
+            for arg in _tensor_args(node):
+                self._block(self._spaces_of(arg), reason)
+
+    def _link_aligned(self, source: fx.Node, out: fx.Node, nonlinearity: str | None = None) -> list[Space]:
+        """Link the dims of ``source`` to those of ``out`` aligned from the right (broadcasting); returns the
+        output spaces that got a link."""
+        source_shape, out_shape = _shape(source), _shape(out)
+        linked = []
+        shift = len(out_shape) - len(source_shape)
+        for dim in range(1, len(source_shape)):
+            target = self.space(out.name, dim + shift)
+            if target is None or source_shape[dim] != out_shape[dim + shift]:
+                continue
+            self._link(self.space(source.name, dim), target)
+            if nonlinearity is not None:
+                target.nonlinearity = nonlinearity
+            linked.append(target)
+        return linked
+
     def _build_spaces(self) -> None:
-        calls: dict[str, int] = {}
-        for order, node in enumerate(self.module.graph.nodes):
-            shape = _shape(node)
-            if _is_channel_tensor(shape):
-                self.spaces[node.name] = Space(node.name, shape[1], order=order)
-            if node.op == "call_module":
-                calls[node.target] = calls.get(node.target, 0) + 1
-                self._module_node[node.target] = node
         for node in self.module.graph.nodes:
-            out = self._space(node)
-            ins = [self._space(arg) for arg in _tensor_args(node)]
+            shape = _shape(node)
+            if shape is not None:
+                for dim in range(1, len(shape)):
+                    self.spaces[(node.name, dim)] = Space((node.name, dim), shape[dim], self.order[node.name])
+            if node.op == "call_module":
+                self._calls[node.target] = self._calls.get(node.target, 0) + 1
+        for node in self.module.graph.nodes:
             if node.op == "placeholder":
-                self._block([out], f"'{node.name}' is a model input")
+                self._block_node(node, f"'{node.name}' is a model input")
             elif node.op == "output":
-                self._block(ins, "the channels reach the model output")
+                for arg in _tensor_args(node):
+                    self._block(self._spaces_of(arg), f"'{arg.name}' reaches the model output")
             elif node.op == "get_attr":
-                self._block([out], f"'{node.target}' is a tensor attribute of the model")
+                self._block_node(node, f"'{node.target}' is a tensor attribute of the model")
             elif node.op == "call_module":
-                module = self.modules[node.target]
-                if calls[node.target] > 1:
-                    self._block([out, *ins], f"module '{node.target}' is called {calls[node.target]} times")
-                    continue
-                self._module_edges(node, module, out, ins)
+                self._module_edges(node)
             elif node.op in ("call_function", "call_method"):
-                self._function_edges(node, out, ins)
+                self._function_edges(node)
+        self._add_flattens()
 
-    def _module_edges(self, node: fx.Node, module: nn.Module, out: Space | None, ins: list[Space | None]) -> None:
+    def _module_edges(self, node: fx.Node) -> None:
         name = node.target
-        source = ins[0] if ins else None
-        if isinstance(module, nn.Linear):
-            if out is None or source is None or len(_shape(node)) != 2:
-                self._block([out, source], f"Linear '{name}' is applied to a tensor that is not (N, features)")
-                return
-            source.consumers.append(name)
-            out.producers.append(name)
-        elif isinstance(module, nn.Conv2d):
-            if module.padding_mode != "zeros":
-                self._block([out, source], f"Conv2d '{name}' uses padding_mode={module.padding_mode!r}")
-            groups = module.groups
-            if source is None or out is None:
-                self._block([out, source], f"Conv2d '{name}' is applied to a tensor that is not (N, C, H, W)")
-                return
-            if groups == 1:
-                source.consumers.append(name)
+        module = self.modules[name]
+        if modifies_input("call_module", None, {}, module):
+            self.has_in_place = True
+        if _shape(node) is None:
+            self._block_node(node, f"module '{name}' ({type(module).__name__}) returns several tensors")
+            return
+        if isinstance(module, nn.Flatten):
+            self._flatten(node, node.args[0], module.start_dim, module.end_dim)
+            return
+        handler = handler_for(module)
+        if handler is None:
+            self._block_node(
+                node,
+                f"module '{name}' ({type(module).__name__}) is not supported: exclude what feeds it, or register a "
+                "handler for it (splitgrow.layers.register_layer)",
+            )
+            return
+        refusal = None
+        if self._calls[name] > 1 and _stateful(module):
+            refusal = f"module '{name}' is called {self._calls[name]} times (its weights are shared)"
+        elif parametrize.is_parametrized(module):
+            refusal = f"module '{name}' has parametrizations (weight_norm, spectral_norm, ...)"
+        if refusal is not None:
+            self._block_node(node, refusal)
+            self._refusals[name] = refusal
+            return
+        sources = _tensor_args(node)
+        if not sources:
+            self._block_node(node, f"module '{name}' reads no tensor")
+            return
+        source = sources[0]
+        mapping = handler.channel_map(module, _shape(source), _shape(node))
+        self._maps[node.name] = mapping
+        if mapping.kind == REFUSE:
+            self._block_node(node, f"'{name}': {mapping.reason}")
+            return
+        if mapping.kind == PRODUCE:
+            consumed = self.space(source.name, mapping.input_dim)
+            produced = self.space(node.name, mapping.output_dim)
+            if consumed is not None and mapping.input_growable:
+                consumed.consumers.append(name)
+            elif consumed is not None:
+                self._block([consumed], f"'{name}' ({type(module).__name__}) cannot take a duplicated input channel")
+            if produced is not None:
+                produced.producers.append(name)
+            if isinstance(handler, NeuronHandler) and handler.output_channel_dim == -1:
+                # a Linear keeps the token dimensions: they are positions, not channels
+                for dim in range(1, len(_shape(node)) - 1):
+                    self._link(self.space(source.name, dim), self.space(node.name, dim))
+            return
+        if mapping.input_dim is None:  # elementwise: every dimension passes through
+            self._link_aligned(source, node, mapping.nonlinearity)
+        else:
+            out = self.space(node.name, mapping.output_dim)
+            self._link(self.space(source.name, mapping.input_dim), out)
+            if out is not None:
+                out.nonlinearity = mapping.nonlinearity
+        out = self.space(node.name, mapping.output_dim) if mapping.output_dim is not None else None
+        if out is not None:
+            if mapping.neurons:
                 out.producers.append(name)
-            elif groups == module.in_channels == module.out_channels:
-                # a depthwise convolution acts per channel: channel j in is channel j out
-                self._link(source, out, "identity")
-                out.producers.append(name)
+            elif handler.output_tensors(module):
                 out.per_channel.append(name)
-                out.nonlinearity = LINEAR
-            else:
-                self._block(
-                    [out, source],
-                    f"Conv2d '{name}' has groups={groups}: PyTorch needs channel counts divisible by groups",
-                )
-                out.producers.append(name)
-        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            if not module.track_running_stats or not module.affine:
-                self._block([out, source], f"BatchNorm '{name}' needs affine=True and running statistics")
-            self._link(source, out, "identity")
-            out.per_channel.append(name)
-        elif isinstance(module, nn.Flatten):
-            self._flatten(node, source, out)
-        elif isinstance(module, _LINEAR_PER_CHANNEL_MODULES + _PIECEWISE_LINEAR_MODULES + _SMOOTH_MODULES):
-            if out is None or source is None or out.size != source.size:
-                self._block([out, source], f"'{name}' changes the channel count")
-                return
-            self._link(source, out, "identity")
-            if isinstance(module, _SMOOTH_MODULES):
-                out.nonlinearity = SMOOTH
-            elif isinstance(module, _PIECEWISE_LINEAR_MODULES):
-                out.nonlinearity = PIECEWISE_LINEAR
-        else:
-            self._block([out, *ins], f"module '{name}' ({type(module).__name__}) is not supported")
 
-    def _flatten(self, node: fx.Node, source: Space | None, out: Space | None) -> None:
-        source_shape = _shape(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+    def _flatten(self, node: fx.Node, source: Any, start: int, end: int) -> None:
+        """Record a flatten; its edges are added once every other edge is known (see :meth:`_add_flattens`)."""
+        if not isinstance(source, fx.Node) or _shape(source) is None or _shape(node) is None:
+            self._block_node(node, f"'{node.name}' flattens a tensor splitgrow does not follow")
+            return
+        rank = len(_shape(source))
+        start, end = start % rank, end % rank
+        if start == 0:
+            self._block_node(node, f"'{node.name}' flattens the batch dimension")
+            return
+        self._pending_flattens.append((node, source, start, end))
+
+    def _channel_dims(self) -> set[SpaceKey]:
+        """The spaces connected (through the edges known so far) to a producer or a consumer: the dimensions that
+        hold channels. Spatial and token dimensions are not among them."""
+        component: dict[SpaceKey, int] = {}
+        capable: set[int] = set()
+        for key in self.spaces:
+            if key in component:
+                continue
+            members, queue = [key], deque([key])
+            component[key] = len(capable) + len(component)
+            label = component[key]
+            while queue:
+                current = self.spaces[queue.popleft()]
+                if current.producers or current.consumers:
+                    capable.add(label)
+                for edge in current.edges:
+                    if edge.other not in component:
+                        component[edge.other] = label
+                        members.append(edge.other)
+                        queue.append(edge.other)
+        return {key for key, label in component.items() if label in capable}
+
+    def _add_flattens(self) -> None:
+        """Link each flattened dimension that holds channels to the merged dimension: channel c becomes the
+        positions o * (size * inner) + c * inner + r. Dimensions that hold no channels (spatial ones) are not
+        linked: their positions are not what grows, and linking them would couple every channel to every other."""
+        channel_dims = self._channel_dims()
+        for node, source, start, end in self._pending_flattens:
+            shape = _shape(source)
+            rank = len(shape)
+            merged = [dim for dim in range(start, end + 1) if (source.name, dim) in channel_dims]
+            if len(merged) > 1:
+                self._block_node(node, f"'{node.name}' flattens two channel dimensions ({merged}) together")
+                continue
+            for dim in range(1, rank):
+                source_space = self.space(source.name, dim)
+                if dim < start:
+                    self._link(source_space, self.space(node.name, dim))
+                elif dim > end:
+                    self._link(source_space, self.space(node.name, dim - (end - start)))
+                elif dim in merged:
+                    outer = 1
+                    for size in shape[start:dim]:
+                        outer *= size
+                    inner = 1
+                    for size in shape[dim + 1 : end + 1]:
+                        inner *= size
+                    self._link(
+                        source_space,
+                        self.space(node.name, start),
+                        "to_features",
+                        size=shape[dim],
+                        outer=outer,
+                        inner=inner,
+                    )
+
+    def _function_edges(self, node: fx.Node) -> None:
+        target, op = node.target, node.op
+        method = op == "call_method"
+        if modifies_input(op, target, node.kwargs):
+            self.has_in_place = True
+        sources = _tensor_args(node)
         out_shape = _shape(node)
-        if source is None or out is None or source_shape is None:
-            self._block([out, source], f"'{node.name}' flattens a tensor splitgrow does not follow")
+        if target is operator.getitem:
+            self._getitem(node)
             return
-        if len(source_shape) == 4 and out_shape == (
-            source_shape[0],
-            source_shape[1] * source_shape[2] * source_shape[3],
-        ):
-            self._link(source, out, "to_features", block=source_shape[2] * source_shape[3])
-        elif out_shape == source_shape:
-            self._link(source, out, "identity")
-        else:
-            self._block([out, source], f"'{node.name}' reshapes {source_shape} to {out_shape}")
-
-    def _function_edges(self, node: fx.Node, out: Space | None, ins: list[Space | None]) -> None:
-        target = node.target
-        method = node.op == "call_method"
-        if not ins and out is None:
-            return
-        if out is None:  # a non-tensor result (size, shape) or a tensor without channel dimension
-            if (method and target in {"size", "dim"}) or target in {getattr}:
+        if out_shape is None:
+            if (method and target in _IGNORED_METHODS) or target is getattr:
                 return
-            self._block(ins, f"'{node.name}' turns the channels into something splitgrow does not follow")
+            if (method and target == "chunk") or target in _CHUNKS:
+                return  # handled by the getitem nodes that pick the parts
+            self._block_node(node, f"'{node.name}' turns the channels into something splitgrow does not follow")
             return
-        source = ins[0] if ins else None
-        if (not method and target in _CAT_FUNCTIONS) or (method and target == "cat"):
-            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-            rank = len(_shape(node))
-            if dim % rank != 1:
-                self._block([out, *ins], f"'{node.name}' concatenates along dim {dim}, not the channel dim")
-                return
-            offset = 0
-            for part in ins:
-                self._link(out, part, "to_part", offset=offset, size=part.size)
-                offset += part.size
+        if not sources:
             return
-        if (not method and target is torch.flatten) or (method and target in {"flatten", "view", "reshape"}):
-            self._flatten(node, source, out)
+        source = sources[0]
+        name = getattr(target, "__name__", str(target))
+        activation = activation_of_call(op, target, tuple(node.args), dict(node.kwargs))
+        if activation is not None:
+            kind = (
+                LINEAR if activation.name == "identity" else PIECEWISE_LINEAR if activation.curvature_free else SMOOTH
+            )
+            self._link_aligned(source, node, kind)
+            return
+        if (method and target in _BINARY_METHODS) or (not method and target in _BINARY):
+            counts: dict[int, int] = {}
+            for part in sources:
+                for space in self._link_aligned(part, node):
+                    counts[space.key[1]] = counts.get(space.key[1], 0) + 1
+            product = (method and target in _PRODUCT_METHODS) or (not method and target in _PRODUCTS)
+            for dim, count in counts.items():
+                if product and count > 1:  # a product of two coupled channels is not linear in either copy
+                    self.spaces[(node.name, dim)].nonlinearity = SMOOTH
+            return
+        elementwise = _ELEMENTWISE_METHODS.get(target) if method else _ELEMENTWISE.get(target)
+        if elementwise is not None and len(sources) == 1:
+            self._link_aligned(source, node, elementwise)
+            return
+        if not method and target in _POOLING:
+            out = self.space(node.name, 1)
+            self._link(self.space(source.name, 1), out)
+            if out is not None:
+                out.nonlinearity = _POOLING[target]
+            return
+        if (not method and target in _CONCATENATIONS) or (method and target == "cat"):
+            self._concatenate(node, sources)
+            return
+        if (not method and target in _FLATTEN) or (method and target == "flatten"):
+            start = _argument(node, 1, "start_dim", 0)
+            end = _argument(node, 2, "end_dim", -1)
+            self._flatten(node, source, start, end)
+            return
+        if method and target in ("view", "reshape"):
+            self._reshape(node, source)
+            return
+        if (not method and target in _PERMUTATIONS) or (method and target in _PERMUTATION_METHODS):
+            self._permute(node, source, name)
             return
         if (not method and target in _REDUCTIONS) or (method and target in _REDUCTION_METHODS):
-            dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-            dims = dims if isinstance(dims, (list, tuple)) else [dims]
-            rank = len(_shape(node.args[0]))
-            if source is not None and None not in dims and all(d % rank >= 2 for d in dims) and out.size == source.size:
-                self._link(source, out, "identity")
+            self._reduce(node, source)
+            return
+        self._block_node(node, f"operation '{node.name}' ({name}) is not supported")
+
+    def _getitem(self, node: fx.Node) -> None:
+        source, index = node.args
+        if not isinstance(source, fx.Node):
+            return
+        if _shape(source) is None:  # picking one output of a chunk
+            producer = source
+            chunked = producer.op == "call_method" and producer.target == "chunk" or producer.target in _CHUNKS
+            if not chunked or _shape(node) is None:
+                self._block_node(node, f"'{node.name}' picks an output of '{producer.name}' splitgrow does not follow")
                 return
-            self._block([out, *ins], f"'{node.name}' reduces over the channel dimension")
+            self._chunk_part(node, producer, index)
             return
-        binary = (not method and target in _BINARY_FUNCTIONS) or (method and target in _BINARY_METHODS)
-        if binary:
-            for part in ins:
-                if part is None:
-                    continue
-                if part.size == out.size:
-                    self._link(part, out, "identity")
-                elif part.size != 1:
-                    self._block([out, part], f"'{node.name}' broadcasts {part.size} channels to {out.size}")
-            if node.target in (operator.mul, torch.mul, "mul", "mul_", operator.truediv, torch.div, "div"):
-                if sum(part is not None for part in ins) > 1:
-                    out.nonlinearity = SMOOTH  # a product of two channel tensors is not linear in either copy
+        if _shape(node) is None:
             return
-        per_channel = None
-        if method:
-            if target in _SMOOTH_METHODS:
-                per_channel = SMOOTH
-            elif target in _PIECEWISE_LINEAR_METHODS:
-                per_channel = PIECEWISE_LINEAR
-            elif target in _IDENTITY_METHODS:
-                per_channel = LINEAR
+        indexes = index if isinstance(index, tuple) else (index,)
+        shape = _shape(source)
+        if Ellipsis in indexes:
+            at = indexes.index(Ellipsis)
+            fill = len(shape) - (len(indexes) - 1 - sum(i is None for i in indexes))
+            indexes = indexes[:at] + (slice(None),) * fill + indexes[at + 1 :]
+        dim_in, dim_out = 0, 0
+        for item in indexes:
+            if item is None:
+                dim_out += 1
+                continue
+            if dim_in >= len(shape):
+                break
+            space = self.space(source.name, dim_in)
+            if isinstance(item, slice) and item == slice(None):
+                if dim_in > 0:
+                    self._link(space, self.space(node.name, dim_out))
+                dim_in, dim_out = dim_in + 1, dim_out + 1
+            elif isinstance(item, int):
+                self._block([space], f"'{node.name}' picks one position of dimension {dim_in}")
+                dim_in += 1
+            else:
+                self._block([space, self.space(node.name, dim_out)], f"'{node.name}' slices part of dimension {dim_in}")
+                dim_in, dim_out = dim_in + 1, dim_out + 1
+        for rest in range(dim_in, len(shape)):
+            if rest > 0:
+                self._link(self.space(source.name, rest), self.space(node.name, dim_out + rest - dim_in))
+
+    def _chunk_part(self, node: fx.Node, chunk: fx.Node, index: int) -> None:
+        source = chunk.args[0]
+        chunks = _argument(chunk, 1, "chunks")
+        dim = _argument(chunk, 2, "dim", 0)
+        shape = _shape(source)
+        dim %= len(shape)
+        ranges = [(int(part[0]), int(part.numel())) for part in torch.arange(shape[dim]).chunk(chunks)]
+        if dim == 0:
+            self._block_node(node, f"'{chunk.name}' chunks the batch dimension")
+            return
+        whole = self.space(source.name, dim)
+        offset, size = ranges[index]
+        self._link(whole, self.space(node.name, dim), "to_part", offset=offset, size=size)
+        if whole is not None:
+            whole.parts = ranges
+        for other in range(1, len(shape)):
+            if other != dim:
+                self._link(self.space(source.name, other), self.space(node.name, other))
+
+    def _concatenate(self, node: fx.Node, sources: list[fx.Node]) -> None:
+        rank = len(_shape(node))
+        dim = _argument(node, 1, "dim", 0) % rank
+        if dim == 0:
+            self._block_node(node, f"'{node.name}' concatenates along the batch dimension")
+            return
+        whole = self.space(node.name, dim)
+        offset = 0
+        for part in sources:
+            size = _shape(part)[dim]
+            self._link(whole, self.space(part.name, dim), "to_part", offset=offset, size=size)
+            offset += size
+            for other in range(1, rank):
+                if other != dim:
+                    self._link(self.space(part.name, other), self.space(node.name, other))
+
+    def _reshape(self, node: fx.Node, source: fx.Node) -> None:
+        before, after = _shape(source), _shape(node)
+        if before == after:
+            self._link_aligned(source, node)
+            return
+        # a reshape that merges consecutive dimensions is a flatten
+        if before[0] == after[0] and len(after) < len(before):
+            for start in range(1, len(before)):
+                end = start + len(before) - len(after)
+                merged = 1
+                for size in before[start : end + 1]:
+                    merged *= size
+                if before[:start] + (merged,) + before[end + 1 :] == after:
+                    self._flatten(node, source, start, end)
+                    return
+        self._block_node(node, f"'{node.name}' reshapes {before} to {after}")
+
+    def _permute(self, node: fx.Node, source: fx.Node, name: str) -> None:
+        rank = len(_shape(source))
+        if name in ("transpose", "swapaxes"):
+            a = _argument(node, 1, "dim0") % rank
+            b = _argument(node, 2, "dim1") % rank
+            order = list(range(rank))
+            order[a], order[b] = order[b], order[a]
+        elif name == "movedim":
+            start = _argument(node, 1, "source") % rank
+            end = _argument(node, 2, "destination") % rank
+            order = list(range(rank))
+            order.insert(end, order.pop(start))
         else:
-            if target in _SMOOTH_FUNCTIONS:
-                per_channel = SMOOTH
-            elif target in _PIECEWISE_LINEAR_FUNCTIONS:
-                per_channel = PIECEWISE_LINEAR
-            elif target in _LINEAR_FUNCTIONS:
-                per_channel = LINEAR
-        if per_channel is not None and source is not None and source.size == out.size and len(ins) == 1:
-            self._link(source, out, "identity")
-            out.nonlinearity = per_channel
+            dims = node.args[1:] if node.op == "call_method" else _argument(node, 1, "dims")
+            if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+                dims = dims[0]
+            order = [d % rank for d in dims]
+        if order[0] != 0:
+            self._block_node(node, f"'{node.name}' moves the batch dimension")
             return
-        name = getattr(target, "__name__", str(target))
-        self._block([out, *ins], f"operation '{node.name}' ({name}) is not supported")
+        for out_dim, in_dim in enumerate(order):
+            if out_dim > 0:
+                self._link(self.space(source.name, in_dim), self.space(node.name, out_dim))
 
-    # ---------------------------------------------------------------------------------------- sites
-
-    def _single_user(self, node: fx.Node) -> fx.Node | None:
-        users = list(node.users)
-        return users[0] if len(users) == 1 else None
-
-    def _activation_after(self, node: fx.Node) -> tuple[str | None, fx.Node | None, str]:
-        """(batch norm name, activation node, reason if none) following a producer node."""
-        batch_norm = None
-        current = self._single_user(node)
-        if current is None:
-            return None, None, "its output has several users before any activation"
-        if current.op == "call_module" and isinstance(self.modules[current.target], (nn.BatchNorm1d, nn.BatchNorm2d)):
-            batch_norm = current.target
-            current = self._single_user(current)
-            if current is None:
-                return batch_norm, None, "its BatchNorm output has several users before any activation"
-        if current.op == "call_module" and isinstance(self.modules[current.target], _ACTIVATION_MODULES):
-            return batch_norm, current, ""
-        if current.op == "output":
-            return batch_norm, None, "its output is the model's output, not an activation's input"
-        if current.op == "call_module" and isinstance(self.modules[current.target], nn.Module):
-            what = f"module '{current.target}' ({type(self.modules[current.target]).__name__})"
-        else:
-            what = f"'{current.name}'"
-        if current.op in ("call_function", "call_method") and (
-            current.target in _SMOOTH_FUNCTIONS | _PIECEWISE_LINEAR_FUNCTIONS
-            or current.target in _SMOOTH_METHODS | _PIECEWISE_LINEAR_METHODS
-        ):
-            return batch_norm, None, f"its activation {what} is a function; use an activation module to hook it"
-        return batch_norm, None, f"it is followed by {what}, not by an activation module"
-
-    def _find_sites(self) -> None:
-        for node in self.module.graph.nodes:
-            if node.op != "call_module":
-                continue
-            module = self.modules[node.target]
-            if not isinstance(module, (nn.Linear, nn.Conv2d)):
-                continue
-            name = node.target
-            batch_norm, activation_node, reason = self._activation_after(node)
-            if activation_node is None:
-                self.not_sites[name] = reason
-                continue
-            activation = activation_of_module(self.modules[activation_node.target])
-            if activation.curvature_free:
-                if isinstance(self.modules[activation_node.target], nn.ReLU) and self.relu_surrogate is not None:
-                    from .activations import relu_with_softplus_surrogate
-
-                    activation = relu_with_softplus_surrogate(self.relu_surrogate)
-                else:
-                    self.not_sites[name] = (
-                        f"its activation {activation.name} has phi'' = 0, so every splitting index is 0; "
-                        "pass relu_surrogate=beta to use softplus(beta) curvature explicitly"
-                    )
-                    continue
-            kind, dim = self._kind_and_dim(module)
-            site = Site(
-                name=name,
-                kind=kind,
-                batch_norm=batch_norm,
-                activation_module=activation_node.target,
-                activation=activation,
-                num_neurons=module.out_features if isinstance(module, nn.Linear) else module.out_channels,
-                neuron_dim=dim,
-                space=node.name,
-            )
-            self._classify(site, activation_node)
-            if any(name == prefix or name.startswith(prefix + ".") for prefix in self.exclude):
-                site.splittable, site.reason = False, "excluded by the user"
-            self.sites[name] = site
-
-    @staticmethod
-    def _kind_and_dim(module: nn.Module) -> tuple[str, int]:
-        if isinstance(module, nn.Linear):
-            return "linear", module.in_features + (module.bias is not None)
-        entries = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-        dim = entries + (module.bias is not None)
-        if module.groups == 1:
-            return "conv", dim
-        if module.groups == module.in_channels == module.out_channels:
-            return "depthwise", dim
-        return "grouped", dim
-
-    def _classify(self, site: Site, activation_node: fx.Node) -> None:
-        """Decide splittability (nothing blocked in the coupled group) and exactness."""
-        closure = self.closure(site.name, 0)
-        blocked = [reason for name in closure for reason in self.spaces[name].blocked]
-        if blocked:
-            site.splittable, site.reason = False, "; ".join(dict.fromkeys(blocked))
-        activation_order = self.spaces[activation_node.name].order
-        smooth_after = sorted(
-            (self.spaces[name] for name in closure if self.spaces[name].order > activation_order),
-            key=lambda space: space.order,
-        )
-        smooth_after = [space for space in smooth_after if space.nonlinearity == SMOOTH]
-        if not smooth_after:
+    def _reduce(self, node: fx.Node, source: fx.Node) -> None:
+        rank = len(_shape(source))
+        dims = _argument(node, 1, "dim")
+        keepdim = bool(_argument(node, 2, "keepdim", False))
+        if dims is None:
+            self._block_node(node, f"'{node.name}' reduces over every dimension")
             return
-        chain = self._depthwise_chain(activation_node)
-        if chain is not None and [space.node for space in smooth_after] == [chain[3]]:
-            site.depthwise_chain = chain[:3]
-            return
-        site.exact = False
-        names = ", ".join(f"'{space.node}'" for space in smooth_after)
-        site.inexact_reason = (
-            f"the offspring pass separately through the nonlinearity {names} before their outputs are summed"
-        )
-
-    def _depthwise_chain(self, activation_node: fx.Node) -> tuple[str, str | None, str, str] | None:
-        """If the activation feeds exactly a depthwise conv -> [BN] -> activation module, return their names
-        (and the second activation's node name)."""
-        depthwise = self._single_user(activation_node)
-        if depthwise is None or depthwise.op != "call_module":
-            return None
-        module = self.modules[depthwise.target]
-        if not (isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels > 1):
-            return None
-        batch_norm, second, _ = self._activation_after(depthwise)
-        if second is None:
-            return None
-        return depthwise.target, batch_norm, second.target, second.name
+        reduced = {d % rank for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
+        out_dim = 0
+        for dim in range(rank):
+            if dim in reduced:
+                self._block([self.space(source.name, dim)], f"'{node.name}' reduces over dimension {dim}")
+                if keepdim:
+                    out_dim += 1
+                continue
+            if dim > 0:
+                self._link(self.space(source.name, dim), self.space(node.name, out_dim))
+            out_dim += 1
 
     # ---------------------------------------------------------------------------------------- closure
 
-    def closure(self, site: str, channel: int) -> dict[str, list[int]]:
-        """Every space that channel ``channel`` of ``site`` reaches, with its positions there."""
-        root = self.sites[site].space if site in self.sites else self._module_node[site].name
-        found: dict[str, set[int]] = {root: {channel}}
+    def closure_from(self, root: SpaceKey, channel: int) -> dict[SpaceKey, list[int]]:
+        """Every space that position ``channel`` of space ``root`` reaches, with its positions there (cached)."""
+        cached = self._closures.get((root, channel))
+        if cached is not None:
+            return cached
+        found: dict[SpaceKey, set[int]] = {root: {channel}}
         queue = deque([root])
         while queue:
-            name = queue.popleft()
-            for edge in self.spaces[name].edges:
-                positions = edge.map(found[name])
+            key = queue.popleft()
+            for edge in self.spaces[key].edges:
+                positions = edge.map(found[key])
                 if not positions:
                     continue
                 known = found.setdefault(edge.other, set())
                 if not positions <= known:
                     known |= positions
                     queue.append(edge.other)
-        return {name: sorted(positions) for name, positions in found.items()}
+        result = {key: sorted(positions) for key, positions in found.items()}
+        self._closures[(root, channel)] = result
+        return result
 
-    def coupling_key(self, site: str, channel: int) -> tuple[int, int]:
-        """An identifier of the coupled channel that ``channel`` of ``site`` belongs to: two (site, channel) pairs
-        with the same key are one channel of the network (e.g. a depthwise channel and the pointwise channel
-        feeding it) and cannot be split in the same step."""
-        closure = self.closure(site, channel)
-        return min((self.spaces[name].order, positions[0]) for name, positions in closure.items())
+    def closure(self, site: str, channel: int) -> dict[SpaceKey, list[int]]:
+        """Every space that channel ``channel`` of site ``site`` reaches, with its positions there."""
+        return self.closure_from(self.sites[site].space, channel)
 
     def coupled_modules(self, site: str) -> dict[str, list[str]]:
-        """The modules a split of ``site`` changes, by role: producers, per_channel, consumers."""
-        closure = self.closure(site, 0)
+        """The modules a split of ``site`` changes, by role: producers (members and exact copies), per_channel,
+        consumers."""
         roles: dict[str, list[str]] = {"producers": [], "per_channel": [], "consumers": []}
-        for name in closure:
-            space = self.spaces[name]
+        for key in self.closure(site, 0):
+            space = self.spaces[key]
             for role in roles:
                 for module in getattr(space, role):
                     if module not in roles[role]:
                         roles[role].append(module)
-        roles["producers"] = [m for m in roles["producers"] if m not in roles["per_channel"]]
         return roles
+
+    # ---------------------------------------------------------------------------------------- sites
+
+    def _node_of_module(self, name: str) -> fx.Node:
+        """The (first) call of a module."""
+        if not hasattr(self, "_module_nodes"):
+            self._module_nodes: dict[str, fx.Node] = {}
+            for node in self.module.graph.nodes:
+                if node.op == "call_module":
+                    self._module_nodes.setdefault(node.target, node)
+        return self._module_nodes[name]
+
+    def _find_sites(self) -> None:
+        seen_groups: set[frozenset[str]] = set()
+        for node in self.module.graph.nodes:
+            if node.op != "call_module":
+                continue
+            module = self.modules[node.target]
+            mapping = self._maps.get(node.name)
+            handler = handler_for(module)
+            is_neuron_layer = isinstance(handler, NeuronHandler)
+            if mapping is None or mapping.kind == REFUSE or not (mapping.kind == PRODUCE or mapping.neurons):
+                if is_neuron_layer and node.target not in self.not_sites and mapping is not None:
+                    if mapping.kind == REFUSE:
+                        self.not_sites[node.target] = mapping.reason
+                continue
+            root = (node.name, mapping.output_dim % len(_shape(node)))
+            closure = self.closure_from(root, 0)
+            producers = sorted(
+                {module_name for key in closure for module_name in self.spaces[key].producers},
+                key=lambda m: self.order[self._node_of_module(m).name],
+            )
+            group = frozenset(producers)
+            if group in seen_groups:
+                continue
+            seen_groups.add(group)
+            site = self._make_site(producers, closure)
+            if isinstance(site, str):
+                for producer in producers:
+                    self.not_sites.setdefault(producer, site)
+                continue
+            if any(m == prefix or m.startswith(prefix + ".") for m in producers for prefix in self.exclude):
+                site.splittable, site.reason = False, "excluded by the user"
+            self.sites[site.name] = site
+        for name, module in self.modules.items():
+            if isinstance(handler_for(module), NeuronHandler) and name not in self.sites and name not in self.not_sites:
+                if not any(name in (m.module for m in s.members) for s in self.sites.values()):
+                    self.not_sites[name] = self._why_not(name)
+
+    def _why_not(self, name: str) -> str:
+        nodes = [node for node in self.module.graph.nodes if node.op == "call_module" and node.target == name]
+        if not nodes:
+            return "it is never called"
+        if name in self._refusals:
+            return self._refusals[name]
+        for site in self.sites.values():
+            if name in self.coupled_modules(site.name)["producers"]:
+                return f"its channels are copied exactly when site '{site.name}' is split (they are coupled)"
+        return "its channels are not splittable"
+
+    def _members(self, producers: list[str], closure: dict[SpaceKey, list[int]]) -> list[Member] | str:
+        members = []
+        for producer in producers:
+            node = self._node_of_module(producer)
+            module = self.modules[producer]
+            handler = handler_for(module)
+            if not isinstance(handler, NeuronHandler):
+                return f"module '{producer}' produces channels but has no neuron handler"
+            mapping = self._maps[node.name]
+            dim = mapping.output_dim % len(_shape(node))
+            positions = closure.get((node.name, dim), [])
+            kind = type(module).__name__.lower()
+            if mapping.neurons:
+                kind = "depthwise"
+            for offset in positions:
+                members.append(Member(producer, handler, offset, handler.neuron_dim(module), kind))
+        return members
+
+    def _make_site(self, producers: list[str], closure: dict[SpaceKey, list[int]]) -> Site | str:
+        members = self._members(producers, closure)
+        if isinstance(members, str):
+            return members
+        first = members[0]
+        first_node = self._node_of_module(first.module)
+        copies = sum(1 for m in members if m.module == first.module)
+        num_neurons = first.handler.num_neurons(self.modules[first.module]) // copies
+        root = (first_node.name, self._maps[first_node.name].output_dim % len(_shape(first_node)))
+        in_closure = {key[0] for key in closure}
+        blocked = list(dict.fromkeys(reason for key in closure for reason in self.spaces[key].blocked))
+        for key, positions in closure.items():
+            parts = self.spaces[key].parts
+            if parts is not None:
+                counts = [sum(1 for p in positions if start <= p < start + size) for start, size in parts]
+                if len(set(counts)) > 1:
+                    blocked.append(f"a split would move the boundaries of the chunks of '{key[0]}'")
+        segment, frontier, smooth = self._segment(members, in_closure)
+        nonlinear_members = any(m.handler.nonlinear_in_theta for m in members)
+        if not smooth and not nonlinear_members:
+            return "; ".join(blocked) if blocked else self._no_curvature_reason(in_closure)
+        closed = self._closed(segment)
+        ridge = None if nonlinear_members else self._ridge_pattern(first)
+        common = {"name": first.module, "num_neurons": num_neurons, "space": root}
+        if ridge is not None:
+            activation_node, batch_norm, activation = ridge
+            ridge_nodes = [first_node.name, *([self._node_of_module(batch_norm).name] if batch_norm else [])]
+            ridge_nodes.append(activation_node)
+        if ridge is not None and len(members) == 1 and set(segment) <= set(ridge_nodes):
+            site = self._ridge_site(first, ridge, ridge_nodes, common)
+        elif closed and (summed := self._sum_pattern(members, segment)) is not None:
+            branches, activation_node, activation = summed
+            site = Site(
+                members=members,
+                neuron_dim=sum(m.neuron_dim for m in members),
+                kind="+".join(dict.fromkeys(m.kind for m in members)),
+                engine="ridge",
+                activation=activation,
+                batch_norm=branches[0][1],
+                segment=segment,
+                frontier=[activation_node],
+                producer_node=branches[0][0],
+                activation_node=activation_node,
+                branches=branches,
+                **common,
+            )
+        elif closed and ridge is not None and (chain := self._chain_pattern(members, ridge, segment)) is not None:
+            site = self._ridge_site(first, ridge, ridge_nodes, common)
+            site.members, site.neuron_dim = members, sum(m.neuron_dim for m in members)
+            site.kind, site.engine, site.chain = "+".join(m.kind for m in members), "chain", chain
+            site.segment, site.frontier = segment, [chain.second_activation_node]
+        elif closed:
+            activations = [a for a in (self._activation_of(n) for n in segment) if a is not None]
+            site = Site(
+                members=members,
+                neuron_dim=sum(m.neuron_dim for m in members),
+                kind="+".join(dict.fromkeys(m.kind for m in members)),
+                engine="segment",
+                activation=next((a for a in activations if not a.curvature_free or a.surrogate), None),
+                segment=segment,
+                frontier=frontier,
+                **common,
+            )
+        elif ridge is not None:
+            site = self._ridge_site(first, ridge, ridge_nodes, common)
+            site.exact = False
+            beyond = [n for n in segment if n not in ridge_nodes and n in smooth] or segment[-1:]
+            site.inexact_reason = (
+                "its channels pass a residual sum or another nonlinearity that the offspring see separately "
+                f"({', '.join(repr(n) for n in beyond)}); its S is the paper's per-layer one and the other layers "
+                "summed into these channels are copied exactly"
+            )
+        else:
+            return (
+                "its channels pass a residual sum before any activation, so they are no neuron's output "
+                "(split the layers inside the blocks)"
+            )
+        site.kinks = self._kinks(closure, site)
+        if blocked:
+            site.splittable, site.reason = False, "; ".join(blocked)
+        return site
+
+    def _kinks(self, closure: dict[SpaceKey, list[int]], site: Site) -> str:
+        """The kinks the group's channels pass on their way to the consumers (none for a surrogate activation)."""
+        found = []
+        for name in sorted({key[0] for key in closure}, key=self.order.__getitem__):
+            activation = self._activation_of(name)
+            node = self.nodes[name]
+            label = node.target if node.op == "call_module" else name
+            if activation is not None:
+                if activation.surrogate is None and not activation.exact:
+                    found.append(f"'{label}' ({activation.inexact_reason})")
+            elif self._nonlinearity(name) == PIECEWISE_LINEAR:
+                what = type(self.modules[node.target]).__name__ if node.op == "call_module" else str(node.target)
+                found.append(f"'{label}' ({what})")
+        return ", ".join(found)
+
+    def _ridge_site(
+        self, first: Member, ridge: tuple[str, str | None, Activation], nodes: list[str], common: dict
+    ) -> Site:
+        activation_node, batch_norm, activation = ridge
+        return Site(
+            members=[first],
+            neuron_dim=first.neuron_dim,
+            kind=first.kind,
+            engine="ridge",
+            activation=activation,
+            batch_norm=batch_norm,
+            segment=nodes,
+            frontier=[activation_node],
+            producer_node=nodes[0],
+            activation_node=activation_node,
+            branches=[(nodes[0], batch_norm)],
+            **common,
+        )
+
+    def _activation_of(self, name: str) -> Activation | None:
+        """The activation a node computes (with the surrogate if one is asked for), or None."""
+        node = self.nodes[name]
+        if node.op == "call_module":
+            from .layers import activation_of_module
+
+            activation = activation_of_module(self.modules[node.target])
+        elif node.op in ("call_function", "call_method"):
+            activation = activation_of_call(node.op, node.target, tuple(node.args), dict(node.kwargs))
+        else:
+            activation = None
+        if activation is not None and activation.curvature_free and activation.kinks and self.relu_surrogate:
+            activation = with_kink_surrogate(activation, self.relu_surrogate)
+        return activation
+
+    def _nonlinearity(self, name: str) -> str:
+        kinds = {space.nonlinearity for key, space in self.spaces.items() if key[0] == name}
+        activation = self._activation_of(name)
+        if activation is not None and activation.surrogate is not None:
+            return SMOOTH
+        return SMOOTH if SMOOTH in kinds else PIECEWISE_LINEAR if PIECEWISE_LINEAR in kinds else LINEAR
+
+    def _segment(self, members: list[Member], in_closure: set[str]) -> tuple[list[str], list[str], set[str]]:
+        """The nodes from the members to the last nonlinearity their channels see separately (those on a path from
+        a member to a smooth node, within the closure), the frontier (segment nodes whose outputs leave it), and
+        the smooth nodes."""
+        member_nodes = {self._node_of_module(m.module).name for m in members}
+        smooth = {n for n in in_closure if n not in member_nodes and self._nonlinearity(n) == SMOOTH}
+        downstream = self._reachable(member_nodes, in_closure, forward=True)
+        upstream = self._reachable(smooth, in_closure, forward=False)
+        keep = member_nodes | (downstream & upstream)
+        segment = sorted(keep, key=self.order.__getitem__)
+        frontier = [n for n in segment if any(user.name not in keep for user in self.nodes[n].users)]
+        return segment, frontier, smooth & keep
+
+    def _reachable(self, starts: set[str], within: set[str], *, forward: bool) -> set[str]:
+        """The nodes reached from ``starts`` (included) through users (forward) or inputs, staying in ``within``
+        (or passing through a node whose output is a tuple, such as ``chunk``)."""
+        found, queue = set(starts), deque(starts)
+        while queue:
+            node = self.nodes[queue.popleft()]
+            for other in node.users if forward else node.all_input_nodes:
+                passable = other.name in within or (_shape(other) is None and other.op != "output")
+                if passable and other.name not in found:
+                    found.add(other.name)
+                    queue.append(other.name)
+        return found
+
+    def _downstream_of(self, name: str, sources: set[str]) -> bool:
+        queue, seen = deque([self.nodes[name]]), set()
+        while queue:
+            node = queue.popleft()
+            if node.name in sources:
+                return True
+            for arg in node.all_input_nodes:
+                if arg.name not in seen:
+                    seen.add(arg.name)
+                    queue.append(arg)
+        return False
+
+    def _closed(self, segment: list[str]) -> bool:
+        """Whether no input of the segment depends on the segment (else its channels feed back into it)."""
+        inside = set(segment)
+        outside_inputs = {arg.name for name in segment for arg in self.nodes[name].all_input_nodes} - inside
+        return not any(self._downstream_of(name, inside) for name in outside_inputs)
+
+    def _chain_pattern(
+        self, members: list[Member], ridge: tuple[str, str | None, Activation], segment: list[str]
+    ) -> Chain | None:
+        """The chain of a pointwise (or stem) convolution feeding a depthwise one, when the segment is exactly
+        P -> [BN1] -> phi1 -> D -> [BN2] -> phi2, each node the single user of the previous one."""
+        from .layers.conv import Conv2dHandler, is_depthwise
+
+        if len(members) != 2 or not all(isinstance(m.handler, Conv2dHandler) for m in members):
+            return None
+        first, second = (self.modules[m.module] for m in members)
+        if first.groups != 1 or not is_depthwise(second) or second.padding_mode != "zeros":
+            return None
+        first_activation_node, _, first_activation = ridge
+        depthwise_node = self._node_of_module(members[1].module)
+        if list(self.nodes[first_activation_node].users) != [depthwise_node]:
+            return None
+        after = self._ridge_pattern(members[1])
+        if after is None:
+            return None
+        second_activation_node, second_batch_norm, second_activation = after
+        expected = [
+            self._node_of_module(members[0].module).name,
+            *([self._node_of_module(ridge[1]).name] if ridge[1] else []),
+            first_activation_node,
+            depthwise_node.name,
+            *([self._node_of_module(second_batch_norm).name] if second_batch_norm else []),
+            second_activation_node,
+        ]
+        if segment != expected:
+            return None
+        return Chain(
+            first_activation_node,
+            depthwise_node.name,
+            second_batch_norm,
+            second_activation_node,
+            first_activation,
+            second_activation,
+        )
+
+    def _sum_pattern(
+        self, members: list[Member], segment: list[str]
+    ) -> tuple[list[tuple[str, str | None]], str, Activation] | None:
+        """Several producers, each through an optional BatchNorm, summed and then through one activation with
+        curvature (a ResNet block whose shortcut is a convolution): (branches, activation node, activation)."""
+        if len(members) < 2 or len({m.module for m in members}) != len(members):
+            return None
+        if any(m.handler.nonlinear_in_theta or not m.handler.shares_inputs(self.modules[m.module]) for m in members):
+            return None
+        branches, adds = [], set()
+        for member in members:
+            node = self._node_of_module(member.module)
+            batch_norm = None
+            users = list(node.users)
+            if len(users) == 1 and users[0].op == "call_module":
+                if isinstance(handler_for(self.modules[users[0].target]), BatchNormHandler):
+                    batch_norm, node = users[0].target, users[0]
+                    users = list(node.users)
+            if len(users) != 1 or not self._is_add(users[0]):
+                return None
+            branches.append((self._node_of_module(member.module).name, batch_norm))
+            current = users[0]
+            while self._is_add(current):
+                adds.add(current.name)
+                users = list(current.users)
+                if len(users) != 1:
+                    return None
+                current = users[0]
+            activation_node = current.name
+        activation = self._activation_of(activation_node)
+        if activation is None or (activation.curvature_free and activation.surrogate is None):
+            return None
+        branch_nodes = {name for branch in branches for name in (branch[0], branch[1])} - {None}
+        expected = {b[0] for b in branches} | {self._node_of_module(b[1]).name for b in branches if b[1]}
+        expected |= adds | {activation_node}
+        if set(segment) != expected or not branch_nodes:
+            return None
+        return branches, activation_node, activation
+
+    @staticmethod
+    def _is_add(node: fx.Node) -> bool:
+        if node.op == "call_method":
+            return node.target in ("add", "add_")
+        return node.op == "call_function" and node.target in (operator.add, operator.iadd, torch.add)
+
+    def _ridge_pattern(self, member: Member) -> tuple[str, str | None, Activation] | None:
+        """(activation node, BatchNorm module, activation) when the member is followed by [BN ->] an activation with
+        curvature, each the single user of the previous."""
+        node = self._node_of_module(member.module)
+        batch_norm = None
+        users = list(node.users)
+        if len(users) != 1:
+            return None
+        current = users[0]
+        if current.op == "call_module" and isinstance(handler_for(self.modules[current.target]), BatchNormHandler):
+            batch_norm = current.target
+            users = list(current.users)
+            if len(users) != 1:
+                return None
+            current = users[0]
+        activation = self._activation_of(current.name)
+        if activation is None or (activation.curvature_free and activation.surrogate is None):
+            return None
+        return current.name, batch_norm, activation
+
+    def _no_curvature_reason(self, nodes: set[str]) -> str:
+        for name in sorted(nodes, key=self.order.__getitem__):
+            activation = self._activation_of(name)
+            if activation is not None and activation.curvature_free and activation.kinks:
+                return (
+                    f"its activation {activation.name} has phi'' = 0, so every splitting index is 0; pass "
+                    "relu_surrogate=beta to use softplus(beta) curvature explicitly"
+                )
+        return "no activation with curvature follows it before its consumers (a linear unit: every index is 0)"
+
+    # ---------------------------------------------------------------------------------------- reports
 
     def splittable_sites(self) -> list[Site]:
         return [site for site in self.sites.values() if site.splittable]
+
+    def skipped(self) -> dict[str, str]:
+        """Every layer whose channels will not grow, with the reason: unsplittable sites and layers that are not
+        sites."""
+        found = {name: site.reason for name, site in self.sites.items() if not site.splittable}
+        found.update(self.not_sites)
+        return found
 
     def describe(self) -> list[dict[str, Any]]:
         """One plain dict per site and per non-site layer, for reports."""
@@ -605,15 +1267,26 @@ class ChannelGraph:
             {
                 "site": site.name,
                 "kind": site.kind,
+                "members": [m.module for m in site.members],
                 "neurons": site.num_neurons,
                 "neuron_dim": site.neuron_dim,
-                "activation": site.activation.name,
+                "engine": site.engine,
+                "activation": None if site.activation is None else site.activation.name,
                 "batch_norm": site.batch_norm,
                 "exact": site.exact,
+                "kinks": site.kinks,
                 "splittable": site.splittable,
-                "note": site.reason or site.inexact_reason or ("depthwise correction" if site.depthwise_chain else ""),
+                "note": site.reason or site.inexact_reason,
             }
             for site in self.sites.values()
         ]
         rows += [{"site": name, "kind": "not a site", "note": reason} for name, reason in self.not_sites.items()]
         return rows
+
+
+def handler_of(graph: ChannelGraph, module_name: str) -> LayerHandler:
+    """The handler of one of the graph's modules (GraphError if it has none)."""
+    handler = handler_for(graph.modules[module_name])
+    if handler is None:
+        raise GraphError(f"splitgrow cannot resize {type(graph.modules[module_name]).__name__} '{module_name}'")
+    return handler

@@ -1,8 +1,9 @@
 """Sizes and costs of a network's sites: parameters, FLOPs, and what splitting one neuron adds.
 
-FLOPs are counted by ``torch.utils.flop_counter`` on one sample (a multiply-add counts 2). The cost of a split
-is read off the same coupling the surgery uses: the producer's row, the per-channel entries and the consumers'
-columns (H*W of them per channel after a flatten).
+FLOPs of each layer come from its handler (a multiply-add counts 2) on the shapes recorded when the graph was
+traced; the whole model's FLOPs from ``torch.utils.flop_counter`` on one sample, which also counts functional
+operations (attention, matmuls) that are no layer. The cost of a split is read off the same plan the surgery uses:
+the members' and copied rows, the per-channel entries and the consumers' columns.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .graph import ChannelGraph
-from .surgery import SplitRequest, parameter_count, parameters_along, plan_split
+from .graph import ChannelGraph, handler_of
+from .layers import handler_for
+from .surgery import OUTPUTS, SplitRequest, parameter_count, plan_split
 
 
-def module_flops(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
-    """FLOPs of every module for a single sample, keyed by qualified module name ('' for the whole model)."""
+def model_flops(model: nn.Module, example_input: torch.Tensor) -> int:
+    """FLOPs of the whole model for one sample, as ``torch.utils.flop_counter`` counts them."""
     was_training = model.training
     model.eval()
     try:
@@ -27,13 +29,24 @@ def module_flops(model: nn.Module, example_input: torch.Tensor) -> dict[str, int
             model(example_input[:1])
     finally:
         model.train(was_training)
-    prefix = type(model).__name__
-    flops = {}
-    for name, counts in counter.get_flop_counts().items():
-        if name == "Global":
+    return int(counter.get_total_flops())
+
+
+def layer_flops(graph: ChannelGraph) -> dict[str, int]:
+    """FLOPs per sample of every layer with a handler (all its calls), from the traced shapes."""
+    flops: dict[str, int] = {}
+    for node in graph.module.graph.nodes:
+        if node.op != "call_module":
             continue
-        key = "" if name == prefix else name.removeprefix(prefix + ".")
-        flops[key] = int(sum(counts.values()))
+        module = graph.modules[node.target]
+        handler = handler_for(module)
+        shape = node.meta.get("tensor_meta")
+        sources = [arg for arg in node.all_input_nodes if getattr(arg.meta.get("tensor_meta"), "shape", None)]
+        if handler is None or shape is None or not hasattr(shape, "shape") or not sources:
+            continue
+        in_shape = (1, *tuple(sources[0].meta["tensor_meta"].shape)[1:])
+        out_shape = (1, *tuple(shape.shape)[1:])
+        flops[node.target] = flops.get(node.target, 0) + handler.flops(module, in_shape, out_shape)
     return flops
 
 
@@ -45,44 +58,69 @@ class SplitCost:
     flops: int
 
 
-def split_cost(graph: ChannelGraph, site: str, flops: dict[str, int]) -> SplitCost:
-    """Parameters and per-sample FLOPs added by splitting one channel of ``site`` (channel 0 stands for all:
-    every channel of a site couples the same modules with blocks of the same size)."""
+def split_cost(graph: ChannelGraph, site: str, flops: dict[str, int] | None = None) -> SplitCost:
+    """Parameters and per-sample FLOPs added by splitting one neuron of ``site`` (neuron 0 stands for all: every
+    neuron of a site couples the same modules with runs of the same size)."""
+    flops = layer_flops(graph) if flops is None else flops
     plan = plan_split(graph, [SplitRequest(site, 0)], allow_inexact=True)
-    modules = dict(graph.model.named_modules())
     parameters = 0
     added_flops = 0
-    for (name, dim), units in plan.items():
-        block = sum(len(unit.positions) for unit in units)
-        tensors = parameters_along(modules[name], dim)
-        size = tensors[0][1].shape[tensors[0][2]]
-        for _, tensor, tensor_dim in tensors:
+    for (name, role), units in plan.items():
+        module = graph.modules[name]
+        handler = handler_of(graph, name)
+        tensors = handler.output_tensors(module) if role == OUTPUTS else handler.input_tensors(module)
+        if not tensors:
+            continue
+        block = sum(len(unit.positions()) for unit in units)
+        size = getattr(module, tensors[0][0]).shape[tensors[0][1]]
+        for attribute, dim in tensors:
+            tensor = getattr(module, attribute)
             if isinstance(tensor, nn.Parameter):
-                parameters += block * (tensor.numel() // tensor.shape[tensor_dim])
+                parameters += block * (tensor.numel() // tensor.shape[dim])
         added_flops += flops.get(name, 0) * block // size
     return SplitCost(parameters, added_flops)
+
+
+def split_costs(graph: ChannelGraph, kind: str = "parameters") -> dict[str, float]:
+    """The cost of splitting one neuron of each splittable site: added parameters, or added FLOPs per sample."""
+    from .selection import COST_KINDS
+
+    if kind not in COST_KINDS:
+        raise ValueError(f"cost kind must be one of {', '.join(COST_KINDS)}, got {kind!r}")
+    flops = layer_flops(graph)
+    costs = {}
+    for name, site in graph.sites.items():
+        if site.splittable:
+            cost = split_cost(graph, name, flops)
+            costs[name] = float(cost.parameters if kind == "parameters" else cost.flops)
+    return costs
 
 
 def site_table(
     graph: ChannelGraph, example_input: torch.Tensor, results: dict[str, Any] | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """One row per site (and per layer that is not a site), plus the model's totals."""
-    flops = module_flops(graph.model, example_input)
-    modules = dict(graph.model.named_modules())
+    flops = layer_flops(graph)
+    modules = graph.modules
     rows = []
     for name, site in graph.sites.items():
         cost = split_cost(graph, name, flops) if site.splittable else None
+        members = [m.module for m in site.members]
         row = {
             "site": name,
             "kind": site.kind,
+            "members": members,
             "neurons": site.num_neurons,
             "neuron_dim": site.neuron_dim,
-            "parameters": parameter_count(modules[name], recurse=False),
-            "flops": flops.get(name, 0),
+            "engine": site.engine,
+            "parameters": sum(parameter_count(modules[m], recurse=False) for m in dict.fromkeys(members)),
+            "flops": sum(flops.get(m, 0) for m in dict.fromkeys(members)),
             "split_parameters": None if cost is None else cost.parameters,
             "split_flops": None if cost is None else cost.flops,
             "exact": site.exact,
-            "note": site.reason or site.inexact_reason or ("with depthwise correction" if site.depthwise_chain else ""),
+            "note": site.reason
+            or site.inexact_reason
+            or (f"with {', '.join(members[1:])}" if len(members) > 1 else ""),
         }
         if results is not None and name in results:
             result = results[name]
@@ -104,5 +142,5 @@ def site_table(
                 "note": f"not a site: {reason}",
             }
         )
-    totals = {"parameters": parameter_count(graph.model), "flops": flops.get("", 0)}
+    totals = {"parameters": parameter_count(graph.model), "flops": model_flops(graph.model, example_input)}
     return rows, totals

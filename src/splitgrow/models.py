@@ -19,6 +19,7 @@ import io
 import json
 import pickle
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ VGG19_PAPER_WIDTHS = (64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 
 MOBILENET_STRIDES = (1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1)  # the 13 depthwise convs (CIFAR form)
 MOBILENET_PAPER_WIDTHS = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
 DSCNN_PAPER_WIDTHS = (64, 64, 64, 64, 64, 64)
+#: Hello Edge's DS-CNN L: every layer 276 channels wide
+DSCNN_L_WIDTH = 276
 
 
 def _activation(name: str) -> nn.Module:
@@ -220,9 +223,88 @@ class MobileNetV1(ZooModel):
         return torch.randn(batch, self.in_channels, self.image_size, self.image_size)
 
 
+@dataclass(frozen=True)
+class ModelCost:
+    """Parameters and multiply-accumulates per sample; operations = 2 x MACs (how Hello Edge and the paper count)."""
+
+    parameters: int
+    multiply_accumulates: int
+
+    @property
+    def operations(self) -> int:
+        return 2 * self.multiply_accumulates
+
+
+def _conv_output(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + padding - kernel) // stride + 1
+
+
+@dataclass(frozen=True)
+class _DSCNNLayout:
+    stem_stride: tuple[int, int]
+    stem_padding: tuple[int, int, int, int]  # (left, right, top, bottom), as ZeroPad2d takes it
+    first_stride: int  # of the first block's depthwise conv
+
+
+_DSCNN_LAYOUTS = {
+    "compact": _DSCNNLayout((2, 2), (1, 1, 5, 5), 1),
+    # TensorFlow 'same' for a 10x4 kernel at stride (2, 1) on 49 x 10: 9 rows (4 above, 5 below), 3 columns (1, 2)
+    "L": _DSCNNLayout((2, 1), (1, 2, 4, 5), 2),
+}
+DSCNN_LAYOUTS = tuple(_DSCNN_LAYOUTS)
+
+
+def _dscnn_layout(layout: str) -> _DSCNNLayout:
+    try:
+        return _DSCNN_LAYOUTS[layout]
+    except KeyError:
+        raise ValueError(f"unknown DSCNN layout {layout!r}; choose one of {', '.join(DSCNN_LAYOUTS)}") from None
+
+
+def dscnn_cost(
+    widths: Sequence[int], layout: str = "compact", num_classes: int = 12, input_shape: Sequence[int] = (49, 10)
+) -> ModelCost:
+    """A DS-CNN's size as Hello Edge counts it, from its widths alone (no model is built).
+
+    Hello Edge (TensorFlow slim) counts every weight, every conv bias and every BatchNorm shift (slim's BatchNorm
+    has no scale). :class:`DSCNN` has no conv biases but BatchNorm scales instead: one per channel either way, so
+    this count equals ``sum(p.numel() for p in model.parameters())``. MACs count convolutions and the classifier
+    (no BatchNorm, activation or pooling), as Hello Edge's 28.3M for DS-CNN L.
+    """
+    widths = _check_widths(widths, 6, "DSCNN")
+    spec = _dscnn_layout(layout)
+    left, right, top, bottom = spec.stem_padding
+    time = _conv_output(int(input_shape[0]), 10, spec.stem_stride[0], top + bottom)
+    frequency = _conv_output(int(input_shape[1]), 4, spec.stem_stride[1], left + right)
+    parameters = 40 * widths[0] + 2 * widths[0]  # 10x4 filters; bias and shift per channel
+    macs = time * frequency * 40 * widths[0]
+    for index, (previous, width) in enumerate(zip(widths, widths[1:])):
+        stride = spec.first_stride if index == 0 else 1
+        time, frequency = _conv_output(time, 3, stride, 2), _conv_output(frequency, 3, stride, 2)
+        parameters += 9 * previous + 2 * previous + previous * width + 2 * width
+        macs += time * frequency * (9 * previous + previous * width)
+    parameters += widths[-1] * num_classes + num_classes
+    macs += widths[-1] * num_classes
+    return ModelCost(parameters, macs)
+
+
 class DSCNN(ZooModel):
-    """DS-CNN (Zhang et al., Hello Edge) for 49 x 10 MFCC inputs: a 10x4 conv with stride 2 (widths[0]), then 5
-    depthwise-separable blocks (pointwise widths widths[1:]), global average pooling and a Linear classifier."""
+    """DS-CNN (Zhang et al., Hello Edge) for 49 x 10 MFCC inputs: a 10x4 conv (widths[0]), then 5
+    depthwise-separable blocks (pointwise widths widths[1:]), global average pooling and a Linear classifier.
+
+    Layouts:
+
+    * ``"compact"`` (the default): the conv has stride 2 x 2 and padding (5, 1), so every block sees 25 x 5 maps;
+      all blocks have stride 1.
+    * ``"L"``: Hello Edge's DS-CNN L (registered as ``dscnn-l``, :class:`DSCNNL`): the conv has stride (2, 1) and
+      TensorFlow's 'same' padding (time 4 above / 5 below, frequency 1 left / 2 right, done by ``input_padding``
+      on the input) -> 25 x 10; the first block's 3x3 depthwise conv has stride 2 -> 13 x 5; the others stride 1.
+      At width 276 it has 413,736 parameters and 28.3M multiply-accumulates, Hello Edge's counts
+      (:func:`dscnn_cost`). One difference from TensorFlow: that stride-2 depthwise conv pads frequency by 1 on
+      each side where TensorFlow's 'same' pads 0 left / 1 right (a padding layer between the stem's activation
+      and the depthwise conv would stop the stem's channels from growing); shapes, parameters and operations are
+      the same, each frequency window starts one column earlier.
+    """
 
     architecture = "dscnn"
 
@@ -232,19 +314,35 @@ class DSCNN(ZooModel):
         num_classes: int = 12,
         input_shape: Sequence[int] = (49, 10),
         activation: str = "softplus",
+        layout: str = "compact",
     ) -> None:
         super().__init__()
         widths = _check_widths(widths, 6, "DSCNN")
+        spec = _dscnn_layout(layout)
+        self.layout = layout
         self.activation_name = activation
         self.input_shape = tuple(int(s) for s in input_shape)
-        self.stem = _conv_block(1, widths[0], activation, kernel_size=(10, 4), stride=2, padding=(5, 1))
-        blocks = [DepthwiseSeparable(previous, width, 1, activation) for previous, width in zip(widths, widths[1:])]
+        left, right, top, bottom = spec.stem_padding
+        if (left, top) == (right, bottom):
+            self.input_padding: nn.Module = nn.Identity()
+            conv_padding = (top, left)
+        else:  # a Conv2d pads both sides alike: pad the input instead (it never grows, so the graph allows it)
+            self.input_padding = nn.ZeroPad2d(spec.stem_padding)
+            conv_padding = (0, 0)
+        self.stem = _conv_block(
+            1, widths[0], activation, kernel_size=(10, 4), stride=spec.stem_stride, padding=conv_padding
+        )
+        strides = [spec.first_stride] + [1] * 4
+        blocks = [
+            DepthwiseSeparable(previous, width, stride, activation)
+            for previous, width, stride in zip(widths, widths[1:], strides)
+        ]
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
+        return self.classifier(torch.flatten(self.pool(self.blocks(self.stem(self.input_padding(x)))), 1))
 
     def config(self) -> dict[str, Any]:
         widths = [self.stem[0].out_channels] + [block.pointwise[0].out_channels for block in self.blocks]
@@ -253,10 +351,37 @@ class DSCNN(ZooModel):
             "num_classes": self.classifier.out_features,
             "input_shape": list(self.input_shape),
             "activation": self.activation_name,
+            "layout": self.layout,
         }
+
+    def cost(self) -> ModelCost:
+        """Parameters and multiply-accumulates per sample at the current widths (:func:`dscnn_cost`)."""
+        config = self.config()
+        return dscnn_cost(config["widths"], self.layout, config["num_classes"], config["input_shape"])
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
         return torch.randn(batch, 1, *self.input_shape)
+
+
+class DSCNNL(DSCNN):
+    """Hello Edge's DS-CNN L, ``DSCNN(layout="L")``, under its own name (``dscnn-l``) for the command line and
+    saved models. Hello Edge's model is ``DSCNNL(widths=[DSCNN_L_WIDTH] * 6, activation="relu")``."""
+
+    architecture = "dscnn-l"
+
+    def __init__(
+        self,
+        widths: Sequence[int] = (16,) * 6,
+        num_classes: int = 12,
+        input_shape: Sequence[int] = (49, 10),
+        activation: str = "softplus",
+    ) -> None:
+        super().__init__(widths, num_classes, input_shape, activation, layout="L")
+
+    def config(self) -> dict[str, Any]:
+        config = super().config()
+        del config["layout"]  # implied by the name
+        return config
 
 
 class BasicBlock(nn.Module):
@@ -384,12 +509,12 @@ class ConcatNet(ZooModel):
 
 
 MODELS: dict[str, type[ZooModel]] = {
-    cls.architecture: cls for cls in (MLP, VGG19, MobileNetV1, DSCNN, ResidualNet, ConcatNet)
+    cls.architecture: cls for cls in (MLP, VGG19, MobileNetV1, DSCNN, DSCNNL, ResidualNet, ConcatNet)
 }
 
 
 def build_model(architecture: str, **config: Any) -> ZooModel:
-    """A zoo model by name (``mlp``, ``vgg19``, ``mobilenetv1``, ``dscnn``, ``resnet``, ``concat``)."""
+    """A zoo model by name (``mlp``, ``vgg19``, ``mobilenetv1``, ``dscnn``, ``dscnn-l``, ``resnet``, ``concat``)."""
     try:
         cls = MODELS[architecture]
     except KeyError:
@@ -404,7 +529,7 @@ def uniform_widths(architecture: str, width: int) -> dict[str, Any]:
         return {"widths": [width] * 16}
     if architecture == "mobilenetv1":
         return {"widths": [max(32, width)] + [width] * 13}
-    if architecture == "dscnn":
+    if architecture in ("dscnn", "dscnn-l"):
         return {"widths": [width] * 6}
     if architecture == "mlp":
         return {"widths": [width, width]}
@@ -415,27 +540,51 @@ def uniform_widths(architecture: str, width: int) -> dict[str, Any]:
     raise SplitgrowError(f"unknown model {architecture!r}; choose one of: {', '.join(MODELS)}")
 
 
-def save_model(path: Path, model: ZooModel, history: list[dict[str, Any]] | None = None) -> None:
-    """Write ``path``.json (architecture, config, growth history) and ``path``.pt (the state_dict), atomically."""
+def save_model(path: Path, model: nn.Module, history: list[dict[str, Any]] | None = None) -> None:
+    """Write ``path``.json (how to rebuild the model, its tensors' shapes, the growth history) and ``path``.pt (the
+    state_dict), atomically.
+
+    A zoo model is rebuilt from its architecture and config alone; any other model from its constructor and the
+    recorded shapes (see :func:`load_model`).
+    """
     path = Path(path)
+    state = model.state_dict()
     buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
+    torch.save(state, buffer)
     atomic_write_bytes(path.with_suffix(".pt"), buffer.getvalue())
     from . import __version__
 
+    zoo = isinstance(model, ZooModel)
     atomic_write_json(
         path.with_suffix(".json"),
         {
-            "architecture": model.architecture,
-            "config": model.config(),
+            "architecture": model.architecture if zoo else None,
+            "config": model.config() if zoo else None,
+            "class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "shapes": {name: list(tensor.shape) for name, tensor in state.items()},
             "history": history or [],
             "splitgrow": __version__,
         },
     )
 
 
-def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[ZooModel, list[dict[str, Any]]]:
-    """Rebuild a model saved by :func:`save_model` (no module is unpickled: weights_only loading)."""
+def load_model(
+    path: Path, map_location: str | torch.device = "cpu", *, model: nn.Module | None = None
+) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Rebuild a model saved by :func:`save_model` (nothing is unpickled: weights-only loading).
+
+    Args:
+        path: the saved model's path without suffix (``path``.json and ``path``.pt).
+        map_location: where the tensors go.
+        model: for a model that is not from the zoo, a fresh instance built by its own constructor as it was
+            before growth: every layer is resized to the saved shapes (:func:`splitgrow.surgery.resize_like`), then
+            the state is loaded.
+
+    Returns:
+        The model and its growth history.
+    """
+    from .surgery import resize_like
+
     path = Path(path)
     description_path, weights_path = path.with_suffix(".json"), path.with_suffix(".pt")
     for required in (description_path, weights_path):
@@ -443,9 +592,16 @@ def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[Zo
             raise SplitgrowError(f"missing {required}: a saved model is a .json and a .pt file side by side")
     try:
         description = json.loads(description_path.read_text())
-        model = build_model(description["architecture"], **description["config"])
         state = torch.load(weights_path, map_location=map_location, weights_only=True)
+        if model is None:
+            if description.get("architecture") is None:
+                raise SplitgrowError(
+                    f"{path} holds a {description.get('class', 'custom')} model, not a zoo model: pass model= a "
+                    "fresh instance built by its constructor (as before growth) to rebuild it"
+                )
+            model = build_model(description["architecture"], **description["config"])
+        resize_like(model, state)
         model.load_state_dict(state)
     except (json.JSONDecodeError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
         raise SplitgrowError(f"{path}: not a valid saved splitgrow model ({type(error).__name__}: {error})") from None
-    return model, description.get("history", [])
+    return model.to(map_location), description.get("history", [])

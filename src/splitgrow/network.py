@@ -5,8 +5,9 @@
     requests = net.select(results, max_count=8, threshold=0.0)     # the most negative indexes
     report = net.split(requests, epsilon=0.01, optimizer=optimizer)  # model and optimiser state, in place
 
-The graph of sites is rebuilt after every split; the model object, its parameters and the optimiser keep their
-identity, so a training loop (and its learning-rate scheduler) simply continues.
+The graph of sites is traced again whenever the model's shapes changed (after every split); the model object, its
+parameters and the optimiser keep their identity, so a training loop (and its learning-rate scheduler) simply
+continues.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .graph import ChannelGraph, Site
-from .network_statistics import LossFunction, SiteSplitting, splitting_eigenpairs
-from .surgery import SplitReport, SplitRequest, select_splits, split_network
+from .graph import ChannelGraph, Site, model_fingerprint
+from .selection import Selection, select_splits
+from .statistics import LossClosure, LossFunction, SplittingResults, splitting_eigenpairs
+from .statistics.splitting import report_skipped
+from .surgery import SplitReport, SplitRequest, split_network
 
 
 class SplittableNetwork:
@@ -27,10 +30,11 @@ class SplittableNetwork:
 
     Args:
         model: any ``nn.Module`` that ``torch.fx`` can trace; changed in place by :meth:`split`.
-        example_inputs: an input batch (any size) of the right shape, used to trace the model.
+        example_inputs: an input batch (any size) of the right shape (a tuple for several positional inputs),
+            used to trace the model.
         exclude: module names (or name prefixes) never to split.
-        relu_surrogate: treat ReLU activations as splittable with the phi'' of softplus(beta=relu_surrogate);
-            the surrogate is named in every result (``SiteSplitting.surrogate``).
+        relu_surrogate: give piecewise-linear activations (ReLU, ...) the curvature of softplus(beta=relu_surrogate)
+            at their kinks; the surrogate is named in every result (``SiteSplitting.surrogate``).
     """
 
     def __init__(
@@ -49,14 +53,17 @@ class SplittableNetwork:
 
     @property
     def graph(self) -> ChannelGraph:
-        """The current :class:`ChannelGraph` (traced again after each split)."""
-        if self._graph is None:
+        """The current :class:`ChannelGraph`, traced again whenever the model's shapes changed."""
+        if self._graph is None or self._graph.fingerprint != model_fingerprint(self.model):
             parameter = next(self.model.parameters())
+
+            def move(tensor: Tensor) -> Tensor:
+                if tensor.is_floating_point():
+                    return tensor.to(parameter.device, parameter.dtype)
+                return tensor.to(parameter.device)
+
             inputs = self.example_inputs
-            if isinstance(inputs, Tensor):
-                inputs = inputs.to(device=parameter.device, dtype=parameter.dtype)
-            else:
-                inputs = tuple(t.to(device=parameter.device, dtype=parameter.dtype) for t in inputs)
+            inputs = move(inputs) if isinstance(inputs, Tensor) else tuple(move(t) for t in inputs)
             self._graph = ChannelGraph(self.model, inputs, exclude=self.exclude, relu_surrogate=self.relu_surrogate)
         return self._graph
 
@@ -65,46 +72,66 @@ class SplittableNetwork:
         return self.graph.sites
 
     def widths(self) -> dict[str, int]:
-        """Output channels of every site."""
+        """Neurons (coupling groups) of every site."""
         return {name: site.num_neurons for name, site in self.sites.items()}
+
+    def neurons(self, *, splittable_only: bool = True) -> int:
+        """The number of neurons (coupling groups) of the (splittable) sites: what growth ratios count."""
+        return sum(s.num_neurons for s in self.sites.values() if s.splittable or not splittable_only)
 
     def splitting(
         self,
-        data: Iterable[tuple[Tensor, Tensor]],
-        loss_function: LossFunction,
+        data: Iterable,
+        loss_function: LossFunction | None = None,
         *,
+        closure: LossClosure | None = None,
+        reduction: str = "auto",
         sites: Sequence[str] | None = None,
         batches: int | None = None,
         solver: str = "dense",
         progress: bool = False,
+        strict: bool = False,
         **options: Any,
-    ) -> dict[str, SiteSplitting]:
-        """Splitting indexes and gradients of every site: ``solver`` is ``"dense"``, ``"lobpcg"`` (matrix-free),
-        ``"rayleigh"`` or ``"auto"``; ``options`` go to :func:`splitgrow.network_statistics.splitting_eigenpairs`
-        (dtype, tolerance, max_iterations, warm_start, keep_matrices, ...)."""
+    ) -> SplittingResults:
+        """Splitting indexes and gradients of every splittable site.
+
+        ``data`` yields ``(inputs, targets)`` batches for ``loss_function(outputs, targets)``, or any batches for
+        ``closure(model, batch) -> (loss, weight)``; ``reduction`` says whether the loss is a mean (the default,
+        or a torch loss module's own setting) or a sum. ``solver`` is ``"dense"``, ``"lobpcg"`` (matrix-free),
+        ``"rayleigh"`` or ``"auto"``; ``options`` go to :func:`splitgrow.statistics.splitting_eigenpairs`
+        (dtype, tolerance, max_iterations, warm_start, keep_matrices, ...). Layers that will not grow are listed in
+        the result's ``skipped`` and in a warning (an error with ``strict``).
+        """
         return splitting_eigenpairs(
             self.model,
             self.graph,
             data,
             loss_function,
+            closure=closure,
+            reduction=reduction,
             sites=sites,
             batches=batches,
             solver=solver,
             progress=progress,
+            strict=strict,
             **options,
         )
 
     def select(
         self,
-        results: dict[str, SiteSplitting],
+        results: dict,
         max_count: int,
         threshold: float = 0.0,
         *,
         allow_inexact: bool = False,
-    ) -> list[SplitRequest]:
-        """At most ``max_count`` channels with the most negative indexes below ``threshold``, skipping channels
-        that cannot be split together (see :func:`splitgrow.surgery.select_splits`)."""
-        return select_splits(results, max_count, threshold, graph=self.graph, allow_inexact=allow_inexact)
+        strict: bool = False,
+    ) -> Selection:
+        """At most ``max_count`` neurons with the most negative indexes below ``threshold`` (see
+        :func:`splitgrow.selection.select_splits`); sites left out are listed in the result's ``skipped`` and in
+        a warning (an error with ``strict``)."""
+        selection = select_splits(results, max_count, threshold, graph=self.graph, allow_inexact=allow_inexact)
+        report_skipped(self.graph, selection.skipped, strict=strict, what="selection")
+        return selection
 
     def split(
         self,
@@ -114,7 +141,7 @@ class SplittableNetwork:
         optimizer: torch.optim.Optimizer | None = None,
         allow_inexact: bool = False,
     ) -> SplitReport:
-        """Split the requested channels in place, carrying ``optimizer``'s state (see
+        """Split the requested neurons in place, carrying ``optimizer``'s state (see
         :func:`splitgrow.surgery.split_network`)."""
         report = split_network(
             self.model, self.graph, requests, epsilon, optimizer=optimizer, allow_inexact=allow_inexact

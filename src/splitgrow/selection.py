@@ -1,11 +1,27 @@
-"""Which neurons to split: at most m_* of them, with the smallest indexes, all below the threshold lambda_*."""
+"""Which neurons to split: Algorithm 1's rule (at most m_* neurons with the smallest indexes, all below the threshold
+lambda_*) and energy-aware selection within a budget of parameters or FLOPs.
+
+In a network the unit of selection is a neuron of a site, which is one *coupling group* of channels (a pointwise
+channel and the depthwise filter it feeds are one neuron): counts, ratios and budgets count groups, and a group
+is never requested twice. Splitting neuron j lowers the loss by about -eps^2/2 * lambda_j (Theorem 2.4: the
+decreases of several neurons add up) and adds its site's cost; under a budget, choosing the set that lowers the
+loss most is a 0/1 knapsack, solved exactly as an integer program by HiGHS (``scipy.optimize.milp``).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from .errors import SplitgrowError
+from .graph import ChannelGraph
+from .surgery import SplitRequest
+
+COST_KINDS = ("parameters", "flops")
 
 
 def validate_selection(max_count: int, threshold: float) -> None:
@@ -37,3 +53,129 @@ def select_neurons(indexes: Tensor, max_count: int, threshold: float = 0.0) -> T
     order = torch.argsort(indexes, stable=True)
     eligible = order[indexes[order] < threshold]
     return eligible[:max_count].clone()
+
+
+class Selection(list):
+    """The chosen :class:`~splitgrow.surgery.SplitRequest` objects, most negative index first, with ``skipped``:
+    the sites that could not take part, and why."""
+
+    def __init__(self, requests=(), skipped: dict[str, str] | None = None) -> None:
+        super().__init__(requests)
+        self.skipped = dict(skipped or {})
+
+
+def _candidates(
+    results: Mapping, threshold: float, graph: ChannelGraph | None, allow_inexact: bool
+) -> tuple[list[tuple[float, str, int]], dict[str, str]]:
+    """(index, site, channel) of every eligible neuron, and the sites left out with the reason."""
+    candidates, skipped = [], {}
+    for name, result in results.items():
+        if graph is not None:
+            site = graph.sites.get(name)
+            if site is None:
+                skipped[name] = "not a site of this graph"
+                continue
+            if not site.splittable:
+                skipped[name] = site.reason
+                continue
+            if not site.exact and not allow_inexact:
+                skipped[name] = f"inexact ({site.inexact_reason}); pass allow_inexact=True to split it"
+                continue
+        converged = getattr(result, "converged", None)
+        converged = None if converged is None else converged.tolist()
+        unconverged = 0
+        for channel, index in enumerate(result.indexes.tolist()):
+            if not index < threshold:
+                continue
+            if converged is not None and not converged[channel]:
+                unconverged += 1
+                continue
+            candidates.append((index, name, channel))
+        if unconverged:
+            skipped[f"{name} ({unconverged} neurons)"] = "their iterative solve did not converge"
+    return candidates, skipped
+
+
+def _request(results: Mapping, name: str, channel: int, index: float, graph: ChannelGraph | None) -> SplitRequest:
+    return SplitRequest(
+        name, channel, results[name].directions[channel], index, None if graph is None else graph.fingerprint
+    )
+
+
+def select_splits(
+    results: Mapping,
+    max_count: int,
+    threshold: float = 0.0,
+    *,
+    graph: ChannelGraph | None = None,
+    allow_inexact: bool = False,
+) -> Selection:
+    """The at most ``max_count`` neurons with the most negative splitting indexes, all below ``threshold``, across
+    every site, as split requests along their splitting gradients (Algorithm 1, step 3).
+
+    With ``graph``, sites that are not splittable (or inexact, unless allowed) are skipped and listed in the
+    result's ``skipped``, and each request carries the graph's fingerprint. Neurons whose iterative solve did not
+    converge are never chosen. Linear in the number of candidates: a site's neurons are distinct coupling groups,
+    so no two candidates conflict.
+    """
+    validate_selection(max_count, threshold)
+    if graph is not None:
+        graph.check_current()
+    candidates, skipped = _candidates(results, threshold, graph, allow_inexact)
+    candidates.sort()
+    chosen = [_request(results, name, channel, index, graph) for index, name, channel in candidates[:max_count]]
+    return Selection(chosen, skipped)
+
+
+def select_within_budget(
+    results: Mapping,
+    costs: Mapping[str, float],
+    budget: float,
+    *,
+    threshold: float = 0.0,
+    graph: ChannelGraph | None = None,
+    max_count: int | None = None,
+    allow_inexact: bool = False,
+) -> Selection:
+    """The splits maximising the total predicted loss decrease with total cost at most ``budget``.
+
+    Args:
+        results: splitting results per site (``indexes``, ``directions`` and optionally ``converged``).
+        costs: the cost of one split per site (see :func:`splitgrow.inspection.split_costs`); sites without a cost
+            are skipped.
+        budget: the largest total cost.
+        threshold: lambda_*; only neurons with index below it are candidates.
+        graph: with it, unsplittable (and, unless allowed, inexact) sites are skipped.
+        max_count: also at most this many splits (m_*).
+
+    Returns:
+        Split requests sorted by increasing index; empty when nothing fits.
+    """
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    if not budget >= 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    if graph is not None:
+        graph.check_current()
+    candidates, skipped = _candidates(results, threshold, graph, allow_inexact)
+    for name in {name for _, name, _ in candidates} - set(costs):
+        skipped[name] = "no cost given for it"
+    candidates = [c for c in candidates if c[1] in costs]
+    if not candidates:
+        return Selection([], skipped)
+    count = len(candidates)
+    objective = np.array([index for index, _, _ in candidates])  # minimise sum of lambda = maximise decrease
+    rows, upper = [np.array([float(costs[name]) for _, name, _ in candidates])], [budget]
+    if max_count is not None:
+        rows.append(np.ones(count))
+        upper.append(max_count)
+    solution = milp(
+        objective,
+        constraints=LinearConstraint(np.vstack(rows), -np.inf, np.array(upper, dtype=float)),
+        integrality=np.ones(count),
+        bounds=Bounds(0, 1),
+    )
+    if not solution.success:
+        raise SplitgrowError(f"the budgeted selection could not be solved: {solution.message}")
+    chosen = sorted(candidates[i] for i in np.flatnonzero(solution.x > 0.5))
+    return Selection([_request(results, name, channel, index, graph) for index, name, channel in chosen], skipped)

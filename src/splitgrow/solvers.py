@@ -171,8 +171,9 @@ def lobpcg_smallest(
         applied = torch.stack([ax, aw, aq], dim=2)
         projected = basis.transpose(1, 2) @ applied  # (n, 3, 3)
         projected = 0.5 * (projected + projected.transpose(1, 2))
-        # without q the third direction is absent: push its Ritz value far away
-        far = 1e30 * (1 + projected.abs().amax(dim=(1, 2)))
+        # without q the third direction is absent: put its Ritz value above every other one (Gershgorin: the
+        # 2 x 2 block's eigenvalues are within twice its largest entry), without overflowing float32
+        far = 4.0 * projected.abs().amax(dim=(1, 2)) + 1.0
         projected[:, 2, 2] += torch.where(use_q, torch.zeros_like(q_norms), far)
         ritz_vectors = torch.linalg.eigh(projected)[1]
         y = ritz_vectors[:, :, 0]  # (n, 3)

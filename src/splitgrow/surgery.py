@@ -1,29 +1,31 @@
 """Function-preserving network surgery: split channels of any model, and carry the optimiser's state along.
 
-Splitting channel j of a site inserts a copy of every coupled slice right after the original:
+Splitting neuron j of a site inserts a copy of every position its coupling group reaches, right after the
+original (the layer handlers say which tensors each module indexes by its output and input channels):
 
-* the site's producer: row j becomes theta + eps v and the inserted row theta - eps v (theta = weight row, then
-  bias; v is a unit vector of the same layout);
-* other producers coupled to the channel (through an elementwise sum, or upstream of a depthwise conv) and
-  per-channel layers (BatchNorm weights, biases and running statistics; depthwise filters): exact copies;
-* consumers (Linear / Conv2d inputs; a flattened channel is a block of H*W columns): the block is duplicated and
-  both copies are halved.
+* the site's members (the producers whose rows make theta): row j becomes theta + eps v and the inserted copy
+  theta - eps v, each member taking its part of the unit direction v;
+* other producers in the group (layers summed into a residual stream of an inexact site) and per-channel tensors
+  (BatchNorm weights, biases and running statistics): exact copies;
+* consumers (Linear or convolution inputs; a flattened channel is several runs of columns): the runs are
+  duplicated and both copies are halved.
 
-Inserting next to the original (rather than appending at the end) keeps every index map of the graph valid at
-once: concatenation offsets, flatten blocks and elementwise sums all commute with "insert a copy after position j".
-With eps = 0 the network computes the same function.
+Inserting next to the original (rather than appending at the end) keeps every index map valid at once:
+concatenation offsets, equal chunks, flatten blocks and elementwise sums all commute with "insert a copy right
+after each run". With eps = 0 the network computes the same function.
 
-Parameters are changed in place (``parameter.data = ...``), so an optimiser keeps working on the same objects.
-Its state follows the same channel map, with a rule that keeps it consistent with the new parameterisation:
-at a split, the gradient of each offspring's parameters (producer rows and per-channel entries) is half the
-parent's, while a consumer column's gradient is unchanged. Hence, for duplicated producer and per-channel
-entries, first-moment state (SGD ``momentum_buffer``, Adam ``exp_avg``, ...) is halved and second-moment state
-(Adam ``exp_avg_sq``, Adagrad ``sum``, RMSprop ``square_avg``, ...) is quartered, so that Adam's update
-m / sqrt(v) is unchanged; consumer columns keep their state; step counts are unchanged.
+Parameters are changed in place (``parameter.data = ...``), so an optimiser keeps working on the same objects. Its
+state follows the same map, with a rule that keeps it consistent with the new parameterisation: at a split, the
+gradient of each offspring's parameters (member and copied rows) is half the parent's, while a consumer column's
+gradient is unchanged. Hence, for duplicated rows, first-moment state (SGD ``momentum_buffer``, Adam ``exp_avg``,
+...) is halved and second-moment state (Adam ``exp_avg_sq``, Adagrad ``sum``, RMSprop ``square_avg``, ...) is
+quartered, so that Adam's update m / sqrt(v) is unchanged; consumer columns keep their state; step counts are
+unchanged. State splitgrow does not know how to carry is refused before anything changes.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,43 +33,67 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .graph import ChannelGraph, GraphError
+from .graph import ChannelGraph, GraphError, Member, handler_of
 
 #: optimiser state entries that scale like the gradient
 FIRST_MOMENT_STATES = frozenset({"momentum_buffer", "exp_avg", "grad_avg", "exp_inf"})
 #: optimiser state entries that scale like the squared gradient
 SECOND_MOMENT_STATES = frozenset({"exp_avg_sq", "max_exp_avg_sq", "sum", "square_avg", "acc_delta"})
 
+OUTPUTS, INPUTS = "outputs", "inputs"
+
 
 @dataclass(frozen=True)
 class SplitRequest:
-    """Split output channel ``channel`` of site ``site`` along ``direction`` (unit, (d,)), or duplicate it
-    exactly when ``direction`` is None. ``index`` is its splitting index, when known."""
+    """Split neuron ``channel`` of site ``site`` along ``direction`` (a unit vector of the site's d parameters),
+    or duplicate it exactly when ``direction`` is None.
+
+    ``index`` is its splitting index, when known; ``fingerprint`` identifies the model the request was made for
+    (:func:`splitgrow.graph.model_fingerprint`), so that a request made before another split is refused instead of
+    splitting a different neuron.
+    """
 
     site: str
     channel: int
     direction: Tensor | None = None
     index: float | None = None
+    fingerprint: tuple | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
 class _Unit:
-    """One duplicated block of positions along one dimension of one module."""
+    """Positions of one module's dimension duplicated for one request: each run (start, length) gets a copy
+    inserted right after it."""
 
-    positions: tuple[int, ...]
-    role: str  # "site", "copy" (producer or per-channel entry duplicated exactly) or "consumer"
+    runs: tuple[tuple[int, int], ...]
+    role: str  # "member" (perturbed +/- eps v), "copy" (duplicated exactly) or "consumer" (duplicated, halved)
     request: SplitRequest
+    member: Member | None = None
+    columns: slice | None = None  # the member's part of the direction
+
+    def positions(self) -> set[int]:
+        return {start + k for start, length in self.runs for k in range(length)}
 
 
 @dataclass
 class SplitReport:
-    """What :func:`split_network` did."""
+    """What :func:`split_network` did.
+
+    Attributes:
+        requests: the splits, in order.
+        epsilon: the step size.
+        modules: every module that changed, with ``"outputs"`` and/or ``"inputs"``.
+        parameters_before, parameters_after: the model's parameter counts.
+        offspring: for each request, (member module, row of the theta + eps v offspring, row of the theta - eps v
+            offspring) for each member of its site, in the site's order: where the offspring are in the grown model.
+    """
 
     requests: list[SplitRequest]
     epsilon: float
     modules: dict[str, list[str]] = field(default_factory=dict)
     parameters_before: int = 0
     parameters_after: int = 0
+    offspring: list[list[tuple[str, int, int]]] = field(default_factory=list)
 
     @property
     def predicted_change(self) -> float | None:
@@ -82,69 +108,111 @@ def parameter_count(module: nn.Module, *, recurse: bool = True) -> int:
     return sum(parameter.numel() for parameter in module.parameters(recurse=recurse))
 
 
-def plan_split(
-    graph: ChannelGraph, requests: Sequence[SplitRequest], *, allow_inexact: bool = False
-) -> dict[tuple[str, int], list[_Unit]]:
-    """Every (module, dimension) a set of splits changes, with its duplicated blocks; checks everything first.
+def _runs(positions: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    runs: list[list[int]] = []
+    for position in sorted(positions):
+        if runs and position == runs[-1][0] + runs[-1][1]:
+            runs[-1][1] += 1
+        else:
+            runs.append([position, 1])
+    return tuple((start, length) for start, length in runs)
 
-    Raises:
-        GraphError: an unknown site or channel, a split that touches something splitgrow cannot grow, an
-            inexact site (unless ``allow_inexact``), or two requests coupled to the same channel.
-    """
-    plan: dict[tuple[str, int], list[_Unit]] = defaultdict(list)
-    for request in requests:
-        if request.site not in graph.sites:
-            known = ", ".join(graph.sites) or "none"
-            note = f" ({graph.not_sites[request.site]})" if request.site in graph.not_sites else ""
-            raise GraphError(f"'{request.site}' is not a splittable site{note}; sites: {known}")
-        site = graph.sites[request.site]
-        if not 0 <= request.channel < site.num_neurons:
-            raise GraphError(f"site '{site.name}' has {site.num_neurons} channels, not channel {request.channel}")
-        if not site.splittable:
-            raise GraphError(f"cannot split '{site.name}': {site.reason}")
-        if not site.exact and not allow_inexact:
+
+def _check_request(graph: ChannelGraph, request: SplitRequest, allow_inexact: bool) -> None:
+    if request.site not in graph.sites:
+        known = ", ".join(graph.sites) or "none"
+        note = f" ({graph.not_sites[request.site]})" if request.site in graph.not_sites else ""
+        raise GraphError(f"'{request.site}' is not a splittable site{note}; sites: {known}")
+    site = graph.sites[request.site]
+    if request.fingerprint is not None and request.fingerprint != graph.fingerprint:
+        raise GraphError(
+            f"the request for '{site.name}' channel {request.channel} was made for the model before a later change; "
+            "compute the splitting statistics and select again"
+        )
+    if isinstance(request.channel, bool) or not isinstance(request.channel, int):
+        raise GraphError(f"the channel of a split request must be an integer, got {request.channel!r}")
+    if not 0 <= request.channel < site.num_neurons:
+        raise GraphError(f"site '{site.name}' has {site.num_neurons} channels, not channel {request.channel}")
+    if not site.splittable:
+        raise GraphError(f"cannot split '{site.name}': {site.reason}")
+    if not site.exact and not allow_inexact:
+        raise GraphError(
+            f"'{site.name}' is an inexact site ({site.inexact_reason}); pass allow_inexact=True to split it"
+        )
+    if request.direction is not None:
+        direction = torch.as_tensor(request.direction)
+        if direction.numel() != site.neuron_dim:
             raise GraphError(
-                f"'{site.name}' is an inexact site ({site.inexact_reason}); pass allow_inexact=True to split it"
-            )
-        if request.direction is not None and request.direction.numel() != site.neuron_dim:
-            raise GraphError(
-                f"the direction for '{site.name}' has {request.direction.numel()} entries; its neurons have "
+                f"the direction for '{site.name}' has {direction.numel()} entries; its neurons have "
                 f"{site.neuron_dim} parameters"
             )
-        closure = graph.closure(site.name, request.channel)
-        for space_name, positions in closure.items():
-            space = graph.spaces[space_name]
+        if not bool(torch.isfinite(direction).all()):
+            raise GraphError(f"the direction for '{site.name}' channel {request.channel} is not finite (NaN or inf)")
+        if float(direction.norm()) == 0.0:
+            raise GraphError(f"the direction for '{site.name}' channel {request.channel} is zero; pass None to copy")
+
+
+def plan_split(
+    graph: ChannelGraph, requests: Sequence[SplitRequest], *, allow_inexact: bool = False
+) -> dict[tuple[str, str], list[_Unit]]:
+    """Every (module, ``"outputs"``/``"inputs"``) a set of splits changes, with its duplicated runs; checks
+    everything first.
+
+    Raises:
+        GraphError: a stale graph or request, an unknown site or channel, a non-finite direction, a split that
+            touches something splitgrow cannot grow, an inexact site (unless ``allow_inexact``), or two requests
+            for one neuron.
+    """
+    graph.check_current()
+    plan: dict[tuple[str, str], list[_Unit]] = defaultdict(list)
+    seen: set[tuple[str, int]] = set()
+    for request in requests:
+        _check_request(graph, request, allow_inexact)
+        key = (request.site, request.channel)
+        if key in seen:
+            raise GraphError(f"channel {request.channel} of '{request.site}' is requested twice")
+        seen.add(key)
+        site = graph.sites[request.site]
+        members = {(m.module, m.offset + request.channel): (m, columns) for m, columns in site.member_slices()}
+        for space_key, positions in graph.closure(site.name, request.channel).items():
+            space = graph.spaces[space_key]
             for module in dict.fromkeys(space.producers + space.per_channel):
-                role = "site" if module == site.name and space_name == site.space else "copy"
-                _add_unit(plan, (module, 0), _Unit(tuple(positions), role, request))
+                for position in positions:
+                    member, columns = members.get((module, position), (None, None))
+                    role = "member" if member is not None and module in space.producers else "copy"
+                    unit = _Unit(((position, 1),), role, request, member, columns)
+                    _add_unit(plan, (module, OUTPUTS), unit)
             for module in space.consumers:
-                _add_unit(plan, (module, 1), _Unit(tuple(positions), "consumer", request))
+                _add_unit(plan, (module, INPUTS), _Unit(_runs(positions), "consumer", request))
     return dict(plan)
 
 
-def _add_unit(plan: dict, key: tuple[str, int], unit: _Unit) -> None:
+def _add_unit(plan: dict, key: tuple[str, str], unit: _Unit) -> None:
     units = plan[key]
+    new = unit.positions()
     for other in units:
-        if other.request is unit.request:
-            if other.positions == unit.positions:
-                if unit.role == "site":
-                    other.role = "site"
-                return
-        elif set(other.positions) & set(unit.positions):
+        if other.request is unit.request and other.positions() == new:
+            if unit.role == "member":
+                other.role, other.member, other.columns = "member", unit.member, unit.columns
+            return
+        if other.positions() & new:
             raise GraphError(
                 f"channel {unit.request.channel} of '{unit.request.site}' and channel {other.request.channel} of "
                 f"'{other.request.site}' are coupled (both reach '{key[0]}'); split them in separate steps"
             )
-    if len(unit.positions) > 1 and list(unit.positions) != list(range(unit.positions[0], unit.positions[-1] + 1)):
-        raise GraphError(f"channel {unit.request.channel} of '{unit.request.site}' is not contiguous in '{key[0]}'")
     units.append(unit)
 
 
 def _new_order(size: int, units: list[_Unit]) -> tuple[Tensor, dict[int, _Unit], dict[int, _Unit]]:
-    """The gather index of the grown dimension, and for each new position the unit it belongs to (original and
-    inserted copy separately)."""
-    last = {unit.positions[-1]: unit for unit in units}
-    members = {p: unit for unit in units for p in unit.positions}
+    """The gather index of the grown dimension, and for each new position the unit it belongs to (originals and
+    inserted copies separately)."""
+    ends: dict[int, list[tuple[int, int, _Unit]]] = defaultdict(list)
+    members: dict[int, _Unit] = {}
+    for unit in units:
+        for start, length in unit.runs:
+            ends[start + length - 1].append((start, length, unit))
+            for k in range(length):
+                members[start + k] = unit
     order: list[int] = []
     originals: dict[int, _Unit] = {}
     copies: dict[int, _Unit] = {}
@@ -152,45 +220,11 @@ def _new_order(size: int, units: list[_Unit]) -> tuple[Tensor, dict[int, _Unit],
         if position in members:
             originals[len(order)] = members[position]
         order.append(position)
-        if position in last:
-            unit = last[position]
-            for source in unit.positions:
+        for start, length, unit in ends.get(position, []):
+            for source in range(start, start + length):
                 copies[len(order)] = unit
                 order.append(source)
     return torch.tensor(order, dtype=torch.long), originals, copies
-
-
-def parameters_along(module: nn.Module, dim: int) -> list[tuple[str, Tensor, int]]:
-    """(name, tensor, dimension) of every parameter or buffer of ``module`` indexed by its dim 0 (outputs) or
-    dim 1 (inputs)."""
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        names = ["weight", "bias", "running_mean", "running_var"]
-        return [(n, getattr(module, n), 0) for n in names if getattr(module, n) is not None]
-    if isinstance(module, (nn.Linear, nn.Conv2d)):
-        if dim == 0:
-            found = [("weight", module.weight, 0)]
-            if module.bias is not None:
-                found.append(("bias", module.bias, 0))
-            return found
-        return [("weight", module.weight, 1)]
-    raise GraphError(f"splitgrow cannot resize {type(module).__name__}")
-
-
-def _resize_attributes(module: nn.Module, dim: int, size: int) -> None:
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        module.num_features = size
-    elif isinstance(module, nn.Linear):
-        if dim == 0:
-            module.out_features = size
-        else:
-            module.in_features = size
-    elif isinstance(module, nn.Conv2d):
-        if module.groups > 1:  # depthwise: channels in = out = groups
-            module.in_channels = module.out_channels = module.groups = size
-        elif dim == 0:
-            module.out_channels = size
-        else:
-            module.in_channels = size
 
 
 def _state_scale(key: str, role: str) -> float:
@@ -206,6 +240,22 @@ def _state_scale(key: str, role: str) -> float:
     )
 
 
+def _check_optimizer(optimizer: torch.optim.Optimizer, parameters: list[Tensor]) -> None:
+    """Refuse, before anything changes, optimiser state of the parameters that will grow that cannot follow."""
+    for parameter in parameters:
+        state = optimizer.state.get(parameter, {})
+        for key, value in state.items():
+            if not isinstance(value, Tensor) or value.dim() == 0:
+                continue
+            if value.shape != parameter.shape:
+                raise GraphError(
+                    f"optimiser state {key!r} has shape {tuple(value.shape)}, its parameter "
+                    f"{tuple(parameter.shape)}: splitgrow cannot carry it across a split (factored or sharded "
+                    "state); rebuild the optimiser after the split instead"
+                )
+            _state_scale(key, "copy")
+
+
 @torch.no_grad()
 def _grow_tensor(
     tensor: Tensor, dim: int, order: Tensor, scaled: dict[int, float], perturb: dict[int, Tensor] | None = None
@@ -216,7 +266,7 @@ def _grow_tensor(
         moved[position] *= factor
     if perturb:
         for position, delta in perturb.items():
-            moved[position] += delta.view_as(moved[position]).to(moved)
+            moved[position] += delta.reshape(moved[position].shape).to(moved)
     return grown
 
 
@@ -229,141 +279,171 @@ def split_network(
     optimizer: torch.optim.Optimizer | None = None,
     allow_inexact: bool = False,
 ) -> SplitReport:
-    """Split channels of ``model`` in place (see the module docstring for the rule); the graph becomes stale.
+    """Split neurons of ``model`` in place (see the module docstring for the rule); the graph becomes stale.
 
     Args:
-        model: the network ``graph`` was built from.
-        graph: its :class:`ChannelGraph`.
-        requests: the channels to split, at most one request per coupled channel.
-        epsilon: step size (>= 0); each direction is normalised to unit length.
-        optimizer: if given, its state is carried along the same channel map.
+        model: the network ``graph`` was traced from.
+        graph: its :class:`ChannelGraph` (GraphError if the model changed since).
+        requests: the neurons to split, at most one request per neuron.
+        epsilon: step size (finite, >= 0); each direction is normalised to unit length.
+        optimizer: if given, its state is carried along the same map.
         allow_inexact: also split sites whose second-order prediction is not exact.
 
     Returns:
         A :class:`SplitReport`. Nothing is changed if any check fails.
     """
-    if epsilon < 0:
-        raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < 0:
+        raise GraphError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
     plan = plan_split(graph, requests, allow_inexact=allow_inexact)
-    if optimizer is not None:
-        for state in optimizer.state.values():
-            for key, value in state.items():
-                if isinstance(value, Tensor) and value.dim() > 0:
-                    _state_scale(key, "copy")
     modules = dict(model.named_modules())
-    report = SplitReport(list(requests), epsilon, parameters_before=parameter_count(model))
-    # Inputs first: a site whose inputs grow in the same step gets its direction mapped like its weight row.
-    column_maps: dict[str, tuple[Tensor, set[int]]] = {}
-    for (module_name, dim), units in sorted(plan.items(), key=lambda item: -item[0][1]):
+    changes = []
+    for (module_name, role), units in plan.items():
         module = modules[module_name]
-        tensors = parameters_along(module, dim)
-        size = tensors[0][1].shape[tensors[0][2]]
-        order, originals, copies = _new_order(size, units)
+        handler = handler_of(graph, module_name)
+        tensors = handler.output_tensors(module) if role == OUTPUTS else handler.input_tensors(module)
+        changes.append((module_name, role, module, handler, tensors, units))
+    if optimizer is not None:
+        grown = [getattr(m, name) for _, _, m, _, tensors, _ in changes for name, _ in tensors]
+        _check_optimizer(optimizer, [p for p in grown if isinstance(p, nn.Parameter)])
+    report = SplitReport(list(requests), epsilon, parameters_before=parameter_count(model))
+    # each member's rows of +eps v, in the layout of its weights before anything grows
+    deltas = {
+        id(unit): _member_rows(module, handler, unit, epsilon)
+        for _, role, module, handler, _, units in changes
+        if role == OUTPUTS
+        for unit in units
+        if unit.role == "member" and unit.request.direction is not None and epsilon > 0
+    }
+    # inputs first: a member whose inputs grow in the same step gets its direction mapped like its weight row
+    column_maps: dict[str, tuple[Tensor, set[int]]] = {}
+    rows: dict[int, list[tuple[int, str, int, int]]] = defaultdict(list)
+    for module_name, role, module, handler, tensors, units in sorted(changes, key=lambda c: c[1] != INPUTS):
+        if not tensors:
+            continue
+        first = getattr(module, tensors[0][0])
+        order, originals, copies = _new_order(first.shape[tensors[0][1]], units)
         roles = {position: unit.role for position, unit in {**originals, **copies}.items()}
-        if dim == 1:
+        if role == INPUTS:
             column_maps[module_name] = (order, set(roles))
-        for name, tensor, tensor_dim in tensors:
-            perturb = None
-            scaled: dict[int, float] = {}
-            if dim == 1:
-                scaled = {position: 0.5 for position in roles}
-            elif isinstance(tensor, nn.Parameter):
-                perturb = _site_perturbations(module, name, originals, copies, epsilon, column_maps.get(module_name))
-            new_value = _grow_tensor(tensor.data, tensor_dim, order, scaled, perturb)
+        perturbations = None
+        if role == OUTPUTS:
+            perturbations = _perturbations(module, handler, originals, copies, deltas, column_maps.get(module_name))
+            copy_of = {id(unit): position for position, unit in copies.items()}
+            for position, unit in originals.items():
+                if unit.role == "member":
+                    rows[id(unit.request)].append((unit.columns.start, module_name, position, copy_of[id(unit)]))
+        for name, dim in tensors:
+            tensor = getattr(module, name)
+            scaled = {position: 0.5 for position in roles} if role == INPUTS else {}
+            perturb = None if perturbations is None else perturbations.get(name)
+            new_value = _grow_tensor(tensor.data, dim, order, scaled, perturb)
             if optimizer is not None and isinstance(tensor, nn.Parameter) and tensor in optimizer.state:
-                _grow_state(optimizer.state[tensor], tensor, tensor_dim, order, roles)
-            tensor.data = new_value
+                _grow_state(optimizer.state[tensor], tensor, dim, order, roles)
             if isinstance(tensor, nn.Parameter):
+                tensor.data = new_value
                 tensor.grad = None
-        _resize_attributes(module, dim, len(order))
-        report.modules.setdefault(module_name, []).append("inputs" if dim == 1 else "outputs")
+            else:
+                setattr(module, name, new_value)
+        size = len(order)
+        handler.resize(module, **({"outputs": size} if role == OUTPUTS else {"inputs": size}))
+        report.modules.setdefault(module_name, []).append(role)
     report.parameters_after = parameter_count(model)
+    report.offspring = [[entry[1:] for entry in sorted(rows[id(request)])] for request in requests]
     return report
 
 
-def _site_perturbations(
+def _member_rows(module: nn.Module, handler, unit: _Unit, epsilon: float) -> dict[str, Tensor]:
+    """eps times the member's part of the unit direction, as rows of the module's tensors (by name)."""
+    direction = torch.as_tensor(unit.request.direction).reshape(-1).to(torch.float64)
+    part = (epsilon * direction / direction.norm())[unit.columns]
+    return {name: row[0] for name, row in handler.parameters_from_theta(module, part.unsqueeze(0)).items()}
+
+
+def _perturbations(
     module: nn.Module,
-    name: str,
+    handler,
     originals: dict[int, _Unit],
     copies: dict[int, _Unit],
-    epsilon: float,
+    deltas: dict[int, dict[str, Tensor]],
     column_map: tuple[Tensor, set[int]] | None,
-) -> dict[int, Tensor] | None:
-    """+eps v on the original row and -eps v on the inserted copy, for the site's own producer.
+) -> dict[str, dict[int, Tensor]] | None:
+    """+eps v on each member row and -eps v on its inserted copy, by tensor name.
 
     ``column_map`` (new input order, duplicated positions) is given when the module's inputs grew in the same
     step: the direction's weight part then follows the weight row (duplicated columns halved), so that the
-    perturbation of the pre-activation is the one the splitting matrix was computed for.
+    perturbation of the output is the one the splitting matrix was computed for.
     """
-    perturb: dict[int, Tensor] = {}
+    found: dict[str, dict[int, Tensor]] = defaultdict(dict)
+    input_dims = dict(handler.input_tensors(module))
     for sign, positions in ((1.0, originals), (-1.0, copies)):
         for position, unit in positions.items():
-            if unit.role != "site" or unit.request.direction is None or epsilon == 0:
+            if id(unit) not in deltas:
                 continue
-            direction = unit.request.direction.reshape(-1).to(module.weight)
-            direction = direction / direction.norm()
-            entries = direction.numel() - (module.bias is not None)
-            if name == "bias":
-                perturb[position] = sign * epsilon * direction[entries:]
-                continue
-            part = direction[:entries]
-            if column_map is not None:
-                order, halved = column_map
-                row_shape = (-1, *module.weight.shape[2:])
-                part = part.view(row_shape).index_select(0, order.to(part.device)).clone()
-                for column in halved:
-                    part[column] *= 0.5
-            perturb[position] = sign * epsilon * part.reshape(-1)
-    return perturb or None
+            for name, row in deltas[id(unit)].items():
+                if column_map is not None and name in input_dims:
+                    order, halved = column_map
+                    row_dim = input_dims[name] - 1
+                    row = row.index_select(row_dim, order.to(row.device)).clone()
+                    moved = row.movedim(row_dim, 0)
+                    for column in halved:
+                        moved[column] *= 0.5
+                found[name][position] = sign * row
+    return dict(found) or None
 
 
 def _grow_state(state: dict, parameter: Tensor, dim: int, order: Tensor, roles: dict[int, str]) -> None:
     for key, value in list(state.items()):
-        if not isinstance(value, Tensor) or value.shape != parameter.shape:
+        if not isinstance(value, Tensor) or value.dim() == 0:
             continue
         scaled = {position: _state_scale(key, role) for position, role in roles.items()}
         scaled = {position: factor for position, factor in scaled.items() if factor != 1.0}
         state[key] = _grow_tensor(value, dim, order, scaled)
 
 
-def select_splits(
-    results: dict,
-    max_count: int,
-    threshold: float = 0.0,
-    *,
-    graph: ChannelGraph | None = None,
-    allow_inexact: bool = False,
-) -> list[SplitRequest]:
-    """The at most ``max_count`` channels with the most negative splitting indexes, all below ``threshold``,
-    across every site, as split requests along their splitting gradients.
+def resize_like(model: nn.Module, state_dict: dict[str, Tensor]) -> list[str]:
+    """Resize every layer of ``model`` to the shapes of ``state_dict`` (that of a grown copy of the same
+    architecture), so that ``model.load_state_dict(state_dict)`` then loads exactly. Returns the resized modules.
 
-    With ``graph``, channels that are not splittable (or inexact, unless allowed) are skipped, and so is a channel
-    coupled to one already chosen (they would have to be split in separate steps). Channels whose iterative solve
-    did not converge are never chosen.
+    This is how a grown custom model is rebuilt: construct it as before growth, resize it to the saved state, load
+    the state. Only layers with a handler can be resized; the tensors get the saved shapes (their values come with
+    the state_dict).
+
+    Raises:
+        GraphError: a tensor of another shape in a module splitgrow cannot resize, or a missing tensor.
     """
-    from .selection import validate_selection
+    from .layers import handler_for
 
-    validate_selection(max_count, threshold)
-    candidates = []
-    for name, result in results.items():
-        if graph is not None:
-            site = graph.sites[name]
-            if not site.splittable or (not site.exact and not allow_inexact):
-                continue
-        converged = result.converged.tolist() if getattr(result, "converged", None) is not None else None
-        for channel, index in enumerate(result.indexes.tolist()):
-            if index < threshold and (converged is None or converged[channel]):
-                candidates.append((index, name, channel))
-    candidates.sort()
-    chosen: list[SplitRequest] = []
-    for index, name, channel in candidates:
-        if len(chosen) == max_count:
-            break
-        request = SplitRequest(name, channel, results[name].directions[channel], index)
-        if graph is not None:
-            try:
-                plan_split(graph, [*chosen, request], allow_inexact=allow_inexact)
-            except GraphError:
-                continue
-        chosen.append(request)
-    return chosen
+    resized = []
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        changed = {}
+        for name, tensor in own:
+            saved = state_dict.get(prefix + name)
+            if saved is None:
+                raise GraphError(f"the saved state has no '{prefix + name}': it is not a state of this architecture")
+            if tuple(saved.shape) != tuple(tensor.shape):
+                changed[name] = tuple(saved.shape)
+        if not changed:
+            continue
+        handler = handler_for(module)
+        if handler is None:
+            raise GraphError(
+                f"'{module_name}' ({type(module).__name__}) has tensors of other shapes in the saved state and "
+                "splitgrow cannot resize it"
+            )
+        for name, shape in changed.items():
+            tensor = getattr(module, name)
+            new = torch.empty(shape, dtype=tensor.dtype, device=tensor.device)
+            if isinstance(tensor, nn.Parameter):
+                tensor.data = new  # the same Parameter object: an optimiser built on the model keeps working
+            else:
+                setattr(module, name, new)
+        sizes = {}
+        for role, tensors in ((OUTPUTS, handler.output_tensors(module)), (INPUTS, handler.input_tensors(module))):
+            for name, dim in tensors:
+                if name in changed:
+                    sizes[role] = changed[name][dim]
+        handler.resize(module, **sizes)
+        resized.append(module_name)
+    return resized

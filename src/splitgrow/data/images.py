@@ -17,6 +17,7 @@ import io
 import pickle
 import tarfile
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,27 +98,41 @@ class ImageDataset:
 # ------------------------------------------------------------------------------------------ file formats
 
 
-def _open(path: Path) -> bytes:
+_REPLACE = "replace the file (a fresh copy, or --download)"
+
+
+def _read(path: Path) -> bytes:
     try:
-        raw = path.read_bytes()
-        return gzip.decompress(raw) if path.suffix == ".gz" else raw
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
-        raise DataError(f"cannot read {path}: {error}") from None
+        return path.read_bytes()
+    except OSError as error:
+        raise DataError(f"cannot read the data file: {error.strerror}", path, "check its permissions") from None
+
+
+def _open(path: Path) -> bytes:
+    raw = _read(path)
+    if path.suffix != ".gz":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"corrupt gzip file ({error or 'cut short'})", path, _REPLACE) from None
 
 
 def read_idx(path: Path) -> np.ndarray:
     """An IDX array (the MNIST format): magic 0x0000 08 <ndim>, big-endian int32 sizes, then uint8 data."""
     data = _open(path)
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise DataError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
+        raise DataError("not an IDX file of unsigned bytes (bad magic number)", path, _REPLACE)
     ndim = data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise DataError(f"{path} is truncated (incomplete header)")
+        raise DataError("truncated IDX file (incomplete header)", path, _REPLACE)
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header + int(np.prod(shape))
     if len(data) != expected:
-        raise DataError(f"{path} has {len(data)} bytes, its header announces {expected}: truncated or corrupt")
+        raise DataError(
+            f"{len(data)} bytes where the header announces {expected}: truncated or corrupt", path, _REPLACE
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -148,22 +163,42 @@ class _ArrayUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR batch")
 
 
+def _integer_array(values: object) -> np.ndarray | None:
+    """``values`` as an integer array (kept as it is if it is one) if they are all whole numbers, else None."""
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError):  # ragged lists
+        return None
+    if array.dtype.kind in "iu":
+        return array
+    if array.dtype.kind == "f" and np.isfinite(array).all() and (array == np.round(array)).all():
+        return array.astype(np.int64)
+    return None
+
+
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(images (N, 3, 32, 32) uint8, labels (N,)) from one ``cifar-10-batches-py`` file."""
+    """(images (N, 3, 32, 32) uint8, labels (N,)) from one ``cifar-10-batches-py`` file.
+
+    Raises:
+        DataError: the file is unreadable, not a CIFAR-10 batch, or holds pixels outside 0..255 or labels that are
+            not whole numbers.
+    """
     try:
-        batch = _ArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
-    except OSError as error:
-        raise DataError(f"cannot read {path}: {error}") from None
+        batch = _ArrayUnpickler(io.BytesIO(_read(path)), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
-        raise DataError(f"{path} is not a CIFAR-10 python batch (truncated or corrupt: {error})") from None
-    try:
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (KeyError, TypeError) as error:
-        raise DataError(f"{path} is not a CIFAR-10 python batch (no {error})") from None
-    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
-        raise DataError(f"{path} has data of shape {data.shape} and {labels.shape[0]} labels; expected (N, 3072)")
-    return data.reshape(-1, 3, 32, 32), labels
+        raise DataError(f"not a CIFAR-10 python batch (truncated or corrupt: {error})", path, _REPLACE) from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise DataError("not a CIFAR-10 python batch (no data and labels)", path, _REPLACE)
+    data, labels = _integer_array(batch[b"data"]), _integer_array(batch[b"labels"])
+    if data is None or data.ndim != 2 or data.shape[1] != 3072:
+        found = "non-integer pixels" if data is None else f"data of shape {data.shape}"
+        raise DataError(f"not a CIFAR-10 python batch ({found}; expected (N, 3072) bytes)", path, _REPLACE)
+    if data.size and (data.min() < 0 or data.max() > 255):
+        raise DataError(f"pixels from {data.min()} to {data.max()}, outside 0..255", path, _REPLACE)
+    if labels is None or labels.ndim != 1 or labels.shape[0] != data.shape[0]:
+        found = "labels that are not whole numbers" if labels is None else f"{labels.size} labels"
+        raise DataError(f"{found} for {data.shape[0]} images", path, _REPLACE)
+    return data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 # ------------------------------------------------------------------------------------------ locating and loading
@@ -180,7 +215,7 @@ def _find_idx(root: Path, stem: str, name: str) -> Path:
     for candidate in (root / stem, root / f"{stem}.gz", root / "raw" / stem, root / "raw" / f"{stem}.gz"):
         if candidate.is_file():
             return candidate
-    raise DataError(f"{name}: no {stem}[.gz] in {root}; {_HOW_TO_GET[name]}")
+    raise DataError(f"{name}: no {stem}[.gz]", root, _HOW_TO_GET[name])
 
 
 def _load_idx_split(root: Path, name: str, split: str) -> ImageDataset:
@@ -188,9 +223,10 @@ def _load_idx_split(root: Path, name: str, split: str) -> ImageDataset:
     images = read_idx(_find_idx(root, image_stem, name))
     labels = read_idx(_find_idx(root, label_stem, name))
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise DataError(f"{name} in {root}: {images.shape} images do not match {labels.shape} labels")
+        raise DataError(f"{name}: {images.shape} images do not match {labels.shape} labels", root, _REPLACE)
     if labels.max(initial=0) > 9:
-        raise DataError(f"{name} in {root}: labels above 9; the file is corrupt")
+        raise DataError(f"{name}: labels above 9, a file is corrupt", root, _REPLACE)
+    _require_images(name, split, images.shape[0], root)
     mean, std = STATISTICS[name]
     return ImageDataset(
         name, torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)), mean, std
@@ -204,27 +240,33 @@ def _load_cifar_split(root: Path, split: str) -> ImageDataset:
     for file in files:
         path = folder / file
         if not path.is_file():
-            raise DataError(f"cifar10: no {file} in {folder}; {_HOW_TO_GET['cifar10']}")
+            raise DataError(f"cifar10: no {file}", folder, _HOW_TO_GET["cifar10"])
         parts.append(read_cifar_batch(path))
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     if labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
-        raise DataError(f"cifar10 in {folder}: labels outside 0..9; a file is corrupt")
+        raise DataError("cifar10: labels outside 0..9, a file is corrupt", folder, _REPLACE)
+    _require_images("cifar10", split, images.shape[0], folder)
     mean, std = STATISTICS["cifar10"]
     return ImageDataset("cifar10", torch.from_numpy(images.copy()), torch.from_numpy(labels), mean, std)
+
+
+def _require_images(name: str, split: str, count: int, where: Path) -> None:
+    if count == 0:
+        raise DataError(f"{name}: the {split} files hold 0 images", where, _REPLACE)
 
 
 def load_dataset(name: str, split: str, root: Path | None = None, *, download: bool = False) -> ImageDataset:
     """Load the ``split`` ("train" or "test") of ``name`` (fashion-mnist, mnist, cifar10)."""
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+        raise DataError("unknown dataset", name, f"choose one of {', '.join(DATASETS)}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     root = Path(root) if root is not None else default_root(name)
     if download:
         fetch(name, root)
     if not root.is_dir():
-        raise DataError(f"{name}: the data folder {root} does not exist; {_HOW_TO_GET[name]}")
+        raise DataError(f"the data folder {root} does not exist", name, _HOW_TO_GET[name])
     if name == "cifar10":
         return _load_cifar_split(root, split)
     return _load_idx_split(root, name, split)
@@ -250,10 +292,12 @@ def fetch(name: str, root: Path, *, opener=urllib.request.urlopen) -> None:
                 data = response.read()
         except OSError as error:
             raise DataError(
-                f"could not download {base + file}: {error}; check the connection or use --data-root"
+                f"could not download {base + file}: {error}", root, "check the connection, or use --data-root"
             ) from None
         if _md5(data) != checksum:
-            raise DataError(f"{base + file} has md5 {_md5(data)}, expected {checksum}: not written")
+            raise DataError(
+                f"{base + file} has md5 {_md5(data)}, expected {checksum}: not written", root, "try again later"
+            )
         atomic_write_bytes(target, data)
         if name == "cifar10":
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
@@ -267,15 +311,22 @@ def fetch(name: str, root: Path, *, opener=urllib.request.urlopen) -> None:
 
 
 def to_float(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...], size: int | None = None) -> Tensor:
-    """uint8 (N, C, H, W) -> normalised float32, zero-padded (centred) to ``size`` x ``size`` if larger."""
+    """uint8 (N, C, H, W) -> normalised float32, zero-padded (centred) to ``size`` x ``size``.
+
+    Raises:
+        ValueError: an image is larger than ``size`` (images are padded, never cropped or resized).
+    """
     x = images.float().div_(255.0)
     mean_t = torch.tensor(mean).view(1, -1, 1, 1)
     std_t = torch.tensor(std).view(1, -1, 1, 1)
     x = (x - mean_t) / std_t
-    if size is not None and size > x.shape[-1]:
-        total = size - x.shape[-1]
-        x = torch.nn.functional.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2))
-    return x
+    if size is None:
+        return x
+    height, width = x.shape[-2:]
+    if max(height, width) > size:
+        raise ValueError(f"{height}x{width} images do not fit size {size}: images are padded, never cropped")
+    rows, cols = size - height, size - width
+    return torch.nn.functional.pad(x, (cols // 2, cols - cols // 2, rows // 2, rows - rows // 2))
 
 
 def augment(images: Tensor, generator: torch.Generator, *, padding: int = 4, flip: bool = True) -> Tensor:
@@ -300,7 +351,7 @@ class Batches:
         batch_size: samples per batch (the last batch may be smaller).
         shuffle: draw a new permutation every epoch from ``generator``.
         augmentation: random crop (4-pixel padding) and horizontal flip, for training.
-        size: pad images to size x size (e.g. 28 -> 32 for VGG19 on Fashion-MNIST).
+        size: pad images to size x size (e.g. 28 -> 32 for VGG19 on Fashion-MNIST); at least their size.
         generator: the source of order and augmentation; its state is part of a checkpoint.
         device: where batches are sent.
     """

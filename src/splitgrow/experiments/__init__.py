@@ -7,9 +7,12 @@ from .common import Experiment, Reporter, report_experiment, run_experiment
 
 def experiments() -> dict[str, Experiment]:
     """All experiments by name (imported lazily: each pulls in its own dependencies)."""
-    from . import images, mmd, rbf
+    from . import images, mmd, rbf, transfer
 
-    return {experiment.name: experiment for experiment in (rbf.EXPERIMENT, mmd.EXPERIMENT, images.EXPERIMENT)}
+    return {
+        experiment.name: experiment
+        for experiment in (rbf.EXPERIMENT, mmd.EXPERIMENT, images.EXPERIMENT, transfer.EXPERIMENT)
+    }
 
 
 __all__ = ["Experiment", "Reporter", "experiments", "report_experiment", "run_experiment"]

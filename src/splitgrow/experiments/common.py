@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -13,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from tqdm.auto import tqdm
 
 from ..artifacts import atomic_write_json, atomic_write_text, run_metadata
 from ..config import config_to_dict
-from ..errors import SplitgrowError
+from ..errors import RunFolderError
 
 
 def derive_seed(seed: int, *keys: str) -> int:
@@ -78,6 +80,89 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join([line(cells[0]), separator, *(line(row) for row in cells[1:])])
 
 
+#: results within this relative difference of each other are a tie, not a win (summaries, notes in figures): runs
+#: that end in the same minimum differ in their last digits by rounding and by where training stopped, not by method
+TIE_TOLERANCE = 1e-3
+
+
+def outcome(value: float, other: float, tolerance: float = TIE_TOLERANCE) -> str:
+    """``"win"`` when ``value`` is lower (better) than ``other`` by more than ``tolerance`` times the larger of their
+    magnitudes, ``"loss"`` when it is higher by as much, ``"tie"`` otherwise."""
+    if abs(value - other) <= tolerance * max(abs(value), abs(other)):
+        return "tie"
+    return "win" if value < other else "loss"
+
+
+def coinciding(
+    curves: dict[str, Sequence[float]],
+    *,
+    xs: dict[str, Sequence[float]] | None = None,
+    scale: float | None = None,
+    tolerance: float = TIE_TOLERANCE,
+) -> list[list[str]]:
+    """Groups of two or more named curves that a figure draws on top of each other: equal at every point within
+    ``tolerance`` times ``scale`` (the figure's scale), or, without ``scale``, times the values' own magnitude (for a
+    log axis). Curves with other abscissae ``xs`` never coincide."""
+    groups: list[list[str]] = []
+    for name, values in curves.items():
+        for group in groups:
+            other = group[0]
+            if xs is not None and list(xs[name]) != list(xs[other]):
+                continue
+            a, b = np.asarray(values, dtype=float), np.asarray(curves[other], dtype=float)
+            if a.shape != b.shape:
+                continue
+            bound = tolerance * (scale if scale is not None else np.maximum(np.abs(a), np.abs(b)))
+            if np.all(np.abs(a - b) <= bound):
+                group.append(name)
+                break
+        else:
+            groups.append([name])
+    return [group for group in groups if len(group) > 1]
+
+
+def plot_method(
+    ax: Any,
+    xs: Sequence[float],
+    ys: Sequence[float],
+    *,
+    label: str,
+    style: dict[str, Any],
+    position: int,
+    count: int,
+    markers: int = 8,
+) -> None:
+    """Draw one method's line on matplotlib axes ``ax``: method ``position`` of ``count`` is stacked above the ones
+    before it and has ``markers`` markers at an offset of its own, so that where lines coincide every method's
+    markers still show (give the lower ones wider lines, the upper ones dashes)."""
+    step = max(1, len(xs) // markers)
+    ax.plot(
+        xs,
+        ys,
+        label=label,
+        zorder=2 + position,
+        markevery=(position * step // max(1, count), step),
+        markersize=4,
+        markerfacecolor="none",
+        **style,
+    )
+
+
+def note_coinciding(ax: Any, groups: list[list[str]], labels: dict[str, str]) -> None:
+    """Write in a corner of ``ax`` which methods' lines lie on top of each other (groups from :func:`coinciding`)."""
+    if groups:
+        text = "; ".join(" = ".join(labels[name] for name in group) for group in groups)
+        ax.text(
+            0.01,
+            0.01,
+            f"coincide (within {TIE_TOLERANCE:g}): {text}",
+            transform=ax.transAxes,
+            fontsize=7,
+            va="bottom",
+            bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"},
+        )
+
+
 @dataclass(frozen=True)
 class Experiment:
     """An experiment the command line can run.
@@ -103,7 +188,9 @@ class Experiment:
     summarize: Callable[[list[dict[str, Any]]], tuple[dict[str, Any], str]]
     threads: int | None = None
     checkpoints: bool = False
-    resume_free_keys: frozenset[str] = frozenset()  # settings a resumed run may change (where data or device is)
+    #: settings that do not change the results (where the data or device is): a resumed run may change them, and
+    #: runs that differ only in them have one configuration
+    resume_free_keys: frozenset[str] = frozenset()
 
 
 @contextlib.contextmanager
@@ -147,28 +234,93 @@ def _run_in_worker(name: str, config: Any, seed: int, workdir: Path, resume: boo
     return _run_one_seed(experiments()[name], config, seed, Reporter(False), workdir, resume)
 
 
-def _check_resumable(out_dir: Path, config_dict: dict[str, Any], free_keys: frozenset[str]) -> None:
-    """Refuse to resume a run with settings other than those it was started with: its finished parts would be
-    mixed with parts computed differently."""
+def _changed_settings(before: dict[str, Any], after: dict[str, Any], free_keys: frozenset[str]) -> list[str]:
+    """The settings whose values differ, free keys aside, in the order of the settings."""
+    keys = [*before, *(key for key in after if key not in before)]
+    return [key for key in keys if key not in free_keys and before.get(key) != after.get(key)]
+
+
+def _describe_changes(before: dict[str, Any], after: dict[str, Any], keys: list[str], most: int = 5) -> str:
+    """``key: old -> new; ...`` for the first ``most`` keys."""
+    changes = "; ".join(f"{key}: {before.get(key)!r} -> {after.get(key)!r}" for key in keys[:most])
+    return changes + (f"; and {len(keys) - most} more" if len(keys) > most else "")
+
+
+def _recorded_settings(out_dir: Path) -> dict[str, Any] | None:
+    """The settings in ``out_dir/config.yaml``, or None when the folder has none."""
     path = out_dir / "config.yaml"
     if not path.is_file():
-        return
+        return None
     try:
-        previous = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise SplitgrowError(f"{path} is corrupt ({error}); delete {out_dir} or choose another --out") from None
-    if not isinstance(previous, dict):
-        raise SplitgrowError(f"{path} is not a mapping of settings; delete {out_dir} or choose another --out")
-    changed = [
-        f"{key}: {previous.get(key)!r} -> {value!r}"
-        for key, value in config_dict.items()
-        if key not in free_keys and previous.get(key) != value
-    ]
-    if changed:
-        raise SplitgrowError(
-            f"cannot resume the run in {out_dir} with other settings ({'; '.join(changed)}); "
-            f"resume with its settings (--config {path}) or choose another --out"
+        settings = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        settings = None
+    if not isinstance(settings, dict):
+        raise RunFolderError(
+            "corrupt config.yaml, not a mapping of settings", path, "delete the folder or choose another --out"
         )
+    return settings
+
+
+def _check_same_settings(out_dir: Path, config_dict: dict[str, Any], free_keys: frozenset[str], resume: bool) -> None:
+    """A run folder belongs to one configuration: refuse to run or resume other settings into it, which would mix
+    its results with results computed differently."""
+    recorded = _recorded_settings(out_dir)
+    changed = [] if recorded is None else _changed_settings(recorded, config_dict, free_keys)
+    if not changed:
+        return
+    changes = _describe_changes(recorded, config_dict, changed)
+    path = out_dir / "config.yaml"
+    if resume:
+        raise RunFolderError(
+            f"cannot resume the run with other settings ({changes})",
+            out_dir,
+            f"resume with its settings (--config {path}), or start a new run with another --out",
+        )
+    raise RunFolderError(
+        f"the folder holds a run with other settings ({changes})",
+        out_dir,
+        f"continue that run with --resume --config {path}, delete the folder to replace it, or choose another "
+        "folder with --out",
+    )
+
+
+def _read_results(path: Path) -> dict[str, Any]:
+    """One seed's ``results.json``, checked to be what :func:`run_experiment` writes."""
+    fix = f"delete {path.parent} and run that seed again (--resume keeps the others)"
+    try:
+        results = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunFolderError(f"corrupt results, not valid JSON: {error}", path, fix) from None
+    required = ("experiment", "seed", "config", "metadata", "wall_time_s")
+    if not isinstance(results, dict) or any(key not in results for key in required):
+        raise RunFolderError(f"not the results of a splitgrow run (no {', '.join(required)})", path, fix)
+    return results
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_leftovers(out_dir: Path, seeds: Sequence[int], created: list[Path], wrote_settings: bool) -> None:
+    """After a failed run: remove its seeds' empty folders (a seed whose first file could not be written), and if
+    nothing else is left, the config.yaml it wrote and the folders it created, so that it can be rerun freely."""
+    for seed in seeds:
+        folder = out_dir / f"seed-{seed}"
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    if not wrote_settings or [entry.name for entry in out_dir.iterdir()] != ["config.yaml"]:
+        return
+    (out_dir / "config.yaml").unlink()
+    for folder in created:
+        if any(folder.iterdir()):
+            return
+        folder.rmdir()
 
 
 def run_experiment(
@@ -189,10 +341,29 @@ def run_experiment(
     With ``resume``, seeds whose results exist are kept, and experiments with checkpoints continue from them.
     """
     config_dict = config_to_dict(config)
-    if resume:
-        _check_resumable(out_dir, config_dict, experiment.resume_free_keys)
+    _check_same_settings(out_dir, config_dict, experiment.resume_free_keys, resume)
+    created = _missing_folders(out_dir)
+    had_settings = (out_dir / "config.yaml").exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config_dict, sort_keys=False))
+    try:
+        return _run_seeds(experiment, config, config_dict, seeds, out_dir, reporter, jobs, resume)
+    except BaseException:
+        _remove_leftovers(out_dir, seeds, created, wrote_settings=not had_settings)
+        raise
+
+
+def _run_seeds(
+    experiment: Experiment,
+    config: Any,
+    config_dict: dict[str, Any],
+    seeds: Sequence[int],
+    out_dir: Path,
+    reporter: Reporter,
+    jobs: int,
+    resume: bool,
+) -> tuple[dict[str, Any], str]:
+    """The body of :func:`run_experiment`, once its folder holds the run's config.yaml."""
 
     def finish(results: dict[str, Any]) -> dict[str, Any]:
         seed_dir = out_dir / f"seed-{results['seed']}"
@@ -206,7 +377,15 @@ def run_experiment(
         for seed in seeds:
             path = out_dir / f"seed-{seed}" / "results.json"
             if path.is_file():
-                done[seed] = json.loads(path.read_text())
+                done[seed] = _read_results(path)
+                changed = _changed_settings(done[seed]["config"], config_dict, experiment.resume_free_keys)
+                if changed:
+                    changes = _describe_changes(done[seed]["config"], config_dict, changed)
+                    raise RunFolderError(
+                        f"cannot resume: this seed was run with other settings ({changes})",
+                        path,
+                        "choose another --out for these settings",
+                    )
                 reporter.message(f"seed {seed}: already finished in {path.parent}")
     pending = [seed for seed in seeds if seed not in done]
     if jobs > 1 and len(pending) > 1:
@@ -243,38 +422,85 @@ def run_experiment(
 
 
 def report_experiment(out_dir: Path) -> tuple[dict[str, Any], str]:
-    """Redraw the figures and rewrite the summary of a finished run from its ``seed-*/results.json`` files."""
-    from ..errors import SplitgrowError
+    """Redraw the figures and rewrite the summary of a finished run from its ``seed-*/results.json`` files.
+
+    Raises:
+        RunFolderError: no results, unreadable ones, or results of different experiments or settings (which a
+            summary would mix), or a ``config.yaml`` that disagrees with them.
+    """
     from . import experiments
 
-    paths = sorted(out_dir.glob("seed-*/results.json"), key=lambda p: int(p.parent.name.split("-", 1)[1]))
+    seed_folders = [folder for folder in out_dir.glob("seed-*") if re.fullmatch(r"seed-\d+", folder.name)]
+    paths = sorted(
+        (folder / "results.json" for folder in seed_folders if (folder / "results.json").is_file()),
+        key=lambda path: int(path.parent.name.removeprefix("seed-")),
+    )
     if not paths:
-        raise SplitgrowError(f"no seed-*/results.json under {out_dir}; give the --out folder of a finished run")
-    try:
-        all_results = [json.loads(path.read_text()) for path in paths]
-    except json.JSONDecodeError as error:
-        raise SplitgrowError(f"a results file under {out_dir} is not valid JSON: {error}") from None
-    name = all_results[0].get("experiment")
+        raise RunFolderError("no seed-*/results.json to report", out_dir, "give the --out folder of a finished run")
+    all_results = [_read_results(path) for path in paths]
+    names = sorted({str(results["experiment"]) for results in all_results})
     known = experiments()
-    if name not in known:
-        raise SplitgrowError(f"{paths[0]} is not the result of a known experiment")
-    experiment = known[name]
+    if len(names) > 1 or names[0] not in known:
+        raise RunFolderError(
+            f"results of {'the experiments ' + ', '.join(names) if len(names) > 1 else 'an unknown experiment'}",
+            out_dir,
+            f"report the results of one of {', '.join(known)} per folder",
+        )
+    experiment = known[names[0]]
+    _check_one_configuration(out_dir, all_results, experiment.resume_free_keys)
     for results, path in zip(all_results, paths):
         experiment.plot(results, path.parent)
     summary, table = experiment.summarize(all_results)
-    previous = {}
-    if (out_dir / "summary.json").is_file():
-        previous = json.loads((out_dir / "summary.json").read_text())
+    try:
+        previous = json.loads((out_dir / "summary.json").read_bytes())
+    except (OSError, ValueError):  # no summary yet, or a damaged one: it is rewritten below
+        previous = {}
+    metadata = previous.get("metadata") if isinstance(previous, dict) else None
     atomic_write_json(
         out_dir / "summary.json",
         {
-            "experiment": name,
+            "experiment": experiment.name,
             "seeds": [r["seed"] for r in all_results],
             "config": all_results[0]["config"],
-            "metadata": previous.get("metadata", all_results[0]["metadata"]),
+            "metadata": metadata or all_results[0]["metadata"],
             "wall_time_s": sum(r["wall_time_s"] for r in all_results),
             **summary,
         },
     )
     atomic_write_text(out_dir / "summary.md", table + "\n")
     return summary, table
+
+
+def _check_one_configuration(out_dir: Path, all_results: list[dict[str, Any]], free_keys: frozenset[str]) -> None:
+    """Refuse to summarise seeds run with different settings together, or under a config.yaml of other ones."""
+    groups: list[list[dict[str, Any]]] = []
+    for results in all_results:
+        group = next((g for g in groups if not _changed_settings(g[0]["config"], results["config"], free_keys)), None)
+        if group is None:
+            groups.append([results])
+        else:
+            group.append(results)
+    if len(groups) > 1:
+        first = groups[0][0]["config"]
+        keys = list(dict.fromkeys(k for g in groups[1:] for k in _changed_settings(first, g[0]["config"], free_keys)))
+        described = "; ".join(
+            ", ".join(f"seed-{r['seed']}" for r in group)
+            + ": "
+            + ", ".join(f"{key}={group[0]['config'].get(key)!r}" for key in keys[:5])
+            for group in groups
+        )
+        raise RunFolderError(
+            f"results of different settings ({described})",
+            out_dir,
+            "move the seed folders of each setting into a folder of their own and report each",
+        )
+    recorded = _recorded_settings(out_dir)
+    settings = all_results[0]["config"]
+    changed = [] if recorded is None else _changed_settings(settings, recorded, free_keys)
+    if changed:
+        raise RunFolderError(
+            f"config.yaml disagrees with the results ({_describe_changes(settings, recorded, changed)})",
+            out_dir / "config.yaml",
+            "restore the settings the seeds were run with (the 'config' of a results.json), or move the seeds to a "
+            "folder of their own",
+        )

@@ -33,7 +33,6 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from ..artifacts import save_figure
-from ..budget import select_within_budget, split_costs
 from ..checkpoints import Checkpoint
 from ..classification import (
     evaluate,
@@ -44,13 +43,14 @@ from ..classification import (
 )
 from ..config import require
 from ..data import DATASETS, Batches, ImageDataset, load_dataset
-from ..errors import SplitgrowError
-from ..inspection import module_flops
+from ..errors import ConfigError, SplitgrowError
+from ..inspection import model_flops, split_costs
 from ..models import build_model, load_model, save_model
 from ..network import SplittableNetwork
-from ..network_statistics import SOLVERS
 from ..pruning import LABELS as PRUNING_LABELS
 from ..pruning import PRUNING_METHODS, prune_to_ratio
+from ..selection import select_within_budget
+from ..statistics import SOLVERS
 from ..surgery import parameter_count
 from .common import Experiment, Reporter, derive_seed, markdown_table
 
@@ -315,7 +315,7 @@ def _row(method: str, variant: str, stage: int, model, full_parameters: int, flo
 
 
 def _flops(model, example: torch.Tensor) -> int:
-    return module_flops(model, example).get("", 0)
+    return model_flops(model, example)
 
 
 # ------------------------------------------------------------------------------------------ tasks
@@ -374,7 +374,7 @@ def _split_stage(context: _Context, trainer: _Trainer, stage: int, batches, exam
     )
     neurons = sum(site.num_neurons for site in net.sites.values())
     if config.parameter_budget > 0:
-        costs = split_costs(net.graph, example, "parameters")
+        costs = split_costs(net.graph, "parameters")
         budget = config.parameter_budget * parameter_count(model)
         requests = select_within_budget(results, costs, budget, threshold=config.threshold, graph=net.graph)
     else:
@@ -477,10 +477,17 @@ def run_seed(
     """Run (or resume) every task of the comparison for one seed; returns the JSON-ready results."""
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SplitgrowError("device 'cuda' was asked for but torch sees no CUDA device; use --device cpu")
+        raise SplitgrowError("torch sees no CUDA device", f"device {config.device}", "use --device cpu")
     root = Path(config.data_root) if config.data_root else None
     train = load_dataset(config.dataset, "train", root, download=config.download)
     test = load_dataset(config.dataset, "test", root)
+    largest = max(*train.images.shape[-2:], *test.images.shape[-2:])
+    if largest > config.image_size:  # images are zero-padded to image_size, never cropped
+        raise ConfigError(
+            f"{config.dataset} images of up to {largest} pixels a side exceed image_size {config.image_size}",
+            "image_size",
+            f"set image_size to {largest} or more",
+        )
     if config.train_samples:
         train = train.subset(config.train_samples)
     if config.test_samples:

@@ -1,4 +1,5 @@
-"""Growth policies: Algorithm 1 and the paper's baselines on growable problems."""
+"""Growth: the public growth loop for any model (:class:`Grower`, on a :class:`GrowthPolicy`), and Algorithm 1 with
+the paper's baselines on one-layer problems (:mod:`.algorithm`)."""
 
 from .algorithm import (
     GradientBoosting,
@@ -13,8 +14,14 @@ from .algorithm import (
     run_growth,
     train_from_scratch,
 )
+from .grower import Grower, GrowthStage
+from .policy import GrowthPolicy, GrowthState
 
 __all__ = [
+    "Grower",
+    "GrowthPolicy",
+    "GrowthStage",
+    "GrowthState",
     "GradientBoosting",
     "GrowableProblem",
     "GrowthEvent",

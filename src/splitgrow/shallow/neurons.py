@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.func import vmap
 
 from ..activations import Activation, get_activation
-from ..statistics import hessian_splitting_matrices, ridge_splitting_matrices
+from ..statistics.closed_form import hessian_splitting_matrices, ridge_splitting_matrices
 
 
 class Neuron(ABC):

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..statistics import hessian_splitting_matrices
+from ..statistics.closed_form import hessian_splitting_matrices
 from .training import TrainingTrace, train_rows
 
 SPLITTING_FORMS = ("exact", "random_features")

@@ -1,0 +1,479 @@
+"""Google Speech Commands v0.01 for keyword spotting, with Hello Edge's conventions (TensorFlow's speech_commands
+example, ``input_data.py``, which Hello Edge trained with).
+
+*Layout.* A folder per word (``yes/``, ``bed/``, ...) of 16 kHz mono 16-bit WAV files named
+``<speaker>_nohash_<n>.wav``, a ``_background_noise_/`` folder of long noise recordings, and the list files
+``validation_list.txt`` / ``testing_list.txt``. The offline stand-in (:mod:`splitgrow.data.speech_synthetic`) is
+written in the same layout, plus a ``synthetic.json`` that marks it.
+
+*Classes.* 12: ``_silence_``, ``_unknown_`` and the ten keywords yes, no, up, down, left, right, on, off, stop, go.
+Every other word is ``_unknown_``.
+
+*Partitions.* TensorFlow's ``which_set``: the SHA-1 of the file name without its ``_nohash_...`` suffix, as an
+integer modulo 2^27, times 100 / (2^27 - 1), is a percentage: below 10 validation, below 20 testing, else
+training, so a speaker's clips stay in one set. TensorFlow's input_data.py never reads the list files: it always
+hashes, and Hello Edge's accuracies come from that split (the list files shipped with the data may not match it
+exactly; ARM-software/ML-KWS-for-MCU issue 61). So ``split="hash"`` (the default) ignores the lists, as TensorFlow
+does; ``split="lists"`` uses them instead (everything listed in neither is training).
+
+*Silence and unknown.* Per partition, as input_data.py: ceil(10% of the keyword clips) silence clips and
+ceil(10%) unknown clips drawn at random from that partition's other words, then the partition is shuffled
+(from ``seed``, where TensorFlow uses its fixed RANDOM_SEED).
+
+*Audio.* Clips are zero-padded or cut to 1 s. :func:`mix_audio` applies input_data.py's processing graph: the
+clip (silenced for ``_silence_``) is shifted by a whole number of samples uniform in [-100 ms, +100 ms) with zero
+fill (training only), a random 1 s stretch of a random background recording is added at volume U[0, 0.1] with
+probability 0.8 (training only) or at U[0, 1] for every silence clip (every partition, as TensorFlow does), and
+the sum is clipped to [-1, 1]. :func:`precompute_features` turns several such augmented copies into MFCCs once.
+
+A missing folder, a corrupt or truncated WAV, another sample rate: one-line :class:`DataError` naming the file
+and the fix. ``download=True`` fetches the official archive (1.4 GB, SHA-256 verified) into a new folder,
+atomically: the folder appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..features.mfcc import HELLO_EDGE_MFCC, MfccSettings, mfcc
+from .common import CACHE, DataError
+from .wav import read_wav
+
+SAMPLE_RATE = 16000
+CLIP_SAMPLES = 16000  # one second
+SILENCE_LABEL = "_silence_"
+UNKNOWN_LABEL = "_unknown_"
+KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+#: label index -> name, in TensorFlow's order (silence 0, unknown 1, then the keywords)
+CLASSES = (SILENCE_LABEL, UNKNOWN_LABEL, *KEYWORDS)
+BACKGROUND_FOLDER = "_background_noise_"
+LIST_FILES = {"validation": "validation_list.txt", "testing": "testing_list.txt"}
+PARTITIONS = ("training", "validation", "testing")
+SPLITS = ("hash", "lists")
+#: the file that marks a folder as the synthetic stand-in (written by :mod:`splitgrow.data.speech_synthetic`)
+SYNTHETIC_DESCRIPTION = "synthetic.json"
+#: TensorFlow's MAX_NUM_WAVS_PER_CLASS: the hash is taken modulo this + 1
+_HASH_MODULUS = 2**27 - 1
+
+_ARCHIVE = (
+    "https://storage.googleapis.com/download.tensorflow.org/data/speech_commands_v0.01.tar.gz",
+    "743935421bb51cccdb6bdd152e04c5c70274e935c82119ad7faeec31780d811d",  # SHA-256
+)
+_HOW_TO_GET = (
+    "pass --data-root to a folder in Speech Commands' layout (one folder per word, _background_noise_/), or pass "
+    "--download to fetch v0.01 (1.4 GB)"
+)
+
+
+def default_speech_root() -> Path:
+    """Where Speech Commands v0.01 is looked for (and downloaded to) without --data-root."""
+    return CACHE / "speech-commands-v0.01"
+
+
+def which_set(file_name: str, validation_percentage: float = 10.0, testing_percentage: float = 10.0) -> str:
+    """TensorFlow's partition of a clip from its file name: 'training', 'validation' or 'testing'.
+
+    Only the base name before ``_nohash_`` counts, so all clips of one speaker land in the same partition.
+    """
+    speaker = re.sub(r"_nohash_.*$", "", PurePosixPath(file_name).name)
+    digest = int(hashlib.sha1(speaker.encode("utf-8"), usedforsecurity=False).hexdigest(), 16)
+    percentage = (digest % (_HASH_MODULUS + 1)) * (100.0 / _HASH_MODULUS)
+    if percentage < validation_percentage:
+        return "validation"
+    if percentage < validation_percentage + testing_percentage:
+        return "testing"
+    return "training"
+
+
+# ------------------------------------------------------------------------------------------ the data in memory
+
+
+@dataclass
+class KeywordSet:
+    """One partition in memory.
+
+    Attributes:
+        partition: 'training', 'validation' or 'testing'.
+        audio: (N, 16000) int16 clips; a silence clip is all zeros (its sound is background noise, mixed in by
+            :func:`mix_audio`).
+        labels: (N,) int64 indexes into ``classes``.
+        files: each clip's path relative to the dataset folder ('' for silence).
+        background: the noise recordings, float32 in [-1, 1], each longer than a clip.
+        classes: label names.
+    """
+
+    partition: str
+    audio: Tensor
+    labels: Tensor
+    files: tuple[str, ...]
+    background: tuple[Tensor, ...]
+    classes: tuple[str, ...] = CLASSES
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def class_counts(self) -> dict[str, int]:
+        """Clips per class name."""
+        counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
+        return dict(zip(self.classes, counts))
+
+
+@dataclass
+class KeywordData:
+    """The three partitions of a keyword dataset, and where it came from.
+
+    Attributes:
+        name: 'speech-commands' or, for the offline stand-in, 'speech-synthetic' (results must say which).
+        root: the dataset folder.
+        training, validation, testing: the partitions.
+        description: for the synthetic set, its ``synthetic.json`` (generator, seed, voices); else empty.
+    """
+
+    name: str
+    root: Path
+    training: KeywordSet
+    validation: KeywordSet
+    testing: KeywordSet
+    description: dict[str, Any]
+
+    @property
+    def synthetic(self) -> bool:
+        return self.name == "speech-synthetic"
+
+    def partition(self, name: str) -> KeywordSet:
+        """'training', 'validation' or 'testing'."""
+        if name not in PARTITIONS:
+            raise ValueError(f"partition must be one of {', '.join(PARTITIONS)}, got {name!r}")
+        return getattr(self, name)
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def _word_files(root: Path) -> dict[str, list[str]]:
+    """Relative paths of every clip, per word folder (lower case), in sorted order."""
+    words: dict[str, list[str]] = {}
+    for folder in sorted(path for path in root.iterdir() if path.is_dir()):
+        if folder.name == BACKGROUND_FOLDER or folder.name.startswith("."):
+            continue
+        files = sorted(f"{folder.name}/{wav.name}" for wav in folder.glob("*.wav"))
+        if files:
+            words.setdefault(folder.name.lower(), []).extend(files)
+    if not words:
+        raise DataError(f"no <word>/*.wav clips in {root}; {_HOW_TO_GET}")
+    missing = [word for word in KEYWORDS if word not in words]
+    if missing:
+        raise DataError(f"{root} has no folder of clips for {', '.join(missing)}; is it Speech Commands? {_HOW_TO_GET}")
+    return words
+
+
+def _read_list(root: Path, partition: str) -> set[str]:
+    path = root / LIST_FILES[partition]
+    if not path.is_file():
+        raise DataError(f"split='lists' needs {path}; it is missing (use split='hash', TensorFlow's split)")
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+
+def _assign(
+    words: dict[str, list[str]], split: str, root: Path, validation_percentage: float, testing_percentage: float
+) -> dict[str, tuple[list[str], list[str]]]:
+    """partition -> (keyword clips, other clips)."""
+    lists = {name: _read_list(root, name) for name in LIST_FILES} if split == "lists" else {}
+    result: dict[str, tuple[list[str], list[str]]] = {name: ([], []) for name in PARTITIONS}
+    for word, files in words.items():
+        for file in files:
+            if split == "hash":
+                partition = which_set(file, validation_percentage, testing_percentage)
+            else:
+                partition = next((name for name, listed in lists.items() if file in listed), "training")
+            result[partition][0 if word in KEYWORDS else 1].append(file)
+    return result
+
+
+def _read_clip(path: Path) -> np.ndarray:
+    samples = read_wav(path, SAMPLE_RATE)[:CLIP_SAMPLES]
+    return np.pad(samples, (0, CLIP_SAMPLES - samples.shape[0]))
+
+
+def _read_background(root: Path) -> tuple[Tensor, ...]:
+    folder = root / BACKGROUND_FOLDER
+    if not folder.is_dir():
+        raise DataError(f"{folder} does not exist: silence clips and noise augmentation need it; {_HOW_TO_GET}")
+    recordings = []
+    for path in sorted(folder.glob("*.wav")):
+        samples = read_wav(path, SAMPLE_RATE)
+        if samples.shape[0] <= CLIP_SAMPLES:
+            raise DataError(f"{path} has {samples.shape[0]} samples; background noise must be longer than 1 s")
+        recordings.append(torch.from_numpy(samples.astype(np.float32) / 32768.0))
+    if not recordings:
+        raise DataError(f"{folder} has no .wav recordings; silence clips need background noise")
+    return tuple(recordings)
+
+
+def load_keyword_data(
+    root: Path | None = None,
+    *,
+    download: bool = False,
+    split: str = "hash",
+    seed: int = 0,
+    validation_percentage: float = 10.0,
+    testing_percentage: float = 10.0,
+    silence_percentage: float = 10.0,
+    unknown_percentage: float = 10.0,
+) -> KeywordData:
+    """Load Speech Commands (or a folder in its layout, such as the synthetic stand-in) into memory.
+
+    Args:
+        root: the dataset folder; default :func:`default_speech_root`.
+        download: fetch Speech Commands v0.01 into ``root`` first if it is not there (1.4 GB).
+        split: 'hash' (TensorFlow's which_set, Hello Edge's split) or 'lists' (the dataset's list files).
+        seed: draws the unknown clips of each partition and the order of the clips.
+        validation_percentage, testing_percentage: the hash split's shares.
+        silence_percentage, unknown_percentage: silence and unknown clips per partition, in percent of its keyword
+            clips (rounded up).
+
+    Raises:
+        DataError: a missing folder, a missing keyword, a missing list file (split='lists'), a corrupt WAV file
+            or one at another sample rate.
+    """
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    root = Path(root) if root is not None else default_speech_root()
+    if download:
+        fetch_speech_commands(root)
+    if not root.is_dir():
+        raise DataError(f"the keyword data folder {root} does not exist; {_HOW_TO_GET}")
+    words = _word_files(root)
+    background = _read_background(root)
+    assigned = _assign(words, split, root, validation_percentage, testing_percentage)
+    rng = np.random.default_rng(seed)
+    partitions = {}
+    for partition in ("validation", "testing", "training"):  # TensorFlow's order of draws
+        keyword_files, other_files = assigned[partition]
+        silence_count = math.ceil(len(keyword_files) * silence_percentage / 100)
+        unknown_count = math.ceil(len(keyword_files) * unknown_percentage / 100)
+        unknown_files = [other_files[i] for i in rng.permutation(len(other_files))[:unknown_count]]
+        files = keyword_files + unknown_files + [""] * silence_count
+        labels = [CLASSES.index(file.split("/")[0].lower()) for file in keyword_files]
+        labels += [CLASSES.index(UNKNOWN_LABEL)] * len(unknown_files) + [CLASSES.index(SILENCE_LABEL)] * silence_count
+        order = rng.permutation(len(files))
+        audio = np.zeros((len(files), CLIP_SAMPLES), dtype=np.int16)
+        for row, index in enumerate(order):
+            if files[index]:
+                audio[row] = _read_clip(root / files[index])
+        partitions[partition] = KeywordSet(
+            partition,
+            torch.from_numpy(audio),
+            torch.tensor([labels[i] for i in order], dtype=torch.int64),
+            tuple(files[i] for i in order),
+            background,
+        )
+    description_path = root / SYNTHETIC_DESCRIPTION
+    description = json.loads(description_path.read_text()) if description_path.is_file() else {}
+    return KeywordData(
+        "speech-synthetic" if description else "speech-commands",
+        root,
+        partitions["training"],
+        partitions["validation"],
+        partitions["testing"],
+        description,
+    )
+
+
+# ------------------------------------------------------------------------------------------ download
+
+
+def _is_complete(root: Path) -> bool:
+    return all((root / name).is_file() for name in LIST_FILES.values()) and all(
+        (root / word).is_dir() for word in (*KEYWORDS, BACKGROUND_FOLDER)
+    )
+
+
+def _extract(archive_path: Path, destination: Path) -> None:
+    with tarfile.open(archive_path, "r:gz") as archive:
+        members = []
+        for member in archive.getmembers():
+            path = PurePosixPath(member.name)
+            if path.is_absolute() or ".." in path.parts:
+                raise DataError(f"{archive_path} has an unsafe member {member.name!r}: not extracted")
+            if member.isfile() or member.isdir():
+                members.append(member)
+        # Python >= 3.12 (and 3.10.12, 3.11.4) filters members itself and warns without a filter
+        safety = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        archive.extractall(destination, members=members, **safety)
+
+
+def fetch_speech_commands(root: Path, *, opener: Callable[..., Any] = urllib.request.urlopen) -> None:
+    """Download and unpack Speech Commands v0.01 into ``root`` unless it is already there.
+
+    The archive is streamed to a temporary file beside ``root`` and its SHA-256 checked; it is unpacked into a
+    temporary folder that is renamed to ``root`` at the end, so ``root`` is complete or absent.
+
+    Raises:
+        DataError: ``root`` holds other files, the download fails, or the checksum differs.
+    """
+    root = Path(root)
+    if _is_complete(root):
+        return
+    if root.exists() and any(root.iterdir()):
+        raise DataError(f"--download needs a new or empty folder; {root} holds other files (choose another one)")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    url, checksum = _ARCHIVE
+    digest = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(dir=root.parent, prefix=f".{root.name}.", suffix=".tar.gz") as archive:
+        try:
+            with opener(url, timeout=60) as response:
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    archive.write(chunk)
+        except OSError as error:
+            raise DataError(f"could not download {url}: {error}; check the connection or use --data-root") from None
+        archive.flush()
+        if digest.hexdigest() != checksum:
+            raise DataError(f"{url} has SHA-256 {digest.hexdigest()}, expected {checksum}: not unpacked")
+        staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.", suffix=".partial"))
+        try:
+            _extract(Path(archive.name), staging)
+            if root.exists():
+                root.rmdir()  # empty, checked above
+            staging.replace(root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+# ------------------------------------------------------------------------------------------ augmentation and features
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """TensorFlow speech_commands' distortions (its train.py flags and Hello Edge's values).
+
+    Attributes:
+        time_shift_ms: shifts are uniform in [-time_shift_ms, +time_shift_ms) (whole samples).
+        background_frequency: probability that a non-silence clip gets background noise.
+        background_volume: that noise's volume is uniform in [0, background_volume].
+    """
+
+    time_shift_ms: float = 100.0
+    background_frequency: float = 0.8
+    background_volume: float = 0.1
+
+
+#: Hello Edge's training distortions
+TRAINING_AUGMENTATION = Augmentation()
+#: validation and testing: no shift, no noise on words (silence clips still get noise at volume U[0, 1])
+EVALUATION = Augmentation(time_shift_ms=0.0, background_frequency=0.0, background_volume=0.0)
+
+
+@dataclass(frozen=True)
+class _Draws:
+    """The random choices of one augmented copy of a partition, one entry per clip."""
+
+    shift: Tensor
+    recording: Tensor
+    offset: Tensor
+    volume: Tensor
+
+
+def _draw(keyword_set: KeywordSet, augmentation: Augmentation, generator: torch.Generator) -> _Draws:
+    count = len(keyword_set)
+    limit = round(augmentation.time_shift_ms * SAMPLE_RATE / 1000)
+    shift = (
+        torch.randint(-limit, limit, (count,), generator=generator)
+        if limit > 0
+        else torch.zeros(count, dtype=torch.long)
+    )
+    recording = torch.randint(0, len(keyword_set.background), (count,), generator=generator)
+    spare = torch.tensor([len(noise) - CLIP_SAMPLES for noise in keyword_set.background])[recording]
+    offset = (torch.rand(count, generator=generator, dtype=torch.float64) * spare).long()
+    level = torch.rand(count, generator=generator)
+    noisy = torch.rand(count, generator=generator) < augmentation.background_frequency
+    silence = keyword_set.labels == CLASSES.index(SILENCE_LABEL)
+    volume = torch.where(silence, level, torch.where(noisy, level * augmentation.background_volume, 0.0))
+    return _Draws(shift, recording, offset, volume)
+
+
+def mix_audio(
+    keyword_set: KeywordSet,
+    indices: Tensor,
+    augmentation: Augmentation,
+    generator: torch.Generator,
+) -> Tensor:
+    """Float32 waveforms (B, 16000) in [-1, 1] of clips ``indices``: shifted, with background noise mixed in."""
+    subset = KeywordSet(
+        keyword_set.partition, keyword_set.audio[indices], keyword_set.labels[indices], (), keyword_set.background
+    )
+    return _mix(subset, torch.arange(len(subset)), _draw(subset, augmentation, generator))
+
+
+def _mix(keyword_set: KeywordSet, indices: Tensor, draws: _Draws) -> Tensor:
+    audible = keyword_set.labels[indices] != CLASSES.index(SILENCE_LABEL)  # TensorFlow mutes the silence clips
+    foreground = keyword_set.audio[indices].float() / 32768.0 * audible.unsqueeze(1)
+    shift = draws.shift[indices]
+    limit = int(shift.abs().max()) if len(shift) else 0
+    # output[t] = clip[t - shift]: a positive shift delays the word, zeros fill the gap (TensorFlow pads and slices);
+    # unfold gives every shifted window as a view, so only the chosen ones are copied
+    windows = torch.nn.functional.pad(foreground, (limit, limit)).unfold(1, CLIP_SAMPLES, 1)
+    shifted = windows[torch.arange(len(indices)), limit - shift]
+    noise = torch.cat(keyword_set.background)
+    starts = torch.tensor([0] + [len(b) for b in keyword_set.background[:-1]]).cumsum(0)
+    background = noise.unfold(0, CLIP_SAMPLES, 1)[starts[draws.recording[indices]] + draws.offset[indices]]
+    return (shifted + draws.volume[indices].unsqueeze(1) * background).clamp(-1.0, 1.0)
+
+
+def precompute_features(
+    keyword_set: KeywordSet,
+    copies: int = 1,
+    seed: int = 0,
+    *,
+    augmentation: Augmentation | None = None,
+    settings: MfccSettings = HELLO_EDGE_MFCC,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+) -> tuple[Tensor, Tensor]:
+    """MFCCs of ``copies`` augmented copies of every clip, computed once instead of at every training step.
+
+    Args:
+        keyword_set: a partition.
+        copies: augmented copies (each with fresh shifts and noise); 1 for validation and testing.
+        seed: the source of every shift and noise choice; the same seed gives the same features.
+        augmentation: default Hello Edge's for the training partition, :data:`EVALUATION` otherwise.
+        settings: the MFCC parameters (Hello Edge's by default: 49 x 10 per clip).
+        batch_size: clips per MFCC batch (memory only: the features do not depend on it).
+        device: where the MFCCs are computed (the results come back to the CPU).
+
+    Returns:
+        features (copies * N, 1, frames, coefficients) float32 on the CPU, copy c in rows c*N .. (c+1)*N - 1, ready
+        for :class:`splitgrow.models.DSCNN`; labels (copies * N,) int64.
+    """
+    if copies < 1:
+        raise ValueError(f"copies must be >= 1, got {copies}")
+    if augmentation is None:
+        augmentation = TRAINING_AUGMENTATION if keyword_set.partition == "training" else EVALUATION
+    generator = torch.Generator().manual_seed(seed)
+    count = len(keyword_set)
+    features = torch.empty(copies * count, 1, settings.frames(CLIP_SAMPLES), settings.coefficients)
+    for copy in range(copies):
+        draws = _draw(keyword_set, augmentation, generator)  # all of a copy's choices first: batch-size independent
+        for start in range(0, count, batch_size):
+            indices = torch.arange(start, min(start + batch_size, count))
+            waveforms = _mix(keyword_set, indices, draws).to(device)
+            rows = slice(copy * count + start, copy * count + start + len(indices))
+            features[rows, 0] = mfcc(waveforms, settings).float().cpu()
+    return features, keyword_set.labels.repeat(copies)

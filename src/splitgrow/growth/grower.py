@@ -1,0 +1,469 @@
+"""The growth loop for any model: Algorithm 1 inside your training.
+
+    grower = Grower(model, example_inputs, statistics_loader, policy=GrowthPolicy(every=5, fraction=0.2),
+                    loss_function=F.cross_entropy, optimizer=optimizer)
+    for epoch in range(epochs):
+        train_one_epoch(model, optimizer)        # your loop, unchanged
+        grower.epoch_end(metrics={"loss": validation_loss})   # grows when the policy says so
+
+or let it drive: ``grower.fit(train_epoch, epochs, checkpoint="run.pt")``, which also checkpoints after every epoch
+so that a killed run resumes exactly (``resume=True``).
+
+A stage computes the splitting statistics on ``statistics_data`` (its first ``policy.statistics_batches`` batches,
+or adaptively), selects by the policy's amount, splits with the optimiser's state carried along, and records what
+it did (:class:`GrowthStage`): the widths before and after, the splits with their indexes, the predicted loss change
+eps^2/2 * sum of the indexes and the measured one, parameters, FLOPs, and the time of the phase against training.
+In a ``torch.distributed`` run every process computes the statistics of its own data, they are summed, and rank 0's
+selection is applied everywhere; the ``on_grow`` hook is the place to rebuild a DDP wrapper.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..artifacts import atomic_write_bytes
+from ..errors import SplitgrowError
+from ..inspection import model_flops, split_costs
+from ..network import SplittableNetwork
+from ..selection import Selection, select_splits, select_within_budget
+from ..statistics import LossClosure, LossFunction, SplittingResults
+from ..statistics import distributed as dist
+from ..statistics.adaptive import adaptive_splitting
+from ..statistics.recording import _default_closure, _prepare
+from ..statistics.splitting import SolverOptions, solve
+from ..surgery import SplitRequest, parameter_count, resize_like
+from .policy import GrowthPolicy, GrowthState
+
+
+@dataclass
+class GrowthStage:
+    """What one growth stage did (plain values, for JSON and checkpoints)."""
+
+    stage: int
+    epoch: int
+    widths_before: dict[str, int]
+    widths_after: dict[str, int]
+    splits: list[dict[str, Any]]
+    predicted_change: float | None
+    loss_before: float
+    loss_after: float | None
+    parameters_before: int
+    parameters_after: int
+    flops_after: int
+    seconds: float
+    training_seconds: float
+    samples: float
+    batches: int
+    skipped: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def measured_change(self) -> float | None:
+        """loss_after - loss_before on the statistics data (None when not measured)."""
+        return None if self.loss_after is None else self.loss_after - self.loss_before
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "measured_change": self.measured_change}
+
+
+class Grower:
+    """Grow ``model`` by splitting steepest descent on a schedule (see the module docstring).
+
+    Args:
+        model: any traceable ``nn.Module`` (the inner module of a DDP wrapper); grown in place.
+        example_inputs: an input batch of the right shape, to trace the model.
+        statistics_data: an iterable of batches for the splitting statistics (iterated afresh at every stage).
+        policy: when, how much and how to grow.
+        loss_function: ``loss_function(outputs, targets)`` for ``(inputs, targets)`` batches; or
+        closure: ``closure(model, batch) -> (loss, weight)`` for any batch (see :mod:`splitgrow.statistics`).
+        reduction: whether the loss is a ``"mean"`` or a ``"sum"`` over its units (``"auto"``: a torch loss
+            module's own setting, else mean).
+        optimizer: its state is carried across every split.
+        exclude, relu_surrogate: as for :class:`~splitgrow.network.SplittableNetwork`.
+        seed: seed of the solvers' random starts.
+        on_grow: called with the stage after every split (rebuild a DDP wrapper, log, ...).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Tensor | Sequence[Tensor],
+        statistics_data: Iterable,
+        *,
+        policy: GrowthPolicy,
+        loss_function: LossFunction | None = None,
+        closure: LossClosure | None = None,
+        reduction: str = "auto",
+        optimizer: torch.optim.Optimizer | None = None,
+        exclude: Sequence[str] = (),
+        relu_surrogate: float | None = None,
+        seed: int = 0,
+        on_grow: Callable[[GrowthStage], None] | None = None,
+    ) -> None:
+        if (loss_function is None) == (closure is None):
+            raise SplitgrowError("give exactly one of loss_function and closure (how the loss is computed)")
+        self.model = model
+        self.net = SplittableNetwork(model, example_inputs, exclude=exclude, relu_surrogate=relu_surrogate)
+        self.statistics_data = statistics_data
+        self.policy = policy
+        self.loss_function, self.closure, self.reduction = loss_function, closure, reduction
+        self.optimizer = optimizer
+        self.seed = seed
+        self.on_grow = on_grow
+        self.history: list[GrowthStage] = []
+        self.metrics: list[dict[str, float]] = []
+        self.epoch = 0
+        self.epochs_since_growth = 0
+        self.stopped = False
+        self.stop_reason = ""
+        self._best: float | None = None
+        self._stale = 0
+        self._training_started = time.perf_counter()
+        self._training_seconds = 0.0
+
+    # ---------------------------------------------------------------------------------------- the schedule
+
+    def epoch_end(self, metrics: dict[str, float] | None = None) -> GrowthStage | None:
+        """Record that an epoch ended (with its metrics, e.g. the validation loss the plateau rule monitors) and
+        grow if the policy says a stage is due. Returns the stage, or None."""
+        self._training_seconds += time.perf_counter() - self._training_started
+        self.epoch += 1
+        self.epochs_since_growth += 1
+        self.metrics.append(dict(metrics or {}))
+        plateaued = self._plateaued(metrics or {})
+        stage = None
+        if not self.stopped and self._limit_reached() is None:
+            state = GrowthState(
+                self.epoch, len(self.history), self.epochs_since_growth, self.metrics, parameter_count(self.model)
+            )
+            if self.policy.due(state, plateaued):
+                stage = self.grow(metrics)
+        elif not self.stopped:
+            self.stopped, self.stop_reason = True, self._limit_reached()
+        self._training_started = time.perf_counter()
+        return stage
+
+    def _plateaued(self, metrics: dict[str, float]) -> bool:
+        policy = self.policy
+        if policy.plateau_patience is None or policy.monitor not in metrics:
+            return False
+        value = float(metrics[policy.monitor])
+        if self._best is None or value < self._best - policy.plateau_delta:
+            self._best, self._stale = value, 0
+            return False
+        self._stale += 1
+        return self._stale >= policy.plateau_patience
+
+    def _limit_reached(self) -> str | None:
+        policy = self.policy
+        if policy.max_stages is not None and len(self.history) >= policy.max_stages:
+            return f"reached max_stages = {policy.max_stages}"
+        if policy.max_parameters is not None and parameter_count(self.model) >= policy.max_parameters:
+            return f"reached max_parameters = {policy.max_parameters:,}"
+        if policy.max_flops is not None and self._flops() >= policy.max_flops:
+            return f"reached max_flops = {policy.max_flops:,}"
+        return None
+
+    def _flops(self) -> int:
+        inputs = self.net.example_inputs
+        return model_flops(self.model, inputs if isinstance(inputs, Tensor) else inputs[0])
+
+    # ---------------------------------------------------------------------------------------- one stage
+
+    def _data(self) -> Iterable:
+        batches = self.policy.statistics_batches
+        if batches is None or self.policy.adaptive is not None:
+            return self.statistics_data
+        return (batch for _, batch in zip(range(batches), self.statistics_data))
+
+    def _options(self) -> SolverOptions:
+        return SolverOptions(solver=self.policy.solver, seed=self.seed + len(self.history), **self.policy.options)
+
+    def statistics(self) -> SplittingResults:
+        """The splitting indexes of the current model on the statistics data (summed over processes)."""
+        graph = self.net.graph
+        contract = {"loss_function": self.loss_function, "closure": self.closure, "reduction": self.reduction}
+        reduce = dist.reducer()
+        if self.policy.adaptive is not None:
+            return adaptive_splitting(
+                self.model,
+                graph,
+                self.statistics_data,
+                lambda results: [(r.site, r.channel, r.index) for r in self._select(results)],
+                adaptive=self.policy.adaptive,
+                options=self._options(),
+                reduce=reduce,
+                **contract,
+            )
+        from ..statistics.recording import record_batches
+        from ..statistics.splitting import _chosen, report_skipped
+
+        chosen = _chosen(graph, None)
+        skipped = graph.skipped()
+        report_skipped(graph, skipped, strict=False, what="splitting statistics")
+        options = self._options()
+        accumulator = options.accumulator(graph, chosen)
+        if chosen:
+            for record in record_batches(self.model, graph, self._data(), chosen, **contract):
+                accumulator.add(record)
+        return solve(accumulator, options, skipped=skipped, reduce=reduce)
+
+    def _select(self, results: SplittingResults) -> Selection:
+        policy = self.policy
+        graph = self.net.graph
+        common = {"graph": graph, "allow_inexact": policy.allow_inexact}
+        if policy.parameter_ratio is not None or policy.flops_ratio is not None:
+            kind = "parameters" if policy.parameter_ratio is not None else "flops"
+            current = parameter_count(self.model) if kind == "parameters" else self._flops()
+            ratio = policy.parameter_ratio if kind == "parameters" else policy.flops_ratio
+            return select_within_budget(
+                results, split_costs(graph, kind), ratio * current, threshold=policy.threshold, **common
+            )
+        if policy.count is not None:
+            count = policy.count
+        else:
+            count = max(1, math.ceil(policy.fraction * self.net.neurons()))
+        return select_splits(results, count, policy.threshold, **common)
+
+    def grow(self, metrics: dict[str, float] | None = None) -> GrowthStage | None:
+        """One growth stage now, whatever the schedule; None (and the grower stops) when nothing can split."""
+        started = time.perf_counter()
+        widths_before = self.net.widths()
+        parameters_before = parameter_count(self.model)
+        results = self.statistics()
+        # rank 0's selection everywhere, so that ties broken by rounding cannot make the processes disagree
+        requests: list[SplitRequest] = list(dist.broadcast_object(list(self._select(results))))
+        if not requests:
+            if self.policy.stop_when_stable:
+                self.stopped = True
+                self.stop_reason = f"splitting-stable: no index below the threshold {self.policy.threshold:g}"
+            return None
+        report = self.net.split(
+            requests, self.policy.epsilon, optimizer=self.optimizer, allow_inexact=self.policy.allow_inexact
+        )
+        loss_after = self._loss() if self.policy.measure else None
+        stage = GrowthStage(
+            stage=len(self.history) + 1,
+            epoch=self.epoch,
+            widths_before=widths_before,
+            widths_after=self.net.widths(),
+            splits=[{"site": r.site, "channel": r.channel, "index": r.index} for r in requests],
+            predicted_change=report.predicted_change,
+            loss_before=results.loss,
+            loss_after=loss_after,
+            parameters_before=parameters_before,
+            parameters_after=report.parameters_after,
+            flops_after=self._flops(),
+            seconds=time.perf_counter() - started,
+            training_seconds=self._training_seconds,
+            samples=results.weight,
+            batches=results.batches,
+            skipped=dict(results.skipped),
+            metrics=dict(metrics or {}),
+        )
+        self.history.append(stage)
+        self.epochs_since_growth = 0
+        self._training_seconds = 0.0
+        self._best, self._stale = None, 0
+        reason = self._limit_reached()
+        if reason is not None:
+            self.stopped, self.stop_reason = True, reason
+        if self.on_grow is not None:
+            self.on_grow(stage)
+        return stage
+
+    @torch.no_grad()
+    def _loss(self) -> float:
+        """The mean loss on the statistics data as the split model computes it (eval mode)."""
+        closure = self.closure or _default_closure(self.loss_function)
+        was_training = self.model.training
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        total, weight = 0.0, 0.0
+        try:
+            for batch in self._data() if self.policy.adaptive is None else self._adaptive_batches():
+                loss, units = closure(self.model, _prepare(batch, device))
+                scale = float(units) if self._mean() else 1.0
+                total += scale * float(loss)
+                weight += float(units)
+        finally:
+            self.model.train(was_training)
+        if dist.active():
+            total = float(dist.all_reduce_sum(torch.tensor(total, dtype=torch.float64)))
+            weight = float(dist.all_reduce_sum(torch.tensor(weight, dtype=torch.float64)))
+        return total / weight
+
+    def _adaptive_batches(self) -> Iterable:
+        used = self.history[-1].batches if self.history else self.policy.adaptive.max_batches
+        return (batch for _, batch in zip(range(used), self.statistics_data))
+
+    def _mean(self) -> bool:
+        from ..statistics.recording import resolve_reduction
+
+        return resolve_reduction(self.reduction, self.closure or self.loss_function) == "mean"
+
+    # ---------------------------------------------------------------------------------------- state
+
+    def state_dict(self) -> dict[str, Any]:
+        """The grower's own state (its schedule's counters and history), as plain values."""
+        return {
+            "epoch": self.epoch,
+            "epochs_since_growth": self.epochs_since_growth,
+            "stopped": self.stopped,
+            "stop_reason": self.stop_reason,
+            "best": self._best,
+            "stale": self._stale,
+            "metrics": self.metrics,
+            "history": [stage.to_dict() for stage in self.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        self.epochs_since_growth = int(state["epochs_since_growth"])
+        self.stopped, self.stop_reason = bool(state["stopped"]), str(state["stop_reason"])
+        self._best, self._stale = state["best"], int(state["stale"])
+        self.metrics = [dict(m) for m in state["metrics"]]
+        fields = {f for f in GrowthStage.__dataclass_fields__}
+        self.history = [GrowthStage(**{k: v for k, v in stage.items() if k in fields}) for stage in state["history"]]
+
+    # ---------------------------------------------------------------------------------------- the driver
+
+    def fit(
+        self,
+        train_epoch: Callable[[int], float | dict[str, float] | None],
+        epochs: int,
+        *,
+        evaluate: Callable[[], dict[str, float]] | None = None,
+        scheduler_factory: Callable[[torch.optim.Optimizer, int], Any] | None = None,
+        on_phase_end: Callable[[int], dict[str, float] | None] | None = None,
+        on_epoch_end: Callable[[int], None] | None = None,
+        checkpoint: str | Path | None = None,
+        resume: bool = False,
+        extra_state: tuple[Callable[[], Any], Callable[[Any], None]] | None = None,
+    ) -> list[GrowthStage]:
+        """Train ``epochs`` epochs with ``train_epoch(epoch)``, growing on the policy's schedule.
+
+        Args:
+            train_epoch: one epoch of your training (returns its loss or metrics, or None).
+            epochs: epochs in all, growth phases included.
+            evaluate: metrics after every epoch (the plateau rule monitors ``policy.monitor`` in them).
+            scheduler_factory: ``factory(optimizer, phase_epochs)`` makes a learning-rate scheduler for each phase
+                (stepped once per epoch), e.g. the paper's restart at every stage.
+            on_phase_end: called with the phase's number (0 before the first growth) just before each growth and
+                after the last epoch; the metrics it returns are kept in ``phase_metrics``.
+            on_epoch_end: called with the epoch after its checkpoint (e.g. to stop the run in a test).
+            checkpoint: a file written atomically after every epoch (model, optimiser, scheduler, grower, RNG
+                and ``extra_state``); with ``resume``, training continues from it exactly.
+            extra_state: (get, set) of any further state to checkpoint (a data order generator, ...).
+        """
+        if self.optimizer is None and scheduler_factory is not None:
+            raise SplitgrowError("a scheduler_factory needs the grower's optimizer")
+        self.phase_metrics: list[dict[str, float]] = []
+        scheduler = None
+        path = None if checkpoint is None else Path(checkpoint)
+        if resume and path is not None and path.is_file():
+            scheduler = self._restore(path, scheduler_factory, extra_state)
+        elif scheduler_factory is not None:
+            scheduler = scheduler_factory(self.optimizer, self._phase_epochs(epochs))
+        self._training_started = time.perf_counter()
+        while self.epoch < epochs:
+            epoch = self.epoch
+            returned = train_epoch(epoch)
+            if scheduler is not None:
+                scheduler.step()
+            metrics = dict(evaluate()) if evaluate is not None else {}
+            if isinstance(returned, dict):
+                metrics = {**returned, **metrics}
+            elif returned is not None:
+                metrics.setdefault("train_loss", float(returned))
+            will_grow = self._will_grow(metrics) and self.epoch + 1 < epochs
+            if will_grow and on_phase_end is not None:
+                self.phase_metrics.append(dict(on_phase_end(len(self.history)) or {}))
+            stage = self.epoch_end(metrics) if self.epoch + 1 < epochs else self._last_epoch(metrics)
+            if stage is not None and scheduler_factory is not None:
+                scheduler = scheduler_factory(self.optimizer, self._phase_epochs(epochs))
+            if path is not None:
+                self._save(path, scheduler, extra_state)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+        if on_phase_end is not None and len(self.phase_metrics) <= len(self.history):
+            self.phase_metrics.append(dict(on_phase_end(len(self.history)) or {}))
+            if path is not None:
+                self._save(path, scheduler, extra_state)
+        return self.history
+
+    def _last_epoch(self, metrics: dict[str, float]) -> None:
+        """The final epoch ends the run: record it without growing (there would be no training after)."""
+        self.epoch += 1
+        self.epochs_since_growth += 1
+        self.metrics.append(metrics)
+        return None
+
+    def _will_grow(self, metrics: dict[str, float]) -> bool:
+        if self.stopped or self._limit_reached() is not None:
+            return False
+        state = GrowthState(
+            self.epoch + 1, len(self.history), self.epochs_since_growth + 1, [*self.metrics, metrics], 0
+        )
+        policy = self.policy
+        plateaued = False
+        if policy.plateau_patience is not None and policy.monitor in metrics:
+            value = float(metrics[policy.monitor])
+            improved = self._best is None or value < self._best - policy.plateau_delta
+            plateaued = not improved and self._stale + 1 >= policy.plateau_patience
+        return policy.due(state, plateaued)
+
+    def _phase_epochs(self, epochs: int) -> int:
+        length = self.policy.phase_length(len(self.history))
+        left = epochs - self.epoch
+        return left if length is None else max(1, min(length, left))
+
+    def _save(self, path: Path, scheduler: Any, extra_state) -> None:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
+            "grower": self.state_dict(),
+            "phase_metrics": self.phase_metrics,
+            "rng": torch.get_rng_state(),
+            "extra": None if extra_state is None else extra_state[0](),
+        }
+        if dist.rank() != 0:
+            return
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def _restore(self, path: Path, scheduler_factory, extra_state) -> Any:
+        from ..checkpoints import load_tensors
+
+        state = load_tensors(path)
+        resize_like(self.model, state["model"])
+        self.model.load_state_dict(state["model"])
+        self.load_state_dict(state["grower"])
+        # a new scheduler sets the learning rate: make it first, then restore the optimiser's and its own state
+        scheduler = None
+        if scheduler_factory is not None:
+            scheduler = scheduler_factory(self.optimizer, self._phase_epochs_at_restore())
+        if self.optimizer is not None and state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        self.phase_metrics = list(state["phase_metrics"])
+        torch.set_rng_state(state["rng"])
+        if extra_state is not None:
+            extra_state[1](state["extra"])
+        return scheduler
+
+    def _phase_epochs_at_restore(self) -> int:
+        length = self.policy.phase_length(len(self.history))
+        return 1 if length is None else length

@@ -1,0 +1,66 @@
+"""Handlers by module type: the one place that says how splitgrow sees each layer.
+
+A module's handler is the one registered for the most specific class in its method resolution order; an
+elementwise activation module known to the activation table gets the activation handler; anything else has none
+(and the graph refuses to grow through it, naming it). Register a handler for your own layer type with
+:func:`register_layer` (README, "Your own layers"); the tracer then treats that type as one opaque call.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .activations import activation_of_module
+from .base import LayerHandler
+from .conv import Conv2dHandler
+from .conv1d import Conv1dHandler
+from .linear import LinearHandler
+from .normalization import BatchNormHandler
+from .per_channel import ActivationHandler, PerChannelHandler
+from .refused import RefusedHandler
+
+_HANDLERS: dict[type[nn.Module], LayerHandler] = {}
+_ACTIVATION_HANDLER = ActivationHandler()
+#: types registered by users: the tracer keeps them as single calls instead of tracing into them
+_USER_TYPES: set[type[nn.Module]] = set()
+
+
+def register_layer(handler: LayerHandler, *, leaf: bool = True) -> LayerHandler:
+    """Register ``handler`` for every type in ``handler.types`` (replacing an earlier registration).
+
+    With ``leaf`` (the default), the tracer treats these types as single calls, as it does torch's own layers,
+    instead of tracing through their forward. Returns the handler, so it can be used as a decorator's result.
+    """
+    if not handler.types:
+        raise ValueError(f"{type(handler).__name__}.types names no module class")
+    for module_type in handler.types:
+        _HANDLERS[module_type] = handler
+        if leaf:
+            _USER_TYPES.add(module_type)
+    return handler
+
+
+def handler_for(module: nn.Module) -> LayerHandler | None:
+    """The handler of ``module``, or None when splitgrow does not know its type."""
+    for cls in type(module).__mro__:
+        if cls in _HANDLERS:
+            return _HANDLERS[cls]
+    if activation_of_module(module) is not None:
+        return _ACTIVATION_HANDLER
+    return None
+
+
+def is_registered_leaf(module: nn.Module) -> bool:
+    """Whether a user registered this module's type as an opaque layer."""
+    return any(cls in _USER_TYPES for cls in type(module).__mro__)
+
+
+for _handler in (
+    LinearHandler(),
+    Conv2dHandler(),
+    Conv1dHandler(),
+    BatchNormHandler(),
+    PerChannelHandler(),
+    RefusedHandler(),
+):
+    register_layer(_handler, leaf=False)

@@ -1,0 +1,160 @@
+"""Adaptive statistics: draw batches until the selection they lead to stops changing.
+
+A splitting phase needs far fewer samples than an epoch: what matters is which neurons are selected, and that
+stabilises long before every index is exact. :func:`adaptive_splitting` accumulates batch by batch and, after
+``min_batches`` and then every time the number of batches has grown by ``growth``, solves and selects; it stops
+when two consecutive selections overlap in at least ``1 - tolerance`` of their neurons and their total predicted
+decrease (sum of -lambda) differs by at most ``tolerance`` (relative), or when ``max_batches`` is reached. The result
+records how many batches and samples it used and why it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from ..graph import ChannelGraph
+from .recording import LossClosure, LossFunction, record_batches
+from .splitting import SolverOptions, SplittingResults, _chosen, report_skipped, solve
+
+#: a selection: (site, neuron, index) triples
+Selected = list[tuple[str, int, float]]
+
+
+@dataclass(frozen=True)
+class AdaptiveStatistics:
+    """When adaptive statistics stop (see the module docstring).
+
+    Attributes:
+        min_batches: batches before the first check.
+        max_batches: the most batches drawn (None: the whole data).
+        growth: the factor by which the batch count grows between checks (> 1).
+        tolerance: of the selection's overlap and of its total predicted decrease.
+    """
+
+    min_batches: int = 2
+    max_batches: int | None = 32
+    growth: float = 2.0
+    tolerance: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.min_batches < 1 or (self.max_batches is not None and self.max_batches < self.min_batches):
+            raise ValueError("need 1 <= min_batches <= max_batches")
+        if not self.growth > 1:
+            raise ValueError(f"growth must be > 1, got {self.growth}")
+        if not 0 <= self.tolerance < 1:
+            raise ValueError(f"tolerance must be in [0, 1), got {self.tolerance}")
+
+    def checkpoints(self) -> Iterable[int]:
+        """The batch counts at which the selection is checked."""
+        count = self.min_batches
+        while self.max_batches is None or count < self.max_batches:
+            yield count
+            count = max(count + 1, int(round(count * self.growth)))
+        if self.max_batches is not None:
+            yield self.max_batches
+
+
+def _agrees(previous: Selected, current: Selected, tolerance: float) -> bool:
+    if not current and not previous:
+        return True
+    if not current or not previous:
+        return False
+    overlap = len({(s, n) for s, n, _ in previous} & {(s, n) for s, n, _ in current})
+    size = max(len(previous), len(current))
+    decrease = [-sum(index for *_, index in chosen) for chosen in (previous, current)]
+    relative = abs(decrease[1] - decrease[0]) / max(abs(decrease[1]), 1e-300)
+    return overlap >= (1 - tolerance) * size and relative <= tolerance
+
+
+def adaptive_splitting(
+    model: nn.Module,
+    graph: ChannelGraph,
+    data: Iterable,
+    select: Callable[[SplittingResults], Selected],
+    loss_function: LossFunction | None = None,
+    *,
+    closure: LossClosure | None = None,
+    reduction: str = "auto",
+    adaptive: AdaptiveStatistics | None = None,
+    options: SolverOptions | None = None,
+    sites: Sequence[str] | None = None,
+    strict: bool = False,
+    progress: bool = False,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+) -> SplittingResults:
+    """Splitting indexes from as many batches as the selection ``select`` needs to settle.
+
+    ``select(results)`` returns the selection the caller will make from results, as (site, neuron, index) triples;
+    the returned :class:`SplittingResults` carry ``adaptive``: a dict with the batches and samples used, the
+    selection's overlap with the previous check and why the pass stopped.
+    """
+    adaptive = adaptive or AdaptiveStatistics()
+    options = options or SolverOptions()
+    graph.check_current()
+    chosen = _chosen(graph, sites)
+    skipped = graph.skipped()
+    report_skipped(graph, skipped, strict=strict, what="splitting statistics")
+    accumulator = options.accumulator(graph, chosen)
+    checkpoints = iter(adaptive.checkpoints())
+    target = next(checkpoints)
+    previous: Selected | None = None
+    results: SplittingResults | None = None
+    warm_start: dict[str, Tensor] = {}
+    stop = "the data ran out"
+    history = []
+    for record in record_batches(
+        model,
+        graph,
+        data,
+        chosen,
+        loss_function=loss_function,
+        closure=closure,
+        reduction=reduction,
+        batches=adaptive.max_batches,
+        progress=progress,
+    ):
+        accumulator.add(record)
+        if accumulator.batches < target:
+            continue
+        results = solve(accumulator, options, skipped=skipped, warm_start=warm_start, reduce=reduce)
+        warm_start = {name: result.directions for name, result in results.items()}
+        current = select(results)
+        history.append({"batches": accumulator.batches, "samples": results.weight, "selected": len(current)})
+        if previous is not None and _agrees(previous, current, adaptive.tolerance):
+            stop = "the selection settled"
+            break
+        previous = current
+        if adaptive.max_batches is not None and accumulator.batches >= adaptive.max_batches:
+            stop = "max_batches reached"
+            break
+        target = next(checkpoints, target + 1)
+    if results is None or results.batches != accumulator.batches:
+        results = solve(accumulator, options, skipped=skipped, warm_start=warm_start, reduce=reduce)
+    results.adaptive = {
+        "batches": accumulator.batches,
+        "samples": results.weight,
+        "stop": stop,
+        "checks": history,
+    }
+    return results
+
+
+def top_fraction(fraction: float) -> Callable[[SplittingResults], Selected]:
+    """A selection rule for :func:`adaptive_splitting`: the ``fraction`` of all neurons with the most negative
+    indexes (below 0)."""
+
+    def select(results: SplittingResults) -> Selected:
+        candidates = [
+            (float(index), name, channel)
+            for name, result in results.items()
+            for channel, index in enumerate(result.indexes.tolist())
+            if index < 0 and (result.converged is None or bool(result.converged[channel]))
+        ]
+        total = sum(int(result.indexes.numel()) for result in results.values())
+        count = max(1, int(round(fraction * total)))
+        return [(name, channel, index) for index, name, channel in sorted(candidates)[:count]]
+
+    return select

@@ -1,0 +1,274 @@
+"""One pass over the data that records what the splitting matrices need, whatever the training stack.
+
+The pass runs the model's traced graph (the same modules and parameters) with two kinds of extra nodes:
+
+* *records* right after each tensor the statistics read (a producer's input, a pre-activation, a segment's
+  inputs): they keep it, as a copy when some operation of the model works in place (an ``nn.ReLU(inplace=True)``
+  overwrites its input; a hook on the module would read the overwritten values);
+* *probes* after each node whose output gradient g = dL/da is needed: the output becomes a + p with p a zero
+  tensor that requires grad, so one ``torch.autograd.grad(loss, probes)`` gives every g at once, exact whatever
+  the model does in place afterwards, and without touching (or needing) the parameters' gradients.
+
+**The data contract.** ``data`` is any iterable of batches. With ``loss_function(outputs, targets)`` each batch is
+``(inputs, targets)`` (inputs may be a tuple of the forward's positional arguments). Anything else (dict batches,
+token ids, several outputs) takes a ``closure(model, batch)`` that returns ``(loss, weight)``: the scalar loss as
+trained and the number of units it averages over (samples, or tokens for a per-token mean). With
+``reduction="mean"`` batch b contributes weight_b * S_b, with ``"sum"`` (a summed loss) S_b itself; the total is
+divided by the sum of the weights, so S is always that of the mean loss over all units. The pass works under
+``torch.no_grad()`` (it turns gradients on for itself); under ``torch.inference_mode()`` autograd cannot run and
+it says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+from ..errors import SplitgrowError
+from ..graph import ChannelGraph, Site
+
+LossFunction = Callable[[Any, Any], Tensor]
+LossClosure = Callable[[nn.Module, Any], "Tensor | tuple[Tensor, float]"]
+REDUCTIONS = ("mean", "sum", "auto")
+
+
+class StatisticsError(SplitgrowError):
+    """The data, the loss or the calling context cannot give splitting statistics."""
+
+
+@dataclass
+class BatchRecord:
+    """What one batch contributes.
+
+    Attributes:
+        weight: the number of units (samples, tokens) the batch's loss averages over.
+        scale: the factor of this batch's matrices in the weighted sum (``weight`` for a mean loss, 1 for a sum).
+        values: recorded tensors by the name of the traced node that made them.
+        gradients: dL/d(output) by the name of the probed node.
+        loss: the batch's loss as the closure returned it.
+    """
+
+    weight: float
+    scale: float
+    values: dict[str, Tensor]
+    gradients: dict[str, Tensor]
+    loss: float = float("nan")
+
+
+class _Keep(nn.Module):
+    """A recording node: keeps its input (a copy when the model works in place) and returns it unchanged."""
+
+    def __init__(self, copy_values: bool) -> None:
+        super().__init__()
+        self.copy_values = copy_values
+        self.values: dict[str, Tensor] = {}
+
+    def forward(self, key: str, value: Tensor) -> Tensor:
+        kept = value.detach()
+        self.values[key] = kept.clone() if self.copy_values else kept
+        return value
+
+
+class _Probe(nn.Module):
+    """A probe: returns value + p with p a zero tensor requiring grad, so dL/dp = dL/d(value)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probes: dict[str, Tensor] = {}
+
+    def forward(self, key: str, value: Tensor) -> Tensor:
+        probe = torch.zeros_like(value, requires_grad=True)
+        self.probes[key] = probe
+        return value + probe
+
+
+def recorded_inputs(graph: ChannelGraph, site: Site) -> list[str]:
+    """The traced nodes whose values a site's statistics read."""
+    if site.engine == "ridge":
+        found = [graph.nodes[producer].all_input_nodes[0].name for producer, _ in site.branches]
+        return found + [graph.nodes[site.activation_node].all_input_nodes[0].name]
+    if site.engine == "chain":
+        producer = graph.nodes[site.producer_node]
+        activation = graph.nodes[site.activation_node]
+        found = [producer.all_input_nodes[0].name, activation.all_input_nodes[0].name]
+        if site.engine == "chain":
+            second = graph.nodes[site.chain.second_activation_node]
+            found += [site.activation_node, second.all_input_nodes[0].name]
+        return found
+    inside = set(site.segment)
+    needed = {arg.name for name in site.segment for arg in graph.nodes[name].all_input_nodes} - inside
+    return sorted(needed, key=graph.order.__getitem__)
+
+
+class Instrumented:
+    """The model's traced graph with records and probes for a set of sites."""
+
+    def __init__(self, graph: ChannelGraph, sites: Iterable[Site]) -> None:
+        sites = list(sites)
+        self.graph = graph
+        module = fx.GraphModule(graph.module, copy.deepcopy(graph.module.graph))
+        self.keep = _Keep(copy_values=graph.has_in_place)
+        self.probe = _Probe()
+        module.add_submodule("splitgrow_keep", self.keep)
+        module.add_submodule("splitgrow_probe", self.probe)
+        nodes = {node.name: node for node in module.graph.nodes}
+        recorded = {name for site in sites for name in recorded_inputs(graph, site)}
+        probed = {name for site in sites for name in site.frontier}
+        for name in sorted(recorded, key=graph.order.__getitem__):
+            node = nodes[name]
+            with module.graph.inserting_after(node):
+                module.graph.call_module("splitgrow_keep", (name, node))
+        for name in probed:
+            node = nodes[name]
+            with module.graph.inserting_after(node):
+                probe = module.graph.call_module("splitgrow_probe", (name, node))
+            node.replace_all_uses_with(probe, delete_user_cb=lambda user, probe=probe: user is not probe)
+        module.recompile()
+        self.module = module
+        self.probed = sorted(probed)
+
+    def take(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The values recorded and the probes of the last forward pass (and forget them)."""
+        values, probes = dict(self.keep.values), dict(self.probe.probes)
+        self.keep.values.clear()
+        self.probe.probes.clear()
+        return values, probes
+
+
+def _default_closure(loss_function: LossFunction) -> LossClosure:
+    def closure(model: nn.Module, batch: Any) -> tuple[Tensor, float]:
+        if isinstance(batch, Mapping) or not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise StatisticsError(
+                f"a batch is a {type(batch).__name__}, not (inputs, targets); for other batches (dicts, token ids, "
+                "several inputs) pass closure=lambda model, batch: (loss, batch_size)"
+            )
+        inputs, targets = batch
+        arguments = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+        return loss_function(model(*arguments), targets), float(arguments[0].shape[0])
+
+    return closure
+
+
+def _prepare(batch: Any, device: torch.device) -> Any:
+    """Move every tensor of a (nested) batch to ``device``; copy inference-mode tensors, which autograd refuses."""
+    if isinstance(batch, Tensor):
+        moved = batch.to(device)
+        return moved.clone() if moved.is_inference() else moved
+    if isinstance(batch, Mapping):
+        return type(batch)({key: _prepare(value, device) for key, value in batch.items()})
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a named tuple
+        return type(batch)(*(_prepare(value, device) for value in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_prepare(value, device) for value in batch)
+    return batch
+
+
+def _first_size(batch: Any) -> float:
+    if isinstance(batch, Tensor):
+        return float(batch.shape[0]) if batch.dim() else 1.0
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else []
+    for value in values:
+        size = _first_size(value)
+        if size:
+            return size
+    return 0.0
+
+
+def resolve_reduction(reduction: str, loss_function: Any) -> str:
+    """'mean' or 'sum': ``reduction``, or with 'auto' the ``reduction`` attribute of a torch loss module."""
+    if reduction not in REDUCTIONS:
+        raise StatisticsError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+    if reduction == "auto":
+        reduction = getattr(loss_function, "reduction", "mean")
+        if reduction not in ("mean", "sum"):
+            raise StatisticsError(
+                f"the loss has reduction={reduction!r}; splitting needs a scalar loss (reduction 'mean' or 'sum')"
+            )
+    return reduction
+
+
+def record_batches(
+    model: nn.Module,
+    graph: ChannelGraph,
+    data: Iterable,
+    sites: Iterable[Site],
+    *,
+    loss_function: LossFunction | None = None,
+    closure: LossClosure | None = None,
+    reduction: str = "auto",
+    batches: int | None = None,
+    progress: bool = False,
+) -> Iterator[BatchRecord]:
+    """One pass over (the first ``batches`` of) ``data`` in eval mode: a :class:`BatchRecord` per batch.
+
+    The model is restored to its mode after the pass, even when the consumer stops early. Raises
+    StatisticsError for a non-scalar or non-finite loss, an unusable batch, inference mode, or no batch at all.
+    """
+    if (loss_function is None) == (closure is None):
+        raise StatisticsError("give exactly one of loss_function (outputs, targets) and closure (model, batch)")
+    if torch.is_inference_mode_enabled():
+        raise StatisticsError(
+            "splitting statistics need autograd, which torch.inference_mode() turns off; call it outside that block"
+        )
+    graph.check_current()
+    reduction = resolve_reduction(reduction, loss_function if closure is None else closure)
+    run = closure if closure is not None else _default_closure(loss_function)
+    instrumented = Instrumented(graph, sites)
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    iterator: Iterable = data
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(data, total=batches, desc="splitting statistics", unit="batch", leave=False)
+    was_training = model.training
+    model.eval()
+    count = 0
+    try:
+        with torch.enable_grad():
+            for batch in iterator:
+                if batches is not None and count >= batches:
+                    break
+                batch = _prepare(batch, device)
+                returned = run(instrumented.module, batch)
+                loss, weight = returned if isinstance(returned, tuple) else (returned, _first_size(batch))
+                _check_loss(loss, count)
+                values, probes = instrumented.take()
+                missing = [name for name in instrumented.probed if name not in probes]
+                if missing:
+                    raise StatisticsError(f"the closure did not run the model through '{missing[0]}'")
+                names = list(probes)
+                found = torch.autograd.grad(loss, [probes[n] for n in names], allow_unused=True)
+                gradients = {
+                    name: (torch.zeros_like(probes[name]) if g is None else g.detach()) for name, g in zip(names, found)
+                }
+                weight = float(weight)
+                count += 1
+                scale = weight if reduction == "mean" else 1.0
+                yield BatchRecord(weight, scale, values, gradients, float(loss.detach()))
+    finally:
+        instrumented.take()
+        model.train(was_training)
+    if count == 0:
+        raise StatisticsError("the data gave no batches")
+
+
+def _check_loss(loss: Any, index: int) -> None:
+    if not isinstance(loss, Tensor) or loss.dim() != 0:
+        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+        raise StatisticsError(f"the loss of batch {index} is {shape}, not a scalar tensor (reduce it by mean or sum)")
+    if not loss.requires_grad:
+        raise StatisticsError(f"the loss of batch {index} does not depend on the model's outputs through autograd")
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise StatisticsError(
+            f"the loss of batch {index} is {value}; splitting statistics need a finite loss (check the data and the "
+            "model's state)"
+        )

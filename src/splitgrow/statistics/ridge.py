@@ -1,0 +1,264 @@
+"""Closed-form statistics of a *ridge* site: producer -> [BatchNorm] -> activation (MATH.md), or several producers,
+each through its BatchNorm, summed into one activation (a ResNet block with a convolution shortcut).
+
+With h_p the producer's input rows, u the activation's input, g = dL/da its output gradient and s the BatchNorm
+scale (1 without one),
+
+    S_j = sum_p c[p, j] h_p h_p^T,    c = g * phi''(u) * s^2.
+
+With several producers the neuron is their rows together and h_p is their input rows side by side, each scaled by
+its own branch's BatchNorm: S_j = D_j (sum_p c[p, j] h_p h_p^T) D_j with c = g * phi''(u) and D_j the scales.
+
+Dense matrices are accumulated from the handler's rows (:func:`grouped_ridge_matrices`); the matrix-free operator
+applies S V = ((H V^T) * C)^T H with the handler's forward pass and its adjoint, never forming H or S. A good
+start for an iterative solver comes from the same structure: every S_j reads the same rows h_p, so in a subspace Q
+(d x k) of the dominant input directions all the compressed matrices Q^T S_j Q = (HQ)^T diag(c_j) (HQ) cost one
+pass over the k features HQ (:meth:`RidgeOperator.ritz_start`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ..graph import ChannelGraph, Site
+from ..layers.normalization import batch_norm_scale
+from .closed_form import DEFAULT_MAX_TEMPORARY_ELEMENTS
+from .recording import BatchRecord, recorded_inputs
+
+
+def _along(vector: Tensor, like: Tensor, dim: int) -> Tensor:
+    """``vector`` shaped to broadcast along dimension ``dim`` of ``like``."""
+    shape = [1] * like.dim()
+    shape[dim] = -1
+    return vector.reshape(shape).to(like)
+
+
+@dataclass
+class RidgeFields:
+    """One batch of a ridge site: each branch's (prepared) input, c = g * phi''(u), and each branch's scale (a
+    per-channel BatchNorm scale broadcastable over the output, or None)."""
+
+    inputs: list[Tensor]
+    coefficients: Tensor
+    scales: list[Tensor | None]
+    scale: float = 1.0
+    weight: float = 1.0
+
+
+def ridge_fields(graph: ChannelGraph, site: Site, record: BatchRecord, dtype: torch.dtype | None = None) -> RidgeFields:
+    """The fields of one batch (cast to ``dtype`` when given)."""
+    names = recorded_inputs(graph, site)
+    pre = record.values[names[-1]]
+    coefficients = record.gradients[site.activation_node] * site.activation.d2phi(pre)
+    dim = site.members[0].handler.output_channel_dim % pre.dim()
+    inputs, scales = [], []
+    for member, (_, batch_norm), name in zip(site.members, site.branches, names[:-1]):
+        module = graph.modules[member.module]
+        value = record.values[name] if dtype is None else record.values[name].to(dtype)
+        inputs.append(member.handler.prepare_inputs(module, value))
+        scale = None if batch_norm is None else _along(batch_norm_scale(graph.modules[batch_norm]), pre, dim)
+        scales.append(scale if scale is None or dtype is None else scale.to(dtype))
+    if dtype is not None:
+        coefficients = coefficients.to(dtype)
+    return RidgeFields(inputs, coefficients, scales, record.scale, record.weight)
+
+
+def grouped_ridge_matrices(
+    rows: Tensor, coefficients: Tensor, *, max_temporary_elements: int = DEFAULT_MAX_TEMPORARY_ELEMENTS
+) -> Tensor:
+    """S_j = sum_p c[p, j] r[p, g(j)] r[p, g(j)]^T for rows (P, G, d) shared by G equal groups of the n neurons
+    (neuron j in group j // (n / G)) and coefficients (P, n); (n, d, d) in the dtype of ``rows``. Neurons are
+    processed in chunks whose (chunk, P, d) temporary stays below ``max_temporary_elements``."""
+    samples, groups, dim = rows.shape
+    neurons = coefficients.shape[1]
+    per_group = neurons // groups
+    coefficients = coefficients.to(rows.dtype)
+    out = rows.new_empty((neurons, dim, dim))
+    chunk = max(1, max_temporary_elements // max(1, samples * dim))
+    for group in range(groups):
+        shared = rows[:, group]  # (P, d)
+        for start in range(0, per_group, chunk):
+            stop = min(per_group, start + chunk)
+            first = group * per_group
+            weights = coefficients[:, first + start : first + stop].t().unsqueeze(1)  # (chunk, 1, P)
+            out[first + start : first + stop] = (shared.t().unsqueeze(0) * weights) @ shared
+    return out
+
+
+def ridge_dense(
+    graph: ChannelGraph, site: Site, record: BatchRecord, dtype: torch.dtype, max_temporary_elements: int
+) -> Tensor:
+    """One batch's (n, d, d) matrices, not yet weighted."""
+    fields = ridge_fields(graph, site, record)
+    names = recorded_inputs(graph, site)
+    rows, neuron_scales = [], []
+    for member, name, scale in zip(site.members, names, fields.scales):
+        module = graph.modules[member.module]
+        rows.append(member.handler.rows(module, record.values[name]).to(dtype))
+        vector = torch.ones(site.num_neurons, dtype=dtype) if scale is None else scale.reshape(-1).to(dtype)
+        neuron_scales.append(vector.to(rows[-1].device)[:, None].expand(-1, member.neuron_dim))
+    first = site.members[0]
+    coefficient_rows = first.handler.coefficient_rows(graph.modules[first.module], fields.coefficients)
+    matrices = grouped_ridge_matrices(
+        torch.cat(rows, dim=2), coefficient_rows, max_temporary_elements=max_temporary_elements
+    )
+    scales = torch.cat(neuron_scales, dim=1)  # (n, d): each entry's branch scale
+    return matrices * scales[:, :, None] * scales[:, None, :]
+
+
+# Rows h_p (samples x positions) read to compress the matrices for LOBPCG's starting vectors: a 32 x 32 feature map
+# of 1,024 images has a million, whose k^2 outer products would cost more than the solve they are meant to shorten.
+START_ROWS = 2**15
+
+
+@dataclass
+class RidgeOperator:
+    """The splitting matrices of a ridge site as a linear operator on (n, d) directions, from cached batches."""
+
+    graph: ChannelGraph
+    site: Site
+    dtype: torch.dtype
+    batches: list[RidgeFields] = field(default_factory=list)
+    total_weight: float = 0.0
+    matvecs: int = 0
+
+    def __post_init__(self) -> None:
+        self.modules = [self.graph.modules[m.module] for m in self.site.members]
+        self.handlers = [m.handler for m in self.site.members]
+        self.slices = [columns for _, columns in self.site.member_slices()]
+        self.num_neurons, self.neuron_dim = self.site.num_neurons, self.site.neuron_dim
+
+    @classmethod
+    def for_site(cls, graph: ChannelGraph, site: Site, dtype: torch.dtype = torch.float32) -> RidgeOperator:
+        return cls(graph, site, dtype)
+
+    def add(self, record: BatchRecord) -> None:
+        """Cache one batch's statistics."""
+        self.batches.append(ridge_fields(self.graph, self.site, record, self.dtype))
+        self.total_weight += record.weight
+
+    @property
+    def device(self) -> torch.device:
+        return self.batches[0].coefficients.device if self.batches else self.modules[0].weight.device
+
+    @property
+    def num_batches(self) -> int:
+        return len(self.batches)
+
+    def _product(self, fields: RidgeFields, directions: Tensor) -> Tensor:
+        parts = zip(self.handlers, self.modules, fields.inputs, fields.scales, self.slices)
+        z = None
+        for handler, module, inputs, scale, columns in parts:
+            out = handler.apply(module, inputs, directions[:, columns])
+            out = out if scale is None else out * scale
+            z = out if z is None else z + out
+        field_ = z * fields.coefficients
+        products = []
+        for handler, module, inputs, scale in zip(self.handlers, self.modules, fields.inputs, fields.scales):
+            products.append(handler.adjoint(module, inputs, field_ if scale is None else field_ * scale))
+        return torch.cat(products, dim=1)
+
+    def matvec(self, directions: Tensor) -> Tensor:
+        """S_j v_j for every neuron j: (n, d) -> (n, d)."""
+        if directions.shape != (self.num_neurons, self.neuron_dim):
+            raise ValueError(f"expected directions of shape {(self.num_neurons, self.neuron_dim)}")
+        if not self.batches:
+            raise ValueError("the operator has no data; add batches first")
+        self.matvecs += 1
+        out = torch.zeros_like(directions)
+        for fields in self.batches:
+            out += fields.scale * self._product(fields, directions.to(self.dtype)).to(out.dtype)
+        return out / self.total_weight
+
+    def matvec_batch(self, index: int, directions: Tensor) -> Tensor:
+        """S_b V for one cached batch b alone, scaled to estimate S V (for stochastic solvers)."""
+        self.matvecs += 1
+        fields = self.batches[index]
+        share = fields.scale * self.num_batches / self.total_weight
+        return share * self._product(fields, directions.to(self.dtype)).to(directions.dtype)
+
+    def dense(self) -> Tensor:
+        """The (n, d, d) matrices, by d products with the unit vectors (for checks on small sites)."""
+        eye = torch.eye(self.neuron_dim, dtype=self.dtype, device=self.device)
+        columns = [self.matvec(eye[k].expand(self.num_neurons, -1).clone()) for k in range(self.neuron_dim)]
+        return torch.stack(columns, dim=2)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the cached batches."""
+        return sum(t.numel() * t.element_size() for f in self.batches for t in (*f.inputs, f.coefficients))
+
+    # ------------------------------------------------------------------ a shared input subspace (Rayleigh-Ritz)
+
+    @property
+    def _single(self) -> bool:
+        return len(self.modules) == 1
+
+    def _features(self, fields: RidgeFields, basis: Tensor) -> Tensor:
+        """s * (H Q) for one batch as (P, k) rows... for one branch; ``basis`` is (d, k)."""
+        handler, module = self.handlers[0], self.modules[0]
+        output = handler.apply(module, fields.inputs[0], basis.t().contiguous())
+        return handler.coefficient_rows(module, output)
+
+    def _effective_coefficients(self, fields: RidgeFields) -> Tensor:
+        scale = fields.scales[0]
+        coefficients = fields.coefficients if scale is None else fields.coefficients * scale * scale
+        return self.handlers[0].coefficient_rows(self.modules[0], coefficients)
+
+    def input_subspace(self, dim: int, generator: torch.Generator, power_iterations: int = 1) -> Tensor | None:
+        """An orthonormal basis (d, k) of the dominant subspace of the site's input rows (k = min(dim, d)), by
+        randomised range finding on H^T H; the identity when d <= dim (Rayleigh-Ritz is then exact); None when the
+        neurons do not share their inputs (a depthwise convolution) or the site sums several producers."""
+        dtype, device = self.dtype, self.device
+        if self.neuron_dim <= dim:
+            return torch.eye(self.neuron_dim, dtype=dtype, device=device)
+        if not self._single or not self.handlers[0].shares_inputs(self.modules[0]):
+            return None
+        handler, module = self.handlers[0], self.modules[0]
+        basis = torch.randn((self.neuron_dim, dim), generator=generator, dtype=torch.float64).to(device, dtype)
+        for _ in range(max(1, power_iterations)):
+            gram = sum(
+                handler.adjoint(module, f.inputs[0], handler.apply(module, f.inputs[0], basis.t().contiguous())).t()
+                for f in self.batches
+            )
+            basis = torch.linalg.qr(gram)[0]
+        return basis
+
+    def compress(self, basis: Tensor, *, max_rows: int | None = None, max_temporary_elements: int = 2**25) -> Tensor:
+        """Q^T S_j Q for every neuron j, (n, k, k), for an orthonormal ``basis`` Q (d, k): from the k features HQ
+        alone when the neurons share their inputs (reading at most ``max_rows`` rows h_p, an estimate good enough
+        for starting vectors), otherwise by k products."""
+        k = basis.shape[1]
+        if not self._single or not self.handlers[0].shares_inputs(self.modules[0]):
+            columns = [self.matvec(basis[:, i].expand(self.num_neurons, -1).contiguous()) for i in range(k)]
+            return basis.t().unsqueeze(0) @ torch.stack(columns, dim=2)
+        total = basis.new_zeros((self.num_neurons, k * k))
+        rows_per_chunk = max(1, max_temporary_elements // (k * k))
+        rows_left = max_rows if max_rows is not None else float("inf")
+        weight = 0.0
+        for fields in self.batches:
+            if rows_left <= 0:
+                break
+            features = self._features(fields, basis)
+            coefficients = self._effective_coefficients(fields)
+            rows = int(min(features.shape[0], rows_left))
+            rows_left -= rows
+            weight += fields.weight * rows / features.shape[0]
+            for start in range(0, rows, rows_per_chunk):
+                stop = min(rows, start + rows_per_chunk)
+                g = features[start:stop]
+                outer = (g.unsqueeze(2) * g.unsqueeze(1)).reshape(g.shape[0], k * k)
+                total += fields.scale * (coefficients[start:stop].t() @ outer)
+        return (total / weight).reshape(self.num_neurons, k, k)
+
+    def ritz_start(self, dim: int, generator: torch.Generator, power_iterations: int = 1) -> Tensor | None:
+        """Starting directions (n, d): each neuron's lowest Ritz vector in the site's dominant input subspace of
+        dimension ``dim``; None where there is no cheap compression."""
+        basis = self.input_subspace(dim, generator, power_iterations)
+        if basis is None:
+            return None
+        compressed = self.compress(basis, max_rows=START_ROWS)
+        _, vectors = torch.linalg.eigh(0.5 * (compressed + compressed.transpose(1, 2)))
+        return vectors[:, :, 0] @ basis.t()

@@ -1,0 +1,200 @@
+"""The public growth loop: schedules, amounts, stopping rules, history, checkpoints and adaptive statistics."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from deep_helpers import zoo_model
+from torch import nn
+
+from splitgrow.graph import ChannelGraph
+from splitgrow.growth import Grower, GrowthPolicy
+from splitgrow.statistics.adaptive import AdaptiveStatistics, adaptive_splitting, top_fraction
+
+DTYPE = torch.float64
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.act = nn.Tanh()
+        self.fc2 = nn.Linear(3, 3)
+        self.act2 = nn.Softplus()
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(self.act2(self.fc2(self.act(self.fc(x)))))
+
+
+def _setup(seed: int = 0):
+    torch.manual_seed(seed)
+    model = _Net().to(DTYPE)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 4, generator=generator, dtype=DTYPE)
+    y = (x[:, 0] * x[:, 1] > 0).long()
+    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    return model, batches, optimizer
+
+
+def _train(model, batches, optimizer, generator):
+    def epoch(_):
+        model.train()
+        total = 0.0
+        for index in torch.randperm(len(batches), generator=generator).tolist():
+            x, y = batches[index]
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            total += float(loss)
+        return total / len(batches)
+
+    return epoch
+
+
+def test_the_history_records_every_stage_and_its_predictions():
+    model, batches, optimizer = _setup()
+    policy = GrowthPolicy(first=2, every=2, count=2, epsilon=1e-3, max_stages=3, solver="dense")
+    grower = Grower(model, batches[0][0], batches, policy=policy, loss_function=F.cross_entropy, optimizer=optimizer)
+    history = grower.fit(_train(model, batches, optimizer, torch.Generator().manual_seed(1)), 9)
+    assert [stage.epoch for stage in history] == [2, 4, 6]
+    assert grower.stopped and "max_stages" in grower.stop_reason
+    for stage in history:
+        assert len(stage.splits) == 2
+        indexes = [split["index"] for split in stage.splits]
+        assert stage.predicted_change == pytest.approx(0.5e-6 * sum(indexes), rel=1e-12)
+        assert stage.measured_change == pytest.approx(stage.predicted_change, rel=0.05, abs=1e-12)
+        assert sum(stage.widths_after.values()) == sum(stage.widths_before.values()) + 2
+        assert stage.parameters_after > stage.parameters_before and stage.samples == 64
+    assert model.fc.out_features + model.fc2.out_features == 6 + 6
+
+
+def test_a_plateau_trigger_and_a_parameter_budget_stop_where_they_should():
+    model, batches, optimizer = _setup(1)
+    limit = 50
+    policy = GrowthPolicy(
+        first=1, every=None, plateau_patience=2, monitor="loss", parameter_ratio=0.3, max_parameters=limit
+    )
+    grower = Grower(model, batches[0][0], batches, policy=policy, loss_function=F.cross_entropy, optimizer=optimizer)
+    losses = iter([1.0, 0.9, 0.9, 0.95, 0.5, 0.5, 0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4])
+    grown_at = []
+    for epoch in range(15):
+        before = sum(p.numel() for p in model.parameters())
+        stage = grower.epoch_end({"loss": next(losses)})
+        if stage is not None:
+            grown_at.append(epoch + 1)
+            assert stage.parameters_after - before <= 0.3 * before  # the budget of the stage
+        if grower.stopped:
+            break
+    assert grown_at[0] == 4  # no improvement on epochs 3 and 4
+    assert grower.stopped and "max_parameters" in grower.stop_reason
+    assert sum(p.numel() for p in model.parameters()) >= limit
+
+
+def test_a_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
+    def run(stop_after=None, resume=False, path=tmp_path / "run.pt"):
+        model, batches, optimizer = _setup(2)
+        generator = torch.Generator().manual_seed(5)
+        policy = GrowthPolicy(first=2, every=2, fraction=0.5, max_stages=2, epsilon=0.05)
+        grower = Grower(
+            model, batches[0][0], batches, policy=policy, loss_function=F.cross_entropy, optimizer=optimizer
+        )
+
+        def scheduler(optimizer, epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] = 0.2
+            return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, epochs // 2), gamma=0.5)
+
+        class Stop(Exception):
+            pass
+
+        def maybe_stop(epoch):
+            if stop_after is not None and epoch + 1 == stop_after:
+                raise Stop
+
+        try:
+            grower.fit(
+                _train(model, batches, optimizer, generator),
+                7,
+                scheduler_factory=scheduler,
+                checkpoint=path,
+                resume=resume,
+                on_epoch_end=maybe_stop,
+                extra_state=(generator.get_state, generator.set_state),
+            )
+        except Stop:
+            return None
+        return model, grower
+
+    whole, whole_grower = run(path=tmp_path / "whole.pt")
+    assert run(stop_after=3) is None  # killed after a growth stage and an epoch of its phase
+    assert run(stop_after=5, resume=True) is None
+    resumed, resumed_grower = run(resume=True)
+    assert [s.to_dict() | {"seconds": 0, "training_seconds": 0} for s in resumed_grower.history] == [
+        s.to_dict() | {"seconds": 0, "training_seconds": 0} for s in whole_grower.history
+    ]
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("architecture", ["mobilenetv1", "dscnn"])
+def test_a_fraction_counts_coupling_groups_not_layers(architecture):
+    """MobileNet's channels are each a pointwise and a depthwise filter: half of the groups, not of the layers."""
+    model, inputs, targets = zoo_model(architecture, width=4, seed=3)
+    policy = GrowthPolicy(first=0, every=1, fraction=0.5, epsilon=0.01, measure=False, allow_inexact=True)
+    grower = Grower(model, inputs, [(inputs, targets)], policy=policy, loss_function=F.cross_entropy)
+    groups = grower.net.neurons()
+    stage = grower.grow()
+    chosen = [(split["site"], split["channel"]) for split in stage.splits]
+    assert len(chosen) == len(set(chosen))
+    assert abs(len(chosen) - groups / 2) <= 1
+    assert sum(stage.widths_after.values()) == groups + len(chosen)
+
+
+def test_adaptive_statistics_stop_early_on_an_easy_case_and_draw_more_on_a_noisy_one():
+    model, batches, _ = _setup(4)
+    graph = ChannelGraph(model, batches[0][0])
+    same = [batches[0]] * 16  # the same batch: the selection cannot change
+    easy = adaptive_splitting(
+        model, graph, same, top_fraction(0.5), F.cross_entropy, adaptive=AdaptiveStatistics(min_batches=2)
+    )
+    assert easy.adaptive["batches"] == 4 and easy.adaptive["stop"] == "the selection settled"
+    generator = torch.Generator().manual_seed(0)
+    noisy = []
+    for _ in range(16):  # every batch its own random labels: the indexes keep moving
+        x = torch.randn(8, 4, generator=generator, dtype=DTYPE)
+        noisy.append((x, torch.randint(0, 2, (8,), generator=generator)))
+    hard = adaptive_splitting(
+        model,
+        graph,
+        noisy,
+        top_fraction(0.5),
+        F.cross_entropy,
+        adaptive=AdaptiveStatistics(min_batches=2, max_batches=16, tolerance=0.01),
+    )
+    assert hard.adaptive["batches"] > easy.adaptive["batches"]
+    assert hard.adaptive["samples"] == 8 * hard.adaptive["batches"]
+
+
+def test_policies_refuse_bad_settings():
+    with pytest.raises(Exception, match="exactly one of count"):
+        GrowthPolicy(count=2, fraction=0.1)
+    with pytest.raises(Exception, match="epsilon"):
+        GrowthPolicy(count=2, epsilon=math.nan)
+    with pytest.raises(Exception, match="when to grow"):
+        GrowthPolicy(count=2, every=None)
+
+
+def test_a_splitting_stable_network_stops_the_grower():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Softplus(), nn.Linear(2, 1)).to(DTYPE)
+    x = torch.randn(10, 2, dtype=DTYPE)
+    policy = GrowthPolicy(first=1, every=1, count=1, threshold=-1e9)  # nothing is that negative
+    grower = Grower(model, x, [(x, torch.zeros(10, 1, dtype=DTYPE))], policy=policy, loss_function=F.mse_loss)
+    assert grower.epoch_end() is None and grower.stopped and "splitting-stable" in grower.stop_reason
+    assert copy.deepcopy(grower.state_dict())["stopped"]
