@@ -16,9 +16,10 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.figure import Figure
+if TYPE_CHECKING:  # matplotlib is an extra: the core library does not import it
+    from matplotlib.figure import Figure
 
 
 def _file_mode() -> int:
@@ -101,7 +102,14 @@ def _git_commit() -> str | None:
 
 def run_metadata() -> dict[str, Any]:
     """Versions, platform and time, recorded with every result."""
-    import matplotlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
     import numpy
     import scipy
     import torch
@@ -115,7 +123,7 @@ def run_metadata() -> dict[str, Any]:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
-        "matplotlib": matplotlib.__version__,
+        "matplotlib": installed("matplotlib"),
         "platform": platform.platform(),
         "processor": platform.machine(),
         "torch_threads": torch.get_num_threads(),

@@ -4,8 +4,10 @@
 One run, for one dataset and one model, is a list of *tasks*, each checkpointed after every epoch:
 
 1. ``splitting``: train the small network, then ``stages`` times: compute every splitting index, split the
-   channels with the most negative ones (``growth_ratio`` of the current neurons), fine-tune. The accuracy and
-   size after each stage are the "fine-tuned" splitting curve (Figure 3a-b).
+   neurons with the most negative ones (``growth_ratio`` of the current coupling groups: a MobileNet channel is
+   its pointwise and its depthwise filter together), fine-tune. The public growth loop
+   (:class:`~splitgrow.growth.Grower`) does it. The accuracy and size after each stage are the "fine-tuned"
+   splitting curve (Figure 3a-b).
 2. ``full`` and ``full-slim``: the full-size network trained from scratch, without and with network slimming's
    sparsity (L1 on BatchNorm scales), for as many epochs as the splitting path takes in all.
 3. ``prune-<method>-<k>``: the trained full network pruned to the parameter ratio splitting reached at stage k, then
@@ -20,8 +22,6 @@ epoch; ``--resume`` continues a killed run and reaches the same numbers as an un
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,12 +44,11 @@ from ..classification import (
 from ..config import require
 from ..data import DATASETS, Batches, ImageDataset, load_dataset
 from ..errors import ConfigError, SplitgrowError
-from ..inspection import model_flops, split_costs
+from ..growth import Grower, GrowthPolicy
+from ..inspection import model_flops
 from ..models import build_model, load_model, save_model
-from ..network import SplittableNetwork
 from ..pruning import LABELS as PRUNING_LABELS
 from ..pruning import PRUNING_METHODS, prune_to_ratio
-from ..selection import select_within_budget
 from ..statistics import SOLVERS
 from ..surgery import parameter_count
 from .common import Experiment, Reporter, derive_seed, markdown_table
@@ -126,7 +125,10 @@ class ImagesConfig:
         )
         require(self.batch_size >= 1, "batch_size must be >= 1")
         require(self.learning_rate > 0, "learning_rate must be > 0")
-        require(self.epochs >= 1 and self.finetune_epochs >= 0, "epochs must be >= 1 and finetune_epochs >= 0")
+        require(
+            self.epochs >= 1 and self.finetune_epochs >= 1,
+            "epochs and finetune_epochs must be >= 1 (a growth stage happens between two phases of training)",
+        )
         require(self.full_epochs >= 0, "full_epochs must be >= 0 (0: epochs + stages * finetune_epochs)")
         require(self.retrain_epochs >= 0, "retrain_epochs must be >= 0 (0: as many as full_epochs)")
         require(self.stages >= 0, "stages must be >= 0")
@@ -321,76 +323,91 @@ def _flops(model, example: torch.Tensor) -> int:
 # ------------------------------------------------------------------------------------------ tasks
 
 
-def _task_splitting(context: _Context, resume: dict[str, Any] | None) -> list[dict[str, Any]]:
+def _progress_saved(context: _Context) -> None:
+    """After an epoch of the splitting task (whose tensors the grower checkpoints itself): the run's progress and
+    time, then the test hook that simulates a kill."""
+    context.checkpoint.save(None)
+    context.tick()
+
+
+def _task_splitting(context: _Context, resume: bool) -> dict[str, Any]:
+    """Grow the small network with :class:`~splitgrow.growth.Grower`: train, then at the end of every phase
+    evaluate, split (``growth_ratio`` of the coupling groups, or a parameter budget) and fine-tune with the learning
+    rate restarted; the grower checkpoints after every epoch (``splitting.pt``)."""
     config = context.config
     example = context.example()
     full_parameters = context.checkpoint.progress["full_parameters"]
-    if resume is not None:
-        model = _restore(resume)
-    else:
-        torch.manual_seed(derive_seed(context.seed, "init", "splitting"))
-        model = build_model(config.model, **context.checkpoint.progress["start_config"])
-    trainer = _Trainer(context, "splitting", model, resume=resume)
-    rows = list(resume["extra"]["rows"]) if resume is not None else []
-    statistics_batches = [
+    torch.manual_seed(derive_seed(context.seed, "init", "splitting"))
+    model = build_model(config.model, **context.checkpoint.progress["start_config"]).to(context.device)
+    optimizer = make_optimizer(model, config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(derive_seed(context.seed, "data", "splitting"))
+    statistics = [
         batch for _, batch in zip(range(config.split_batches), context.batches(context.train, training=False))
     ]
-    first = 0
-    if resume is not None:
-        # a finished phase resumes with the next stage's split; an unfinished one (already split) continues
-        first = resume["phase"] + 1 if resume["done"] else resume["phase"]
-    for stage in range(first, config.stages + 1):
-        continuing = resume is not None and resume["phase"] == stage and not resume["done"]
-        if stage > 0 and not continuing:
-            _split_stage(context, trainer, stage, statistics_batches, example)
-        epochs = config.epochs if stage == 0 else config.finetune_epochs
-        measured = trainer.phase(stage, epochs, {"rows": rows}) if epochs else evaluate_only(context, trainer.model)
-        rows.append(
-            _row(
-                "splitting",
-                "fine-tuned",
-                stage,
-                trainer.model,
-                full_parameters,
-                _flops(trainer.model, example),
-                measured,
-            )
+    amount = (
+        {"parameter_ratio": config.parameter_budget}
+        if config.parameter_budget > 0
+        else {"fraction": config.growth_ratio}
+    )
+    policy = GrowthPolicy(
+        first=config.epochs,
+        every=config.finetune_epochs,
+        max_stages=config.stages,
+        epsilon=config.epsilon,
+        threshold=config.threshold,
+        solver=config.solver,
+        statistics_batches=None,
+        **amount,
+    )
+    grower = Grower(
+        model,
+        example,
+        statistics,
+        policy=policy,
+        loss_function=F.cross_entropy,
+        optimizer=optimizer,
+        seed=derive_seed(context.seed, "split"),
+    )
+    train_batches = context.batches(context.train, training=True, generator=generator)
+    total = config.epochs + config.stages * config.finetune_epochs
+
+    def train(epoch: int) -> float:
+        stage = len(grower.history)
+        description = f"seed {context.seed} splitting stage {stage} epoch {epoch + 1}/{total}"
+        with context.reporter.bar(len(train_batches), description) as bar:
+            return train_epoch(model, train_batches, optimizer, on_batch=lambda _: bar.update())
+
+    def phase_end(stage: int) -> dict[str, Any]:
+        row = _row(
+            "splitting",
+            "fine-tuned",
+            stage,
+            model,
+            full_parameters,
+            _flops(model, example),
+            evaluate_only(context, model),
         )
-        trainer.save(stage, epochs, True, None, {"rows": rows})
         context.reporter.message(
-            f"seed {context.seed} splitting stage {stage}: {rows[-1]['parameters']:,} parameters "
-            f"(ratio {rows[-1]['ratio']:.3f}), test accuracy {measured['accuracy']:.4f}"
+            f"seed {context.seed} splitting stage {stage}: {row['parameters']:,} parameters "
+            f"(ratio {row['ratio']:.3f}), test accuracy {row['accuracy']:.4f}"
         )
-    return rows
+        return row
 
+    def schedule(optimizer: torch.optim.Optimizer, epochs: int) -> torch.optim.lr_scheduler.MultiStepLR:
+        restart_learning_rate(optimizer, config.learning_rate)
+        return make_scheduler(optimizer, epochs)
 
-def _split_stage(context: _Context, trainer: _Trainer, stage: int, batches, example: torch.Tensor) -> None:
-    config = context.config
-    model = trainer.model
-    net = SplittableNetwork(model, example)
-    started = time.perf_counter()
-    results = net.splitting(
-        batches, F.cross_entropy, solver=config.solver, seed=derive_seed(context.seed, "split", str(stage))
+    history = grower.fit(
+        train,
+        total,
+        scheduler_factory=schedule,
+        on_phase_end=phase_end,
+        on_epoch_end=lambda epoch: _progress_saved(context),
+        checkpoint=context.folder / "splitting.pt",
+        resume=resume,
+        extra_state=(generator.get_state, generator.set_state),
     )
-    neurons = sum(site.num_neurons for site in net.sites.values())
-    if config.parameter_budget > 0:
-        costs = split_costs(net.graph, "parameters")
-        budget = config.parameter_budget * parameter_count(model)
-        requests = select_within_budget(results, costs, budget, threshold=config.threshold, graph=net.graph)
-    else:
-        count = max(1, math.ceil(config.growth_ratio * neurons))
-        requests = net.select(results, count, config.threshold)
-    report = net.split(requests, config.epsilon, optimizer=trainer.optimizer)
-    trainer.history.append(
-        {
-            "stage": stage,
-            "splits": len(requests),
-            "sites": sorted({r.site for r in requests}),
-            "predicted_change": report.predicted_change,
-            "parameters": report.parameters_after,
-            "seconds": time.perf_counter() - started,
-        }
-    )
+    return {"rows": list(grower.phase_metrics), "growth": [stage.to_dict() for stage in history]}
 
 
 def _task_train_full(context: _Context, resume: dict[str, Any] | None, task: str, sparsity: float) -> dict[str, Any]:
@@ -519,8 +536,8 @@ def run_seed(
         checkpoint.save(None)
 
     if "splitting" not in completed:
-        finish("splitting", _task_splitting(context, resume_for("splitting")))
-    splitting_rows = completed["splitting"]
+        finish("splitting", _task_splitting(context, resume))
+    splitting_rows = completed["splitting"]["rows"]
     if "l1" in config.pruning_methods and "full" not in completed:
         finish("full", _task_train_full(context, resume_for("full"), "full", 0.0))
     if "bn" in config.pruning_methods and "full-slim" not in completed:
@@ -538,7 +555,7 @@ def run_seed(
             task = f"retrain-{source['method']}-{source['stage']}"
             if task not in completed:
                 finish(task, _task_retrain(context, resume_for(task), source))
-    rows = list(completed["splitting"])
+    rows = list(completed["splitting"]["rows"])
     rows += [value for key, value in completed.items() if key.startswith(("prune-", "retrain-"))]
     references = {key: completed[key] for key in ("full", "full-slim") if key in completed}
     return {
@@ -546,6 +563,7 @@ def run_seed(
         "model": config.model,
         "full_parameters": progress["full_parameters"],
         "rows": rows,
+        "growth": completed["splitting"]["growth"],
         "full_networks": references,
         "wall_time_s": checkpoint.elapsed(),  # over every session of a resumed run, not only the last
     }
@@ -591,7 +609,39 @@ def plot(results: dict[str, Any], directory: Path) -> list[Path]:
     axes[0].legend(fontsize=8)
     path = directory / "accuracy_vs_ratio.png"
     save_figure(figure, path)
-    return [path]
+    return [path, _plot_widths(results, directory / "widths.png")]
+
+
+def uniformity(widths: list[int], start: list[int]) -> float:
+    """How far a network's widths are from a uniform scaling of ``start``: the geometric standard deviation of
+    the layers' growth factors (1 for uniform scaling; 2 when a typical layer grew twice or half as much as the
+    geometric mean of all)."""
+    factors = np.log(np.asarray(widths, dtype=float) / np.asarray(start, dtype=float))
+    return float(np.exp(factors.std()))
+
+
+def _plot_widths(results: dict[str, Any], path: Path) -> Path:
+    """The architecture each method found: per-layer widths at every stage (fine-tuned rows)."""
+    methods = [m for m in ("splitting", "bn", "l1") if any(r["method"] == m for r in results["rows"])]
+    figure = Figure(figsize=(4.0 * len(methods), 3.6), layout="constrained")
+    axes = figure.subplots(1, len(methods), sharey=True, squeeze=False)[0]
+    colors = {0: "tab:gray", 1: "tab:blue", 2: "tab:orange", 3: "tab:red", 4: "tab:purple", 5: "tab:brown"}
+    for ax, method in zip(axes, methods):
+        rows = sorted(
+            (r for r in results["rows"] if r["method"] == method and r["variant"] == "fine-tuned"),
+            key=lambda r: r["stage"],
+        )
+        for row in rows:
+            layers = range(1, len(row["widths"]) + 1)
+            label = f"stage {row['stage']} (ratio {row['ratio']:.2f})"
+            ax.plot(layers, row["widths"], "o-", ms=3, color=colors.get(row["stage"], "black"), label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("layer")
+        ax.set_title(METHOD_LABELS[method])
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("channels")
+    save_figure(figure, path)
+    return path
 
 
 def summarize(all_results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
@@ -644,12 +694,46 @@ def summarize(all_results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
         f"{key} {100 * value['accuracy']:.2f}%" for key, value in first.get("full_networks", {}).items()
     )
     table = markdown_table(["variant", "stage", "method", "parameters", "ratio", "test accuracy %"], table_rows)
+    architectures, widths_table = _widths_summary(all_results)
     table = (
         f"{first['model']} on {first['dataset']} (full-size network: {first['full_parameters']:,} parameters; "
         f"{references})\n\n{table}\n\nSplitting more accurate than a pruning baseline at the same size in {wins} of "
-        f"{comparisons} comparisons."
+        f"{comparisons} comparisons.\n\nThe architectures found (per-layer widths, seed {first['seed']}; "
+        f"uniformity 1.00 = a uniform scaling of the starting network):\n\n{widths_table}"
     )
-    return {"rows": summary_rows, "splitting_wins": wins, "comparisons": comparisons}, table
+    summary = {"rows": summary_rows, "splitting_wins": wins, "comparisons": comparisons, "architectures": architectures}
+    return summary, table
+
+
+def _widths_summary(all_results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """Per-layer widths of every method at every stage (every seed), with their distance from uniform scaling."""
+    architectures, rows = [], []
+    for results in all_results:
+        start = next(r["widths"] for r in results["rows"] if r["method"] == "splitting" and r["stage"] == 0)
+        for row in sorted(results["rows"], key=lambda r: (r["variant"], r["method"], r["stage"])):
+            if row["variant"] != "fine-tuned":
+                continue
+            spread = uniformity(row["widths"], start)
+            architectures.append(
+                {
+                    "seed": results["seed"],
+                    "method": row["method"],
+                    "stage": row["stage"],
+                    "widths": row["widths"],
+                    "uniformity": spread,
+                }
+            )
+            if results is all_results[0]:
+                rows.append(
+                    [
+                        METHOD_LABELS[row["method"]],
+                        row["stage"],
+                        f"{row['ratio']:.3f}",
+                        f"{spread:.2f}",
+                        " ".join(str(w) for w in row["widths"]),
+                    ]
+                )
+    return architectures, markdown_table(["method", "stage", "ratio", "uniformity", "widths"], rows)
 
 
 EXPERIMENT = Experiment(

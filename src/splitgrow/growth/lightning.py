@@ -1,0 +1,131 @@
+"""A PyTorch Lightning callback that grows the LightningModule inside ``Trainer.fit`` (``pip install
+splitgrow[lightning]``).
+
+    trainer = Trainer(callbacks=[GrowthCallback(example, policy=GrowthPolicy(every=3, fraction=0.25),
+                                                loss_function=F.cross_entropy)])
+    trainer.fit(module, datamodule)
+
+At the end of every training epoch the grower's schedule decides; a growth stage reads the first
+``policy.statistics_batches`` batches of ``statistics_data`` (by default the trainer's training loader), splits the
+module in place and carries the optimiser's state across (its parameters keep their identity, so the optimiser and
+any learning-rate scheduler simply continue: nothing needs rebuilding). The monitored metric of a plateau rule is
+read from ``trainer.callback_metrics``. Lightning checkpoints hold the grown weights; on resume (``ckpt_path``) the
+callback resizes the module to the checkpoint's shapes before Lightning creates the optimisers and loads the
+weights, and restores the grower's history through its own state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+try:
+    from lightning.pytorch.callbacks import Callback
+except ImportError as error:  # pragma: no cover - the extra is not installed
+    raise ImportError("the Lightning callback needs the lightning extra: pip install 'splitgrow[lightning]'") from error
+
+from ..statistics import LossClosure, LossFunction
+from ..surgery import resize_like
+from .grower import Grower, GrowthStage
+from .policy import GrowthPolicy
+
+
+class GrowthCallback(Callback):
+    """Grow the LightningModule on a :class:`~splitgrow.growth.policy.GrowthPolicy` (see the module docstring).
+
+    Args:
+        example_inputs: an input batch of the module's forward, to trace it.
+        policy: when, how much and how to grow.
+        loss_function, closure, reduction: how the loss of a batch is computed (see :class:`Grower`); the closure
+            receives the traced forward, not the LightningModule.
+        statistics_data: batches for the statistics, or a callable ``(trainer) -> batches``; default: the trainer's
+            training loader.
+        exclude, relu_surrogate, seed: as for :class:`Grower`.
+    """
+
+    def __init__(
+        self,
+        example_inputs: Tensor | Sequence[Tensor],
+        *,
+        policy: GrowthPolicy,
+        loss_function: LossFunction | None = None,
+        closure: LossClosure | None = None,
+        reduction: str = "auto",
+        statistics_data: Iterable | Callable[[Any], Iterable] | None = None,
+        exclude: Sequence[str] = (),
+        relu_surrogate: float | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.example_inputs = example_inputs
+        self.policy = policy
+        self.options = {
+            "loss_function": loss_function,
+            "closure": closure,
+            "reduction": reduction,
+            "exclude": exclude,
+            "relu_surrogate": relu_surrogate,
+            "seed": seed,
+        }
+        self.statistics_data = statistics_data
+        self.grower: Grower | None = None
+        self._pending_state: dict[str, Any] | None = None
+
+    @property
+    def history(self) -> list[GrowthStage]:
+        return [] if self.grower is None else self.grower.history
+
+    def setup(self, trainer: Any, pl_module: torch.nn.Module, stage: str) -> None:
+        _resize_before_loading(pl_module)
+        if self.grower is None:
+            self.grower = Grower(pl_module, self.example_inputs, (), policy=self.policy, **self.options)
+            if self._pending_state is not None:
+                self.grower.load_state_dict(self._pending_state)
+
+    def _statistics(self, trainer: Any) -> Iterable:
+        if self.statistics_data is None:
+            return trainer.train_dataloader
+        if callable(self.statistics_data) and not hasattr(self.statistics_data, "__iter__"):
+            return self.statistics_data(trainer)
+        return self.statistics_data
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: torch.nn.Module) -> None:
+        grower = self.grower
+        grower.statistics_data = self._statistics(trainer)
+        grower.optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if _scalar(value)}
+        grower.epoch_end(metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.grower is None else self.grower.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if self.grower is None:
+            self._pending_state = state_dict
+        else:
+            self.grower.load_state_dict(state_dict)
+
+
+def _resize_before_loading(pl_module: torch.nn.Module) -> None:
+    """Make the module take the widths of any checkpoint Lightning loads into it: Lightning calls the module's
+    ``on_load_checkpoint`` hook just before it loads the weights (and, with the default strategies, before it makes
+    the optimisers), which is where the resizing must happen."""
+    original = pl_module.on_load_checkpoint
+    if getattr(original, "splitgrow_resizes", False):
+        return
+
+    def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+        resize_like(pl_module, checkpoint["state_dict"])
+        original(checkpoint)
+
+    on_load_checkpoint.splitgrow_resizes = True
+    pl_module.on_load_checkpoint = on_load_checkpoint
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1)

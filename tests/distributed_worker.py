@@ -1,0 +1,51 @@
+"""What each process of the distributed test runs (a module of its own, so that spawned processes can import it)."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+def network() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 4), nn.Softplus(), nn.Linear(4, 3)).double()
+
+
+def data(rank: int | None, world: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Eight batches; process ``rank`` gets every ``world``-th one (None: all of them)."""
+    generator = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(8):
+        x = torch.randn(6, 4, generator=generator, dtype=torch.float64)
+        batches.append((x, torch.randint(0, 3, (6,), generator=generator)))
+    return batches if rank is None else batches[rank::world]
+
+
+def run(rank: int, world: int, address: str, out: str, solvers: list[str]) -> None:
+    dist.init_process_group("gloo", init_method=address, rank=rank, world_size=world)
+    try:
+        for solver in solvers:
+            grow(rank, out, solver)
+    finally:
+        dist.destroy_process_group()
+
+
+def grow(rank: int, out: str, solver: str) -> None:
+    from splitgrow.growth import Grower, GrowthPolicy
+
+    model = network()
+    policy = GrowthPolicy(first=1, every=1, count=3, epsilon=0.1, solver=solver, statistics_batches=None)
+    grower = Grower(model, data(rank)[0][0], data(rank), policy=policy, loss_function=F.cross_entropy)
+    results = grower.statistics()
+    grower.grow()
+    torch.save(
+        {
+            "indexes": {name: result.indexes for name, result in results.items()},
+            "weight": results.weight,
+            "state": model.state_dict(),
+            "stage": grower.history[0].to_dict(),
+        },
+        f"{out}/{solver}-rank{rank}.pt",
+    )
