@@ -266,3 +266,49 @@ def test_optimizer_state_of_another_shape_is_refused_not_skipped():
     with pytest.raises(GraphError, match=r"optimiser state 'exp_avg_sq' has shape \(4,\)"):
         split_network(model, graph, [SplitRequest("hidden.3", 0)], 0.0, optimizer=optimizer)
     assert model.hidden[3].out_features == 4
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "vgg19", "mobilenetv1", "resnet", "concat"])
+def test_new_neurons_keep_the_function(architecture):
+    from splitgrow.surgery import NewNeuron
+
+    model, inputs, _ = zoo_model(architecture)
+    graph = ChannelGraph(model, inputs)
+    generator = torch.Generator().manual_seed(4)
+    additions = [
+        NewNeuron(site.name, torch.randn(site.neuron_dim, generator=generator, dtype=torch.float64))
+        for site in graph.splittable_sites()
+    ]
+    with torch.no_grad():
+        before = model(inputs)
+    report = split_network(model, graph, additions, 0.0, allow_inexact=True)
+    with torch.no_grad():
+        assert float((model(inputs) - before).abs().max()) <= 1e-12
+    assert report.parameters_after > report.parameters_before
+    assert_consistent(model)
+
+
+def test_a_new_neuron_has_its_parameters_zero_output_weights_and_fresh_optimizer_state():
+    from splitgrow.surgery import NewNeuron
+
+    model, inputs, targets = zoo_model("mlp")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    F.cross_entropy(model(inputs), targets).backward()
+    optimizer.step()
+    model.eval()
+    old = copy.deepcopy(model)
+    old_state = {k: v.clone() for k, v in optimizer.state[model.hidden[3].weight].items()}
+    theta = torch.randn(5, dtype=torch.float64)
+    report = split_network(
+        model, ChannelGraph(model, inputs), [NewNeuron("hidden.3", theta, after=1)], 0.0, optimizer=optimizer
+    )
+    assert report.offspring == [[("hidden.3", 2, 2)]]
+    layer = model.hidden[3]
+    torch.testing.assert_close(torch.cat([layer.weight[2], layer.bias[2:3]]), theta)
+    torch.testing.assert_close(layer.weight[[0, 1, 3, 4]], old.hidden[3].weight)  # neighbours untouched
+    torch.testing.assert_close(model.classifier.weight[:, [0, 1, 3, 4]], old.classifier.weight)  # not halved
+    assert float(model.classifier.weight[:, 2].abs().max()) == 0.0
+    state = optimizer.state[layer.weight]
+    assert float(state["exp_avg"][2].abs().max()) == 0.0 and float(state["exp_avg_sq"][2].abs().max()) == 0.0
+    torch.testing.assert_close(state["exp_avg"][[0, 1, 3, 4]], old_state["exp_avg"])

@@ -17,6 +17,9 @@ from .activations import Activation, get_activation, relu_with_softplus_surrogat
 from .errors import ConfigError, DivergenceError, SplitgrowError, SplitgrowWarning
 from .graph import ChannelGraph, GraphError, Site
 from .growth import (
+    Grower,
+    GrowthPolicy,
+    GrowthStage,
     GradientBoosting,
     GrowableProblem,
     GrowthEvent,
@@ -37,7 +40,7 @@ from .shallow.neurons import FunctionalNeuron, Neuron, RidgeNeuron
 from .shallow.particles import ParticleApproximation
 from .solvers import SplittingEigenpairs, dense_eigenpairs
 from .statistics import SiteSplitting, SplittingResults, splitting_eigenpairs, splitting_matrices
-from .surgery import SplitReport, SplitRequest, resize_like, split_network
+from .surgery import NewNeuron, SplitReport, SplitRequest, resize_like, split_network
 
 __version__ = "0.1.0"
 
@@ -50,11 +53,15 @@ __all__ = [
     "GradientBoosting",
     "GraphError",
     "GrowableProblem",
+    "Grower",
+    "GrowthPolicy",
+    "GrowthStage",
     "GrowthEvent",
     "GrowthMethod",
     "GrowthRun",
     "LayerHandler",
     "Net2Net",
+    "NewNeuron",
     "Neuron",
     "NeuronHandler",
     "NewInitialization",

@@ -22,7 +22,7 @@ from .graph import ChannelGraph, Site, model_fingerprint
 from .selection import Selection, select_splits
 from .statistics import LossClosure, LossFunction, SplittingResults, splitting_eigenpairs
 from .statistics.splitting import report_skipped
-from .surgery import SplitReport, SplitRequest, split_network
+from .surgery import NewNeuron, SplitReport, SplitRequest, split_network
 
 
 class SplittableNetwork:
@@ -135,14 +135,14 @@ class SplittableNetwork:
 
     def split(
         self,
-        requests: Sequence[SplitRequest],
+        requests: Sequence[SplitRequest | NewNeuron],
         epsilon: float,
         *,
         optimizer: torch.optim.Optimizer | None = None,
         allow_inexact: bool = False,
     ) -> SplitReport:
-        """Split the requested neurons in place, carrying ``optimizer``'s state (see
-        :func:`splitgrow.surgery.split_network`)."""
+        """Split the requested neurons (and add any :class:`~splitgrow.surgery.NewNeuron`) in place, carrying
+        ``optimizer``'s state (see :func:`splitgrow.surgery.split_network`)."""
         report = split_network(
             self.model, self.graph, requests, epsilon, optimizer=optimizer, allow_inexact=allow_inexact
         )

@@ -60,6 +60,24 @@ class SplitRequest:
     fingerprint: tuple | None = field(default=None, compare=False, repr=False)
 
 
+@dataclass(frozen=True)
+class NewNeuron:
+    """Add a brand-new neuron to site ``site``, right after neuron ``after`` (default: the last one), with
+    parameters ``parameters`` (the site's d entries) and zero output weights, so that the function does not change
+    until training moves them (Firefly's new neurons; the new-initialisation baseline)."""
+
+    site: str
+    parameters: Tensor
+    after: int | None = None
+    fingerprint: tuple | None = field(default=None, compare=False, repr=False)
+
+    def as_request(self, graph: ChannelGraph) -> SplitRequest:
+        """The split request whose plan inserts the new neuron where a copy of neuron ``after`` would go."""
+        site = graph.sites.get(self.site)
+        after = self.after if self.after is not None else (site.num_neurons - 1 if site is not None else 0)
+        return SplitRequest(self.site, after, None, None, self.fingerprint)
+
+
 @dataclass
 class _Unit:
     """Positions of one module's dimension duplicated for one request: each run (start, length) gets a copy
@@ -258,7 +276,12 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, parameters: list[Tensor])
 
 @torch.no_grad()
 def _grow_tensor(
-    tensor: Tensor, dim: int, order: Tensor, scaled: dict[int, float], perturb: dict[int, Tensor] | None = None
+    tensor: Tensor,
+    dim: int,
+    order: Tensor,
+    scaled: dict[int, float],
+    perturb: dict[int, Tensor] | None = None,
+    replace: dict[int, Tensor | float] | None = None,
 ) -> Tensor:
     grown = tensor.index_select(dim, order.to(tensor.device)).clone()
     moved = grown.movedim(dim, 0)
@@ -267,13 +290,16 @@ def _grow_tensor(
     if perturb:
         for position, delta in perturb.items():
             moved[position] += delta.reshape(moved[position].shape).to(moved)
+    for position, value in (replace or {}).items():
+        value = torch.as_tensor(value)
+        moved[position] = value.reshape(moved[position].shape).to(moved) if value.numel() > 1 else value.to(moved)
     return grown
 
 
 def split_network(
     model: nn.Module,
     graph: ChannelGraph,
-    requests: Sequence[SplitRequest],
+    requests: Sequence[SplitRequest | NewNeuron],
     epsilon: float,
     *,
     optimizer: torch.optim.Optimizer | None = None,
@@ -284,7 +310,8 @@ def split_network(
     Args:
         model: the network ``graph`` was traced from.
         graph: its :class:`ChannelGraph` (GraphError if the model changed since).
-        requests: the neurons to split, at most one request per neuron.
+        requests: the neurons to split, at most one request per neuron, and new neurons to add
+            (:class:`NewNeuron`: inserted with zero output weights, so the function does not change).
         epsilon: step size (finite, >= 0); each direction is normalised to unit length.
         optimizer: if given, its state is carried along the same map.
         allow_inexact: also split sites whose second-order prediction is not exact.
@@ -294,7 +321,19 @@ def split_network(
     """
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < 0:
         raise GraphError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
-    plan = plan_split(graph, requests, allow_inexact=allow_inexact)
+    additions: dict[int, NewNeuron] = {}
+    proxies = []
+    for request in requests:
+        if isinstance(request, NewNeuron):
+            proxy = request.as_request(graph)
+            additions[id(proxy)] = request
+            proxies.append(proxy)
+        else:
+            proxies.append(request)
+    plan = plan_split(graph, proxies, allow_inexact=allow_inexact)
+    for proxy in proxies:
+        if id(proxy) in additions:
+            _check_new(graph, additions[id(proxy)])
     modules = dict(model.named_modules())
     changes = []
     for (module_name, role), units in plan.items():
@@ -305,7 +344,7 @@ def split_network(
     if optimizer is not None:
         grown = [getattr(m, name) for _, _, m, _, tensors, _ in changes for name, _ in tensors]
         _check_optimizer(optimizer, [p for p in grown if isinstance(p, nn.Parameter)])
-    report = SplitReport(list(requests), epsilon, parameters_before=parameter_count(model))
+    report = SplitReport(list(proxies), epsilon, parameters_before=parameter_count(model))
     # each member's rows of +eps v, in the layout of its weights before anything grows
     deltas = {
         id(unit): _member_rows(module, handler, unit, epsilon)
@@ -314,31 +353,57 @@ def split_network(
         for unit in units
         if unit.role == "member" and unit.request.direction is not None and epsilon > 0
     }
+    # a new neuron's rows: its parameters where it is a member, the layer's defaults where its channel is copied
+    fresh = {
+        id(unit): _new_rows(module, handler, unit, additions[id(unit.request)])
+        for _, role, module, handler, _, units in changes
+        if role == OUTPUTS
+        for unit in units
+        if id(unit.request) in additions
+    }
     # inputs first: a member whose inputs grow in the same step gets its direction mapped like its weight row
-    column_maps: dict[str, tuple[Tensor, set[int]]] = {}
+    column_maps: dict[str, tuple[Tensor, set[int], set[int]]] = {}
     rows: dict[int, list[tuple[int, str, int, int]]] = defaultdict(list)
     for module_name, role, module, handler, tensors, units in sorted(changes, key=lambda c: c[1] != INPUTS):
         if not tensors:
             continue
         first = getattr(module, tensors[0][0])
         order, originals, copies = _new_order(first.shape[tensors[0][1]], units)
-        roles = {position: unit.role for position, unit in {**originals, **copies}.items()}
+        # splits duplicate (and halve consumers' columns); new neurons leave their neighbour alone
+        roles = {
+            position: unit.role
+            for position, unit in {**originals, **copies}.items()
+            if id(unit.request) not in additions
+        }
+        added = {position for position, unit in copies.items() if id(unit.request) in additions}
         if role == INPUTS:
-            column_maps[module_name] = (order, set(roles))
+            column_maps[module_name] = (order, set(roles), added)
         perturbations = None
         if role == OUTPUTS:
             perturbations = _perturbations(module, handler, originals, copies, deltas, column_maps.get(module_name))
             copy_of = {id(unit): position for position, unit in copies.items()}
             for position, unit in originals.items():
-                if unit.role == "member":
-                    rows[id(unit.request)].append((unit.columns.start, module_name, position, copy_of[id(unit)]))
+                if unit.role != "member":
+                    continue
+                new_row = copy_of[id(unit)]
+                pair = (new_row, new_row) if id(unit.request) in additions else (position, new_row)
+                rows[id(unit.request)].append((unit.columns.start, module_name, *pair))
         for name, dim in tensors:
             tensor = getattr(module, name)
             scaled = {position: 0.5 for position in roles} if role == INPUTS else {}
             perturb = None if perturbations is None else perturbations.get(name)
-            new_value = _grow_tensor(tensor.data, dim, order, scaled, perturb)
+            replace = {position: 0.0 for position in added} if role == INPUTS else {}
+            for position, unit in copies.items():
+                if role == OUTPUTS and id(unit) in fresh:
+                    value = fresh[id(unit)][name]
+                    if isinstance(value, Tensor):
+                        value = _follow_columns(
+                            value, dict(handler.input_tensors(module)).get(name), column_maps.get(module_name)
+                        )
+                    replace[position] = value
+            new_value = _grow_tensor(tensor.data, dim, order, scaled, perturb, replace)
             if optimizer is not None and isinstance(tensor, nn.Parameter) and tensor in optimizer.state:
-                _grow_state(optimizer.state[tensor], tensor, dim, order, roles)
+                _grow_state(optimizer.state[tensor], tensor, dim, order, roles, added)
             if isinstance(tensor, nn.Parameter):
                 tensor.data = new_value
                 tensor.grad = None
@@ -348,8 +413,41 @@ def split_network(
         handler.resize(module, **({"outputs": size} if role == OUTPUTS else {"inputs": size}))
         report.modules.setdefault(module_name, []).append(role)
     report.parameters_after = parameter_count(model)
-    report.offspring = [[entry[1:] for entry in sorted(rows[id(request)])] for request in requests]
+    report.offspring = [[entry[1:] for entry in sorted(rows[id(request)])] for request in proxies]
     return report
+
+
+def _follow_columns(row: Tensor, input_dim: int | None, column_map: tuple[Tensor, set[int], set[int]] | None) -> Tensor:
+    """A row of a weight (laid out before the step) in the layout of the grown weight when the module's inputs grew
+    in the same step: duplicated columns halved, new neurons' columns zero."""
+    if column_map is None or input_dim is None:
+        return row
+    order, halved, zeroed = column_map
+    row_dim = input_dim - 1
+    row = row.index_select(row_dim, order.to(row.device)).clone()
+    moved = row.movedim(row_dim, 0)
+    for column in halved:
+        moved[column] *= 0.5
+    for column in zeroed:
+        moved[column] = 0.0
+    return row
+
+
+def _check_new(graph: ChannelGraph, addition: NewNeuron) -> None:
+    site = graph.sites[addition.site]
+    parameters = torch.as_tensor(addition.parameters)
+    if parameters.numel() != site.neuron_dim or not bool(torch.isfinite(parameters).all()):
+        raise GraphError(
+            f"a new neuron of '{site.name}' needs {site.neuron_dim} finite parameters, got {parameters.numel()}"
+        )
+
+
+def _new_rows(module: nn.Module, handler, unit: _Unit, addition: NewNeuron) -> dict[str, Tensor | float]:
+    """The inserted rows of a new neuron in one module, by tensor name."""
+    if unit.role == "member":
+        part = torch.as_tensor(addition.parameters).reshape(-1).to(torch.float64)[unit.columns]
+        return {name: row[0] for name, row in handler.parameters_from_theta(module, part.unsqueeze(0)).items()}
+    return {name: handler.new_channel_value(module, name) for name, _ in handler.output_tensors(module)}
 
 
 def _member_rows(module: nn.Module, handler, unit: _Unit, epsilon: float) -> dict[str, Tensor]:
@@ -365,13 +463,13 @@ def _perturbations(
     originals: dict[int, _Unit],
     copies: dict[int, _Unit],
     deltas: dict[int, dict[str, Tensor]],
-    column_map: tuple[Tensor, set[int]] | None,
+    column_map: tuple[Tensor, set[int], set[int]] | None,
 ) -> dict[str, dict[int, Tensor]] | None:
     """+eps v on each member row and -eps v on its inserted copy, by tensor name.
 
-    ``column_map`` (new input order, duplicated positions) is given when the module's inputs grew in the same
-    step: the direction's weight part then follows the weight row (duplicated columns halved), so that the
-    perturbation of the output is the one the splitting matrix was computed for.
+    ``column_map`` (new input order, duplicated positions, new neurons' positions) is given when the module's inputs
+    grew in the same step: the direction's weight part then follows the weight row (duplicated columns halved, a new
+    neuron's column zero), so that the perturbation of the output is the one the splitting matrix was computed for.
     """
     found: dict[str, dict[int, Tensor]] = defaultdict(dict)
     input_dims = dict(handler.input_tensors(module))
@@ -380,24 +478,19 @@ def _perturbations(
             if id(unit) not in deltas:
                 continue
             for name, row in deltas[id(unit)].items():
-                if column_map is not None and name in input_dims:
-                    order, halved = column_map
-                    row_dim = input_dims[name] - 1
-                    row = row.index_select(row_dim, order.to(row.device)).clone()
-                    moved = row.movedim(row_dim, 0)
-                    for column in halved:
-                        moved[column] *= 0.5
-                found[name][position] = sign * row
+                found[name][position] = sign * _follow_columns(row, input_dims.get(name), column_map)
     return dict(found) or None
 
 
-def _grow_state(state: dict, parameter: Tensor, dim: int, order: Tensor, roles: dict[int, str]) -> None:
+def _grow_state(
+    state: dict, parameter: Tensor, dim: int, order: Tensor, roles: dict[int, str], added: set[int] = frozenset()
+) -> None:
     for key, value in list(state.items()):
         if not isinstance(value, Tensor) or value.dim() == 0:
             continue
         scaled = {position: _state_scale(key, role) for position, role in roles.items()}
         scaled = {position: factor for position, factor in scaled.items() if factor != 1.0}
-        state[key] = _grow_tensor(value, dim, order, scaled)
+        state[key] = _grow_tensor(value, dim, order, scaled, replace={position: 0.0 for position in added})
 
 
 def resize_like(model: nn.Module, state_dict: dict[str, Tensor]) -> list[str]:

@@ -86,6 +86,11 @@ class LayerHandler:
     def resize(self, module: nn.Module, *, outputs: int | None = None, inputs: int | None = None) -> None:
         """Update the size attributes (``out_features``, ``num_features``, ...) after the tensors grew."""
 
+    def new_channel_value(self, module: nn.Module, name: str) -> float:
+        """The value a brand-new channel gets in the output-indexed tensor ``name`` when it is not a neuron's own
+        parameter (a new channel of a BatchNorm is the identity: weight and running variance 1)."""
+        return 0.0
+
     def flops(self, module: nn.Module, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> int:
         """FLOPs of one call for one sample (a multiply-add counts 2); 0 where negligible."""
         return 0

@@ -31,6 +31,9 @@ class BatchNormHandler(LayerHandler):
     def resize(self, module: nn.Module, *, outputs: int | None = None, inputs: int | None = None) -> None:
         module.num_features = outputs if outputs is not None else inputs
 
+    def new_channel_value(self, module: nn.Module, name: str) -> float:
+        return 1.0 if name in ("weight", "running_var") else 0.0
+
     def flops(self, module: nn.Module, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> int:
         return 0  # folded into the convolution at inference; negligible against it
 
