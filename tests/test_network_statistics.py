@@ -117,37 +117,27 @@ def test_closed_form_statistics_equal_torch_func_hessians_of_each_neuron():
     assert relative_error(found["fc"], expected) <= 1e-10
 
 
-@pytest.mark.parametrize(("architecture", "site"), [("vgg19", "features.6.0"), ("mobilenetv1", "blocks.8.pointwise.0")])
-def test_the_closed_forms_equal_automatic_differentiation_of_the_segment(architecture, site):
-    """The same site through the segment engine (Hessian-vector products): dense matrices and products agree."""
+@pytest.mark.parametrize(
+    ("architecture", "site"),
+    [("vgg19", "features.6.0"), ("mobilenetv1", "blocks.8.pointwise.0"), ("resnet", "blocks.1.conv2")],
+)
+@pytest.mark.parametrize("reference", ["segment", "loss"])
+def test_the_closed_forms_equal_automatic_differentiation(architecture, site, reference):
+    """The same site through the segment engine (Hessian-vector products of its segment) and the loss engine
+    (Hessian of the whole loss in the split): dense matrices and products agree to rounding."""
     model, inputs, targets = zoo_model(architecture, seed=1)
     graph = ChannelGraph(model, inputs)
     closed = graph.sites[site]
     assert closed.engine in ("ridge", "chain")
     batches = [(inputs[:6], targets[:6]), (inputs[6:], targets[6:])]
-    autodiff = dataclasses.replace(closed, engine="segment")
-    found = one_pass(
-        model,
-        graph,
-        batches,
-        dense_sites=[closed],
-        operator_sites=[closed],
-        loss_function=F.cross_entropy,
-        operator_dtype=DTYPE,
-    )
-    reference = one_pass(
-        model,
-        graph,
-        batches,
-        dense_sites=[autodiff],
-        operator_sites=[autodiff],
-        loss_function=F.cross_entropy,
-        operator_dtype=DTYPE,
-    )
-    assert relative_error(found.dense[site], reference.dense[site]) <= 1e-10
+    autodiff = dataclasses.replace(closed, engine=reference)
+    common = {"loss_function": F.cross_entropy, "operator_dtype": DTYPE}
+    found = one_pass(model, graph, batches, dense_sites=[closed], operator_sites=[closed], **common)
+    expected = one_pass(model, graph, batches, dense_sites=[autodiff], operator_sites=[autodiff], **common)
+    assert relative_error(found.dense[site], expected.dense[site]) <= 1e-10
     directions = torch.randn(closed.num_neurons, closed.neuron_dim, dtype=DTYPE)
     products = found.operators[site].matvec(directions)
-    assert relative_error(products, reference.operators[site].matvec(directions)) <= 1e-10
+    assert relative_error(products, expected.operators[site].matvec(directions)) <= 1e-10
     assert relative_error(products, torch.einsum("nde,ne->nd", found.dense[site], directions)) <= 1e-10
 
 

@@ -250,8 +250,9 @@ class Site:
         num_neurons: n, the number of groups (channels).
         neuron_dim: d, parameters per neuron (the members' row sizes added).
         kind: what the members are, e.g. ``"conv2d"``, ``"linear"``, ``"conv2d+depthwise"``.
-        engine: ``"ridge"`` (closed form), ``"chain"`` (closed form of a depthwise-separable chain) or
-            ``"segment"`` (automatic differentiation of the segment).
+        engine: ``"ridge"`` (closed form), ``"chain"`` (closed form of a depthwise-separable chain),
+            ``"segment"`` (automatic differentiation of the segment) or ``"loss"`` (the Hessian of the whole loss
+            in the split, for layers whose handler asks for it).
         activation: the activation of a ridge site (with its surrogate, if any); the first one of a segment.
         batch_norm: the BatchNorm between a ridge site's (first) producer and its activation, if any.
         branches: of a ridge site, (producer node, BatchNorm or None) for each member, in order: the members'
@@ -393,6 +394,8 @@ class ChannelGraph:
         inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
         # one sample is enough to record the shapes (every dimension but the batch one)
         inputs = tuple(t[:1] if isinstance(t, torch.Tensor) and t.dim() > 0 else t for t in inputs)
+        #: the one-sample example the shapes were recorded with
+        self.example_inputs = inputs
         self.module = trace(model)
         was_training = model.training
         model.eval()
@@ -970,13 +973,26 @@ class ChannelGraph:
                 counts = [sum(1 for p in positions if start <= p < start + size) for start, size in parts]
                 if len(set(counts)) > 1:
                     blocked.append(f"a split would move the boundaries of the chunks of '{key[0]}'")
+        common = {"name": first.module, "num_neurons": num_neurons, "space": root}
+        if any(m.handler.whole_loss for m in members):
+            site = Site(
+                members=members,
+                neuron_dim=sum(m.neuron_dim for m in members),
+                kind="+".join(dict.fromkeys(m.kind for m in members)),
+                engine="loss",
+                activation=None,
+                **common,
+            )
+            site.kinks = self._kinks(closure, site)
+            if blocked:
+                site.splittable, site.reason = False, "; ".join(blocked)
+            return site
         segment, frontier, smooth = self._segment(members, in_closure)
         nonlinear_members = any(m.handler.nonlinear_in_theta for m in members)
         if not smooth and not nonlinear_members:
             return "; ".join(blocked) if blocked else self._no_curvature_reason(in_closure)
         closed = self._closed(segment)
         ridge = None if nonlinear_members else self._ridge_pattern(first)
-        common = {"name": first.module, "num_neurons": num_neurons, "space": root}
         if ridge is not None:
             activation_node, batch_norm, activation = ridge
             ridge_nodes = [first_node.name, *([self._node_of_module(batch_norm).name] if batch_norm else [])]

@@ -111,6 +111,10 @@ class NeuronHandler(LayerHandler):
     #: whether the output is a nonlinear function of theta (a custom neuron such as a prototype's distance): its
     #: own curvature then counts, and its statistics come from automatic differentiation
     nonlinear_in_theta: bool = False
+    #: whether the statistics must differentiate the whole loss in the split (its outputs reach the loss through
+    #: terms that couple the samples of a batch, such as a minimum over the batch): exact for any loss, at the cost
+    #: of passes through the whole model (:mod:`splitgrow.statistics.loss_hessian`)
+    whole_loss: bool = False
 
     def num_neurons(self, module: nn.Module) -> int:
         return int(module.weight.shape[0])

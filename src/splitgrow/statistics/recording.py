@@ -53,6 +53,8 @@ class BatchRecord:
         values: recorded tensors by the name of the traced node that made them.
         gradients: dL/d(output) by the name of the probed node.
         loss: the batch's loss as the closure returned it.
+        batch: the batch itself, and closure: how its loss is computed (for sites whose statistics differentiate
+            the whole loss).
     """
 
     weight: float
@@ -60,6 +62,8 @@ class BatchRecord:
     values: dict[str, Tensor]
     gradients: dict[str, Tensor]
     loss: float = float("nan")
+    batch: Any = None
+    closure: LossClosure | None = None
 
 
 class _Keep(nn.Module):
@@ -91,6 +95,8 @@ class _Probe(nn.Module):
 
 def recorded_inputs(graph: ChannelGraph, site: Site) -> list[str]:
     """The traced nodes whose values a site's statistics read."""
+    if site.engine == "loss":
+        return []
     if site.engine == "ridge":
         found = [graph.nodes[producer].all_input_nodes[0].name for producer, _ in site.branches]
         return found + [graph.nodes[site.activation_node].all_input_nodes[0].name]
@@ -252,7 +258,7 @@ def record_batches(
                 weight = float(weight)
                 count += 1
                 scale = weight if reduction == "mean" else 1.0
-                yield BatchRecord(weight, scale, values, gradients, float(loss.detach()))
+                yield BatchRecord(weight, scale, values, gradients, float(loss.detach()), batch, run)
     finally:
         instrumented.take()
         model.train(was_training)

@@ -21,6 +21,7 @@ from ..graph import ChannelGraph, GraphError, Site
 from ..solvers import dense_eigenpairs, lobpcg_smallest, rayleigh_quotient_descent
 from .chain import ChainOperator, chain_dense
 from .closed_form import DEFAULT_MAX_TEMPORARY_ELEMENTS
+from .loss_hessian import LossHessianOperator
 from .recording import LossClosure, LossFunction, record_batches
 from .ridge import RidgeOperator, ridge_dense
 from .segment import SegmentOperator, segment_dense
@@ -33,7 +34,7 @@ DEFAULT_DENSE_BYTES = 256 * 2**20
 #: dense indexes within this fraction of the site's largest matrix norm of zero are reported as 0
 DENSE_NOISE = 1e-10
 
-SiteOperator = RidgeOperator | ChainOperator | SegmentOperator
+SiteOperator = RidgeOperator | ChainOperator | SegmentOperator | LossHessianOperator
 
 
 @dataclass
@@ -149,12 +150,15 @@ class Accumulator:
         self.dtype, self.max_temporary_elements = dtype, max_temporary_elements
         self.totals: dict[str, Tensor] = {}
         self.weight, self.batches, self.loss_sum = 0.0, 0, 0.0
+        self._loss_operators: dict[str, LossHessianOperator] = {}
         self.operators: dict[str, SiteOperator] = {}
         for site in self.operator_sites:
             if site.engine == "ridge":
                 self.operators[site.name] = RidgeOperator.for_site(graph, site, operator_dtype)
             elif site.engine == "chain":
                 self.operators[site.name] = ChainOperator(graph, site, operator_dtype)
+            elif site.engine == "loss":
+                self.operators[site.name] = LossHessianOperator(graph, site, operator_dtype)
             else:
                 self.operators[site.name] = SegmentOperator.for_site(graph, site, operator_dtype)
 
@@ -173,6 +177,11 @@ class Accumulator:
                 matrices = ridge_dense(graph, site, record, self.dtype, self.max_temporary_elements)
             elif site.engine == "chain":
                 matrices = chain_dense(graph, site, record, self.dtype, self.max_temporary_elements)
+            elif site.engine == "loss":
+                operator = self._loss_operators.get(site.name) or LossHessianOperator(graph, site, self.dtype)
+                self._loss_operators[site.name] = operator
+                operator.batches, operator.total_weight = [record], record.weight
+                matrices = operator.dense() * record.weight / record.scale if record.scale else operator.dense()
             else:
                 matrices = segment_dense(graph, site, record, self.dtype, self.max_temporary_elements)
             contribution = record.scale * matrices

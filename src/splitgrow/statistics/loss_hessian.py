@@ -1,0 +1,147 @@
+"""Statistics of a *loss* site: S as the Hessian of the whole loss in the split itself.
+
+The definition of the splitting matrix, for any neuron and any loss: duplicate every neuron of the site exactly
+(eps = 0, output weights halved: the function does not change), move the two offspring of neuron j to theta_j +
+delta_j and theta_j - delta_j, and differentiate the loss twice in the deltas at 0. The split is symmetric, so the
+loss is even in every delta_j and the first derivative vanishes; by Theorem 2.4 the Hessian has no block between two
+neurons; its block j is S_j. This engine computes exactly that, with Hessian-vector products through the whole
+model on each batch, so it needs nothing of the site but its handler: a custom neuron layer whose outputs reach the
+loss through terms that couple the samples of a batch (the prototype network's "distance to the nearest image")
+declares ``whole_loss = True`` and gets exact statistics. It costs a forward and two backward passes of the whole
+model per product, against a few convolutions for the closed forms.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from ..graph import ChannelGraph, Site
+from .closed_form import DEFAULT_MAX_TEMPORARY_ELEMENTS
+from .recording import BatchRecord
+
+
+class _Functional(nn.Module):
+    """The twin model with some parameters replaced, called as the model itself (for a loss closure)."""
+
+    def __init__(self, model: nn.Module, parameters: dict[str, Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.replaced = parameters
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return functional_call(self.model, self.replaced, args, kwargs)
+
+
+@dataclass
+class LossHessianOperator:
+    """The splitting matrices of a loss site as a linear operator (Hessian-vector products of the loss)."""
+
+    graph: ChannelGraph
+    site: Site
+    dtype: torch.dtype
+    batches: list[BatchRecord] = field(default_factory=list)
+    total_weight: float = 0.0
+    matvecs: int = 0
+    max_temporary_elements: int = DEFAULT_MAX_TEMPORARY_ELEMENTS
+
+    def __post_init__(self) -> None:
+        from ..surgery import SplitRequest, split_network
+
+        site = self.site
+        self.num_neurons, self.neuron_dim = site.num_neurons, site.neuron_dim
+        self.twin = copy.deepcopy(self.graph.model).to(self.dtype).eval()
+        twin_graph = ChannelGraph(self.twin, _cast(self.graph.example_inputs, self.dtype))
+        requests = [SplitRequest(site.name, j) for j in range(site.num_neurons)]
+        report = split_network(self.twin, twin_graph, requests, 0.0, allow_inexact=True)
+        # for each member (in order): the module and the rows of the +delta and -delta offspring of every neuron
+        self.rows: list[tuple[str, Tensor, Tensor, slice]] = []
+        for index, (member, columns) in enumerate(site.member_slices()):
+            plus = torch.tensor([placed[index][1] for placed in report.offspring])
+            minus = torch.tensor([placed[index][2] for placed in report.offspring])
+            self.rows.append((member.module, plus, minus, columns))
+        self.modules = dict(self.twin.named_modules())
+        self.handlers = {member.module: member.handler for member in site.members}
+
+    def add(self, record: BatchRecord) -> None:
+        self.batches.append(record)
+        self.total_weight += record.weight
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.twin.parameters()).device
+
+    @property
+    def num_batches(self) -> int:
+        return len(self.batches)
+
+    def _parameters(self, delta: Tensor) -> dict[str, Tensor]:
+        """The twin's parameters with every neuron's offspring moved by +delta and -delta."""
+        thetas: dict[str, Tensor] = {}
+        for module_name, plus, minus, columns in self.rows:
+            if module_name not in thetas:
+                thetas[module_name] = self.handlers[module_name].theta(self.modules[module_name]).to(delta)
+            theta = thetas[module_name].index_add(0, plus.to(delta.device), delta[:, columns])
+            thetas[module_name] = theta.index_add(0, minus.to(delta.device), -delta[:, columns])
+        replaced: dict[str, Tensor] = {}
+        for module_name, theta in thetas.items():
+            module = self.modules[module_name]
+            for attribute, value in self.handlers[module_name].parameters_from_theta(module, theta).items():
+                replaced[f"{module_name}.{attribute}" if module_name else attribute] = value
+        return replaced
+
+    def _products(self, record: BatchRecord, directions: Tensor) -> Tensor:
+        """H V for a stack of directions (k, n, d)."""
+        delta = torch.zeros((self.num_neurons, self.neuron_dim), dtype=self.dtype, device=self.device)
+        delta.requires_grad_(True)
+        with torch.enable_grad():
+            model = _Functional(self.twin, self._parameters(delta))
+            returned = record.closure(model, _cast(record.batch, self.dtype))
+            loss = returned[0] if isinstance(returned, tuple) else returned
+            (gradient,) = torch.autograd.grad(loss, delta, create_graph=True)
+            if not gradient.requires_grad:
+                return torch.zeros_like(directions)
+            (products,) = torch.autograd.grad(gradient, delta, grad_outputs=directions, is_grads_batched=True)
+        return products.detach()
+
+    def matvec(self, directions: Tensor) -> Tensor:
+        self.matvecs += 1
+        out = torch.zeros_like(directions)
+        for record in self.batches:
+            out += record.scale * self._products(record, directions.to(self.dtype).unsqueeze(0))[0].to(out.dtype)
+        return out / self.total_weight
+
+    def matvec_batch(self, index: int, directions: Tensor) -> Tensor:
+        self.matvecs += 1
+        record = self.batches[index]
+        share = record.scale * self.num_batches / self.total_weight
+        return share * self._products(record, directions.to(self.dtype).unsqueeze(0))[0].to(directions.dtype)
+
+    def dense(self) -> Tensor:
+        eye = torch.eye(self.neuron_dim, dtype=self.dtype, device=self.device)
+        directions = eye[:, None, :].expand(self.neuron_dim, self.num_neurons, self.neuron_dim).contiguous()
+        total = torch.zeros((self.num_neurons, self.neuron_dim, self.neuron_dim), dtype=self.dtype, device=self.device)
+        for record in self.batches:
+            total += record.scale * self._products(record, directions).permute(1, 2, 0)
+        return total / self.total_weight
+
+    def memory_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.twin.parameters())
+
+    def ritz_start(self, dim: int, generator: torch.Generator, power_iterations: int = 1) -> Tensor | None:
+        return None
+
+
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return type(value)({key: _cast(item, dtype) for key, item in value.items()})
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast(item, dtype) for item in value)
+    return value
