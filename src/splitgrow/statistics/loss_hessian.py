@@ -22,7 +22,6 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..graph import ChannelGraph, Site
-from .closed_form import DEFAULT_MAX_TEMPORARY_ELEMENTS
 from .recording import BatchRecord
 
 
@@ -48,7 +47,8 @@ class LossHessianOperator:
     batches: list[BatchRecord] = field(default_factory=list)
     total_weight: float = 0.0
     matvecs: int = 0
-    max_temporary_elements: int = DEFAULT_MAX_TEMPORARY_ELEMENTS
+    #: directions per batched second backward pass (memory: that many copies of the model's activations)
+    directions_at_once: int = 8
 
     def __post_init__(self) -> None:
         from ..surgery import SplitRequest, split_network
@@ -106,8 +106,16 @@ class LossHessianOperator:
             (gradient,) = torch.autograd.grad(loss, delta, create_graph=True)
             if not gradient.requires_grad:
                 return torch.zeros_like(directions)
-            (products,) = torch.autograd.grad(gradient, delta, grad_outputs=directions, is_grads_batched=True)
-        return products.detach()
+            # the second pass is batched over directions, a few at a time: each one holds the model's activations
+            products = []
+            for start in range(0, directions.shape[0], self.directions_at_once):
+                part = directions[start : start + self.directions_at_once]
+                last = start + self.directions_at_once >= directions.shape[0]
+                (product,) = torch.autograd.grad(
+                    gradient, delta, grad_outputs=part, retain_graph=not last, is_grads_batched=True
+                )
+                products.append(product.detach())
+        return torch.cat(products)
 
     def matvec(self, directions: Tensor) -> Tensor:
         self.matvecs += 1
