@@ -11,7 +11,7 @@ from test_data import write_cifar, write_mnist
 
 from splitgrow.config import build_config
 from splitgrow.experiments.common import Reporter
-from splitgrow.experiments.images import ImagesConfig, _Interrupted, run_seed
+from splitgrow.experiments.images import ImagesConfig, _Interrupted, run_seed, summarize
 from splitgrow.inspection import model_flops
 from splitgrow.models import build_model, load_model
 
@@ -77,13 +77,28 @@ def test_mobilenet_on_cifar_fixture(tmp_path):
             "stages": 1,
             "pruning_methods": ["l1"],
             "retrain": False,
+            "growth_methods": ["splitting", "signed", "firefly"],
+            "firefly_candidates": 1,
+            "firefly_steps": 1,
         },
     )
     results = run_seed(config, 0, Reporter(False), workdir=tmp_path / "run")
     methods = {(r["method"], r["stage"]) for r in results["rows"]}
-    assert methods == {("splitting", 0), ("splitting", 1), ("l1", 1)}
-    grown = next(r for r in results["rows"] if r["method"] == "splitting" and r["stage"] == 1)
-    assert grown["widths"] != [4] + [2] * 13
+    growth = {(m, s) for m in ("splitting", "signed", "firefly") for s in (0, 1)}
+    assert methods == growth | {("l1", 1)}
+    start = next(r for r in results["rows"] if r["method"] == "splitting" and r["stage"] == 0)
+    for method in ("splitting", "signed", "firefly"):
+        grown = next(r for r in results["rows"] if r["method"] == method and r["stage"] == 1)
+        assert grown["parameters"] > start["parameters"], method
+        stage = results["growth"][method][0]
+        added = sum(stage["widths_after"].values()) - sum(stage["widths_before"].values())
+        if method == "signed":  # two or three neurons per signed split
+            assert added == sum(len(split["weights"]) - 1 for split in stage["splits"]) > len(stage["splits"])
+        else:
+            assert added == len(stage["splits"])
+    summary, table = summarize([{**results, "seed": 0}])
+    assert set(summary["wins"]) == {"splitting", "signed", "firefly"}
+    assert "Firefly (splits + new neurons)" in table and "fine-tuned, stage 1: best" in table
 
 
 def comparable(results):

@@ -303,7 +303,7 @@ def test_a_new_neuron_has_its_parameters_zero_output_weights_and_fresh_optimizer
     report = split_network(
         model, ChannelGraph(model, inputs), [NewNeuron("hidden.3", theta, after=1)], 0.0, optimizer=optimizer
     )
-    assert report.offspring == [[("hidden.3", 2, 2)]]
+    assert report.offspring == [[("hidden.3", 1, 2)]]
     layer = model.hidden[3]
     torch.testing.assert_close(torch.cat([layer.weight[2], layer.bias[2:3]]), theta)
     torch.testing.assert_close(layer.weight[[0, 1, 3, 4]], old.hidden[3].weight)  # neighbours untouched

@@ -10,21 +10,22 @@ The main entry points, importable from the package itself:
   and :func:`train_from_scratch`;
 * any PyTorch model: :class:`SplittableNetwork` (statistics, selection and surgery in three calls), built on
   :class:`ChannelGraph`, :func:`splitting_eigenpairs`, :func:`select_splits` and :func:`split_network`;
-  your own layers and activations: :func:`register_layer` (a :class:`LayerHandler`), :func:`register_activation`.
+  your own layers and activations: :func:`register_layer` (a :class:`LayerHandler`), :func:`register_activation`;
+* beyond the paper: signed splitting (:func:`signed_splitting`, offspring with negative weights).
 """
 
 from .activations import Activation, get_activation, relu_with_softplus_surrogate, with_kink_surrogate
 from .errors import ConfigError, DivergenceError, SplitgrowError, SplitgrowWarning
 from .graph import ChannelGraph, GraphError, Site
 from .growth import (
-    Grower,
-    GrowthPolicy,
-    GrowthStage,
     GradientBoosting,
     GrowableProblem,
+    Grower,
     GrowthEvent,
     GrowthMethod,
+    GrowthPolicy,
     GrowthRun,
+    GrowthStage,
     Net2Net,
     NewInitialization,
     RandomSplit,
@@ -38,9 +39,10 @@ from .selection import Selection, select_neurons, select_splits, select_within_b
 from .shallow.network import ShallowNetwork, ShallowRegression
 from .shallow.neurons import FunctionalNeuron, Neuron, RidgeNeuron
 from .shallow.particles import ParticleApproximation
+from .signed import signed_splitting
 from .solvers import SplittingEigenpairs, dense_eigenpairs
 from .statistics import SiteSplitting, SplittingResults, splitting_eigenpairs, splitting_matrices
-from .surgery import NewNeuron, SplitReport, SplitRequest, resize_like, split_network
+from .surgery import NewNeuron, Offspring, SplitReport, SplitRequest, resize_like, split_network
 
 __version__ = "0.1.0"
 
@@ -63,6 +65,7 @@ __all__ = [
     "Net2Net",
     "NewNeuron",
     "Neuron",
+    "Offspring",
     "NeuronHandler",
     "NewInitialization",
     "ParticleApproximation",
@@ -78,6 +81,7 @@ __all__ = [
     "SplitgrowError",
     "SplitgrowWarning",
     "SplittableNetwork",
+    "signed_splitting",
     "SplittingEigenpairs",
     "SplittingResults",
     "SplittingSteepestDescent",

@@ -423,6 +423,17 @@ class ChannelGraph:
         self._build_spaces()
         self._find_sites()
 
+    def for_copy(self, model: nn.Module) -> ChannelGraph:
+        """The graph of a copy of the model (a twin the statistics work on), with the same options; the example
+        inputs follow the copy's floating dtype."""
+        parameter = next(model.parameters(), None)
+        inputs = self.example_inputs
+        if parameter is not None:
+            inputs = tuple(
+                t.to(parameter.dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs
+            )
+        return ChannelGraph(model, inputs, exclude=self.exclude, relu_surrogate=self.relu_surrogate)
+
     # ---------------------------------------------------------------------------------------- checks
 
     def check_current(self) -> None:

@@ -11,7 +11,7 @@ loss most is a 0/1 knapsack, solved exactly as an integer program by HiGHS (``sc
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -97,9 +97,19 @@ def _candidates(
 
 
 def _request(results: Mapping, name: str, channel: int, index: float, graph: ChannelGraph | None) -> SplitRequest:
-    return SplitRequest(
-        name, channel, results[name].directions[channel], index, None if graph is None else graph.fingerprint
-    )
+    """The split of one neuron: along its splitting gradient, or as its site's scheme says (signed splitting)."""
+    result = results[name]
+    fingerprint = None if graph is None else graph.fingerprint
+    scheme = getattr(result, "scheme", None)
+    if scheme is not None:
+        return SplitRequest(name, channel, None, index, fingerprint, offspring=scheme.offspring(result, channel))
+    return SplitRequest(name, channel, result.directions[channel], index, fingerprint)
+
+
+def _copies(results: Mapping, name: str, channel: int) -> int:
+    """How many neurons splitting one neuron adds (1 for the plain split)."""
+    scheme = getattr(results[name], "scheme", None)
+    return 1 if scheme is None else scheme.copies(results[name], channel)
 
 
 def select_splits(
@@ -127,6 +137,31 @@ def select_splits(
     return Selection(chosen, skipped)
 
 
+def choose_within_budget(
+    scores: Sequence[float], costs: Sequence[float], budget: float, max_count: int | None = None
+) -> list[int]:
+    """The subset of items minimising the total score (the predicted loss change) with total cost at most
+    ``budget`` and at most ``max_count`` items: a 0-1 knapsack, solved exactly by scipy's MILP solver."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    if not scores:
+        return []
+    count = len(scores)
+    rows, upper = [np.asarray(costs, dtype=float)], [budget]
+    if max_count is not None:
+        rows.append(np.ones(count))
+        upper.append(max_count)
+    solution = milp(
+        np.asarray(scores, dtype=float),
+        constraints=LinearConstraint(np.vstack(rows), -np.inf, np.array(upper, dtype=float)),
+        integrality=np.ones(count),
+        bounds=Bounds(0, 1),
+    )
+    if not solution.success:
+        raise SplitgrowError(f"the budgeted selection could not be solved: {solution.message}")
+    return [int(i) for i in np.flatnonzero(solution.x > 0.5)]
+
+
 def select_within_budget(
     results: Mapping,
     costs: Mapping[str, float],
@@ -141,7 +176,8 @@ def select_within_budget(
 
     Args:
         results: splitting results per site (``indexes``, ``directions`` and optionally ``converged``).
-        costs: the cost of one split per site (see :func:`splitgrow.inspection.split_costs`); sites without a cost
+        costs: the cost of one added neuron per site (see :func:`splitgrow.inspection.split_costs`; a split that
+            adds several, as signed splits do, costs that many times more); sites without a cost
             are skipped.
         budget: the largest total cost.
         threshold: lambda_*; only neurons with index below it are candidates.
@@ -151,8 +187,6 @@ def select_within_budget(
     Returns:
         Split requests sorted by increasing index; empty when nothing fits.
     """
-    from scipy.optimize import Bounds, LinearConstraint, milp
-
     if not budget >= 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
     if graph is not None:
@@ -163,19 +197,8 @@ def select_within_budget(
     candidates = [c for c in candidates if c[1] in costs]
     if not candidates:
         return Selection([], skipped)
-    count = len(candidates)
-    objective = np.array([index for index, _, _ in candidates])  # minimise sum of lambda = maximise decrease
-    rows, upper = [np.array([float(costs[name]) for _, name, _ in candidates])], [budget]
-    if max_count is not None:
-        rows.append(np.ones(count))
-        upper.append(max_count)
-    solution = milp(
-        objective,
-        constraints=LinearConstraint(np.vstack(rows), -np.inf, np.array(upper, dtype=float)),
-        integrality=np.ones(count),
-        bounds=Bounds(0, 1),
-    )
-    if not solution.success:
-        raise SplitgrowError(f"the budgeted selection could not be solved: {solution.message}")
-    chosen = sorted(candidates[i] for i in np.flatnonzero(solution.x > 0.5))
+    # a split that adds k neurons costs k copies (signed splits add up to three)
+    spend = [float(costs[name]) * _copies(results, name, channel) for _, name, channel in candidates]
+    picked = choose_within_budget([index for index, _, _ in candidates], spend, budget, max_count)
+    chosen = sorted(candidates[i] for i in picked)
     return Selection([_request(results, name, channel, index, graph) for index, name, channel in chosen], skipped)

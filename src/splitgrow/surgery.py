@@ -21,6 +21,13 @@ gradient is unchanged. Hence, for duplicated rows, first-moment state (SGD ``mom
 ...) is halved and second-moment state (Adam ``exp_avg_sq``, Adagrad ``sum``, RMSprop ``square_avg``, ...) is
 quartered, so that Adam's update m / sqrt(v) is unchanged; consumer columns keep their state; step counts are
 unchanged. State splitgrow does not know how to carry is refused before anything changes.
+
+A split may also have more than two offspring, with weights of either sign (:class:`Offspring`: signed
+splitting): offspring i is theta + eps delta_i and its consumers' columns take the share w_i of the parent's
+(sum w_i = 1, so eps = 0 keeps the function). The rule above is the case w = (1/2, 1/2), delta = (v, -v); in
+general offspring i's rows carry w_i times the parent's first moment and w_i^2 times its second. A new neuron
+(:class:`NewNeuron`) is the same surgery with offspring (parent unchanged, weight 1) and (new parameters,
+weight 0): zero output columns and fresh optimiser state.
 """
 
 from __future__ import annotations
@@ -44,13 +51,24 @@ OUTPUTS, INPUTS = "outputs", "inputs"
 
 
 @dataclass(frozen=True)
+class Offspring:
+    """One offspring of a split: its share ``weight`` of the parent's output weights and its displacement
+    ``shift`` (the site's d entries, multiplied by eps; None: the parent's parameters exactly)."""
+
+    weight: float
+    shift: Tensor | None = None
+
+
+@dataclass(frozen=True)
 class SplitRequest:
     """Split neuron ``channel`` of site ``site`` along ``direction`` (a unit vector of the site's d parameters),
     or duplicate it exactly when ``direction`` is None.
 
-    ``index`` is its splitting index, when known; ``fingerprint`` identifies the model the request was made for
-    (:func:`splitgrow.graph.model_fingerprint`), so that a request made before another split is refused instead of
-    splitting a different neuron.
+    ``offspring`` replaces the two-way split by any other (signed splitting: see :mod:`splitgrow.signed`): the
+    first offspring takes the neuron's place, the others are inserted right after it; the weights must sum to 1.
+    ``index`` is its splitting index (sum of w_i delta_i^T S delta_i for general offspring), when known;
+    ``fingerprint`` identifies the model the request was made for (:func:`splitgrow.graph.model_fingerprint`), so
+    that a request made before another split is refused instead of splitting a different neuron.
     """
 
     site: str
@@ -58,24 +76,40 @@ class SplitRequest:
     direction: Tensor | None = None
     index: float | None = None
     fingerprint: tuple | None = field(default=None, compare=False, repr=False)
+    offspring: tuple[Offspring, ...] | None = field(default=None, compare=False)
+
+    def children(self) -> tuple[Offspring, ...]:
+        """The offspring this request makes (the two-way split unless ``offspring`` is given)."""
+        if self.offspring is not None:
+            return tuple(self.offspring)
+        if self.direction is None:
+            return (Offspring(0.5), Offspring(0.5))
+        direction = torch.as_tensor(self.direction).reshape(-1).to(torch.float64)
+        direction = direction / direction.norm()
+        return (Offspring(0.5, direction), Offspring(0.5, -direction))
 
 
 @dataclass(frozen=True)
 class NewNeuron:
     """Add a brand-new neuron to site ``site``, right after neuron ``after`` (default: the last one), with
     parameters ``parameters`` (the site's d entries) and zero output weights, so that the function does not change
-    until training moves them (Firefly's new neurons; the new-initialisation baseline)."""
+    until training moves them (the new-initialisation baseline), or the given ``output`` weights (Firefly's new
+    neurons enter with a small step along their best output direction)."""
 
     site: str
     parameters: Tensor
     after: int | None = None
     fingerprint: tuple | None = field(default=None, compare=False, repr=False)
+    #: output weights to enter with instead of zeros: for a consumer tensor (by qualified name, e.g.
+    #: ``"classifier.weight"``), the new neuron's columns, stacked along dim 0 (one per column of its channel)
+    output: dict[str, Tensor] | None = field(default=None, compare=False, repr=False)
 
     def as_request(self, graph: ChannelGraph) -> SplitRequest:
-        """The split request whose plan inserts the new neuron where a copy of neuron ``after`` would go."""
+        """The split request whose plan inserts the new neuron where a copy of neuron ``after`` would go: the
+        neighbour keeps its place and weight, the new neuron enters with weight 0."""
         site = graph.sites.get(self.site)
         after = self.after if self.after is not None else (site.num_neurons - 1 if site is not None else 0)
-        return SplitRequest(self.site, after, None, None, self.fingerprint)
+        return SplitRequest(self.site, after, None, 0.0, self.fingerprint, offspring=(Offspring(1.0), Offspring(0.0)))
 
 
 @dataclass
@@ -84,7 +118,7 @@ class _Unit:
     inserted right after it."""
 
     runs: tuple[tuple[int, int], ...]
-    role: str  # "member" (perturbed +/- eps v), "copy" (duplicated exactly) or "consumer" (duplicated, halved)
+    role: str  # "member" (theta + eps delta_i), "copy" (duplicated exactly) or "consumer" (columns times w_i)
     request: SplitRequest
     member: Member | None = None
     columns: slice | None = None  # the member's part of the direction
@@ -102,8 +136,13 @@ class SplitReport:
         epsilon: the step size.
         modules: every module that changed, with ``"outputs"`` and/or ``"inputs"``.
         parameters_before, parameters_after: the model's parameter counts.
-        offspring: for each request, (member module, row of the theta + eps v offspring, row of the theta - eps v
-            offspring) for each member of its site, in the site's order: where the offspring are in the grown model.
+        offspring: for each request, (member module, row of offspring 0, row of offspring 1, ...) for each member
+            of its site, in the site's order: where the offspring are in the grown model (for a two-way split,
+            the theta + eps v and theta - eps v offspring; for a new neuron, its neighbour and itself).
+        columns: for each request, the input positions of its inserted offspring in every consumer module (for a
+            new neuron: its output columns).
+        inserted: every inserted position, by module and ``"outputs"``/``"inputs"``: the other positions are the
+            model's old channels, in their old order.
     """
 
     requests: list[SplitRequest]
@@ -111,11 +150,13 @@ class SplitReport:
     modules: dict[str, list[str]] = field(default_factory=dict)
     parameters_before: int = 0
     parameters_after: int = 0
-    offspring: list[list[tuple[str, int, int]]] = field(default_factory=list)
+    offspring: list[list[tuple]] = field(default_factory=list)
+    columns: list[dict[str, list[int]]] = field(default_factory=list)
+    inserted: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
     @property
     def predicted_change(self) -> float | None:
-        """eps^2 / 2 * sum of the splitting indexes, when every request carries one."""
+        """eps^2 / 2 * sum of the splitting indexes, when every request carries one (new neurons: 0)."""
         if any(request.index is None for request in self.requests):
             return None
         return 0.5 * self.epsilon**2 * sum(request.index for request in self.requests)
@@ -168,6 +209,29 @@ def _check_request(graph: ChannelGraph, request: SplitRequest, allow_inexact: bo
             raise GraphError(f"the direction for '{site.name}' channel {request.channel} is not finite (NaN or inf)")
         if float(direction.norm()) == 0.0:
             raise GraphError(f"the direction for '{site.name}' channel {request.channel} is zero; pass None to copy")
+    if request.offspring is not None:
+        _check_offspring(site, request)
+
+
+def _check_offspring(site, request: SplitRequest) -> None:
+    where = f"the split of '{site.name}' channel {request.channel}"
+    if request.direction is not None:
+        raise GraphError(f"{where} has both a direction and offspring; give the offspring's shifts only")
+    children = tuple(request.offspring)
+    if len(children) < 2:
+        raise GraphError(f"{where} has {len(children)} offspring; a split needs at least 2")
+    weights = [float(child.weight) for child in children]
+    if not all(math.isfinite(w) for w in weights):
+        raise GraphError(f"{where} has offspring weights that are not finite: {weights}")
+    if abs(sum(weights) - 1.0) > 1e-9 * max(1.0, sum(abs(w) for w in weights)):
+        total = sum(weights)
+        raise GraphError(f"the offspring weights of {where} sum to {total:.12g}, not 1 (the function would change)")
+    for child in children:
+        if child.shift is None:
+            continue
+        shift = torch.as_tensor(child.shift)
+        if shift.numel() != site.neuron_dim or not bool(torch.isfinite(shift).all()):
+            raise GraphError(f"an offspring shift of {where} must have {site.neuron_dim} finite entries")
 
 
 def plan_split(
@@ -221,9 +285,11 @@ def _add_unit(plan: dict, key: tuple[str, str], unit: _Unit) -> None:
     units.append(unit)
 
 
-def _new_order(size: int, units: list[_Unit]) -> tuple[Tensor, dict[int, _Unit], dict[int, _Unit]]:
-    """The gather index of the grown dimension, and for each new position the unit it belongs to (originals and
-    inserted copies separately)."""
+def _new_order(
+    size: int, units: list[_Unit], children: dict[int, tuple]
+) -> tuple[Tensor, dict[int, tuple[_Unit, int]]]:
+    """The gather index of the grown dimension, and for each position of a unit the unit and its offspring number
+    (0: the original position; k >= 1: the k-th inserted copy of its run)."""
     ends: dict[int, list[tuple[int, int, _Unit]]] = defaultdict(list)
     members: dict[int, _Unit] = {}
     for unit in units:
@@ -232,26 +298,26 @@ def _new_order(size: int, units: list[_Unit]) -> tuple[Tensor, dict[int, _Unit],
             for k in range(length):
                 members[start + k] = unit
     order: list[int] = []
-    originals: dict[int, _Unit] = {}
-    copies: dict[int, _Unit] = {}
+    slots: dict[int, tuple[_Unit, int]] = {}
     for position in range(size):
         if position in members:
-            originals[len(order)] = members[position]
+            slots[len(order)] = (members[position], 0)
         order.append(position)
         for start, length, unit in ends.get(position, []):
-            for source in range(start, start + length):
-                copies[len(order)] = unit
-                order.append(source)
-    return torch.tensor(order, dtype=torch.long), originals, copies
+            for copy in range(1, len(children[id(unit.request)])):
+                for source in range(start, start + length):
+                    slots[len(order)] = (unit, copy)
+                    order.append(source)
+    return torch.tensor(order, dtype=torch.long), slots
 
 
-def _state_scale(key: str, role: str) -> float:
-    if role == "consumer":
-        return 1.0
+def _state_scale(key: str, weight: float) -> float:
+    """How an optimiser state entry of a parent's row scales for an offspring of output weight share ``weight``
+    (its gradient is ``weight`` times the parent's)."""
     if key in FIRST_MOMENT_STATES:
-        return 0.5
+        return weight
     if key in SECOND_MOMENT_STATES:
-        return 0.25
+        return weight * weight
     raise GraphError(
         f"splitgrow does not know how to carry the optimiser state {key!r} across a split; known: "
         f"{', '.join(sorted(FIRST_MOMENT_STATES | SECOND_MOMENT_STATES))}"
@@ -271,7 +337,7 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, parameters: list[Tensor])
                     f"{tuple(parameter.shape)}: splitgrow cannot carry it across a split (factored or sharded "
                     "state); rebuild the optimiser after the split instead"
                 )
-            _state_scale(key, "copy")
+            _state_scale(key, 0.5)
 
 
 @torch.no_grad()
@@ -312,7 +378,8 @@ def split_network(
         graph: its :class:`ChannelGraph` (GraphError if the model changed since).
         requests: the neurons to split, at most one request per neuron, and new neurons to add
             (:class:`NewNeuron`: inserted with zero output weights, so the function does not change).
-        epsilon: step size (finite, >= 0); each direction is normalised to unit length.
+        epsilon: step size (finite, >= 0); each direction is normalised to unit length (general offspring
+            shifts are used as given, times epsilon).
         optimizer: if given, its state is carried along the same map.
         allow_inexact: also split sites whose second-order prediction is not exact.
 
@@ -333,7 +400,8 @@ def split_network(
     plan = plan_split(graph, proxies, allow_inexact=allow_inexact)
     for proxy in proxies:
         if id(proxy) in additions:
-            _check_new(graph, additions[id(proxy)])
+            _check_new(graph, additions[id(proxy)], proxy, plan, dict(model.named_modules()))
+    children = {id(proxy): proxy.children() for proxy in proxies}
     modules = dict(model.named_modules())
     changes = []
     for (module_name, role), units in plan.items():
@@ -345,65 +413,71 @@ def split_network(
         grown = [getattr(m, name) for _, _, m, _, tensors, _ in changes for name, _ in tensors]
         _check_optimizer(optimizer, [p for p in grown if isinstance(p, nn.Parameter)])
     report = SplitReport(list(proxies), epsilon, parameters_before=parameter_count(model))
-    # each member's rows of +eps v, in the layout of its weights before anything grows
-    deltas = {
-        id(unit): _member_rows(module, handler, unit, epsilon)
-        for _, role, module, handler, _, units in changes
-        if role == OUTPUTS
-        for unit in units
-        if unit.role == "member" and unit.request.direction is not None and epsilon > 0
-    }
-    # a new neuron's rows: its parameters where it is a member, the layer's defaults where its channel is copied
-    fresh = {
-        id(unit): _new_rows(module, handler, unit, additions[id(unit.request)])
-        for _, role, module, handler, _, units in changes
-        if role == OUTPUTS
-        for unit in units
-        if id(unit.request) in additions
-    }
-    # inputs first: a member whose inputs grow in the same step gets its direction mapped like its weight row
-    column_maps: dict[str, tuple[Tensor, set[int], set[int]]] = {}
-    rows: dict[int, list[tuple[int, str, int, int]]] = defaultdict(list)
+
+    def is_fresh(unit: _Unit, copy: int) -> bool:
+        return id(unit.request) in additions and copy > 0
+
+    # every inserted or displaced row, computed in the layout of the weights before anything grows
+    new_rows: dict[tuple[int, int], dict[str, Tensor | float]] = {}
+    for _, role, module, handler, _, units in changes:
+        if role != OUTPUTS:
+            continue
+        for unit in units:
+            for copy, child in enumerate(children[id(unit.request)]):
+                if is_fresh(unit, copy):
+                    new_rows[id(unit), copy] = _new_rows(module, handler, unit, additions[id(unit.request)])
+                elif unit.role == "member" and child.shift is not None and epsilon > 0:
+                    new_rows[id(unit), copy] = _member_rows(module, handler, unit, child.shift, epsilon)
+
+    # inputs first: a member whose inputs grow in the same step gets its rows mapped like its weight row
+    column_maps: dict[str, tuple[Tensor, dict[int, float]]] = {}
+    rows: dict[int, list[tuple]] = defaultdict(list)
+    columns: dict[int, dict[str, list[int]]] = defaultdict(dict)
     for module_name, role, module, handler, tensors, units in sorted(changes, key=lambda c: c[1] != INPUTS):
         if not tensors:
             continue
         first = getattr(module, tensors[0][0])
-        order, originals, copies = _new_order(first.shape[tensors[0][1]], units)
-        # splits duplicate (and halve consumers' columns); new neurons leave their neighbour alone
-        roles = {
-            position: unit.role
-            for position, unit in {**originals, **copies}.items()
-            if id(unit.request) not in additions
-        }
-        added = {position for position, unit in copies.items() if id(unit.request) in additions}
+        order, slots = _new_order(first.shape[tensors[0][1]], units, children)
+        weights = {position: float(children[id(unit.request)][copy].weight) for position, (unit, copy) in slots.items()}
+        fresh = {position for position, (unit, copy) in slots.items() if is_fresh(unit, copy)}
+        input_dims = dict(handler.input_tensors(module))
+        replace: dict[str, dict[int, Tensor | float]] = defaultdict(dict)
+        perturb: dict[str, dict[int, Tensor]] = defaultdict(dict)
         if role == INPUTS:
-            column_maps[module_name] = (order, set(roles), added)
-        perturbations = None
-        if role == OUTPUTS:
-            perturbations = _perturbations(module, handler, originals, copies, deltas, column_maps.get(module_name))
-            copy_of = {id(unit): position for position, unit in copies.items()}
-            for position, unit in originals.items():
-                if unit.role != "member":
-                    continue
-                new_row = copy_of[id(unit)]
-                pair = (new_row, new_row) if id(unit.request) in additions else (position, new_row)
-                rows[id(unit.request)].append((unit.columns.start, module_name, *pair))
+            # consumers: the columns of offspring i carry its share w_i of the parent's
+            scaled = {position: weight for position, weight in weights.items() if weight != 1.0}
+            column_maps[module_name] = (order, scaled)
+            state_scale: dict[int, float] = {}  # a consumer column's gradient is the parent's
+            inserted: dict[int, list[int]] = defaultdict(list)
+            for position, (unit, copy) in slots.items():
+                if copy > 0:
+                    inserted[id(unit.request)].append(position)
+            for request_id, positions in inserted.items():
+                columns[request_id][module_name] = positions
+                addition = additions.get(request_id)
+                for name, _ in tensors if addition is not None and addition.output else ():
+                    given = addition.output.get(f"{module_name}.{name}" if module_name else name)
+                    if given is not None:
+                        given = torch.as_tensor(given)
+                        replace[name].update({position: given[k] for k, position in enumerate(positions)})
+        else:
+            scaled = {}
+            state_scale = {position: weight for position, weight in weights.items() if weight != 1.0}
+            placed: dict[int, dict[int, int]] = defaultdict(dict)
+            for position, (unit, copy) in slots.items():
+                if unit.role == "member":
+                    placed[id(unit)][copy] = position
+                target = replace if is_fresh(unit, copy) else perturb
+                for name, value in new_rows.get((id(unit), copy), {}).items():
+                    target[name][position] = _follow(value, input_dims.get(name), column_maps.get(module_name))
+            for unit_id, copies in placed.items():
+                unit = next(u for u in units if id(u) == unit_id)
+                rows[id(unit.request)].append((unit.columns.start, module_name, *(copies[k] for k in sorted(copies))))
         for name, dim in tensors:
             tensor = getattr(module, name)
-            scaled = {position: 0.5 for position in roles} if role == INPUTS else {}
-            perturb = None if perturbations is None else perturbations.get(name)
-            replace = {position: 0.0 for position in added} if role == INPUTS else {}
-            for position, unit in copies.items():
-                if role == OUTPUTS and id(unit) in fresh:
-                    value = fresh[id(unit)][name]
-                    if isinstance(value, Tensor):
-                        value = _follow_columns(
-                            value, dict(handler.input_tensors(module)).get(name), column_maps.get(module_name)
-                        )
-                    replace[position] = value
-            new_value = _grow_tensor(tensor.data, dim, order, scaled, perturb, replace)
+            new_value = _grow_tensor(tensor.data, dim, order, scaled, perturb.get(name), replace.get(name))
             if optimizer is not None and isinstance(tensor, nn.Parameter) and tensor in optimizer.state:
-                _grow_state(optimizer.state[tensor], tensor, dim, order, roles, added)
+                _grow_state(optimizer.state[tensor], dim, order, state_scale, fresh)
             if isinstance(tensor, nn.Parameter):
                 tensor.data = new_value
                 tensor.grad = None
@@ -412,34 +486,57 @@ def split_network(
         size = len(order)
         handler.resize(module, **({"outputs": size} if role == OUTPUTS else {"inputs": size}))
         report.modules.setdefault(module_name, []).append(role)
+        report.inserted.setdefault(module_name, {})[role] = sorted(p for p, (_, copy) in slots.items() if copy > 0)
     report.parameters_after = parameter_count(model)
     report.offspring = [[entry[1:] for entry in sorted(rows[id(request)])] for request in proxies]
+    report.columns = [dict(columns[id(request)]) for request in proxies]
     return report
 
 
-def _follow_columns(row: Tensor, input_dim: int | None, column_map: tuple[Tensor, set[int], set[int]] | None) -> Tensor:
+def _follow(row: Tensor | float, input_dim: int | None, column_map: tuple[Tensor, dict[int, float]] | None):
     """A row of a weight (laid out before the step) in the layout of the grown weight when the module's inputs grew
-    in the same step: duplicated columns halved, new neurons' columns zero."""
-    if column_map is None or input_dim is None:
+    in the same step: columns gathered like the weight's and scaled by their offspring's share (0 for a new
+    neuron's)."""
+    if column_map is None or input_dim is None or not isinstance(row, Tensor) or row.dim() == 0:
         return row
-    order, halved, zeroed = column_map
+    order, scaled = column_map
     row_dim = input_dim - 1
     row = row.index_select(row_dim, order.to(row.device)).clone()
     moved = row.movedim(row_dim, 0)
-    for column in halved:
-        moved[column] *= 0.5
-    for column in zeroed:
-        moved[column] = 0.0
+    for column, factor in scaled.items():
+        moved[column] *= factor
     return row
 
 
-def _check_new(graph: ChannelGraph, addition: NewNeuron) -> None:
+def _check_new(graph: ChannelGraph, addition: NewNeuron, proxy: SplitRequest, plan: dict, modules: dict) -> None:
     site = graph.sites[addition.site]
     parameters = torch.as_tensor(addition.parameters)
     if parameters.numel() != site.neuron_dim or not bool(torch.isfinite(parameters).all()):
         raise GraphError(
             f"a new neuron of '{site.name}' needs {site.neuron_dim} finite parameters, got {parameters.numel()}"
         )
+    if not addition.output:
+        return
+    expected = {}
+    for (module_name, role), units in plan.items():
+        for unit in units:
+            if role == INPUTS and unit.request is proxy:
+                module = modules[module_name]
+                for name, dim in handler_of(graph, module_name).input_tensors(module):
+                    shape = list(getattr(module, name).shape)
+                    shape[dim] = sum(length for _, length in unit.runs)
+                    shape.insert(0, shape.pop(dim))
+                    expected[f"{module_name}.{name}" if module_name else name] = tuple(shape)
+    for key, value in addition.output.items():
+        if key not in expected:
+            known = ", ".join(expected) or "none"
+            raise GraphError(f"the new neuron of '{site.name}' has output weights for '{key}'; its consumers: {known}")
+        value = torch.as_tensor(value)
+        if tuple(value.shape) != expected[key] or not bool(torch.isfinite(value).all()):
+            raise GraphError(
+                f"the new neuron's output weights for '{key}' must be finite with shape {expected[key]} (its columns "
+                f"along dim 0), got {tuple(value.shape)}"
+            )
 
 
 def _new_rows(module: nn.Module, handler, unit: _Unit, addition: NewNeuron) -> dict[str, Tensor | float]:
@@ -450,47 +547,20 @@ def _new_rows(module: nn.Module, handler, unit: _Unit, addition: NewNeuron) -> d
     return {name: handler.new_channel_value(module, name) for name, _ in handler.output_tensors(module)}
 
 
-def _member_rows(module: nn.Module, handler, unit: _Unit, epsilon: float) -> dict[str, Tensor]:
-    """eps times the member's part of the unit direction, as rows of the module's tensors (by name)."""
-    direction = torch.as_tensor(unit.request.direction).reshape(-1).to(torch.float64)
-    part = (epsilon * direction / direction.norm())[unit.columns]
+def _member_rows(module: nn.Module, handler, unit: _Unit, shift: Tensor, epsilon: float) -> dict[str, Tensor]:
+    """eps times the member's part of an offspring's shift, as rows of the module's tensors (by name)."""
+    part = (epsilon * torch.as_tensor(shift).reshape(-1).to(torch.float64))[unit.columns]
     return {name: row[0] for name, row in handler.parameters_from_theta(module, part.unsqueeze(0)).items()}
 
 
-def _perturbations(
-    module: nn.Module,
-    handler,
-    originals: dict[int, _Unit],
-    copies: dict[int, _Unit],
-    deltas: dict[int, dict[str, Tensor]],
-    column_map: tuple[Tensor, set[int], set[int]] | None,
-) -> dict[str, dict[int, Tensor]] | None:
-    """+eps v on each member row and -eps v on its inserted copy, by tensor name.
-
-    ``column_map`` (new input order, duplicated positions, new neurons' positions) is given when the module's inputs
-    grew in the same step: the direction's weight part then follows the weight row (duplicated columns halved, a new
-    neuron's column zero), so that the perturbation of the output is the one the splitting matrix was computed for.
-    """
-    found: dict[str, dict[int, Tensor]] = defaultdict(dict)
-    input_dims = dict(handler.input_tensors(module))
-    for sign, positions in ((1.0, originals), (-1.0, copies)):
-        for position, unit in positions.items():
-            if id(unit) not in deltas:
-                continue
-            for name, row in deltas[id(unit)].items():
-                found[name][position] = sign * _follow_columns(row, input_dims.get(name), column_map)
-    return dict(found) or None
-
-
-def _grow_state(
-    state: dict, parameter: Tensor, dim: int, order: Tensor, roles: dict[int, str], added: set[int] = frozenset()
-) -> None:
+def _grow_state(state: dict, dim: int, order: Tensor, scaled: dict[int, float], fresh: set[int]) -> None:
+    """Carry one parameter's optimiser state: rows scaled by their offspring's share (first moments) or its
+    square (second moments), new neurons' rows and columns zero."""
     for key, value in list(state.items()):
         if not isinstance(value, Tensor) or value.dim() == 0:
             continue
-        scaled = {position: _state_scale(key, role) for position, role in roles.items()}
-        scaled = {position: factor for position, factor in scaled.items() if factor != 1.0}
-        state[key] = _grow_tensor(value, dim, order, scaled, replace={position: 0.0 for position in added})
+        factors = {position: _state_scale(key, weight) for position, weight in scaled.items()}
+        state[key] = _grow_tensor(value, dim, order, factors, replace={position: 0.0 for position in fresh})
 
 
 def resize_like(model: nn.Module, state_dict: dict[str, Tensor]) -> list[str]:

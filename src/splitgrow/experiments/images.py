@@ -7,7 +7,8 @@ One run, for one dataset and one model, is a list of *tasks*, each checkpointed 
    neurons with the most negative ones (``growth_ratio`` of the current coupling groups: a MobileNet channel is
    its pointwise and its depthwise filter together), fine-tune. The public growth loop
    (:class:`~splitgrow.growth.Grower`) does it. The accuracy and size after each stage are the "fine-tuned"
-   splitting curve (Figure 3a-b).
+   splitting curve (Figure 3a-b). ``growth_methods`` adds ``signed`` (signed splitting) and ``firefly`` (splits
+   and new neurons), grown the same way; the pruning targets are the sizes the first growth method reached.
 2. ``full`` and ``full-slim``: the full-size network trained from scratch, without and with network slimming's
    sparsity (L1 on BatchNorm scales), for as many epochs as the splitting path takes in all.
 3. ``prune-<method>-<k>``: the trained full network pruned to the parameter ratio splitting reached at stage k, then
@@ -44,6 +45,7 @@ from ..classification import (
 from ..config import require
 from ..data import DATASETS, Batches, ImageDataset, load_dataset
 from ..errors import ConfigError, SplitgrowError
+from ..firefly import FireflyOptions
 from ..growth import Grower, GrowthPolicy
 from ..inspection import model_flops
 from ..models import build_model, load_model, save_model
@@ -54,7 +56,21 @@ from ..surgery import parameter_count
 from .common import Experiment, Reporter, derive_seed, markdown_table
 
 MODELS = ("vgg19", "mobilenetv1")
-METHOD_LABELS = {"splitting": "splitting (ours)", **PRUNING_LABELS}
+#: the ways the small network grows (the policy's method)
+GROWTH_METHODS = ("splitting", "signed", "firefly")
+METHOD_LABELS = {
+    "splitting": "splitting (ours)",
+    "signed": "signed splitting",
+    "firefly": "Firefly (splits + new neurons)",
+    **PRUNING_LABELS,
+}
+METHOD_COLORS = {
+    "splitting": "tab:red",
+    "signed": "tab:purple",
+    "firefly": "tab:orange",
+    "bn": "tab:blue",
+    "l1": "tab:green",
+}
 
 
 @dataclass
@@ -106,6 +122,13 @@ class ImagesConfig:
     #: network slimming's L1 penalty on BatchNorm scales
     bn_sparsity: float = 1e-4
     pruning_methods: list[str] = field(default_factory=lambda: ["bn", "l1"])
+    #: how the small network grows: splitting (the paper), signed (signed splitting), firefly (new neurons too)
+    growth_methods: list[str] = field(default_factory=lambda: ["splitting"])
+    #: signed splitting's bound c on the sum of |offspring weights|
+    weight_bound: float = 3.0
+    #: Firefly: new-neuron candidates per layer and gradient-ascent steps on their incoming weights
+    firefly_candidates: int = 4
+    firefly_steps: int = 5
     max_pruning_ratio: float = 0.9
     retrain: bool = True
 
@@ -141,6 +164,13 @@ class ImagesConfig:
         unknown = [m for m in self.pruning_methods if m not in PRUNING_METHODS]
         require(not unknown, f"unknown pruning method(s) {unknown}; known: {', '.join(PRUNING_METHODS)}")
         require(0 < self.max_pruning_ratio < 1, "max_pruning_ratio must be in (0, 1)")
+        unknown = [m for m in self.growth_methods if m not in GROWTH_METHODS]
+        require(
+            bool(self.growth_methods) and not unknown,
+            f"growth_methods must list some of {', '.join(GROWTH_METHODS)}, got {self.growth_methods}",
+        )
+        require(self.weight_bound >= 1, f"weight_bound (c) must be >= 1, got {self.weight_bound}")
+        require(self.firefly_candidates >= 1 and self.firefly_steps >= 0, "need firefly_candidates >= 1, steps >= 0")
 
 
 def full_epochs(config: ImagesConfig) -> int:
@@ -330,17 +360,17 @@ def _progress_saved(context: _Context) -> None:
     context.tick()
 
 
-def _task_splitting(context: _Context, resume: bool) -> dict[str, Any]:
-    """Grow the small network with :class:`~splitgrow.growth.Grower`: train, then at the end of every phase
-    evaluate, split (``growth_ratio`` of the coupling groups, or a parameter budget) and fine-tune with the learning
-    rate restarted; the grower checkpoints after every epoch (``splitting.pt``)."""
+def _task_splitting(context: _Context, resume: bool, method: str = "splitting") -> dict[str, Any]:
+    """Grow the small network with :class:`~splitgrow.growth.Grower` and growth method ``method``: train, then at
+    the end of every phase evaluate, grow (``growth_ratio`` of the coupling groups, or a parameter budget) and
+    fine-tune with the learning rate restarted; the grower checkpoints after every epoch (``<method>.pt``)."""
     config = context.config
     example = context.example()
     full_parameters = context.checkpoint.progress["full_parameters"]
-    torch.manual_seed(derive_seed(context.seed, "init", "splitting"))
+    torch.manual_seed(derive_seed(context.seed, "init", "splitting"))  # every growth method: the same start
     model = build_model(config.model, **context.checkpoint.progress["start_config"]).to(context.device)
     optimizer = make_optimizer(model, config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay)
-    generator = torch.Generator().manual_seed(derive_seed(context.seed, "data", "splitting"))
+    generator = torch.Generator().manual_seed(derive_seed(context.seed, "data", "splitting"))  # same data order
     statistics = [
         batch for _, batch in zip(range(config.split_batches), context.batches(context.train, training=False))
     ]
@@ -357,6 +387,9 @@ def _task_splitting(context: _Context, resume: bool) -> dict[str, Any]:
         threshold=config.threshold,
         solver=config.solver,
         statistics_batches=None,
+        method=method,
+        weight_bound=config.weight_bound,
+        firefly=FireflyOptions(candidates_per_site=config.firefly_candidates, steps=config.firefly_steps),
         **amount,
     )
     grower = Grower(
@@ -373,13 +406,13 @@ def _task_splitting(context: _Context, resume: bool) -> dict[str, Any]:
 
     def train(epoch: int) -> float:
         stage = len(grower.history)
-        description = f"seed {context.seed} splitting stage {stage} epoch {epoch + 1}/{total}"
+        description = f"seed {context.seed} {method} stage {stage} epoch {epoch + 1}/{total}"
         with context.reporter.bar(len(train_batches), description) as bar:
             return train_epoch(model, train_batches, optimizer, on_batch=lambda _: bar.update())
 
     def phase_end(stage: int) -> dict[str, Any]:
         row = _row(
-            "splitting",
+            method,
             "fine-tuned",
             stage,
             model,
@@ -388,7 +421,7 @@ def _task_splitting(context: _Context, resume: bool) -> dict[str, Any]:
             evaluate_only(context, model),
         )
         context.reporter.message(
-            f"seed {context.seed} splitting stage {stage}: {row['parameters']:,} parameters "
+            f"seed {context.seed} {method} stage {stage}: {row['parameters']:,} parameters "
             f"(ratio {row['ratio']:.3f}), test accuracy {row['accuracy']:.4f}"
         )
         return row
@@ -403,7 +436,7 @@ def _task_splitting(context: _Context, resume: bool) -> dict[str, Any]:
         scheduler_factory=schedule,
         on_phase_end=phase_end,
         on_epoch_end=lambda epoch: _progress_saved(context),
-        checkpoint=context.folder / "splitting.pt",
+        checkpoint=context.folder / f"{method}.pt",
         resume=resume,
         extra_state=(generator.get_state, generator.set_state),
     )
@@ -535,9 +568,10 @@ def run_seed(
         progress["current"] = None
         checkpoint.save(None)
 
-    if "splitting" not in completed:
-        finish("splitting", _task_splitting(context, resume))
-    splitting_rows = completed["splitting"]["rows"]
+    for method in config.growth_methods:
+        if method not in completed:
+            finish(method, _task_splitting(context, resume, method))
+    splitting_rows = completed[config.growth_methods[0]]["rows"]
     if "l1" in config.pruning_methods and "full" not in completed:
         finish("full", _task_train_full(context, resume_for("full"), "full", 0.0))
     if "bn" in config.pruning_methods and "full-slim" not in completed:
@@ -549,13 +583,13 @@ def run_seed(
             if task not in completed:
                 finish(task, _task_prune(context, resume_for(task), method, stage, ratio))
     if config.retrain:
-        sources = [row for row in splitting_rows if row["stage"] > 0]
+        sources = [row for m in config.growth_methods for row in completed[m]["rows"] if row["stage"] > 0]
         sources += [completed[f"prune-{m}-{s}"] for m in config.pruning_methods for s, _ in targets]
         for source in sources:
             task = f"retrain-{source['method']}-{source['stage']}"
             if task not in completed:
                 finish(task, _task_retrain(context, resume_for(task), source))
-    rows = list(completed["splitting"]["rows"])
+    rows = [row for m in config.growth_methods for row in completed[m]["rows"]]
     rows += [value for key, value in completed.items() if key.startswith(("prune-", "retrain-"))]
     references = {key: completed[key] for key in ("full", "full-slim") if key in completed}
     return {
@@ -563,7 +597,7 @@ def run_seed(
         "model": config.model,
         "full_parameters": progress["full_parameters"],
         "rows": rows,
-        "growth": completed["splitting"]["growth"],
+        "growth": {m: completed[m]["growth"] for m in config.growth_methods},
         "full_networks": references,
         "wall_time_s": checkpoint.elapsed(),  # over every session of a resumed run, not only the last
     }
@@ -581,9 +615,8 @@ def plot(results: dict[str, Any], directory: Path) -> list[Path]:
     """Accuracy against parameter ratio: fine-tuned (left) and retrained (right), every method."""
     figure = Figure(figsize=(10.0, 4.0), layout="constrained")
     axes = figure.subplots(1, 2, sharey=True)
-    colors = {"splitting": "tab:red", "bn": "tab:blue", "l1": "tab:green"}
     for ax, variant in zip(axes, ("fine-tuned", "retrained")):
-        for method, color in colors.items():
+        for method, color in METHOD_COLORS.items():
             rows = sorted(
                 (r for r in results["rows"] if r["method"] == method and r["variant"] == variant),
                 key=lambda r: r["ratio"],
@@ -622,7 +655,7 @@ def uniformity(widths: list[int], start: list[int]) -> float:
 
 def _plot_widths(results: dict[str, Any], path: Path) -> Path:
     """The architecture each method found: per-layer widths at every stage (fine-tuned rows)."""
-    methods = [m for m in ("splitting", "bn", "l1") if any(r["method"] == m for r in results["rows"])]
+    methods = [m for m in METHOD_COLORS if any(r["method"] == m for r in results["rows"])]
     figure = Figure(figsize=(4.0 * len(methods), 3.6), layout="constrained")
     axes = figure.subplots(1, len(methods), sharey=True, squeeze=False)[0]
     colors = {0: "tab:gray", 1: "tab:blue", 2: "tab:orange", 3: "tab:red", 4: "tab:purple", 5: "tab:brown"}
@@ -675,20 +708,29 @@ def summarize(all_results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
                 f"{100 * np.mean(accuracy):.2f}" + (f" ± {100 * np.std(accuracy):.2f}" if len(rows) > 1 else ""),
             ]
         )
-    wins, comparisons = 0, 0
-    for entry in summary_rows:
-        if entry["method"] != "splitting" or entry["stage"] == 0:
-            continue
-        rivals = [
-            other
-            for other in summary_rows
-            if other["method"] != "splitting"
-            and other["variant"] == entry["variant"]
-            and other["stage"] == entry["stage"]
-        ]
-        for other in rivals:
-            comparisons += 1
-            wins += int(entry["accuracy_mean"] > other["accuracy_mean"])
+    growth = [m for m in GROWTH_METHODS if any(entry["method"] == m for entry in summary_rows)]
+    pruning = [entry for entry in summary_rows if entry["method"] not in GROWTH_METHODS]
+    wins: dict[str, list[int]] = {}
+    for method in growth:
+        won = compared = 0
+        for entry in summary_rows:
+            if entry["method"] != method or entry["stage"] == 0:
+                continue
+            for other in pruning:
+                if other["variant"] == entry["variant"] and other["stage"] == entry["stage"]:
+                    compared += 1
+                    won += int(entry["accuracy_mean"] > other["accuracy_mean"])
+        wins[method] = [won, compared]
+    best_lines = []
+    for variant in ("fine-tuned", "retrained"):
+        for stage in sorted({e["stage"] for e in summary_rows if e["stage"] > 0 and e["variant"] == variant}):
+            entries = [e for e in summary_rows if e["variant"] == variant and e["stage"] == stage]
+            best = max(entries, key=lambda e: e["accuracy_mean"])
+            others = ", ".join(
+                f"{METHOD_LABELS[e['method']]} {100 * e['accuracy_mean']:.2f}% at ratio {e['ratio']:.3f}"
+                for e in sorted(entries, key=lambda e: -e["accuracy_mean"])
+            )
+            best_lines.append(f"- {variant}, stage {stage}: best {METHOD_LABELS[best['method']]} ({others})")
     first = all_results[0]
     references = ", ".join(
         f"{key} {100 * value['accuracy']:.2f}%" for key, value in first.get("full_networks", {}).items()
@@ -697,11 +739,26 @@ def summarize(all_results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
     architectures, widths_table = _widths_summary(all_results)
     table = (
         f"{first['model']} on {first['dataset']} (full-size network: {first['full_parameters']:,} parameters; "
-        f"{references})\n\n{table}\n\nSplitting more accurate than a pruning baseline at the same size in {wins} of "
-        f"{comparisons} comparisons.\n\nThe architectures found (per-layer widths, seed {first['seed']}; "
+        f"{references})\n\n{table}\n\n"
+        + "".join(
+            f"{METHOD_LABELS[m]} more accurate than a pruning baseline at the same stage in {won} of {compared} "
+            "comparisons.\n"
+            for m, (won, compared) in wins.items()
+        )
+        + "\nWhich wins at each size (the pruning baselines are cut to the first growth method's sizes; other growth "
+        "methods reach their own):\n\n"
+        + "\n".join(best_lines)
+        + f"\n\nThe architectures found (per-layer widths, seed {first['seed']}; "
         f"uniformity 1.00 = a uniform scaling of the starting network):\n\n{widths_table}"
     )
-    summary = {"rows": summary_rows, "splitting_wins": wins, "comparisons": comparisons, "architectures": architectures}
+    first_growth = growth[0] if growth else "splitting"
+    summary = {
+        "rows": summary_rows,
+        "wins": wins,
+        "splitting_wins": wins.get(first_growth, [0, 0])[0],
+        "comparisons": wins.get(first_growth, [0, 0])[1],
+        "architectures": architectures,
+    }
     return summary, table
 
 
@@ -709,7 +766,7 @@ def _widths_summary(all_results: list[dict[str, Any]]) -> tuple[list[dict[str, A
     """Per-layer widths of every method at every stage (every seed), with their distance from uniform scaling."""
     architectures, rows = [], []
     for results in all_results:
-        start = next(r["widths"] for r in results["rows"] if r["method"] == "splitting" and r["stage"] == 0)
+        start = next(r["widths"] for r in results["rows"] if r["method"] in GROWTH_METHODS and r["stage"] == 0)
         for row in sorted(results["rows"], key=lambda r: (r["variant"], r["method"], r["stage"])):
             if row["variant"] != "fine-tuned":
                 continue

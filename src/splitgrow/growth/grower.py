@@ -32,15 +32,17 @@ from torch import Tensor, nn
 
 from ..artifacts import atomic_write_bytes
 from ..errors import SplitgrowError
+from ..firefly import new_neuron_candidates, select_growth
 from ..inspection import model_flops, split_costs
 from ..network import SplittableNetwork
 from ..selection import Selection, select_splits, select_within_budget
+from ..signed import signed_splitting
 from ..statistics import LossClosure, LossFunction, SplittingResults
 from ..statistics import distributed as dist
 from ..statistics.adaptive import adaptive_splitting
 from ..statistics.recording import _default_closure, _prepare
 from ..statistics.splitting import SolverOptions, solve
-from ..surgery import SplitRequest, parameter_count, resize_like
+from ..surgery import NewNeuron, SplitRequest, parameter_count, resize_like
 from .policy import GrowthPolicy, GrowthState
 
 
@@ -186,7 +188,12 @@ class Grower:
         return (batch for _, batch in zip(range(batches), self.statistics_data))
 
     def _options(self) -> SolverOptions:
-        return SolverOptions(solver=self.policy.solver, seed=self.seed + len(self.history), **self.policy.options)
+        return SolverOptions(
+            solver=self.policy.solver,
+            seed=self.seed + len(self.history),
+            largest=self.policy.method == "signed",
+            **self.policy.options,
+        )
 
     def statistics(self) -> SplittingResults:
         """The splitting indexes of the current model on the statistics data (summed over processes)."""
@@ -198,7 +205,7 @@ class Grower:
                 self.model,
                 graph,
                 self.statistics_data,
-                lambda results: [(r.site, r.channel, r.index) for r in self._select(results)],
+                lambda results: [(r.site, r.channel, r.index) for r in self._select_splits(results)],
                 adaptive=self.policy.adaptive,
                 options=self._options(),
                 reduce=reduce,
@@ -217,9 +224,20 @@ class Grower:
                 accumulator.add(record)
         return solve(accumulator, options, skipped=skipped, reduce=reduce)
 
+    def _ranked(self, results: SplittingResults) -> SplittingResults:
+        """The results as the method ranks them (signed indexes for signed splitting)."""
+        return signed_splitting(results, self.policy.weight_bound) if self.policy.method == "signed" else results
+
     def _select(self, results: SplittingResults) -> Selection:
+        if self.policy.method == "firefly":
+            return self._select_firefly(results)
+        return self._select_splits(results)
+
+    def _select_splits(self, results: SplittingResults) -> Selection:
+        """The splits of a stage (the selection adaptive statistics watch settle)."""
         policy = self.policy
         graph = self.net.graph
+        results = self._ranked(results)
         common = {"graph": graph, "allow_inexact": policy.allow_inexact}
         if policy.parameter_ratio is not None or policy.flops_ratio is not None:
             kind = "parameters" if policy.parameter_ratio is not None else "flops"
@@ -234,6 +252,36 @@ class Grower:
             count = max(1, math.ceil(policy.fraction * self.net.neurons()))
         return select_splits(results, count, policy.threshold, **common)
 
+    def _select_firefly(self, results: SplittingResults) -> Selection:
+        """Splits and new neurons ranked together (:mod:`splitgrow.firefly`), by the policy's amount."""
+        policy = self.policy
+        graph = self.net.graph
+        candidates = new_neuron_candidates(
+            self.model,
+            graph,
+            self._data(),
+            self.loss_function,
+            closure=self.closure,
+            reduction=self.reduction,
+            options=policy.firefly,
+            allow_inexact=policy.allow_inexact,
+            seed=self.seed + len(self.history),
+        )
+        common = {
+            "epsilon": policy.epsilon,
+            "threshold": policy.threshold,
+            "graph": graph,
+            "allow_inexact": policy.allow_inexact,
+            "options": policy.firefly,
+        }
+        if policy.parameter_ratio is not None or policy.flops_ratio is not None:
+            kind = "parameters" if policy.parameter_ratio is not None else "flops"
+            current = parameter_count(self.model) if kind == "parameters" else self._flops()
+            ratio = policy.parameter_ratio if kind == "parameters" else policy.flops_ratio
+            return select_growth(results, candidates, costs=split_costs(graph, kind), budget=ratio * current, **common)
+        count = policy.count if policy.count is not None else max(1, math.ceil(policy.fraction * self.net.neurons()))
+        return select_growth(results, candidates, max_count=count, **common)
+
     def grow(self, metrics: dict[str, float] | None = None) -> GrowthStage | None:
         """One growth stage now, whatever the schedule; None (and the grower stops) when nothing can split."""
         started = time.perf_counter()
@@ -241,7 +289,7 @@ class Grower:
         parameters_before = parameter_count(self.model)
         results = self.statistics()
         # rank 0's selection everywhere, so that ties broken by rounding cannot make the processes disagree
-        requests: list[SplitRequest] = list(dist.broadcast_object(list(self._select(results))))
+        requests: list[SplitRequest | NewNeuron] = list(dist.broadcast_object(list(self._select(results))))
         if not requests:
             if self.policy.stop_when_stable:
                 self.stopped = True
@@ -256,7 +304,7 @@ class Grower:
             epoch=self.epoch,
             widths_before=widths_before,
             widths_after=self.net.widths(),
-            splits=[{"site": r.site, "channel": r.channel, "index": r.index} for r in requests],
+            splits=[_describe(r) for r in requests],
             predicted_change=report.predicted_change,
             loss_before=results.loss,
             loss_after=loss_after,
@@ -467,3 +515,13 @@ class Grower:
     def _phase_epochs_at_restore(self) -> int:
         length = self.policy.phase_length(len(self.history))
         return 1 if length is None else length
+
+
+def _describe(request: SplitRequest | NewNeuron) -> dict[str, Any]:
+    """A split or new neuron as plain values, for the stage's record."""
+    if isinstance(request, NewNeuron):
+        return {"site": request.site, "new": True, "after": request.after}
+    found = {"site": request.site, "channel": request.channel, "index": request.index}
+    if request.offspring is not None:
+        found["weights"] = [child.weight for child in request.offspring]
+    return found

@@ -8,6 +8,12 @@ spent by energy-aware selection. A neuron is a coupling group of channels (a poi
 filter it feeds), so counts and fractions count groups. When to stop: after ``max_stages`` stages, once the model
 has ``max_parameters`` parameters or ``max_flops`` FLOPs, or (``stop_when_stable``) when no index is below the
 threshold: the network is splitting-stable.
+
+How: ``method`` is ``"splitting"`` (the paper: theta +/- eps v_min, halved output weights), ``"signed"`` (signed
+splitting with offspring weights bounded by ``weight_bound``: :mod:`splitgrow.signed`) or ``"firefly"`` (splits and
+brand-new neurons ranked together: :mod:`splitgrow.firefly`, tuned by ``firefly``). With ``count`` or ``fraction``
+a stage makes that many splits or new neurons (a signed split adds two or three neurons); the budgets count every
+added neuron.
 """
 
 from __future__ import annotations
@@ -18,8 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from ..firefly import FireflyOptions
 from ..statistics import SOLVERS
 from ..statistics.adaptive import AdaptiveStatistics
+
+#: how a stage grows: the paper's splits, signed splits, or Firefly (splits and new neurons)
+METHODS = ("splitting", "signed", "firefly")
 
 
 @dataclass
@@ -60,6 +70,9 @@ class GrowthPolicy:
     adaptive: AdaptiveStatistics | None = None
     measure: bool = True
     options: dict[str, Any] = field(default_factory=dict)
+    method: str = "splitting"
+    weight_bound: float = 3.0
+    firefly: FireflyOptions = field(default_factory=FireflyOptions)
 
     def __post_init__(self) -> None:
         amounts = [self.count, self.fraction, self.parameter_ratio, self.flops_ratio]
@@ -85,6 +98,14 @@ class GrowthPolicy:
             raise ConfigError(f"threshold (lambda_*) must be <= 0, got {self.threshold!r}")
         if self.solver not in SOLVERS:
             raise ConfigError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not (math.isfinite(self.weight_bound) and self.weight_bound >= 1):
+            raise ConfigError(
+                f"weight_bound (c, signed splitting) must be a finite number >= 1, got {self.weight_bound!r}"
+            )
+        if self.method == "signed" and self.solver == "rayleigh":
+            raise ConfigError("signed splitting needs lambda_max too: use the dense, lobpcg or auto solver")
         if self.statistics_batches is not None and self.statistics_batches < 1:
             raise ConfigError(f"statistics_batches must be >= 1 (or None: all), got {self.statistics_batches}")
 

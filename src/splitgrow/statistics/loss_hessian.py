@@ -56,7 +56,7 @@ class LossHessianOperator:
         site = self.site
         self.num_neurons, self.neuron_dim = site.num_neurons, site.neuron_dim
         self.twin = copy.deepcopy(self.graph.model).to(self.dtype).eval()
-        twin_graph = ChannelGraph(self.twin, _cast(self.graph.example_inputs, self.dtype))
+        twin_graph = self.graph.for_copy(self.twin)
         requests = [SplitRequest(site.name, j) for j in range(site.num_neurons)]
         report = split_network(self.twin, twin_graph, requests, 0.0, allow_inexact=True)
         # for each member (in order): the module and the rows of the +delta and -delta offspring of every neuron

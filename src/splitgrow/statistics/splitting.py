@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -53,6 +54,10 @@ class SiteSplitting:
         solver: the solver that produced them; iterations and products: its work (iterative solvers).
         members: the modules whose rows a neuron spans, in the order of the directions' entries.
         noise_floor: indexes with magnitude at or below it were reported as 0.
+        largest_indexes, largest_directions: lambda_max and v_max of each neuron, when asked for
+            (``largest=True``; signed splitting uses both ends of the spectrum).
+        scheme: how a selected neuron splits (e.g. :class:`splitgrow.signed.SignedScheme`); None: theta +/- eps
+            v_min with halved output weights.
     """
 
     site: str
@@ -67,6 +72,9 @@ class SiteSplitting:
     products: int = 0
     members: list[str] = field(default_factory=list)
     noise_floor: float = 0.0
+    largest_indexes: Tensor | None = None
+    largest_directions: Tensor | None = None
+    scheme: Any = None
 
 
 class SplittingResults(dict):
@@ -351,6 +359,7 @@ def splitting_eigenpairs(
     progress: bool = False,
     strict: bool = False,
     reduce: Callable[[Tensor], Tensor] | None = None,
+    largest: bool = False,
 ) -> SplittingResults:
     """Splitting indexes and gradients of every splittable site, from one pass over (part of) the data.
 
@@ -374,6 +383,7 @@ def splitting_eigenpairs(
         seed: seed of the random starting directions.
         strict: raise GraphError instead of warning when a layer will not grow.
         reduce: sum over processes (distributed statistics; see :mod:`splitgrow.statistics.distributed`).
+        largest: also compute lambda_max and v_max (for signed splitting; dense or lobpcg solver).
 
     Returns:
         :class:`SplittingResults`: a dict of :class:`SiteSplitting` by site, with ``skipped``.
@@ -392,6 +402,7 @@ def splitting_eigenpairs(
         keep_matrices=keep_matrices,
         max_temporary_elements=max_temporary_elements,
         seed=seed,
+        largest=largest,
     )
     graph.check_current()
     chosen = _chosen(graph, sites)
@@ -431,10 +442,13 @@ class SolverOptions:
     keep_matrices: bool = False
     max_temporary_elements: int = DEFAULT_MAX_TEMPORARY_ELEMENTS
     seed: int = 0
+    largest: bool = False
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        if self.largest and self.solver == "rayleigh":
+            raise ValueError("the largest eigenpairs (signed splitting) need the dense or the lobpcg solver")
         if self.start not in STARTS:
             raise ValueError(f"start must be one of {', '.join(STARTS)}, got {self.start!r}")
 
@@ -486,6 +500,10 @@ def solve(
             eigenpairs = dense_eigenpairs(matrices)
             scale = float(torch.linalg.matrix_norm(matrices).max()) if matrices.numel() else 0.0
             floor = DENSE_NOISE * scale
+            if options.largest:
+                largest = dense_eigenpairs(-matrices)
+                common["largest_indexes"] = _zero_within(-largest.indexes, floor)
+                common["largest_directions"] = largest.directions
             results[site.name] = SiteSplitting(
                 indexes=_zero_within(eigenpairs.indexes, floor),
                 directions=eigenpairs.directions,
@@ -506,10 +524,24 @@ def solve(
             if initial is None:
                 initial = torch.randn((site.num_neurons, site.neuron_dim), generator=generator, dtype=torch.float64)
         initial = initial.to(device=operator.device, dtype=options.operator_dtype)
+        converged = None
         if method == "lobpcg":
             solved = lobpcg_smallest(
                 operator.matvec, initial, tolerance=options.tolerance, max_iterations=options.max_iterations
             )
+            if options.largest:
+                # lambda_max of S is -lambda_min of -S: the same solver on the negated products
+                top = lobpcg_smallest(
+                    lambda directions, operator=operator: -operator.matvec(directions),
+                    torch.randn(initial.shape, generator=generator, dtype=torch.float64).to(initial),
+                    tolerance=options.tolerance,
+                    max_iterations=options.max_iterations,
+                )
+                top_indexes = -top.indexes.double()
+                top_floor = options.tolerance * float(top_indexes.abs().max()) if top_indexes.numel() else 0.0
+                common["largest_indexes"] = _zero_within(top_indexes, top_floor)
+                common["largest_directions"] = top.directions.double()
+                converged = solved.converged & top.converged
         else:
             solved = rayleigh_quotient_descent(
                 operator.matvec_batch,
@@ -525,7 +557,7 @@ def solve(
         results[site.name] = SiteSplitting(
             indexes=_zero_within(indexes, floor),
             directions=solved.directions.double(),
-            converged=solved.converged,
+            converged=solved.converged if converged is None else converged,
             iterations=solved.iterations,
             products=solved.products,
             noise_floor=floor,
