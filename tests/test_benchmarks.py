@@ -57,3 +57,12 @@ def test_images_stage_tiny(tmp_path):
     # 3 x 5 x 160 (retraining of every found architecture)
     assert report["protocol_epochs"] == 5280
     assert report["converged_fraction"] == pytest.approx(1.0)
+
+
+def test_growth_methods_cost_quick(tmp_path):
+    out = tmp_path / "growth_methods_cost"
+    run_script("growth_methods_cost.py", "--quick", "--models", "vgg19", "--out", str(out))
+    (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert row["neurons"] == 16 * 4 and row["statistics_samples"] == 16
+    assert set(row["seconds"]) == {"splitting", "signed", "firefly"} and min(row["seconds"].values()) > 0
+    assert row["firefly_over_splitting"] == pytest.approx(row["seconds"]["firefly"] / row["seconds"]["splitting"])

@@ -143,7 +143,7 @@ def test_command_line(mnist_root, tmp_path):
     args = ["run", "images", "--dataset", "mnist", "--data-root", str(mnist_root), "--config", str(config)]
     result = invoke(*args, "--out", str(out), "-q")
     assert result.exit_code == 0, result.output
-    assert "Splitting more accurate than a pruning baseline" in result.stdout
+    assert "splitting (ours) more accurate than a pruning baseline at the same stage in" in result.stdout
     assert (out / "seed-0" / "accuracy_vs_ratio.png").is_file()
     resumed = invoke(*args, "--out", str(out), "--resume", "-q")
     assert resumed.exit_code == 0 and json.loads((out / "summary.json").read_text())["comparisons"] == 2

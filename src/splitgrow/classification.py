@@ -56,12 +56,19 @@ def train_epoch(
     """One pass of training; returns the mean training loss. Raises DivergenceError on a NaN or infinite loss."""
     model.train()
     total, count = 0.0, 0
-    for inputs, targets in batches:
+    for index, (inputs, targets) in enumerate(batches):
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(inputs), targets)
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise DivergenceError(f"the training loss became {value}; lower the learning rate")
+            if index == 0:
+                raise DivergenceError(
+                    f"the training loss was {value} before the epoch's first step",
+                    "its first batch",
+                    "the weights the epoch starts from or the data give a non-finite loss: check the "
+                    "initialisation and the data (if earlier epochs ran, lower the learning rate)",
+                )
+            raise DivergenceError(f"the training loss became {value}", f"batch {index}", "lower the learning rate")
         loss.backward()
         if sparsity:
             add_batch_norm_sparsity(model, sparsity)

@@ -52,17 +52,21 @@ class FireflyOptions:
         candidates_per_site: new neurons tried per site (at most the site's width).
         steps: projected gradient-ascent steps on the candidates' incoming parameters (one batch each).
         step_size: the angle (radians) of a full step on the sphere of the site's neuron norm.
+        score_batches: statistics batches the final scores g_j are averaged over (None: all of them).
         new_step: the output step t of a new neuron; None: eps^2/2 (see the module docstring).
     """
 
     candidates_per_site: int = 4
-    steps: int = 5
+    steps: int = 4
     step_size: float = 0.3
+    score_batches: int | None = 4
     new_step: float | None = None
 
     def __post_init__(self) -> None:
         if self.candidates_per_site < 1 or self.steps < 0 or not self.step_size > 0:
             raise ValueError("candidates_per_site must be >= 1, steps >= 0 and step_size > 0")
+        if self.score_batches is not None and self.score_batches < 1:
+            raise ValueError(f"score_batches must be >= 1 (or None: all), got {self.score_batches}")
         if self.new_step is not None and not (math.isfinite(self.new_step) and self.new_step >= 0):
             raise ValueError(f"new_step must be a finite number >= 0, got {self.new_step!r}")
 
@@ -171,7 +175,8 @@ def new_neuron_candidates(
     thetas = [addition.parameters.clone() for addition in additions]
     for step in range(options.steps):
         thetas = _ascend(twin, graph, layout, owners, thetas, radii, records[step % len(records)], run, options)
-    gradients = _output_gradients(twin, graph, layout, owners, thetas, records, run, reduction)
+    scored = records if options.score_batches is None else records[: options.score_batches]
+    gradients = _output_gradients(twin, graph, layout, owners, thetas, scored, run, reduction)
     candidates = []
     for index, (site, theta) in enumerate(zip(owners, thetas)):
         found = gradients[index]

@@ -7,11 +7,18 @@ from .common import Experiment, Reporter, report_experiment, run_experiment
 
 def experiments() -> dict[str, Experiment]:
     """All experiments by name (imported lazily: each pulls in its own dependencies)."""
-    from . import images, mmd, rbf, transfer
+    from . import images, kws, mmd, prototypes, rbf, transfer
 
     return {
         experiment.name: experiment
-        for experiment in (rbf.EXPERIMENT, mmd.EXPERIMENT, images.EXPERIMENT, transfer.EXPERIMENT)
+        for experiment in (
+            rbf.EXPERIMENT,
+            mmd.EXPERIMENT,
+            images.EXPERIMENT,
+            transfer.EXPERIMENT,
+            kws.EXPERIMENT,
+            prototypes.EXPERIMENT,
+        )
     }
 
 

@@ -78,14 +78,19 @@ class ImagesConfig:
     """Settings of the ``images`` experiment. The defaults are the reduced CPU protocol on Fashion-MNIST
     (``configs/images-cpu.yaml``); ``configs/images-paper.yaml`` is the paper's CIFAR-10 protocol."""
 
+    #: fashion-mnist, mnist or cifar10
     dataset: str = "fashion-mnist"
+    #: the network: vgg19 or mobilenetv1
     model: str = "vgg19"
     #: folder of the dataset files (default: the Debian package for Fashion-MNIST, else ~/.cache/splitgrow)
     data_root: str | None = None
+    #: fetch the dataset's official files into data_root when they are missing (MD5-checked)
     download: bool = False
+    #: cpu, cuda or cuda:N
     device: str = "cpu"
     #: use only the first this many training / test images (0: all)
     train_samples: int = 8000
+    #: use only the first this many test images (0: all)
     test_samples: int = 2000
     #: images are zero-padded to this size (VGG19 needs 32: five 2x2 poolings)
     image_size: int = 32
@@ -95,9 +100,13 @@ class ImagesConfig:
     full_width: int = 32
     #: or its widths layer by layer (e.g. the standard VGG19 64 ... 512), instead of full_width
     full_widths: list[int] | None = None
+    #: images per training batch
     batch_size: int = 64
+    #: SGD's learning rate at the start of every phase
     learning_rate: float = 0.1
+    #: SGD's (Nesterov) momentum
     momentum: float = 0.9
+    #: SGD's weight decay
     weight_decay: float = 1e-4
     #: epochs of the splitting path's first training (learning rate / 10 at 50% and 75% of every phase)
     epochs: int = 6
@@ -108,28 +117,36 @@ class ImagesConfig:
     full_epochs: int = 0
     #: epochs of every retraining from scratch (0: as many as the full-size networks)
     retrain_epochs: int = 0
+    #: growth stages (each followed by finetune_epochs of training)
     stages: int = 3
     #: neurons added per stage, as a fraction of the current number of neurons (m_*)
     growth_ratio: float = 0.5
     #: instead of growth_ratio: a budget of added parameters per stage, as a fraction of the current count,
     #: spent by energy-aware selection (0: off)
     parameter_budget: float = 0.0
+    #: the split step size: offspring at theta +/- epsilon v
     epsilon: float = 0.1
+    #: lambda_*: only neurons with a splitting index below it are split (<= 0)
     threshold: float = 0.0
+    #: eigensolver: auto (dense where the matrices fit, else matrix-free LOBPCG), dense, lobpcg or rayleigh
     solver: str = "auto"
     #: training batches used for the splitting statistics (no augmentation)
     split_batches: int = 16
     #: network slimming's L1 penalty on BatchNorm scales
     bn_sparsity: float = 1e-4
+    #: the pruning baselines: bn (network slimming) and l1 (L1-norm filter pruning)
     pruning_methods: list[str] = field(default_factory=lambda: ["bn", "l1"])
     #: how the small network grows: splitting (the paper), signed (signed splitting), firefly (new neurons too)
     growth_methods: list[str] = field(default_factory=lambda: ["splitting"])
     #: signed splitting's bound c on the sum of |offspring weights|
     weight_bound: float = 3.0
-    #: Firefly: new-neuron candidates per layer and gradient-ascent steps on their incoming weights
+    #: Firefly: new-neuron candidates per layer
     firefly_candidates: int = 4
-    firefly_steps: int = 5
+    #: Firefly: gradient-ascent steps on the new-neuron candidates' incoming weights
+    firefly_steps: int = 4
+    #: the largest fraction of channels a pruning baseline may remove
     max_pruning_ratio: float = 0.9
+    #: also train every architecture found from a random start
     retrain: bool = True
 
     def validate(self) -> None:

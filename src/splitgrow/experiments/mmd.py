@@ -38,7 +38,18 @@ from ..growth import (
     run_growth,
 )
 from ..shallow.particles import SPLITTING_FORMS, ParticleApproximation
-from .common import Experiment, Reporter, format_number, make_generator, markdown_table
+from .common import (
+    TIE_TOLERANCE,
+    Experiment,
+    Reporter,
+    coinciding,
+    format_number,
+    make_generator,
+    markdown_table,
+    note_coinciding,
+    outcome,
+    plot_method,
+)
 
 METHODS = ("splitting", "random_split", "new_init", "gradient_boosting")
 LABELS = {
@@ -53,6 +64,19 @@ COLORS = {
     "new_init": "tab:green",
     "gradient_boosting": "tab:orange",
 }
+#: how each method's loss is drawn: every run starts from the same particle, so the lines coincide up to the first
+#: growth step (and sometimes after it); dashes, markers and the widest line lowest keep each one visible
+STYLES: dict[str, dict[str, Any]] = {
+    "splitting": {"color": COLORS["splitting"], "linestyle": "-", "linewidth": 3.2, "alpha": 0.55, "marker": "o"},
+    "random_split": {"color": COLORS["random_split"], "linestyle": (0, (5, 2)), "linewidth": 1.5, "marker": "s"},
+    "new_init": {"color": COLORS["new_init"], "linestyle": (0, (6, 2, 1, 2)), "linewidth": 1.4, "marker": "D"},
+    "gradient_boosting": {
+        "color": COLORS["gradient_boosting"],
+        "linestyle": (0, (1, 1.5)),
+        "linewidth": 1.8,
+        "marker": "v",
+    },
+}
 DTYPE = torch.float64
 
 
@@ -60,32 +84,45 @@ DTYPE = torch.float64
 class MMDConfig:
     """Settings of the ``mmd`` experiment; the defaults are the paper's (a few seconds on a CPU)."""
 
+    #: weights of the target mixture's Gaussian components
     mixture_weights: list[float] = field(default_factory=lambda: [0.2, 0.3, 0.5])
+    #: means of the components
     mixture_means: list[float] = field(default_factory=lambda: [-2.0, 1.0, 3.0])
+    #: variances of the components
     mixture_variances: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    #: points drawn from the mixture, the sample the particles compress
     num_samples: int = 1000
     #: h of the Gaussian kernel exp(-|a - b|^2 / (2 h^2)) (the paper does not give it)
     bandwidth: float = 1.0
     #: the first particle is drawn from U[init_min, init_max]
     init_min: float = -5.0
+    #: upper end of the first particle's interval
     init_max: float = -3.0
     #: new particles (new initialisation, herding candidates) are drawn from U[new_min, new_max]
     new_min: float = -5.0
+    #: upper end of the new particles' interval
     new_max: float = 5.0
+    #: Adagrad iterations of every training phase (only positions train)
     iterations_per_step: int = 1000
+    #: Adagrad's learning rate
     learning_rate: float = 0.01
+    #: growth stops at this many particles
     max_particles: int = 10
     #: m_*, the most particles split (or added) per growth step
     max_splits_per_step: int = 1
+    #: split step size: offspring at theta +/- epsilon v
     epsilon: float = 0.1
     #: lambda_*: split only particles whose index is below it
     threshold: float = 0.0
     #: "exact" (kernel form of S) or "random_features"
     splitting_form: str = "exact"
+    #: random features of the "random_features" form
     num_features: int = 2000
     #: herding starts each new particle from the best of this many random candidates
     boosting_candidates: int = 100
+    #: the methods compared: splitting, random_split, new_init, gradient_boosting
     methods: list[str] = field(default_factory=lambda: list(METHODS))
+    #: the loss and the particles are recorded every this many iterations (figures 8 and 9)
     record_every: int = 10
 
     def validate(self) -> None:
@@ -217,9 +254,18 @@ def plot(results: dict[str, Any], directory: Path) -> list[Path]:
             xs.extend([iteration] * len(positions))
             ys.extend(positions)
             sizes.extend(weights)
-        ax.scatter(xs, ys, s=40.0 * np.asarray(sizes), color=COLORS[name], alpha=0.5, linewidths=0)
+        ax.scatter(
+            xs,
+            ys,
+            s=40.0 * np.asarray(sizes),
+            color=COLORS[name],
+            alpha=0.5,
+            linewidths=0,
+            label="particle (area: weight)",
+        )
         ax.set_title(LABELS[name])
         ax.set_xlabel("iteration")
+        ax.legend(fontsize=7, loc="best")
     axes[0].set_ylabel("particle position")
     trajectories = directory / "trajectories.png"
     save_figure(figure, trajectories)
@@ -229,7 +275,22 @@ def plot(results: dict[str, Any], directory: Path) -> list[Path]:
     for name in methods:
         history = results["methods"][name]["history"]
         values = np.log10(np.maximum(np.asarray(history["loss"]), 1e-300))
-        ax.plot(history["iteration"], values, color=COLORS[name], lw=1.2, label=LABELS[name])
+        position = METHODS.index(name)
+        plot_method(
+            ax,
+            history["iteration"],
+            values,
+            label=LABELS[name],
+            style=STYLES[name],
+            position=position,
+            count=len(METHODS),
+        )
+    histories = {name: results["methods"][name]["history"] for name in methods}
+    groups = coinciding(
+        {name: history["loss"] for name, history in histories.items()},
+        xs={name: history["iteration"] for name, history in histories.items()},
+    )
+    note_coinciding(ax, groups, LABELS)
     ax.set_xlabel("iteration")
     ax.set_ylabel("log10 MMD^2")
     ax.legend(fontsize=8)
@@ -239,23 +300,55 @@ def plot(results: dict[str, Any], directory: Path) -> list[Path]:
 
 
 def summarize(all_results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
-    """Final log10 MMD^2 of each method, per seed and averaged over seeds."""
+    """Final log10 MMD^2 of each method, per seed and averaged over seeds, and which method is lowest; final MMD^2
+    within a relative ``TIE_TOLERANCE`` of each other are a tie, not a win."""
     methods = [m for m in METHODS if m in all_results[0]["methods"]]
-    rows = []
-    for results in all_results:
+    values = {m: [r["methods"][m]["final_log10_mmd2"] for r in all_results] for m in methods}
+    rows, lowest_per_seed = [], []
+    for index, results in enumerate(all_results):
+        lowest = _lowest({m: values[m][index] for m in methods})
+        lowest_per_seed.append(lowest)
         rows.append(
             [results["seed"], results["methods"][methods[0]]["final_size"]]
-            + [f"{results['methods'][m]['final_log10_mmd2']:.3f}" for m in methods]
+            + [f"{values[m][index]:.3f}" for m in methods]
+            + [_lowest_cell(lowest)]
         )
-    values = {m: [r["methods"][m]["final_log10_mmd2"] for r in all_results] for m in methods}
     means = {m: float(np.mean(v)) for m, v in values.items()}
     stds = {m: float(np.std(v)) for m, v in values.items()}
-    rows.append(["mean", ""] + [f"{means[m]:.3f} ± {stds[m]:.3f}" for m in methods])
-    table = markdown_table(["seed", "particles"] + [LABELS[m] for m in methods], rows)
+    lowest_mean = _lowest(means)
+    rows.append(["mean", ""] + [f"{means[m]:.3f} ± {stds[m]:.3f}" for m in methods] + [_lowest_cell(lowest_mean)])
+    table = markdown_table(["seed", "particles"] + [LABELS[m] for m in methods] + ["lowest"], rows)
     table = "Final log10 MMD^2 (lower is better)\n\n" + table
-    best = min(means, key=means.get)
-    table += f"\n\nLowest mean: {LABELS[best]} ({format_number(10 ** means[best])} in MMD^2)."
-    return {"final_log10_mmd2": values, "mean": means, "std": stds}, table
+    alone = {m: sum(lowest == [m] for lowest in lowest_per_seed) for m in methods}
+    ties = sum(len(lowest) > 1 for lowest in lowest_per_seed)
+    counts = ", ".join(f"{LABELS[m]} {count}" for m, count in alone.items() if count)
+    table += f"\n\nLowest final MMD^2, seeds: {counts or 'none alone'}" + (f"; ties {ties}" if ties else "")
+    best = lowest_mean[0]
+    mean_text = " and ".join(LABELS[m] for m in lowest_mean)
+    table += (
+        f". Lowest mean: {'a tie of ' if len(lowest_mean) > 1 else ''}{mean_text}"
+        f" ({format_number(10 ** means[best])} in MMD^2; MMD^2 within a relative {TIE_TOLERANCE:g} is a tie)."
+    )
+    summary = {
+        "final_log10_mmd2": values,
+        "mean": means,
+        "std": stds,
+        "tie_tolerance": TIE_TOLERANCE,
+        "lowest_per_seed": lowest_per_seed,
+        "lowest_mean": lowest_mean,
+    }
+    return summary, table
+
+
+def _lowest(log10_mmd2: dict[str, float]) -> list[str]:
+    """The method with the lowest MMD^2 and every method whose MMD^2 ties with it."""
+    best = min(log10_mmd2.values())
+    return [m for m, value in log10_mmd2.items() if outcome(10.0**value, 10.0**best) == "tie"]
+
+
+def _lowest_cell(lowest: list[str]) -> str:
+    names = ", ".join(LABELS[m] for m in lowest)
+    return names if len(lowest) == 1 else f"tie: {names}"
 
 
 EXPERIMENT = Experiment(

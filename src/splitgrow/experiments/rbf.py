@@ -15,26 +15,34 @@ Figures (each with the numbers behind it in ``results.json``):
 * ``angles.png`` (1c): the loss decrease when the neuron with the smallest index is split along directions at
   angles 0..90 degrees from its splitting gradient, towards its second eigenvector;
 * ``training_loss.png`` (1d): training loss against iteration for every method.
+
+Where the splitting run ends sets the sizes of every other run, so it runs first; the probes, the baselines and the
+network trained from scratch are independent of each other and run beside it in ``workers`` worker processes.
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
+import signal
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ..artifacts import save_figure
 from ..config import require
 from ..growth import (
     GradientBoosting,
     GrowthMethod,
-    GrowthRun,
     Net2Net,
     NewInitialization,
     RandomSplit,
@@ -42,10 +50,22 @@ from ..growth import (
     run_growth,
     train_from_scratch,
 )
+from ..shallow.gradient_descent import descend
 from ..shallow.network import ShallowNetwork, ShallowRegression
 from ..shallow.neurons import RidgeNeuron
 from ..solvers import dense_eigenpairs
-from .common import Experiment, Reporter, format_number, make_generator, markdown_table
+from .common import (
+    TIE_TOLERANCE,
+    Experiment,
+    Reporter,
+    coinciding,
+    format_number,
+    make_generator,
+    markdown_table,
+    note_coinciding,
+    outcome,
+    plot_method,
+)
 
 GROWTH_METHODS = ("splitting", "random_split", "net2net", "new_init", "gradient_boosting")
 METHODS = (*GROWTH_METHODS, "scratch")
@@ -65,15 +85,23 @@ class RBFConfig:
     """Settings of the ``rbf`` experiment. The defaults are the documented light run; ``configs/rbf-paper.yaml``
     holds the paper's settings (50,000 iterations per growth step)."""
 
+    #: neurons of the target function
     target_neurons: int = 15
     #: variance of the target's weights and parameters ("N(0, 3)" in the paper)
     target_variance: float = 3.0
+    #: training samples: x ~ U[x_min, x_max], y = f(x) without noise
     num_samples: int = 1000
+    #: lower end of the inputs' interval
     x_min: float = -5.0
+    #: upper end of the inputs' interval
     x_max: float = 5.0
+    #: neurons of every network at the start
     start_neurons: int = 1
+    #: growth stops at this many neurons
     max_neurons: int = 8
+    #: full-batch gradient-descent iterations of every training phase
     iterations_per_step: int = 10_000
+    #: step size of gradient descent
     learning_rate: float = 0.1
     #: split step size: offspring at theta +/- epsilon v
     epsilon: float = 0.1
@@ -81,16 +109,19 @@ class RBFConfig:
     max_splits_per_step: int = 1
     #: lambda_*: split only neurons whose index is below it; splitting stops when none is
     threshold: float = -1e-3
-    #: the student's neurons (and new neurons) start at theta ~ N(0, init_std^2), w ~ N(0, init_weight_std^2)
+    #: new neurons (and the first ones) start at theta ~ N(0, init_std^2)
     init_std: float = 1.0
+    #: new neurons (and the first ones) start at w ~ N(0, init_weight_std^2)
     init_weight_std: float = 1.0
     #: gradient boosting starts each new neuron from the best of this many random draws
     boosting_candidates: int = 10
+    #: the methods compared: splitting, random_split, net2net, new_init, gradient_boosting, scratch
     methods: list[str] = field(
         default_factory=lambda: ["splitting", "random_split", "new_init", "gradient_boosting", "scratch"]
     )
-    #: size at which figures 1b and 1c are measured, and how many indexes figure 1b shows
+    #: size at which figures 1b and 1c split the splitting path's network
     probe_neurons: int = 7
+    #: how many of the smallest indexes figure 1b shows
     probe_count: int = 5
     #: eps of the immediate (second-order) measurements of figures 1b and 1c
     probe_epsilon: float = 0.01
@@ -98,8 +129,14 @@ class RBFConfig:
     probe_iterations: int = 5000
     #: angles 0, 90/angle_steps, ..., 90 degrees in figure 1c
     angle_steps: int = 9
+    #: sizes at which figure 1a draws every method's learned function
     curve_neurons: list[int] = field(default_factory=lambda: [3, 8])
+    #: the training loss is recorded every this many iterations (figure 1d)
     record_every: int = 100
+    #: worker processes that run the scratch network, the probes and the baselines beside the splitting run (0:
+    #: everything in one process); the numbers do not depend on it. A seed of fewer than 200,000 training
+    #: iterations, or one that --jobs runs in a process of its own, uses none
+    workers: int = 2
 
     def validate(self) -> None:
         require(self.target_neurons >= 1, "target_neurons must be >= 1")
@@ -130,6 +167,7 @@ class RBFConfig:
         require(self.probe_iterations >= 0, "probe_iterations must be >= 0")
         require(self.angle_steps >= 1, "angle_steps must be >= 1")
         require(self.record_every >= 1, "record_every must be >= 1")
+        require(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
 
 
 def target_function(theta: Tensor, weights: Tensor, x: Tensor) -> Tensor:
@@ -150,9 +188,13 @@ def make_problem(config: RBFConfig, size: int, generator: torch.Generator, x: Te
     """A student network of ``size`` Gaussian neurons at a random start, bound to the data."""
     theta = config.init_std * torch.randn((size, 2), generator=generator, dtype=DTYPE)
     weights = config.init_weight_std * torch.randn(size, generator=generator, dtype=DTYPE)
-    network = ShallowNetwork(RidgeNeuron("gaussian"), theta, weights)
+    return _student(config, theta, weights, x, y)
+
+
+def _student(config: RBFConfig, theta: Tensor, weights: Tensor, x: Tensor, y: Tensor) -> ShallowRegression:
+    """The student network with these parameters, bound to the data."""
     return ShallowRegression(
-        network,
+        ShallowNetwork(RidgeNeuron("gaussian"), theta, weights),
         x,
         y,
         learning_rate=config.learning_rate,
@@ -181,92 +223,83 @@ def _pearson(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def _decrease_after_training(problem: ShallowRegression, iterations: int, control_loss: float) -> float:
-    problem.train(iterations, record_every=max(1, iterations))
-    return control_loss - problem.loss()
+def probe_splits(problem: ShallowRegression, config: RBFConfig) -> dict[str, Any]:
+    """Figures 1b and 1c: split ``problem``'s neurons one at a time and measure the loss decrease.
 
+    * ``indexes`` (1b): the ``probe_count`` smallest indexes against the decrease from splitting each of their
+      neurons along its splitting gradient. Immediate decrease: split with ``probe_epsilon`` and measure at once;
+      its second-order prediction is -probe_epsilon^2 / 2 * lambda.
+    * ``angles`` (1c): split the neuron with the smallest index along v(alpha) = cos(alpha) v_1 + sin(alpha) v_2,
+      v_1 its splitting gradient and v_2 the eigenvector of its second-smallest eigenvalue.
 
-def probe_indexes(problem: ShallowRegression, config: RBFConfig) -> dict[str, Any]:
-    """Figure 1b: the smallest indexes against the loss decrease from splitting each neuron.
-
-    Immediate decrease: split with ``probe_epsilon`` and measure at once; its second-order prediction is
-    -probe_epsilon^2 / 2 * lambda. After training: split with ``epsilon``, train ``probe_iterations`` and compare
-    with the unsplit network trained as long (so that the decrease is due to the split, not to more training).
+    After training: split with ``epsilon``, train ``probe_iterations`` and compare with the unsplit network trained
+    as long (so that the decrease is due to the split, not to more training). All split networks train together,
+    as one batched program, and the unsplit one once for both figures.
     """
     matrices = problem.splitting_matrices()
     eigenpairs = dense_eigenpairs(matrices)
-    order = torch.argsort(eigenpairs.indexes)[: config.probe_count]
-    loss = problem.loss()
-    control_loss = float("nan")
-    if config.probe_iterations > 0:
-        control = problem.clone()
-        control.train(config.probe_iterations, record_every=config.probe_iterations)
-        control_loss = control.loss()
-    indexes, immediate, trained = [], [], []
-    for position in order.tolist():
-        direction = eigenpairs.directions[position : position + 1]
-        indexes.append(float(eigenpairs.indexes[position]))
-        split = problem.clone()
-        split.split(torch.tensor([position]), direction, config.probe_epsilon)
-        immediate.append(loss - split.loss())
-        if config.probe_iterations > 0:
-            split = problem.clone()
-            split.split(torch.tensor([position]), direction, config.epsilon)
-            trained.append(_decrease_after_training(split, config.probe_iterations, control_loss))
-    negative_indexes = [-value for value in indexes]
-    return {
-        "neurons": problem.size,
-        "positions": order.tolist(),
-        "indexes": indexes,
-        "predicted_immediate_decrease": [0.5 * config.probe_epsilon**2 * value for value in negative_indexes],
-        "immediate_decrease": immediate,
-        "trained_decrease": trained,
-        "loss": loss,
-        "control_loss_after_training": control_loss,
-        "correlation_immediate": _pearson(negative_indexes, immediate),
-        "correlation_trained": _pearson(negative_indexes, trained),
-    }
-
-
-def probe_angles(problem: ShallowRegression, config: RBFConfig) -> dict[str, Any]:
-    """Figure 1c: split the neuron with the smallest index along v(alpha) = cos(alpha) v_1 + sin(alpha) v_2,
-    v_1 its splitting gradient and v_2 the eigenvector of its second-smallest eigenvalue."""
-    matrices = problem.splitting_matrices()
-    indexes = dense_eigenpairs(matrices).indexes
-    position = int(torch.argmin(indexes))
+    order = torch.argsort(eigenpairs.indexes)[: config.probe_count].tolist()
+    position = int(torch.argmin(eigenpairs.indexes))
     matrix = 0.5 * (matrices[position] + matrices[position].t())
     eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
     first, second = eigenvectors[:, 0], eigenvectors[:, 1]
+    degrees = [90.0 * k / config.angle_steps for k in range(config.angle_steps + 1)]
+    angle_directions = [
+        math.cos(math.radians(angle)) * first + math.sin(math.radians(angle)) * second for angle in degrees
+    ]
+    # (neuron, direction) of every probe split: the index probes first, then the angle probes
+    splits = [(p, eigenpairs.directions[p]) for p in order] + [(position, v) for v in angle_directions]
+
     loss = problem.loss()
+    immediate = []
+    for neuron, direction in splits:
+        split = problem.clone()
+        split.split(torch.tensor([neuron]), direction.unsqueeze(0), config.probe_epsilon)
+        immediate.append(loss - split.loss())
+    trained: list[float] = []
     control_loss = float("nan")
     if config.probe_iterations > 0:
         control = problem.clone()
         control.train(config.probe_iterations, record_every=config.probe_iterations)
         control_loss = control.loss()
-    degrees = [90.0 * k / config.angle_steps for k in range(config.angle_steps + 1)]
-    predicted, immediate, trained = [], [], []
-    for angle in degrees:
-        radians = math.radians(angle)
-        direction = (math.cos(radians) * first + math.sin(radians) * second).unsqueeze(0)
-        predicted.append(float(-0.5 * config.probe_epsilon**2 * (direction[0] @ matrix @ direction[0])))
-        split = problem.clone()
-        split.split(torch.tensor([position]), direction, config.probe_epsilon)
-        immediate.append(loss - split.loss())
-        if config.probe_iterations > 0:
+        trainees = []
+        for neuron, direction in splits:
             split = problem.clone()
-            split.split(torch.tensor([position]), direction, config.epsilon)
-            trained.append(_decrease_after_training(split, config.probe_iterations, control_loss))
-    return {
+            split.split(torch.tensor([neuron]), direction.unsqueeze(0), config.epsilon)
+            trainees.append(split)
+        descend(trainees, config.probe_iterations, record_every=config.probe_iterations)
+        trained = [control_loss - split.loss() for split in trainees]
+
+    count = len(order)
+    indexes = [float(eigenpairs.indexes[p]) for p in order]
+    negative_indexes = [-value for value in indexes]
+    index_probe = {
+        "neurons": problem.size,
+        "positions": order,
+        "indexes": indexes,
+        "predicted_immediate_decrease": [0.5 * config.probe_epsilon**2 * value for value in negative_indexes],
+        "immediate_decrease": immediate[:count],
+        "trained_decrease": trained[:count],
+        "loss": loss,
+        "control_loss_after_training": control_loss,
+        "correlation_immediate": _pearson(negative_indexes, immediate[:count]),
+        "correlation_trained": _pearson(negative_indexes, trained[:count]),
+    }
+    angle_immediate, angle_trained = immediate[count:], trained[count:]
+    angle_probe = {
         "neurons": problem.size,
         "position": position,
         "eigenvalues": eigenvalues.tolist(),
         "degrees": degrees,
-        "predicted_immediate_decrease": predicted,
-        "immediate_decrease": immediate,
-        "trained_decrease": trained,
-        "argmax_degrees_immediate": degrees[int(np.argmax(immediate))],
-        "argmax_degrees_trained": degrees[int(np.argmax(trained))] if trained else None,
+        "predicted_immediate_decrease": [
+            float(-0.5 * config.probe_epsilon**2 * (direction @ matrix @ direction)) for direction in angle_directions
+        ],
+        "immediate_decrease": angle_immediate,
+        "trained_decrease": angle_trained,
+        "argmax_degrees_immediate": degrees[int(np.argmax(angle_immediate))],
+        "argmax_degrees_trained": degrees[int(np.argmax(angle_trained))] if angle_trained else None,
     }
+    return {"indexes": index_probe, "angles": angle_probe}
 
 
 def _default_schedule(config: RBFConfig) -> list[int]:
@@ -276,72 +309,234 @@ def _default_schedule(config: RBFConfig) -> list[int]:
     return sizes
 
 
+# ----------------------------------------------------------------------------------------------- one seed
+#
+# A seed's work is a few independent runs: splitting, which sets the sizes the baselines follow and whose network
+# at probe_neurons the probes split; then each baseline, the scratch network and the probes. The functions below
+# are module-level so that worker processes can run them; each rebuilds its problem from the seed, so a result does
+# not depend on where or in which order it was computed.
+
+
+@dataclass(frozen=True)
+class _Data:
+    """One seed's target function, its training data and the grid the learned functions are drawn on."""
+
+    target_theta: Tensor
+    target_weights: Tensor
+    x: Tensor
+    y: Tensor
+    grid: Tensor
+
+    @classmethod
+    def make(cls, config: RBFConfig, seed: int) -> _Data:
+        target_theta, target_weights = make_target(config, seed)
+        generator = make_generator(seed, "data")
+        x = config.x_min + (config.x_max - config.x_min) * torch.rand(
+            config.num_samples, generator=generator, dtype=DTYPE
+        )
+        y = target_function(target_theta, target_weights, x)
+        return cls(target_theta, target_weights, x, y, torch.linspace(config.x_min, config.x_max, 401, dtype=DTYPE))
+
+
+def _grow(
+    config: RBFConfig,
+    seed: int,
+    name: str,
+    data: _Data,
+    schedule: list[int] | None,
+    reporter: Reporter,
+    at_probe_size: Callable[[ShallowRegression], None] | None = None,
+) -> dict[str, Any]:
+    """One growth method's run from the seed's initial network; ``at_probe_size`` sees the network once, after its
+    training phase at ``probe_neurons``."""
+    problem = make_problem(config, config.start_neurons, make_generator(seed, "student"), data.x, data.y)
+    curves: dict[str, list[float]] = {}
+    probed = False
+
+    def on_phase_end(step: int, grown: ShallowRegression) -> None:
+        nonlocal probed
+        if grown.size in config.curve_neurons:
+            curves[str(grown.size)] = grown.predict(data.grid).tolist()
+        if at_probe_size is not None and grown.size == config.probe_neurons and not probed:
+            probed = True
+            at_probe_size(grown)
+
+    planned = schedule or _default_schedule(config)
+    with reporter.bar(len(planned) * config.iterations_per_step, f"seed {seed} {name}") as bar:
+        run = run_growth(
+            problem,
+            make_method(name, config),
+            iterations_per_step=config.iterations_per_step,
+            generator=make_generator(seed, "method", name),
+            max_size=config.max_neurons,
+            max_per_step=config.max_splits_per_step,
+            schedule=schedule,
+            record_every=config.record_every,
+            on_phase_end=on_phase_end,
+            on_progress=bar.update,
+        )
+    result = {**run.to_dict(), "curves": curves}
+    reporter.message(_run_line(seed, result))
+    return result
+
+
+def _scratch(config: RBFConfig, seed: int, data: _Data, sizes: list[int], reporter: Reporter) -> dict[str, Any]:
+    """The network of the final size trained from a random start for as many iterations as the growth runs, whose
+    phases had ``sizes`` (only the last size and the number of phases matter)."""
+    problem = make_problem(config, sizes[-1], make_generator(seed, "scratch"), data.x, data.y)
+    total = len(sizes) * config.iterations_per_step
+    with reporter.bar(total, f"seed {seed} scratch") as bar:
+        run = train_from_scratch(problem, total, record_every=config.record_every, on_progress=bar.update)
+    result = {**run.to_dict(), "curves": {str(sizes[-1]): problem.predict(data.grid).tolist()}}
+    reporter.message(_run_line(seed, result))
+    return result
+
+
+def _probe(config: RBFConfig, data: _Data, theta: Tensor, weights: Tensor) -> dict[str, Any]:
+    """:func:`probe_splits` of the student network with these parameters."""
+    return probe_splits(_student(config, theta, weights, data.x, data.y), config)
+
+
+#: a seed's runs go to worker processes only when it trains at least this many iterations in all: starting a
+#: process (importing torch) costs a few seconds, which short runs would not win back
+MIN_ITERATIONS_FOR_WORKERS = 200_000
+
+
+def _probe_iterations(config: RBFConfig) -> int:
+    """Training iterations of the probes: every probe split's, and the unsplit network's."""
+    return (config.probe_count + config.angle_steps + 2) * config.probe_iterations
+
+
+def _planned_iterations(config: RBFConfig) -> int:
+    """Training iterations of one seed, if splitting grows to ``max_neurons``."""
+    phases = len(_default_schedule(config)) * config.iterations_per_step
+    runs = sum(name in config.methods for name in METHODS)
+    return runs * phases + (_probe_iterations(config) if "splitting" in config.methods else 0)
+
+
+def _initialize_worker(threads: int) -> None:
+    # Ctrl-C reaches every process of the terminal's group: only the main process handles it (and stops the pool)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    # workers draw no progress bars; a thread lock spares them tqdm's inter-process one, which a stopped worker
+    # would leave behind
+    tqdm.set_lock(threading.RLock())
+
+
+class _Runner:
+    """Runs a seed's tasks in a pool of worker processes, or, without workers, at once in this process.
+
+    Workers use this process's torch thread count, so every number is the same wherever it was computed.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.pool = None
+        if workers > 0:
+            context = multiprocessing.get_context("spawn")
+            self.pool = context.Pool(workers, initializer=_initialize_worker, initargs=(torch.get_num_threads(),))
+
+    @property
+    def parallel(self) -> bool:
+        return self.pool is not None
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+        """Start ``function(*args)``; returns what waits for its result."""
+        if self.pool is None:
+            result = function(*args)
+            return lambda: result
+        return self.pool.apply_async(function, args).get
+
+    def __enter__(self) -> _Runner:
+        return self
+
+    def __exit__(self, error_type: type[BaseException] | None, *details: object) -> None:
+        if self.pool is not None:
+            if error_type is None:
+                self.pool.close()
+            else:  # an error or Ctrl-C: the other tasks' results are of no use
+                self.pool.terminate()
+            self.pool.join()
+
+
+def _worker_count(config: RBFConfig) -> int:
+    """``config.workers``, except for short seeds and for a seed already running in a worker process (``--jobs``),
+    where the cores are taken."""
+    if multiprocessing.parent_process() is not None or _planned_iterations(config) < MIN_ITERATIONS_FOR_WORKERS:
+        return 0
+    return config.workers
+
+
 def run_seed(config: RBFConfig, seed: int, reporter: Reporter) -> dict[str, Any]:
-    """Run every configured method on one seed's target; returns the JSON-ready results."""
-    target_theta, target_weights = make_target(config, seed)
-    data_generator = make_generator(seed, "data")
-    x = config.x_min + (config.x_max - config.x_min) * torch.rand(
-        config.num_samples, generator=data_generator, dtype=DTYPE
-    )
-    y = target_function(target_theta, target_weights, x)
-    grid = torch.linspace(config.x_min, config.x_max, 401, dtype=DTYPE)
-    initial = make_problem(config, config.start_neurons, make_generator(seed, "student"), x, y)
+    """Run every configured method on one seed's target; returns the JSON-ready results.
 
+    Splitting runs first (in this process), as the baselines follow its sizes; the probes start as soon as it
+    reaches ``probe_neurons``, the baselines as soon as it ends, and the scratch network as soon as its size is known
+    (or guessed), in ``workers`` worker processes. The results do not depend on the number of processes.
+    """
+    data = _Data.make(config, seed)
     growth_methods = [m for m in GROWTH_METHODS if m in config.methods]
-    schedule: list[int] | None = None
-    runs: dict[str, dict[str, Any]] = {}
-    probes: dict[str, Any] = {}
+    with _Runner(_worker_count(config)) as runner:
+        # worker processes draw no progress bars; this one shows a bar for all of their work
+        task_reporter = Reporter(False) if runner.parallel else reporter
+        pending: dict[str, tuple[Callable[[], dict[str, Any]], int]] = {}  # name -> (its result, its iterations)
 
-    for name in growth_methods:
-        problem = initial.clone()
-        curves: dict[str, list[float]] = {}
+        def probe(grown: ShallowRegression) -> None:
+            reporter.message(f"seed {seed}: probing splits at {grown.size} neurons (figures 1b, 1c)")
+            theta, weights = grown.network.theta.detach().clone(), grown.network.output_weights.detach().clone()
+            pending["probes"] = (runner.submit(_probe, config, data, theta, weights), _probe_iterations(config))
 
-        def on_phase_end(step: int, grown: ShallowRegression, name: str = name, curves: dict = curves) -> None:
-            if grown.size in config.curve_neurons:
-                curves[str(grown.size)] = grown.predict(grid).tolist()
-            if name == "splitting" and grown.size == config.probe_neurons and not probes:
-                reporter.message(f"seed {seed}: probing splits at {grown.size} neurons (figures 1b, 1c)")
-                probes["indexes"] = probe_indexes(grown, config)
-                probes["angles"] = probe_angles(grown, config)
-
-        planned = schedule or _default_schedule(config)
-        with reporter.bar(len(planned) * config.iterations_per_step, f"seed {seed} {name}") as bar:
-            run = run_growth(
-                problem,
-                make_method(name, config),
-                iterations_per_step=config.iterations_per_step,
-                generator=make_generator(seed, "method", name),
-                max_size=config.max_neurons,
-                max_per_step=config.max_splits_per_step,
-                schedule=schedule,
-                record_every=config.record_every,
-                on_phase_end=on_phase_end,
-                on_progress=bar.update,
-            )
-        if name == "splitting":
-            schedule = run.sizes
-        runs[name] = {**run.to_dict(), "curves": curves}
-        reporter.message(_run_line(seed, run))
-
-    sizes = schedule or _default_schedule(config)
-    if "scratch" in config.methods:
-        problem = make_problem(config, sizes[-1], make_generator(seed, "scratch"), x, y)
-        total = len(sizes) * config.iterations_per_step
-        with reporter.bar(total, f"seed {seed} scratch") as bar:
-            run = train_from_scratch(problem, total, record_every=config.record_every, on_progress=bar.update)
-        runs["scratch"] = {**run.to_dict(), "curves": {str(sizes[-1]): problem.predict(grid).tolist()}}
-        reporter.message(_run_line(seed, run))
+        # The scratch network has the size splitting ends at, and trains as long as all its phases; most often that
+        # is max_neurons. With worker processes it starts at once on that guess, beside splitting, and starts again
+        # in the rare seed where splitting stops earlier.
+        guess = _default_schedule(config)
+        scratch_guessed = runner.parallel and "scratch" in config.methods
+        if scratch_guessed:
+            scratch = runner.submit(_scratch, config, seed, data, guess, task_reporter)
+            pending["scratch"] = (scratch, len(guess) * config.iterations_per_step)
+        runs: dict[str, dict[str, Any]] = {}
+        schedule: list[int] | None = None
+        if "splitting" in growth_methods:
+            runs["splitting"] = _grow(config, seed, "splitting", data, None, reporter, at_probe_size=probe)
+            schedule = runs["splitting"]["sizes"]
+        sizes = schedule or guess
+        iterations = len(sizes) * config.iterations_per_step
+        guessed_right = scratch_guessed and (sizes[-1], len(sizes)) == (guess[-1], len(guess))
+        if "scratch" in config.methods and not guessed_right:
+            pending["scratch"] = (runner.submit(_scratch, config, seed, data, sizes, task_reporter), iterations)
+        for name in (m for m in growth_methods if m != "splitting"):
+            pending[name] = (runner.submit(_grow, config, seed, name, data, schedule, task_reporter), iterations)
+        if runner.parallel:
+            results = _collect(pending, seed, reporter)
+        else:
+            results = {name: result() for name, (result, _) in pending.items()}
+    runs.update((name, results[name]) for name in growth_methods if name in results)
+    if "scratch" in results:
+        runs["scratch"] = results["scratch"]
 
     final_size = sizes[-1]
     return {
-        "target": {"theta": target_theta.tolist(), "weights": target_weights.tolist()},
-        "grid": grid.tolist(),
-        "target_curve": target_function(target_theta, target_weights, grid).tolist(),
+        "target": {"theta": data.target_theta.tolist(), "weights": data.target_weights.tolist()},
+        "grid": data.grid.tolist(),
+        "target_curve": target_function(data.target_theta, data.target_weights, data.grid).tolist(),
         "final_size": final_size,
         "loss_at_final_size": {name: _loss_at(run, final_size) for name, run in runs.items()},
         "methods": runs,
-        "probes": probes or None,
+        "probes": results.get("probes"),
     }
+
+
+def _collect(pending: dict[str, tuple[Callable[[], dict[str, Any]], int]], seed: int, reporter: Reporter) -> dict:
+    """Wait for the results of the worker processes, with one progress bar for all of them."""
+    results = {}
+    with reporter.bar(
+        sum(iterations for _, iterations in pending.values()), f"seed {seed} {', '.join(pending)}"
+    ) as bar:
+        for name, (result, iterations) in pending.items():
+            results[name] = result()
+            bar.update(iterations)
+            if name != "probes":
+                reporter.message(_run_line(seed, results[name]))
+    return results
 
 
 def _loss_at(run: dict[str, Any], size: int) -> float | None:
@@ -351,23 +546,32 @@ def _loss_at(run: dict[str, Any], size: int) -> float | None:
     return None
 
 
-def _run_line(seed: int, run: GrowthRun) -> str:
-    return f"seed {seed} {run.method}: {run.final_size} neurons, training loss {run.final_loss:.3e} ({run.stop_reason})"
+def _run_line(seed: int, run: dict[str, Any]) -> str:
+    return (
+        f"seed {seed} {run['method']}: {run['final_size']} neurons, training loss {run['final_loss']:.3e}"
+        f" ({run['stop_reason']})"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- figures
 
+#: how each method is drawn: distinct colours, dashes and markers, the widest line lowest, so that methods whose
+#: curves coincide (splitting and random splitting often end in the same minimum) all stay visible
+STYLES: dict[str, dict[str, Any]] = {
+    "splitting": {"color": "tab:red", "linestyle": "-", "linewidth": 3.2, "alpha": 0.55, "marker": "o"},
+    "random_split": {"color": "tab:blue", "linestyle": (0, (5, 2)), "linewidth": 1.5, "marker": "s"},
+    "net2net": {"color": "tab:purple", "linestyle": (0, (1, 1.5)), "linewidth": 1.8, "marker": "^"},
+    "new_init": {"color": "tab:green", "linestyle": (0, (6, 2, 1, 2)), "linewidth": 1.4, "marker": "D"},
+    "gradient_boosting": {"color": "tab:orange", "linestyle": (0, (3, 1, 1, 1, 1, 1)), "linewidth": 1.4, "marker": "v"},
+    "scratch": {"color": "tab:gray", "linestyle": (0, (2, 2)), "linewidth": 1.6, "marker": "x"},
+}
 
-def _color(name: str) -> str:
-    palette = {
-        "splitting": "tab:red",
-        "random_split": "tab:blue",
-        "net2net": "tab:purple",
-        "new_init": "tab:green",
-        "gradient_boosting": "tab:orange",
-        "scratch": "tab:gray",
-    }
-    return palette.get(name, "black")
+
+def _draw_method(ax: Axes, name: str, xs: Sequence[float], ys: Sequence[float], markers: int = 8) -> None:
+    position = METHODS.index(name)
+    plot_method(
+        ax, xs, ys, label=LABELS[name], style=STYLES[name], position=position, count=len(METHODS), markers=markers
+    )
 
 
 def plot(results: dict[str, Any], directory: Path) -> list[Path]:
@@ -384,29 +588,49 @@ def plot(results: dict[str, Any], directory: Path) -> list[Path]:
 
 def _plot_curves(results: dict[str, Any], path: Path) -> Path:
     sizes = sorted({int(s) for run in results["methods"].values() for s in run["curves"]})
-    figure = Figure(figsize=(5.0 * max(1, len(sizes)), 3.6), layout="constrained")
+    figure = Figure(figsize=(5.0 * max(1, len(sizes)) + 1.8, 3.6), layout="constrained")
     axes = figure.subplots(1, max(1, len(sizes)), squeeze=False)[0]
     for ax in axes:
-        ax.plot(results["grid"], results["target_curve"], color="black", lw=2.5, label="true function")
+        ax.plot(results["grid"], results["target_curve"], color="black", lw=2.5, label="true function", zorder=1)
         ax.set_xlabel("x")
     if not sizes:
         axes[0].set_title("no network reached a size listed in curve_neurons")
     for ax, size in zip(axes, sizes):
-        for name, run in results["methods"].items():
-            if str(size) in run["curves"]:
-                ax.plot(results["grid"], run["curves"][str(size)], color=_color(name), lw=1.3, label=LABELS[name])
+        curves = {
+            name: run["curves"][str(size)] for name, run in results["methods"].items() if str(size) in run["curves"]
+        }
+        for name, curve in curves.items():
+            _draw_method(ax, name, results["grid"], curve)
+        note_coinciding(ax, coinciding(curves, scale=max(abs(v) for v in results["target_curve"])), LABELS)
         ax.set_title(f"{size} neurons")
     axes[0].set_ylabel("f(x)")
-    axes[0].legend(fontsize=7)
+    _figure_legend(figure, axes)
     save_figure(figure, path)
     return path
+
+
+def _figure_legend(figure: Figure, axes: Sequence[Axes]) -> None:
+    """One legend beside the panels with every line drawn in any of them, each label once."""
+    entries: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    figure.legend(list(entries.values()), list(entries), loc="outside right upper", fontsize=7)
 
 
 def _plot_losses(results: dict[str, Any], path: Path) -> Path:
     figure = Figure(figsize=(6.4, 4.0), layout="constrained")
     ax = figure.subplots()
+    histories = {}
     for name, run in results["methods"].items():
-        ax.semilogy(run["history"]["iteration"], run["history"]["loss"], color=_color(name), lw=1.2, label=LABELS[name])
+        _draw_method(ax, name, run["history"]["iteration"], run["history"]["loss"], markers=12)
+        histories[name] = run["history"]
+    ax.set_yscale("log")
+    groups = coinciding(
+        {name: history["loss"] for name, history in histories.items()},
+        xs={name: history["iteration"] for name, history in histories.items()},
+    )
+    note_coinciding(ax, groups, LABELS)
     ax.set_xlabel("gradient-descent iteration")
     ax.set_ylabel("training loss (mean squared error)")
     ax.set_title("training loss; growth steps are the cliffs")
@@ -426,12 +650,13 @@ def _plot_indexes(probe: dict[str, Any], path: Path) -> Path:
     left.set_title(f"{probe['neurons']} neurons: immediate (r = {probe['correlation_immediate']:.3f})")
     left.legend(fontsize=8)
     if probe["trained_decrease"]:
-        right.plot(negative, probe["trained_decrease"], "o", color="tab:red")
+        right.plot(negative, probe["trained_decrease"], "o", color="tab:red", label="measured")
         if len(negative) >= 2 and np.std(negative) > 0:
             slope, intercept = np.polyfit(negative, probe["trained_decrease"], 1)
             xs = np.linspace(negative.min(), negative.max(), 10)
-            right.plot(xs, slope * xs + intercept, "--", color="gray", lw=1)
+            right.plot(xs, slope * xs + intercept, "--", color="gray", lw=1, label="least-squares line")
         right.set_title(f"after training (r = {probe['correlation_trained']:.3f})")
+        right.legend(fontsize=8)
     right.set_xlabel("-lambda_min (splitting index)")
     right.set_ylabel("loss decrease vs. unsplit network")
     save_figure(figure, path)
@@ -445,11 +670,14 @@ def _plot_angles(probe: dict[str, Any], path: Path) -> Path:
     left.plot(probe["degrees"], probe["predicted_immediate_decrease"], "-", color="black", lw=1, label="second order")
     left.set_xlabel("angle to the splitting gradient (degrees)")
     left.set_ylabel("loss decrease right after the split")
+    left.set_title("immediate")
     left.legend(fontsize=8)
     if probe["trained_decrease"]:
-        right.plot(probe["degrees"], probe["trained_decrease"], "o-", color="tab:red")
+        right.plot(probe["degrees"], probe["trained_decrease"], "o-", color="tab:red", label="measured")
+        right.legend(fontsize=8)
     right.set_xlabel("angle to the splitting gradient (degrees)")
     right.set_ylabel("loss decrease after training")
+    right.set_title("after training")
     save_figure(figure, path)
     return path
 
@@ -458,12 +686,15 @@ def _plot_angles(probe: dict[str, Any], path: Path) -> Path:
 
 
 def summarize(all_results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
-    """Per seed: each method's training loss at the final size, the correlation between -lambda and the loss
-    decrease (immediately and after training) and the angle of largest decrease (immediately and after training);
-    plus how often splitting had the lowest loss, and beat random splitting."""
+    """Per seed: each method's training loss at the final size, which method is lowest, how splitting compares
+    with random splitting, the correlation between -lambda and the loss decrease (immediately and after training)
+    and the angle of largest decrease (immediately and after training). Losses within a relative ``TIE_TOLERANCE``
+    of each other are a tie, not a win."""
     methods = [m for m in METHODS if m in all_results[0]["methods"]]
+    against_random = "splitting" in methods and "random_split" in methods
     rows, per_seed = [], []
-    wins = beats_random = 0
+    lowest_count = tied_lowest_count = 0
+    outcomes = {"win": 0, "tie": 0, "loss": 0}
     for results in all_results:
         losses = results["loss_at_final_size"]
         probes = results.get("probes") or {}
@@ -471,17 +702,21 @@ def summarize(all_results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
         immediate = probes.get("indexes", {}).get("correlation_immediate")
         angle = probes.get("angles", {}).get("argmax_degrees_trained")
         angle_now = probes.get("angles", {}).get("argmax_degrees_immediate")
-        others = [losses[m] for m in methods if m != "splitting" and losses.get(m) is not None]
-        split_wins = "splitting" in losses and all(losses["splitting"] < other for other in others)
-        wins += int(split_wins)
-        if "splitting" in losses and "random_split" in losses:
-            beats_random += int(losses["splitting"] < losses["random_split"])
+        lowest = _lowest({m: losses[m] for m in methods if losses.get(m) is not None})
+        splitting_lowest = lowest == ["splitting"]
+        lowest_count += int(splitting_lowest)
+        tied_lowest_count += int("splitting" in lowest and len(lowest) > 1)
+        versus_random = outcome(losses["splitting"], losses["random_split"]) if against_random else None
+        if versus_random is not None:
+            outcomes[versus_random] += 1
         per_seed.append(
             {
                 "seed": results["seed"],
                 "final_size": results["final_size"],
                 "loss_at_final_size": losses,
-                "splitting_lowest": split_wins,
+                "lowest": lowest,
+                "splitting_lowest": splitting_lowest,
+                "splitting_vs_random_split": versus_random,
                 "correlation_trained": correlation,
                 "correlation_immediate": immediate,
                 "argmax_degrees_immediate": angle_now,
@@ -491,6 +726,8 @@ def summarize(all_results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
         rows.append(
             [results["seed"], results["final_size"]]
             + [format_number(losses.get(m)) for m in methods]
+            + [_lowest_cell(lowest)]
+            + ([versus_random] if against_random else [])
             + [
                 "-" if immediate is None else f"{immediate:.4f}",
                 "-" if correlation is None else f"{correlation:.3f}",
@@ -501,6 +738,8 @@ def summarize(all_results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
     headers = (
         ["seed", "neurons"]
         + [LABELS[m] for m in methods]
+        + ["lowest"]
+        + (["splitting vs. random split"] if against_random else [])
         + ["r, immediate", "r, after training", "best angle, immediate", "best angle, after training"]
     )
     geometric = {
@@ -508,20 +747,50 @@ def summarize(all_results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
         for m in methods
         if all(r["loss_at_final_size"].get(m) for r in all_results)
     }
-    rows.append(["geo. mean", ""] + [format_number(geometric.get(m)) for m in methods] + ["", "", "", ""])
+    rows.append(
+        ["geo. mean", ""]
+        + [format_number(geometric.get(m)) for m in methods]
+        + [""] * (1 + against_random)
+        + ["", "", "", ""]
+    )
     table = markdown_table(headers, rows)
+    seeds = len(all_results)
     if "splitting" in methods and len(methods) > 1:
-        table += f"\n\nSplitting had the lowest training loss at the final size in {wins} of {len(all_results)} seed(s)"
-        if "random_split" in methods:
-            table += f"; it beat random splitting in {beats_random}"
-        table += "."
+        table += (
+            f"\n\nSplitting had the lowest training loss at the final size in {lowest_count} of {seeds} seed(s)"
+            f" and tied for the lowest in {tied_lowest_count}"
+        )
+        if against_random:
+            table += (
+                f"; against random splitting it won in {outcomes['win']}, tied in {outcomes['tie']} and lost in"
+                f" {outcomes['loss']}"
+            )
+        table += f" (losses within a relative {TIE_TOLERANCE:g} of each other are a tie)."
     summary = {
         "per_seed": per_seed,
         "geometric_mean_loss": geometric,
-        "splitting_lowest_count": wins,
-        "splitting_beats_random_split_count": beats_random,
+        "tie_tolerance": TIE_TOLERANCE,
+        "splitting_lowest_count": lowest_count,
+        "splitting_tied_lowest_count": tied_lowest_count,
+        "splitting_vs_random_split": outcomes if against_random else None,
+        "splitting_beats_random_split_count": outcomes["win"],
     }
     return summary, table
+
+
+def _lowest(losses: dict[str, float]) -> list[str]:
+    """The method with the lowest loss, and every method that ties with it."""
+    if not losses:
+        return []
+    best = min(losses.values())
+    return [name for name, loss in losses.items() if outcome(loss, best) == "tie"]
+
+
+def _lowest_cell(lowest: list[str]) -> str:
+    if not lowest:
+        return "-"
+    names = ", ".join(LABELS[name] for name in lowest)
+    return names if len(lowest) == 1 else f"tie: {names}"
 
 
 EXPERIMENT = Experiment(
@@ -532,4 +801,5 @@ EXPERIMENT = Experiment(
     plot=plot,
     summarize=summarize,
     threads=1,
+    resume_free_keys=frozenset({"workers"}),
 )

