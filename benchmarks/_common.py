@@ -1,15 +1,23 @@
-"""What the benchmark scripts share: timing that waits for the GPU, and the description of the machine."""
+"""What the benchmark scripts share: timing that waits for the GPU, the description of the machine, and real
+Fashion-MNIST batches with brief seeded training for the benchmarks on real data."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from splitgrow.artifacts import run_metadata
+from splitgrow.data import load_dataset, to_float
+
+Batch = tuple[Tensor, Tensor]
 
 
 def synchronize(device: torch.device) -> None:
@@ -40,3 +48,84 @@ def machine(device: torch.device) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
+
+
+@functools.cache
+def _fashion_mnist_train():
+    return load_dataset("fashion-mnist", "train", None)
+
+
+def fashion_mnist_batches(
+    count: int, batch_size: int, *, seed: int = 0, skip: int = 0, device: torch.device | str = "cpu"
+) -> list[Batch]:
+    """``count`` real Fashion-MNIST training images, normalised and zero-padded to 32x32, in batches.
+
+    The images are those at positions ``skip`` to ``skip + count`` of a permutation of the training set drawn
+    from ``seed``: draws with the same seed and non-overlapping ``[skip, skip + count)`` are disjoint.
+    """
+    dataset = _fashion_mnist_train()
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[skip : skip + count]
+    images = to_float(dataset.images[order], dataset.mean, dataset.std, size=32).to(device)
+    labels = dataset.labels[order].to(device)
+    return [(images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, count, batch_size)]
+
+
+def sgd(model: nn.Module) -> torch.optim.Optimizer:
+    """The optimiser of the image experiments (SGD, Nesterov momentum 0.9, weight decay 1e-4)."""
+    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
+
+
+def train_epoch(model: nn.Module, batches: list[Batch], optimizer: torch.optim.Optimizer) -> None:
+    """One epoch of cross-entropy training over ``batches`` (in order: the batches were drawn at random)."""
+    model.train()
+    for inputs, targets in batches:
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(inputs), targets).backward()
+        optimizer.step()
+    model.eval()
+
+
+def epoch_seconds_per_sample(model: nn.Module, batches: list[Batch], device: torch.device) -> float:
+    """Seconds per sample of one training epoch over ``batches``, timed on a copy (the model is not changed)."""
+    trainee = copy.deepcopy(model)
+    optimizer = sgd(trainee)
+    train_epoch(trainee, batches[:1], optimizer)  # warm-up: first-call allocations are not part of an epoch
+    seconds = timed(device, train_epoch, trainee, batches, optimizer)[1]
+    return seconds / sum(len(targets) for _, targets in batches)
+
+
+def load_average() -> str:
+    """The 1, 5 and 15-minute load averages, as ``uptime`` prints them (other jobs share this machine)."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f}, {five:.2f}, {fifteen:.2f}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), or the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
+def briefly_trained(
+    name: str, width: int, batches: list[Batch], epochs: int, *, seed: int = 0, device: torch.device | str = "cpu"
+) -> nn.Module:
+    """A zoo model (one input channel, uniform ``width``) trained for ``epochs`` over ``batches``, batch order
+    reshuffled every epoch; in eval mode (BatchNorm uses its running statistics, as the splitting phase does)."""
+    from splitgrow.models import build_model, uniform_widths
+
+    torch.manual_seed(seed)
+    model = build_model(name, **uniform_widths(name, width), in_channels=1).to(device)
+    optimizer = sgd(model)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(batches), generator=generator).tolist()
+        train_epoch(model, [batches[i] for i in order], optimizer)
+    return model

@@ -141,6 +141,11 @@ def test_users_register_their_own_activation_module():
 
     register_activation(Cube, lambda module: Activation("cube", lambda z: z**3, lambda z: 3 * z**2, lambda z: 6 * z))
     assert activation_of_module(Cube()).name == "cube"
+    # the graph keeps the registered module as one call and uses its formulas, instead of tracing into forward
+    from splitgrow import ChannelGraph
+
+    graph = ChannelGraph(nn.Sequential(nn.Linear(3, 4), Cube(), nn.Linear(4, 2)), torch.randn(2, 3))
+    assert graph.sites["0"].activation.name == "cube"
 
 
 def test_unknown_activation_lists_known_ones():

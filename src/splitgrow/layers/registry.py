@@ -3,7 +3,7 @@
 A module's handler is the one registered for the most specific class in its method resolution order; an
 elementwise activation module known to the activation table gets the activation handler; anything else has none
 (and the graph refuses to grow through it, naming it). Register a handler for your own layer type with
-:func:`register_layer` (README, "Your own layers"); the tracer then treats that type as one opaque call.
+:func:`register_layer` (docs/layers.md has a worked example); the tracer then treats that type as one opaque call.
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ def handler_for(module: nn.Module) -> LayerHandler | None:
 
 
 def is_registered_leaf(module: nn.Module) -> bool:
-    """Whether a user registered this module's type as an opaque layer."""
-    return any(cls in _USER_TYPES for cls in type(module).__mro__)
+    """Whether this module is traced as one call: a user registered its type as a layer, or as an activation
+    (whose registered phi, phi', phi'' would otherwise be bypassed by tracing into its forward)."""
+    return any(cls in _USER_TYPES for cls in type(module).__mro__) or activation_of_module(module) is not None
 
 
 for _handler in (
