@@ -685,7 +685,11 @@ def _plot_widths(results: dict[str, Any], path: Path) -> Path:
             layers = range(1, len(row["widths"]) + 1)
             label = f"stage {row['stage']} (ratio {row['ratio']:.2f})"
             ax.plot(layers, row["widths"], "o-", ms=3, color=colors.get(row["stage"], "black"), label=label)
-        ax.set_yscale("log")
+        ax.set_yscale("log", base=2)
+        # plain channel counts (powers of two) on the log axis, whole layer numbers
+        ax.yaxis.set_major_formatter(ticker.ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.set_xlabel("layer")
         ax.set_title(METHOD_LABELS[method])
         ax.legend(fontsize=7)

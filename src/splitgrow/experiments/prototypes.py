@@ -770,8 +770,9 @@ def plot_tree(results: dict[str, Any], path: Path) -> Path:
     _draw_tree(
         figure.subplots(),
         run,
-        f"Splitting, seed {results['seed']}: decoded prototypes after each phase (left: how many); red: split "
-        "next; under each: its splitting index",
+        # two lines: one would be wider than a tree of a few prototypes
+        f"Splitting, seed {results['seed']}: decoded prototypes after each phase (left: how many)\n"
+        "red: split next; under each: its splitting index",
     )
     save_figure(figure, path)
     return path
