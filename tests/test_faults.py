@@ -10,6 +10,10 @@ import io
 import json
 import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -464,3 +468,21 @@ def test_the_torch_load_of_random_bytes_is_caught_whatever_torch_raises(tmp_path
         (tmp_path / "checkpoint.pt").write_bytes(buffer.getvalue()[:cut])
         with pytest.raises(CheckpointError, match="corrupt checkpoint: cut short"):
             checkpoint.tensors()
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(tmp_path):
+    """A batch scheduler's time limit (SIGTERM) ends a run with the interrupt message and status 130, not silently."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "splitgrow.cli", "run", "rbf", "--out", str(out), "-q"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "config.yaml").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # the run has validated its settings and is inside its error handling
+    assert process.poll() is None, process.communicate()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1] == (
+        "splitgrow: interrupted; finished seeds are in their folders, --resume continues"
+    )
+    assert "Traceback" not in stderr

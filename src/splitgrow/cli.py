@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +38,12 @@ app = typer.Typer(
 EXIT_USER_ERROR = 2
 EXIT_BUG = 1
 EXIT_INTERRUPTED = 130
+#: for the help of `run` (the registry itself is imported lazily: each experiment pulls in its dependencies)
+_EXPERIMENT_NAMES = "rbf, mmd, images, transfer, kws, prototypes"
+_DATA_EXPERIMENTS = "images, kws, transfer, prototypes"
+_DATASET_HELP = f"{_DATA_EXPERIMENTS}: the dataset (`splitgrow run NAME --help` lists the choices)."
+_DATA_ROOT_HELP = f"{_DATA_EXPERIMENTS}: folder of the dataset."
+_DOWNLOAD_HELP = f"{_DATA_EXPERIMENTS}: fetch the dataset (internet)."
 
 #: what each file-system error means, and what fixes it (beyond choosing another place)
 _FILE_SYSTEM_ERRORS = {
@@ -86,6 +94,7 @@ def _one_line_errors(elsewhere: str, interrupted: str = "interrupted") -> Iterat
         elsewhere: how to write somewhere else, for a file-system error (e.g. "choose another folder with --out").
         interrupted: what to say on Ctrl-C.
     """
+    previous = _terminate_as_interrupt()
     try:
         yield
     except (typer.Exit, typer.Abort):
@@ -110,6 +119,22 @@ def _one_line_errors(elsewhere: str, interrupted: str = "interrupted") -> Iterat
             err=True,
         )
         raise typer.Exit(EXIT_BUG) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def _terminate_as_interrupt() -> Any:
+    """Make SIGTERM (``kill``, a batch scheduler's time limit) stop a command as Ctrl-C does: with the message
+    that says how to continue, exit status 130, and the checkpoints written so far intact. Returns the handler
+    it replaced (None where signals cannot be set: outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def _version(value: bool) -> None:
@@ -132,8 +157,10 @@ def list_experiments() -> None:
     """List the experiments that `splitgrow run` knows."""
     from .experiments import experiments
 
-    for name, experiment in experiments().items():
-        typer.echo(f"{name:8s} {experiment.description}")
+    known = experiments()
+    width = max(map(len, known))
+    for name, experiment in known.items():
+        typer.echo(f"{name:{width}s}  {experiment.description}")
 
 
 class _RunCommand(typer.core.TyperCommand):
@@ -173,7 +200,7 @@ class _RunCommand(typer.core.TyperCommand):
 
 @app.command(cls=_RunCommand)
 def run(
-    experiment: Annotated[str, typer.Argument(help="Experiment to run (see `splitgrow list`): rbf, mmd, images.")],
+    experiment: Annotated[str, typer.Argument(help=f"Experiment to run (see `splitgrow list`): {_EXPERIMENT_NAMES}.")],
     out: Annotated[Path | None, typer.Option("--out", help="Output folder [default: runs/EXPERIMENT].")] = None,
     seed: Annotated[int, typer.Option("--seed", help="First random seed.")] = 0,
     seeds: Annotated[int, typer.Option("--seeds", help="Number of seeds: SEED, SEED+1, ...")] = 1,
@@ -186,11 +213,11 @@ def run(
     ] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Run seeds in this many processes.")] = 1,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoints.")] = False,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="images: fashion-mnist, mnist or cifar10.")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help=_DATASET_HELP)] = None,
     model: Annotated[str | None, typer.Option("--model", help="images: vgg19 or mobilenetv1.")] = None,
-    data_root: Annotated[Path | None, typer.Option("--data-root", help="images: folder of the dataset.")] = None,
-    download: Annotated[bool, typer.Option("--download", help="images: fetch the dataset (internet).")] = False,
-    device: Annotated[str | None, typer.Option("--device", help="images: cpu or cuda.")] = None,
+    data_root: Annotated[Path | None, typer.Option("--data-root", help=_DATA_ROOT_HELP)] = None,
+    download: Annotated[bool, typer.Option("--download", help=_DOWNLOAD_HELP)] = False,
+    device: Annotated[str | None, typer.Option("--device", help="images, kws: cpu or cuda.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")] = False,
 ) -> None:
     """Run an experiment: results.json and PNG figures per seed, then summary.json, summary.md and a table.
