@@ -11,13 +11,16 @@ The main entry points, importable from the package itself:
 * any PyTorch model: :class:`SplittableNetwork` (statistics, selection and surgery in three calls), built on
   :class:`ChannelGraph`, :func:`splitting_eigenpairs`, :func:`select_splits` and :func:`split_network`;
   your own layers and activations: :func:`register_layer` (a :class:`LayerHandler`), :func:`register_activation`;
-* beyond the paper: signed splitting (:func:`signed_splitting`, offspring with negative weights).
+* beyond the paper: signed splitting (:func:`signed_splitting`, offspring with negative weights; one-layer
+  :class:`SignedSplitting`) and Firefly growth (new neurons ranked with splits: ``GrowthPolicy(method="firefly")``,
+  one-layer :class:`FireflyGrowth`).
 """
 
 from .activations import Activation, get_activation, relu_with_softplus_surrogate, with_kink_surrogate
 from .errors import ConfigError, DivergenceError, SplitgrowError, SplitgrowWarning
 from .graph import ChannelGraph, GraphError, Site
 from .growth import (
+    FireflyGrowth,
     GradientBoosting,
     GrowableProblem,
     Grower,
@@ -29,6 +32,7 @@ from .growth import (
     Net2Net,
     NewInitialization,
     RandomSplit,
+    SignedSplitting,
     SplittingSteepestDescent,
     run_growth,
     train_from_scratch,
@@ -52,6 +56,7 @@ __all__ = [
     "ConfigError",
     "DivergenceError",
     "FunctionalNeuron",
+    "FireflyGrowth",
     "GradientBoosting",
     "GraphError",
     "GrowableProblem",
@@ -84,6 +89,7 @@ __all__ = [
     "signed_splitting",
     "SplittingEigenpairs",
     "SplittingResults",
+    "SignedSplitting",
     "SplittingSteepestDescent",
     "dense_eigenpairs",
     "get_activation",

@@ -29,11 +29,13 @@ from torch import Tensor
 from ..artifacts import save_figure
 from ..config import require
 from ..growth import (
+    FireflyGrowth,
     GradientBoosting,
     GrowableProblem,
     GrowthMethod,
     NewInitialization,
     RandomSplit,
+    SignedSplitting,
     SplittingSteepestDescent,
     run_growth,
 )
@@ -51,15 +53,23 @@ from .common import (
     plot_method,
 )
 
-METHODS = ("splitting", "random_split", "new_init", "gradient_boosting")
+METHODS = ("splitting", "signed", "firefly", "random_split", "new_init", "gradient_boosting")
+#: the methods of the paper's figure, compared by default
+PAPER_METHODS = ("splitting", "random_split", "new_init", "gradient_boosting")
+#: splitgrow's own growth methods: the paper's splitting and the two beyond it
+SPLITGROW_METHODS = ("splitting", "signed", "firefly")
 LABELS = {
     "splitting": "splitting (ours)",
+    "signed": "signed splitting",
+    "firefly": "Firefly",
     "random_split": "random split",
     "new_init": "new initialisation",
     "gradient_boosting": "gradient boosting (herding)",
 }
 COLORS = {
     "splitting": "tab:red",
+    "signed": "tab:brown",
+    "firefly": "tab:olive",
     "random_split": "tab:blue",
     "new_init": "tab:green",
     "gradient_boosting": "tab:orange",
@@ -68,6 +78,8 @@ COLORS = {
 #: growth step (and sometimes after it); dashes, markers and the widest line lowest keep each one visible
 STYLES: dict[str, dict[str, Any]] = {
     "splitting": {"color": COLORS["splitting"], "linestyle": "-", "linewidth": 3.2, "alpha": 0.55, "marker": "o"},
+    "signed": {"color": COLORS["signed"], "linestyle": (0, (4, 1, 1, 1)), "linewidth": 1.6, "marker": "P"},
+    "firefly": {"color": COLORS["firefly"], "linestyle": (0, (8, 2)), "linewidth": 1.6, "marker": "*"},
     "random_split": {"color": COLORS["random_split"], "linestyle": (0, (5, 2)), "linewidth": 1.5, "marker": "s"},
     "new_init": {"color": COLORS["new_init"], "linestyle": (0, (6, 2, 1, 2)), "linewidth": 1.4, "marker": "D"},
     "gradient_boosting": {
@@ -120,8 +132,14 @@ class MMDConfig:
     num_features: int = 2000
     #: herding starts each new particle from the best of this many random candidates
     boosting_candidates: int = 100
-    #: the methods compared: splitting, random_split, new_init, gradient_boosting
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    #: signed splitting: c, the bound on the sum of the offspring's |weight shares| (1: the plain split)
+    weight_bound: float = 3.0
+    #: Firefly: new particles drawn (like new initialisation's) and tuned at every growth step
+    firefly_candidates: int = 32
+    #: Firefly: gradient-ascent steps on each candidate's first-order score
+    firefly_steps: int = 8
+    #: the methods compared: splitting, signed, firefly, random_split, new_init, gradient_boosting
+    methods: list[str] = field(default_factory=lambda: list(PAPER_METHODS))
     #: the loss and the particles are recorded every this many iterations (figures 8 and 9)
     record_every: int = 10
 
@@ -153,6 +171,12 @@ class MMDConfig:
         )
         require(self.num_features >= 1, "num_features must be >= 1")
         require(self.boosting_candidates >= 1, "boosting_candidates must be >= 1")
+        require(
+            math.isfinite(self.weight_bound) and self.weight_bound >= 1,
+            f"weight_bound (c) must be a finite number >= 1, got {self.weight_bound}",
+        )
+        require(self.firefly_candidates >= 1, "firefly_candidates must be >= 1")
+        require(self.firefly_steps >= 0, "firefly_steps must be >= 0")
         unknown = [m for m in self.methods if m not in METHODS]
         require(not unknown, f"unknown method(s) {unknown} in methods; known: {', '.join(METHODS)}")
         require(bool(self.methods) and len(set(self.methods)) == len(self.methods), "methods must be distinct, >= 1")
@@ -187,6 +211,10 @@ def make_problem(config: MMDConfig, targets: Tensor, seed: int) -> ParticleAppro
 def make_method(name: str, config: MMDConfig) -> GrowthMethod:
     if name == "splitting":
         return SplittingSteepestDescent(config.epsilon, config.threshold)
+    if name == "signed":
+        return SignedSplitting(config.epsilon, config.weight_bound)
+    if name == "firefly":
+        return FireflyGrowth(config.epsilon, candidates=config.firefly_candidates, steps=config.firefly_steps)
     if name == "random_split":
         return RandomSplit(config.epsilon)
     if name == "new_init":
@@ -254,15 +282,28 @@ def plot(results: dict[str, Any], directory: Path) -> list[Path]:
             xs.extend([iteration] * len(positions))
             ys.extend(positions)
             sizes.extend(weights)
+        xs, ys, sizes = np.asarray(xs), np.asarray(ys), np.asarray(sizes)
+        positive = sizes >= 0
         ax.scatter(
-            xs,
-            ys,
-            s=40.0 * np.asarray(sizes),
+            xs[positive],
+            ys[positive],
+            s=40.0 * sizes[positive],
             color=COLORS[name],
             alpha=0.5,
             linewidths=0,
             label="particle (area: weight)",
         )
+        if not positive.all():  # signed splitting's negative shares: hollow, area |weight|
+            ax.scatter(
+                xs[~positive],
+                ys[~positive],
+                s=-40.0 * sizes[~positive],
+                facecolors="none",
+                edgecolors=COLORS[name],
+                alpha=0.7,
+                linewidths=0.8,
+                label="negative weight (hollow)",
+            )
         ax.set_title(LABELS[name])
         ax.set_xlabel("iteration")
         ax.legend(fontsize=7, loc="best")
@@ -337,6 +378,17 @@ def summarize(all_results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
         "lowest_per_seed": lowest_per_seed,
         "lowest_mean": lowest_mean,
     }
+    own = {m for m in SPLITGROW_METHODS if m in methods}
+    if own and len(own) < len(methods):
+        alone_ours = sum(bool(lowest) and set(lowest) <= own for lowest in lowest_per_seed)
+        tied_ours = sum(bool(set(lowest) & own) and not set(lowest) <= own for lowest in lowest_per_seed)
+        names = ", ".join(LABELS[m] for m in METHODS if m in own)
+        table += (
+            f"\n\nThe best of splitgrow's methods ({names}) had the lowest final MMD^2 in {alone_ours} of"
+            f" {len(all_results)} seed(s) and tied for it with a baseline in {tied_ours}."
+        )
+        summary["splitgrow_lowest_count"] = alone_ours
+        summary["splitgrow_tied_lowest_count"] = tied_ours
     return summary, table
 
 

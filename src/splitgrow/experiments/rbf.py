@@ -41,11 +41,13 @@ from tqdm.auto import tqdm
 from ..artifacts import save_figure
 from ..config import require
 from ..growth import (
+    FireflyGrowth,
     GradientBoosting,
     GrowthMethod,
     Net2Net,
     NewInitialization,
     RandomSplit,
+    SignedSplitting,
     SplittingSteepestDescent,
     run_growth,
     train_from_scratch,
@@ -67,10 +69,14 @@ from .common import (
     plot_method,
 )
 
-GROWTH_METHODS = ("splitting", "random_split", "net2net", "new_init", "gradient_boosting")
+GROWTH_METHODS = ("splitting", "signed", "firefly", "random_split", "net2net", "new_init", "gradient_boosting")
 METHODS = (*GROWTH_METHODS, "scratch")
+#: splitgrow's own growth methods: the paper's splitting and the two beyond it
+SPLITGROW_METHODS = ("splitting", "signed", "firefly")
 LABELS = {
     "splitting": "splitting (ours)",
+    "signed": "signed splitting",
+    "firefly": "Firefly",
     "random_split": "random split",
     "net2net": "Net2Net (exact copy)",
     "new_init": "new initialisation",
@@ -115,7 +121,13 @@ class RBFConfig:
     init_weight_std: float = 1.0
     #: gradient boosting starts each new neuron from the best of this many random draws
     boosting_candidates: int = 10
-    #: the methods compared: splitting, random_split, net2net, new_init, gradient_boosting, scratch
+    #: signed splitting: c, the bound on the sum of the offspring's |output-weight shares| (1: the plain split)
+    weight_bound: float = 3.0
+    #: Firefly: new neurons drawn (from the initialisation above) and tuned at every growth step
+    firefly_candidates: int = 32
+    #: Firefly: gradient-ascent steps on each candidate's first-order score
+    firefly_steps: int = 8
+    #: the methods compared: splitting, signed, firefly, random_split, net2net, new_init, gradient_boosting, scratch
     methods: list[str] = field(
         default_factory=lambda: ["splitting", "random_split", "new_init", "gradient_boosting", "scratch"]
     )
@@ -158,6 +170,12 @@ class RBFConfig:
         require(self.threshold <= 0, f"threshold (lambda_*) must be <= 0, got {self.threshold}")
         require(self.init_std > 0 and self.init_weight_std >= 0, "init_std must be > 0 and init_weight_std >= 0")
         require(self.boosting_candidates >= 1, "boosting_candidates must be >= 1")
+        require(
+            math.isfinite(self.weight_bound) and self.weight_bound >= 1,
+            f"weight_bound (c) must be a finite number >= 1, got {self.weight_bound}",
+        )
+        require(self.firefly_candidates >= 1, "firefly_candidates must be >= 1")
+        require(self.firefly_steps >= 0, "firefly_steps must be >= 0")
         unknown = [m for m in self.methods if m not in METHODS]
         require(not unknown, f"unknown method(s) {unknown} in methods; known: {', '.join(METHODS)}")
         require(len(set(self.methods)) == len(self.methods), "methods must not repeat")
@@ -206,6 +224,10 @@ def _student(config: RBFConfig, theta: Tensor, weights: Tensor, x: Tensor, y: Te
 def make_method(name: str, config: RBFConfig) -> GrowthMethod:
     if name == "splitting":
         return SplittingSteepestDescent(config.epsilon, config.threshold)
+    if name == "signed":
+        return SignedSplitting(config.epsilon, config.weight_bound)
+    if name == "firefly":
+        return FireflyGrowth(config.epsilon, candidates=config.firefly_candidates, steps=config.firefly_steps)
     if name == "random_split":
         return RandomSplit(config.epsilon)
     if name == "net2net":
@@ -559,6 +581,8 @@ def _run_line(seed: int, run: dict[str, Any]) -> str:
 #: curves coincide (splitting and random splitting often end in the same minimum) all stay visible
 STYLES: dict[str, dict[str, Any]] = {
     "splitting": {"color": "tab:red", "linestyle": "-", "linewidth": 3.2, "alpha": 0.55, "marker": "o"},
+    "signed": {"color": "tab:brown", "linestyle": (0, (4, 1, 1, 1)), "linewidth": 1.6, "marker": "P"},
+    "firefly": {"color": "tab:olive", "linestyle": (0, (8, 2)), "linewidth": 1.6, "marker": "*"},
     "random_split": {"color": "tab:blue", "linestyle": (0, (5, 2)), "linewidth": 1.5, "marker": "s"},
     "net2net": {"color": "tab:purple", "linestyle": (0, (1, 1.5)), "linewidth": 1.8, "marker": "^"},
     "new_init": {"color": "tab:green", "linestyle": (0, (6, 2, 1, 2)), "linewidth": 1.4, "marker": "D"},
@@ -766,6 +790,14 @@ def summarize(all_results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
                 f" {outcomes['loss']}"
             )
         table += f" (losses within a relative {TIE_TOLERANCE:g} of each other are a tie)."
+    best_of_ours = _best_of_ours_against_new_init(all_results, methods, geometric)
+    if best_of_ours is not None:
+        table += (
+            f"\n\nThe best of splitgrow's methods ({', '.join(LABELS[m] for m in best_of_ours['methods'])}) per seed"
+            f" against new initialisation: lower in {best_of_ours['wins']} of {seeds} seed(s), tied in"
+            f" {best_of_ours['ties']}; geometric mean {format_number(best_of_ours['geometric_mean_loss'])} against"
+            f" {format_number(geometric.get('new_init'))}."
+        )
     summary = {
         "per_seed": per_seed,
         "geometric_mean_loss": geometric,
@@ -774,8 +806,31 @@ def summarize(all_results: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
         "splitting_tied_lowest_count": tied_lowest_count,
         "splitting_vs_random_split": outcomes if against_random else None,
         "splitting_beats_random_split_count": outcomes["win"],
+        "best_of_splitgrow_vs_new_init": best_of_ours,
     }
     return summary, table
+
+
+def _best_of_ours_against_new_init(
+    all_results: list[dict[str, Any]], methods: list[str], geometric: dict[str, float]
+) -> dict[str, Any] | None:
+    """Per seed the lowest final loss of splitgrow's own methods (splitting, signed, Firefly) that ran, against new
+    initialisation's: wins and ties, and its geometric mean over seeds; None without new initialisation or without
+    two of splitgrow's methods."""
+    ours = [m for m in SPLITGROW_METHODS if m in methods]
+    if "new_init" not in methods or len(ours) < 2 or "new_init" not in geometric:
+        return None
+    best = [
+        min(r["loss_at_final_size"][m] for m in ours if r["loss_at_final_size"].get(m) is not None) for r in all_results
+    ]
+    verdicts = [outcome(loss, r["loss_at_final_size"]["new_init"]) for loss, r in zip(best, all_results)]
+    return {
+        "methods": ours,
+        "loss_per_seed": best,
+        "wins": verdicts.count("win"),
+        "ties": verdicts.count("tie"),
+        "geometric_mean_loss": float(np.exp(np.mean(np.log(best)))),
+    }
 
 
 def _lowest(losses: dict[str, float]) -> list[str]:

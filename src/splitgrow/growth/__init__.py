@@ -1,5 +1,6 @@
 """Growth: the public growth loop for any model (:class:`Grower`, on a :class:`GrowthPolicy`), and Algorithm 1 with
-the paper's baselines on one-layer problems (:mod:`.algorithm`)."""
+the paper's baselines on one-layer problems (:mod:`.algorithm`), with signed splitting (:mod:`.signed_splitting`)
+and Firefly growth (:mod:`.firefly_growth`) beside them."""
 
 from .algorithm import (
     GradientBoosting,
@@ -14,14 +15,17 @@ from .algorithm import (
     run_growth,
     train_from_scratch,
 )
+from .firefly_growth import FireflyGrowth
 from .grower import Grower, GrowthStage
 from .policy import GrowthPolicy, GrowthState
+from .signed_splitting import SignedSplitting
 
 __all__ = [
     "Grower",
     "GrowthPolicy",
     "GrowthStage",
     "GrowthState",
+    "FireflyGrowth",
     "GradientBoosting",
     "GrowableProblem",
     "GrowthEvent",
@@ -30,6 +34,7 @@ __all__ = [
     "Net2Net",
     "NewInitialization",
     "RandomSplit",
+    "SignedSplitting",
     "SplittingSteepestDescent",
     "run_growth",
     "train_from_scratch",

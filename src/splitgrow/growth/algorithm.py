@@ -15,6 +15,9 @@ Methods:
 * :class:`GradientBoosting`: add a neuron fitted to what the current ones leave unexplained, with the old
   neurons frozen (Frank-Wolfe; kernel herding when the problem is a particle approximation).
 
+Beyond the paper, in modules of their own: :class:`~.signed_splitting.SignedSplitting` (offspring weights of either
+sign) and :class:`~.firefly_growth.FireflyGrowth` (splits and brand-new neurons ranked together).
+
 The network trained from scratch at the final size is :func:`train_from_scratch`.
 """
 
@@ -33,6 +36,7 @@ from ..errors import DivergenceError
 from ..selection import select_neurons, validate_selection
 from ..shallow.training import TrainingTrace
 from ..solvers import dense_eigenpairs
+from ..surgery import Offspring
 
 
 @runtime_checkable
@@ -58,6 +62,21 @@ class GrowableProblem(Protocol):
 
     def add_random(self, count: int, generator: torch.Generator) -> Tensor:
         """Add randomly initialised neurons; returns their positions."""
+
+    def split_offspring(self, positions: Tensor, offspring: Sequence[Sequence[Offspring]], epsilon: float) -> Tensor:
+        """General splits (signed splitting): neuron ``positions[i]`` becomes the offspring ``offspring[i]``,
+        theta + epsilon * shift with the share ``weight`` of the output weight, the first in its place and the others
+        appended; returns the appended positions."""
+
+    def random_parameters(self, count: int, generator: torch.Generator) -> Tensor:
+        """(count, d) hidden parameters drawn as the problem initialises new neurons."""
+
+    def add(self, parameters: Tensor, output_weights: Tensor) -> Tensor:
+        """Append neurons with exactly these hidden parameters and output weights; returns their positions."""
+
+    def new_neuron_gradients(self, parameters: Tensor) -> Tensor:
+        """dL/dw_j at w_j = 0 of new neurons with hidden parameters ``parameters`` (k, d), one row per neuron;
+        differentiable with respect to ``parameters`` (Firefly's first-order score and its ascent)."""
 
     def train(
         self,

@@ -4,7 +4,9 @@
 :class:`~splitgrow.growth.GrowableProblem` protocol, so that Algorithm 1 and every baseline can grow it.
 
 Splitting neuron j into theta_j +/- eps v keeps the ``+`` offspring at position j and appends the ``-`` offspring
-at the end; both carry half of the output weight w_j, so with eps = 0 the function is unchanged.
+at the end; both carry half of the output weight w_j, so with eps = 0 the function is unchanged. A general split
+(signed splitting: any number of offspring, output-weight shares of either sign) follows the same rule: the first
+offspring takes the parent's place, the others are appended.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..surgery import Offspring
 from .gradient_descent import closed_form_applies, descend
 from .neurons import Neuron
 from .training import OptimizerFactory, TrainingTrace, train_rows
@@ -97,6 +100,45 @@ class ShallowNetwork(nn.Module):
         new_theta = torch.cat([theta, parents - epsilon * directions])
         new_weights = torch.cat([weights, weights[positions]])
         return self._replace(new_theta, new_weights, positions.numel())
+
+    @torch.no_grad()
+    def split_offspring_(self, positions: Tensor, offspring: Sequence[Sequence[Offspring]], epsilon: float) -> Tensor:
+        """Replace each neuron at ``positions`` by its offspring theta + epsilon * shift_i with output weights
+        share_i * w (:class:`~splitgrow.surgery.Offspring`; a shift of None is the parent's theta).
+
+        Args:
+            positions: (s,) distinct neuron positions.
+            offspring: per position, its offspring (shares summing to 1 keep the function at epsilon = 0).
+            epsilon: the step size, >= 0.
+
+        Returns:
+            The positions of the appended offspring (all but each parent's first), parent by parent.
+        """
+        positions = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+        if epsilon < 0:
+            raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+        if positions.unique().numel() != positions.numel():
+            raise ValueError("a neuron can be split only once per step")
+        if len(offspring) != positions.numel() or any(len(children) < 1 for children in offspring):
+            raise ValueError("give at least one offspring for every position")
+        theta = self.theta.detach().clone()
+        weights = self.output_weights.detach().clone()
+        appended_theta, appended_weights = [], []
+        for position, children in zip(positions.tolist(), offspring):
+            parent_theta, parent_weight = theta[position].clone(), weights[position].clone()
+            placed = [
+                parent_theta if child.shift is None else parent_theta + epsilon * child.shift.to(theta)
+                for child in children
+            ]
+            theta[position] = placed[0]
+            weights[position] = children[0].weight * parent_weight
+            appended_theta.extend(placed[1:])
+            appended_weights.extend(child.weight * parent_weight for child in children[1:])
+        if not appended_theta:  # one offspring each: the parents moved in place
+            return self._replace(theta, weights, 0)
+        new_theta = torch.cat([theta, torch.stack(appended_theta)])
+        new_weights = torch.cat([weights, torch.stack(appended_weights)])
+        return self._replace(new_theta, new_weights, len(appended_theta))
 
     @torch.no_grad()
     def add_(self, theta: Tensor, output_weights: Tensor) -> Tensor:
@@ -196,16 +238,37 @@ class ShallowRegression:
     def split(self, positions: Tensor, directions: Tensor, epsilon: float) -> Tensor:
         return self.network.split_(positions, directions, epsilon)
 
-    def add_random(self, count: int, generator: torch.Generator) -> Tensor:
+    def split_offspring(self, positions: Tensor, offspring: Sequence[Sequence[Offspring]], epsilon: float) -> Tensor:
+        return self.network.split_offspring_(positions, offspring, epsilon)
+
+    def random_parameters(self, count: int, generator: torch.Generator) -> Tensor:
+        """(count, d) hidden parameters of new neurons, theta ~ N(0, init_std^2 I)."""
         theta = self.network.theta
-        weights = self.network.output_weights
-        new_theta = self.init_std * torch.randn(
+        return self.init_std * torch.randn(
             (count, theta.shape[1]), generator=generator, dtype=theta.dtype, device=theta.device
         )
+
+    def add_random(self, count: int, generator: torch.Generator) -> Tensor:
+        new_theta = self.random_parameters(count, generator)
+        weights = self.network.output_weights
         new_weights = self.init_weight_std * torch.randn(
             (count, *weights.shape[1:]), generator=generator, dtype=weights.dtype, device=weights.device
         )
         return self.network.add_(new_theta, new_weights)
+
+    def add(self, parameters: Tensor, output_weights: Tensor) -> Tensor:
+        return self.network.add_(parameters, output_weights)
+
+    def new_neuron_gradients(self, parameters: Tensor) -> Tensor:
+        """g[j] = dL/dw_j at w_j = 0 for new neurons with hidden parameters ``parameters`` (k, d), shape (k,) or
+        (k, outputs): sum_n dL/df(x_n) sigma(theta_j, h_n). Differentiable with respect to ``parameters``."""
+        with torch.no_grad():
+            prediction = self.network.hidden(self._features) @ self.network.output_weights
+        prediction.requires_grad_(True)
+        with torch.enable_grad():
+            (residual,) = torch.autograd.grad(self.loss_function(prediction, self.y), prediction)
+        hidden = self.network.neuron(parameters.to(self._features), self._features)  # (N, k)
+        return hidden.t() @ residual
 
     def train(
         self,

@@ -19,19 +19,22 @@ where Hess_1 differentiates the first argument only. Both come from the same tor
 other neuron (:func:`splitgrow.statistics.hessian_splitting_matrices`). Training always uses the exact loss.
 
 Splitting halves a particle's weight between its two offspring; adding a particle (new initialisation, herding)
-resets all weights to 1/n, as in the paper.
+resets all weights to 1/n, as in the paper. The methods beyond the paper change weights only as their surgery says:
+a signed split gives its offspring shares of either sign of the parent's weight, and a Firefly particle enters with
+the small weight it was scored with (:meth:`ParticleApproximation.add`); the weights then stay fixed like all others.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from ..statistics.closed_form import hessian_splitting_matrices
+from ..surgery import Offspring
 from .training import TrainingTrace, train_rows
 
 SPLITTING_FORMS = ("exact", "random_features")
@@ -162,11 +165,63 @@ class ParticleApproximation:
         return torch.arange(old_size, self.size)
 
     @torch.no_grad()
-    def add_random(self, count: int, generator: torch.Generator) -> Tensor:
+    def split_offspring(self, positions: Tensor, offspring: Sequence[Sequence[Offspring]], epsilon: float) -> Tensor:
+        """Replace each particle at ``positions`` by its offspring theta + epsilon * shift_i with weights
+        share_i * w (see :meth:`splitgrow.shallow.ShallowNetwork.split_offspring_`); returns the appended positions."""
+        if epsilon < 0:
+            raise ValueError(f"epsilon must be >= 0, got {epsilon}")
+        positions = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+        if positions.unique().numel() != positions.numel() or len(offspring) != positions.numel():
+            raise ValueError("give distinct positions and one tuple of offspring for each")
+        particles = self.particles.detach().clone()
+        weights = self.weights.clone()
+        appended_particles, appended_weights = [], []
+        for position, children in zip(positions.tolist(), offspring):
+            parent, parent_weight = particles[position].clone(), float(weights[position])
+            placed = [
+                parent if child.shift is None else parent + epsilon * child.shift.to(parent) for child in children
+            ]
+            particles[position] = placed[0]
+            weights[position] = children[0].weight * parent_weight
+            appended_particles.extend(placed[1:])
+            appended_weights.extend(child.weight * parent_weight for child in children[1:])
+        old_size = self.size
+        if appended_particles:
+            particles = torch.cat([particles, torch.stack(appended_particles)])
+            weights = torch.cat([weights, torch.tensor(appended_weights, dtype=weights.dtype)])
+        self.particles = particles.requires_grad_(True)
+        self.weights = weights
+        return torch.arange(old_size, self.size)
+
+    def random_parameters(self, count: int, generator: torch.Generator) -> Tensor:
+        """(count, d) new particle positions, uniform in ``new_particle_range`` in every coordinate."""
         low, high = self.new_particle_range
-        new = low + (high - low) * torch.rand(
+        return low + (high - low) * torch.rand(
             (count, self.parameter_dim), generator=generator, dtype=self.particles.dtype
         )
+
+    @torch.no_grad()
+    def add(self, parameters: Tensor, output_weights: Tensor) -> Tensor:
+        """Append particles at ``parameters`` (k, d) with exactly the weights ``output_weights`` (k,): the other
+        weights are kept (unlike :meth:`add_random`), so a zero weight leaves the loss unchanged."""
+        old_size = self.size
+        self.particles = torch.cat([self.particles.detach(), parameters.to(self.particles.dtype)]).requires_grad_(True)
+        self.weights = torch.cat([self.weights, output_weights.to(self.weights.dtype).reshape(-1)])
+        return torch.arange(old_size, self.size)
+
+    def new_neuron_gradients(self, parameters: Tensor) -> Tensor:
+        """g[j] = dL/dw_j at w_j = 0 for new particles at ``parameters`` (k, d), shape (k,):
+        2 sum_i w_i k(theta_j, theta_i) - (2/N) sum_m k(theta_j, theta*_m), twice the MMD witness function.
+        Differentiable with respect to ``parameters``."""
+        parameters = parameters.to(self.particles.dtype)
+        h = self.bandwidth
+        to_particles = gaussian_kernel(parameters, self.particles.detach(), h) @ self.weights
+        to_targets = gaussian_kernel(parameters, self.targets, h).mean(dim=1)
+        return 2.0 * (to_particles - to_targets)
+
+    @torch.no_grad()
+    def add_random(self, count: int, generator: torch.Generator) -> Tensor:
+        new = self.random_parameters(count, generator)
         old_size = self.size
         self.particles = torch.cat([self.particles.detach(), new]).requires_grad_(True)
         self.weights = torch.full((self.size,), 1.0 / self.size, dtype=self.particles.dtype)
