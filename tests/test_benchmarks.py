@@ -66,3 +66,35 @@ def test_growth_methods_cost_quick(tmp_path):
     assert row["neurons"] == 16 * 4 and row["statistics_samples"] == 16
     assert set(row["seconds"]) == {"splitting", "signed", "firefly"} and min(row["seconds"].values()) > 0
     assert row["firefly_over_splitting"] == pytest.approx(row["seconds"]["firefly"] / row["seconds"]["splitting"])
+
+
+def test_adaptive_statistics_quick(tmp_path):
+    out = tmp_path / "adaptive_statistics"
+    run_script("adaptive_statistics.py", "--quick", "--models", "vgg19", "--out", str(out))
+    (model,) = json.loads(out.with_suffix(".json").read_text())["models"]
+    assert model["neurons"] == 16 * 4 and model["top_m"] <= round(0.1 * model["neurons"])
+    fixed = [row for row in model["rows"] if row["method"] == "fixed"]
+    # disjoint draws of each size where they fit in the 128 training images: 2 of 32, 2 of 64
+    assert sorted(row["samples"] for row in fixed) == [32, 32, 64, 64]
+    for row in model["rows"]:
+        assert 0.0 <= row["overlap"] <= 1.0 and row["phase_over_epoch"] > 0
+        # no selection of as many neurons can beat the reference's total decrease under the reference statistics
+        assert row["selected"] <= model["top_m"] and row["decrease_fraction"] <= 1.0 + 1e-9
+    (adaptive,) = [row for row in model["rows"] if row["method"] == "adaptive"]
+    assert 32 <= adaptive["samples"] <= 128 and adaptive["samples"] % 16 == 0  # whole batches of 16
+    assert "| adaptive" in out.with_suffix(".md").read_text()
+
+
+def test_original_procedure_quick(tmp_path):
+    out = tmp_path / "original_procedure"
+    run_script("original_procedure.py", "--quick", "--models", "vgg19", "--out", str(out))
+    (model,) = json.loads(out.with_suffix(".json").read_text())["models"]
+    # the original construction (auxiliary variables, numpy eig) and splitgrow's dense solver are the same
+    # mathematics on VGG19's layers: the same indexes on the same samples, in float64
+    assert model["exact_check_relative_error"] <= 1e-8
+    assert model["original_neurons"] == model["neurons"] == 16 * 4
+    layers = model["original"]["layers"]
+    assert [layer["d"] for layer in layers] == [9] + [9 * 4] * 15
+    for layer in layers:  # timed on 8 images, scaled to the 128 training images
+        assert layer["pass_seconds_scaled"] == pytest.approx(layer["pass_seconds_measured"] * 128 / 8)
+    assert 0.0 <= model["splitgrow_adaptive_overlap"] <= 1.0

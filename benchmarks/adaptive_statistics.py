@@ -1,0 +1,253 @@
+"""Adaptive statistics against fixed sample sizes, on real Fashion-MNIST (issue 9, item 2).
+
+VGG19 and MobileNetV1 (one input channel, uniform width) are trained briefly on real Fashion-MNIST training
+images padded to 32x32. Then, side by side in one run:
+
+* the reference selection: the top 10% of all neurons by splitting index, from statistics on every training image
+  (matrix-free LOBPCG at a tight tolerance: dense matrices cost P n d^2 per layer, hours on a CPU);
+* adaptive statistics (:class:`splitgrow.statistics.adaptive.AdaptiveStatistics` with its defaults): batches in
+  random order until the selection settles;
+* fixed sample sizes, on disjoint draws from the training images.
+
+For each: the top-10% overlap with the reference, the total predicted decrease of its selection evaluated under the
+reference statistics (sum of -lambda_full over the selected neurons) against the reference selection's, the
+samples used, and the phase cost (statistics + solve + selection) over the time of one training epoch of 50,000
+images (an epoch over ``--epoch-images`` images timed in the same run, before and after the phases, scaled).
+
+    python benchmarks/adaptive_statistics.py [--quick] [--models vgg19 mobilenetv1] [--train-images 8000]
+
+Writes benchmarks/results/adaptive_statistics.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from _common import (
+    Batch,
+    briefly_trained,
+    cpu_model,
+    epoch_seconds_per_sample,
+    fashion_mnist_batches,
+    load_average,
+    timed,
+)
+from _common import machine as describe_machine
+
+from splitgrow.artifacts import atomic_write_json, atomic_write_text
+from splitgrow.experiments.common import markdown_table
+from splitgrow.network import SplittableNetwork
+from splitgrow.statistics.adaptive import AdaptiveStatistics, Selected, adaptive_splitting, top_fraction
+from splitgrow.statistics.splitting import SolverOptions
+
+EPOCH_IMAGES = 50_000  # the phase is priced in epochs over a CIFAR-sized training set
+
+
+def quality(selected: Selected, reference: Selected, full_indexes: dict[tuple[str, int], float]) -> dict[str, float]:
+    """Top-m overlap with the reference selection, and the predicted decrease of ``selected`` under the reference
+    statistics as a fraction of the reference selection's (both sums of -lambda_full)."""
+    chosen = {(site, neuron) for site, neuron, _ in selected}
+    best = {(site, neuron) for site, neuron, _ in reference}
+    decrease = sum(-full_indexes[key] for key in chosen)
+    return {
+        "overlap": len(chosen & best) / max(1, len(best)),
+        "decrease_fraction": decrease / sum(-full_indexes[key] for key in best),
+        "selected": len(chosen),
+    }
+
+
+def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    training = fashion_mnist_batches(args.train_images, args.batch_size, seed=args.seed, device=device)
+    started = time.perf_counter()
+    model = briefly_trained(name, args.width, training, args.epochs, seed=args.seed, device=device)
+    training_seconds = time.perf_counter() - started
+    net = SplittableNetwork(model, training[0][0][:2])
+    neurons = net.neurons()
+    select = top_fraction(args.top_fraction)
+    epoch_batches = training[: max(1, args.epoch_images // args.batch_size)]
+    per_sample = [epoch_seconds_per_sample(model, epoch_batches, device)]
+
+    def phase(batches: list[Batch], tolerance: float) -> tuple[Selected, Any]:
+        results = net.splitting(batches, F.cross_entropy, solver="lobpcg", tolerance=tolerance, seed=args.seed)
+        return select(results), results
+
+    (reference, full), reference_seconds = timed(device, phase, training, args.reference_tolerance)
+    full_indexes = {(site, n): float(v) for site, r in full.items() for n, v in enumerate(r.indexes.tolist())}
+    converged = sum(int(r.converged.sum()) for r in full.values()) / neurons
+
+    rows = []
+    for samples in args.sample_sizes:
+        per_draw = max(1, samples // args.batch_size)
+        for draw in range(min(args.draws, len(training) // per_draw)):
+            batches = training[draw * per_draw : (draw + 1) * per_draw]  # disjoint draws
+            (selected, _), seconds = timed(device, phase, batches, args.tolerance)
+            rows.append(
+                {"method": "fixed", "draw": draw, "samples": per_draw * args.batch_size, "seconds": seconds}
+                | quality(selected, reference, full_indexes)
+            )
+    adaptive = AdaptiveStatistics()  # the library's defaults
+    for draw in range(args.adaptive_draws):
+        generator = torch.Generator().manual_seed(args.seed + 1 + draw)
+        order = [training[i] for i in torch.randperm(len(training), generator=generator).tolist()]
+        options = SolverOptions(solver="lobpcg", tolerance=args.tolerance, seed=args.seed)
+
+        def adaptive_phase(order: list[Batch] = order, options: SolverOptions = options) -> tuple[Selected, Any]:
+            results = adaptive_splitting(
+                model, net.graph, order, select, F.cross_entropy, adaptive=adaptive, options=options
+            )
+            return select(results), results
+
+        (selected, results), seconds = timed(device, adaptive_phase)
+        rows.append(
+            {
+                "method": "adaptive",
+                "draw": draw,
+                "samples": int(results.adaptive["samples"]),
+                "seconds": seconds,
+                "stop": results.adaptive["stop"],
+            }
+            | quality(selected, reference, full_indexes)
+        )
+    per_sample.append(epoch_seconds_per_sample(model, epoch_batches, device))
+    epoch_seconds = sum(per_sample) / len(per_sample) * EPOCH_IMAGES
+    for row in rows:
+        row["phase_over_epoch"] = row["seconds"] / epoch_seconds
+    return {
+        "model": name,
+        "width": args.width,
+        "neurons": neurons,
+        "top_m": len(reference),
+        "training_seconds": training_seconds,
+        "reference_samples": len(training) * args.batch_size,
+        "reference_seconds": reference_seconds,
+        "reference_over_epoch": reference_seconds / epoch_seconds,
+        "reference_converged_fraction": converged,
+        "epoch_seconds_per_sample": per_sample,
+        "epoch_seconds_50k": epoch_seconds,
+        "adaptive_settings": vars(adaptive),
+        "rows": rows,
+    }
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and range over draws of each (method, samples) — adaptive rows grouped together."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], 0 if row["method"] == "adaptive" else row["samples"]), []).append(row)
+    out = []
+    for (method, _), members in groups.items():
+
+        def stats(key: str, members: list[dict[str, Any]] = members) -> tuple[float, float, float]:
+            values = [m[key] for m in members]
+            return sum(values) / len(values), min(values), max(values)
+
+        out.append(
+            {
+                "method": method,
+                "draws": len(members),
+                **{key: stats(key) for key in ("samples", "overlap", "decrease_fraction", "phase_over_epoch")},
+            }
+        )
+    return out
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    settings = report["settings"]
+    lines = [
+        f"CPU: {report['cpu_model']}, {report['machine']['cpu_count']} cores, load average at start "
+        f"{report['load_start']} and end {report['load_end']} (shared machine), torch {report['machine']['torch']}.",
+        f"Training: {settings['epochs']} epochs on {settings['train_images']} real Fashion-MNIST images (seed "
+        f"{settings['seed']}); reference: LOBPCG at tolerance {settings['reference_tolerance']} on all of them; "
+        f"phases: LOBPCG at tolerance {settings['tolerance']}; adaptive: AdaptiveStatistics defaults "
+        f"(batches of {settings['batch_size']}).",
+        "",
+    ]
+    for model in report["models"]:
+
+        def cell(triple: tuple[float, float, float], fmt: str) -> str:
+            mean, low, high = triple
+            text = format(mean, fmt)
+            return text if low == high else f"{text} ({format(low, fmt)}-{format(high, fmt)})"
+
+        rows = [
+            [
+                s["method"],
+                s["draws"],
+                cell(s["samples"], ".0f"),
+                cell(s["overlap"], ".0%"),
+                cell(s["decrease_fraction"], ".1%"),
+                cell(s["phase_over_epoch"], ".3f"),
+            ]
+            for s in model["summary"]
+        ]
+        lines += [
+            f"{model['model']} width {model['width']}: {model['neurons']} neurons, top {model['top_m']}; epoch of "
+            f"50k images {model['epoch_seconds_50k']:.0f} s; reference on {model['reference_samples']} images "
+            f"{model['reference_seconds']:.0f} s ({model['reference_over_epoch']:.3f} epoch).",
+            "",
+            markdown_table(
+                [
+                    "statistics",
+                    "draws",
+                    "samples",
+                    "top-10% overlap with the reference",
+                    "predicted decrease / reference's",
+                    "phase / epoch of 50k",
+                ],
+                rows,
+            ),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--models", nargs="+", default=["vgg19", "mobilenetv1"])
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--train-images", type=int, default=8000, help="training images; the reference uses all")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--sample-sizes", type=int, nargs="+", default=[128, 512, 1024, 2048])
+    parser.add_argument("--draws", type=int, default=3, help="disjoint draws per fixed sample size, where they fit")
+    parser.add_argument("--adaptive-draws", type=int, default=3, help="adaptive runs, each on its own batch order")
+    parser.add_argument("--tolerance", type=float, default=1e-3, help="LOBPCG tolerance of the phases")
+    parser.add_argument("--reference-tolerance", type=float, default=1e-4)
+    parser.add_argument("--epoch-images", type=int, default=1024, help="images of each timed training epoch")
+    parser.add_argument("--top-fraction", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="tiny settings to check the script")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "adaptive_statistics")
+    args = parser.parse_args()
+    if args.quick:
+        args.width, args.train_images, args.epochs, args.batch_size = 4, 128, 1, 16
+        args.sample_sizes, args.draws, args.adaptive_draws, args.epoch_images = [32, 64], 2, 1, 32
+    device = torch.device(args.device)
+    report: dict[str, Any] = {
+        "machine": describe_machine(device),
+        "cpu_model": cpu_model(),
+        "load_start": load_average(),
+        "settings": vars(args) | {"out": str(args.out)},
+        "models": [],
+    }
+    for name in args.models:
+        result = benchmark_model(name, args, device)
+        result["summary"] = summarise(result["rows"])
+        report["models"].append(result)
+        report["load_end"] = load_average()  # written after every model: a stopped run keeps those done
+        text = report_markdown(report)
+        atomic_write_json(args.out.with_suffix(".json"), report)
+        atomic_write_text(args.out.with_suffix(".md"), text)
+        print(json.dumps(result["summary"]), flush=True)
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
