@@ -306,8 +306,8 @@ def main() -> None:
     if args.channels is None:
         args.channels = [16, 64] if args.quick else [16, 64, 128, 256, 512]
     if args.quick:
-        args.layer_samples, args.network_samples = 8, 256
-        args.sample_sizes, args.width = [64, 128], 16
+        args.layer_samples, args.network_samples = 8, 128
+        args.sample_sizes, args.width = [32, 64], 8
     device = torch.device(args.device)
     machine = describe_machine(device)
     layers = []

@@ -1,4 +1,5 @@
-"""The README's Python examples run as written, and its set-up commands are the ones CI runs."""
+"""The README's Python examples (```python blocks; ```py marks a fragment, such as a torchrun script) run as
+written, and its set-up commands are the ones CI runs."""
 
 from __future__ import annotations
 
