@@ -6,8 +6,12 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -101,17 +105,19 @@ def load_average() -> str:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (Linux), or the platform's processor string."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
+    """The processor's marketing name, e.g. 'AMD EPYC 7B13'; the architecture where the system does not say."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    if sys.platform == "darwin":
+        completed = subprocess.run(
+            ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, check=False
+        )
+        if completed.returncode == 0 and completed.stdout.strip():
+            return completed.stdout.strip()
+    return platform.processor() or platform.machine()
 
 
 def briefly_trained(

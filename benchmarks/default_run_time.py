@@ -23,22 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-
-def cpu_model() -> str:
-    """The processor's marketing name, e.g. 'AMD EPYC 7B13'; the architecture where the system does not say."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    if sys.platform == "darwin":
-        completed = subprocess.run(
-            ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, check=False
-        )
-        if completed.returncode == 0 and completed.stdout.strip():
-            return completed.stdout.strip()
-    return platform.processor() or platform.machine()
+from _common import cpu_model
 
 
 def usable_cores() -> int:
