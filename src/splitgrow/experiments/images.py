@@ -629,10 +629,11 @@ def _minor_ratio_label(value: float, _position: int) -> str:
 
 
 def plot(results: dict[str, Any], directory: Path) -> list[Path]:
-    """Accuracy against parameter ratio: fine-tuned (left) and retrained (right), every method."""
-    figure = Figure(figsize=(10.0, 4.0), layout="constrained")
-    axes = figure.subplots(1, 2, sharey=True)
-    for ax, variant in zip(axes, ("fine-tuned", "retrained")):
+    """Accuracy against parameter ratio: fine-tuned (left) and, where the run retrained, retrained (right)."""
+    variants = [v for v in ("fine-tuned", "retrained") if any(r["variant"] == v for r in results["rows"])]
+    figure = Figure(figsize=(5.0 * len(variants), 4.0), layout="constrained")
+    axes = figure.subplots(1, len(variants), sharey=True, squeeze=False)[0]
+    for ax, variant in zip(axes, variants):
         for method, color in METHOD_COLORS.items():
             rows = sorted(
                 (r for r in results["rows"] if r["method"] == method and r["variant"] == variant),
