@@ -16,7 +16,7 @@ the cost and is their reference in the tests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -24,6 +24,7 @@ from torch import Tensor
 from ..graph import ChannelGraph, Site
 from ..layers.normalization import batch_norm_scale
 from .closed_form import DEFAULT_MAX_TEMPORARY_ELEMENTS
+from .operator import CachedBatchOperator
 from .recording import BatchRecord, recorded_inputs
 
 
@@ -131,33 +132,21 @@ def chain_dense(
 
 
 @dataclass
-class ChainOperator:
+class ChainOperator(CachedBatchOperator):
     """The splitting matrices of a chain site as a linear operator on (n, dA + dB) directions."""
 
-    graph: ChannelGraph
-    site: Site
-    dtype: torch.dtype
-    batches: list[ChainFields] = field(default_factory=list)
-    total_weight: float = 0.0
-    matvecs: int = 0
-
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.first, self.second = self.site.members
         self.producer = self.graph.modules[self.first.module]
         self.depthwise = self.graph.modules[self.second.module]
-        self.num_neurons, self.neuron_dim = self.site.num_neurons, self.site.neuron_dim
 
-    def add(self, record: BatchRecord) -> None:
-        self.batches.append(chain_fields(self.graph, self.site, record, self.dtype))
-        self.total_weight += record.weight
+    def _cache(self, record: BatchRecord) -> ChainFields:
+        return chain_fields(self.graph, self.site, record, self.dtype)
 
     @property
     def device(self) -> torch.device:
         return self.batches[0].h.device if self.batches else self.depthwise.weight.device
-
-    @property
-    def num_batches(self) -> int:
-        return len(self.batches)
 
     def _product(self, fields: ChainFields, directions: Tensor) -> Tensor:
         first, second = self.first.handler, self.second.handler
@@ -179,27 +168,6 @@ class ChainOperator:
         cross = second.adjoint(self.depthwise, x1, fields.w)
         cross[:, kernel_entries:] = 0.0  # the depthwise bias does not multiply a1
         return torch.cat([out_a, out_b + cross], dim=1)
-
-    def matvec(self, directions: Tensor) -> Tensor:
-        """S_j v_j for every neuron j: (n, d) -> (n, d)."""
-        if directions.shape != (self.num_neurons, self.neuron_dim):
-            raise ValueError(f"expected directions of shape {(self.num_neurons, self.neuron_dim)}")
-        self.matvecs += 1
-        out = torch.zeros_like(directions)
-        for fields in self.batches:
-            out += fields.scale * self._product(fields, directions.to(self.dtype)).to(out.dtype)
-        return out / self.total_weight
-
-    def matvec_batch(self, index: int, directions: Tensor) -> Tensor:
-        self.matvecs += 1
-        fields = self.batches[index]
-        share = fields.scale * self.num_batches / self.total_weight
-        return share * self._product(fields, directions.to(self.dtype)).to(directions.dtype)
-
-    def dense(self) -> Tensor:
-        eye = torch.eye(self.neuron_dim, dtype=self.dtype, device=self.device)
-        columns = [self.matvec(eye[k].expand(self.num_neurons, -1).clone()) for k in range(self.neuron_dim)]
-        return torch.stack(columns, dim=2)
 
     def memory_bytes(self) -> int:
         tensors = [t for f in self.batches for t in (f.h, f.c1, f.m, f.a1, f.c2, f.w)]

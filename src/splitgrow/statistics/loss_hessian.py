@@ -14,14 +14,14 @@ model per product, against a few convolutions for the closed forms.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ..graph import ChannelGraph, Site
+from .operator import CachedBatchOperator
 from .recording import BatchRecord
 
 
@@ -38,23 +38,17 @@ class _Functional(nn.Module):
 
 
 @dataclass
-class LossHessianOperator:
+class LossHessianOperator(CachedBatchOperator):
     """The splitting matrices of a loss site as a linear operator (Hessian-vector products of the loss)."""
 
-    graph: ChannelGraph
-    site: Site
-    dtype: torch.dtype
-    batches: list[BatchRecord] = field(default_factory=list)
-    total_weight: float = 0.0
-    matvecs: int = 0
     #: directions per batched second backward pass (memory: that many copies of the model's activations)
     directions_at_once: int = 8
 
     def __post_init__(self) -> None:
         from ..surgery import SplitRequest, split_network
 
+        super().__post_init__()
         site = self.site
-        self.num_neurons, self.neuron_dim = site.num_neurons, site.neuron_dim
         self.twin = copy.deepcopy(self.graph.model).to(self.dtype).eval()
         twin_graph = self.graph.for_copy(self.twin)
         requests = [SplitRequest(site.name, j) for j in range(site.num_neurons)]
@@ -68,17 +62,12 @@ class LossHessianOperator:
         self.modules = dict(self.twin.named_modules())
         self.handlers = {member.module: member.handler for member in site.members}
 
-    def add(self, record: BatchRecord) -> None:
-        self.batches.append(record)
-        self.total_weight += record.weight
+    def _cache(self, record: BatchRecord) -> BatchRecord:
+        return record  # the products rerun the model on the batch itself
 
     @property
     def device(self) -> torch.device:
         return next(self.twin.parameters()).device
-
-    @property
-    def num_batches(self) -> int:
-        return len(self.batches)
 
     def _parameters(self, delta: Tensor) -> dict[str, Tensor]:
         """The twin's parameters with every neuron's offspring moved by +delta and -delta."""
@@ -117,20 +106,11 @@ class LossHessianOperator:
                 products.append(product.detach())
         return torch.cat(products)
 
-    def matvec(self, directions: Tensor) -> Tensor:
-        self.matvecs += 1
-        out = torch.zeros_like(directions)
-        for record in self.batches:
-            out += record.scale * self._products(record, directions.to(self.dtype).unsqueeze(0))[0].to(out.dtype)
-        return out / self.total_weight
-
-    def matvec_batch(self, index: int, directions: Tensor) -> Tensor:
-        self.matvecs += 1
-        record = self.batches[index]
-        share = record.scale * self.num_batches / self.total_weight
-        return share * self._products(record, directions.to(self.dtype).unsqueeze(0))[0].to(directions.dtype)
+    def _product(self, cached: BatchRecord, directions: Tensor) -> Tensor:
+        return self._products(cached, directions.unsqueeze(0))[0]
 
     def dense(self) -> Tensor:
+        """The (n, d, d) matrices, all d unit directions batched in each batch's second backward pass."""
         eye = torch.eye(self.neuron_dim, dtype=self.dtype, device=self.device)
         directions = eye[:, None, :].expand(self.neuron_dim, self.num_neurons, self.neuron_dim).contiguous()
         total = torch.zeros((self.num_neurons, self.neuron_dim, self.neuron_dim), dtype=self.dtype, device=self.device)

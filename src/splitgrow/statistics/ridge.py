@@ -18,7 +18,7 @@ pass over the k features HQ (:meth:`RidgeOperator.ritz_start`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -26,6 +26,7 @@ from torch import Tensor
 from ..graph import ChannelGraph, Site
 from ..layers.normalization import batch_norm_scale
 from .closed_form import DEFAULT_MAX_TEMPORARY_ELEMENTS
+from .operator import CachedBatchOperator
 from .recording import BatchRecord, recorded_inputs
 
 
@@ -115,38 +116,25 @@ START_ROWS = 2**15
 
 
 @dataclass
-class RidgeOperator:
+class RidgeOperator(CachedBatchOperator):
     """The splitting matrices of a ridge site as a linear operator on (n, d) directions, from cached batches."""
 
-    graph: ChannelGraph
-    site: Site
-    dtype: torch.dtype
-    batches: list[RidgeFields] = field(default_factory=list)
-    total_weight: float = 0.0
-    matvecs: int = 0
-
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.modules = [self.graph.modules[m.module] for m in self.site.members]
         self.handlers = [m.handler for m in self.site.members]
         self.slices = [columns for _, columns in self.site.member_slices()]
-        self.num_neurons, self.neuron_dim = self.site.num_neurons, self.site.neuron_dim
 
     @classmethod
     def for_site(cls, graph: ChannelGraph, site: Site, dtype: torch.dtype = torch.float32) -> RidgeOperator:
         return cls(graph, site, dtype)
 
-    def add(self, record: BatchRecord) -> None:
-        """Cache one batch's statistics."""
-        self.batches.append(ridge_fields(self.graph, self.site, record, self.dtype))
-        self.total_weight += record.weight
+    def _cache(self, record: BatchRecord) -> RidgeFields:
+        return ridge_fields(self.graph, self.site, record, self.dtype)
 
     @property
     def device(self) -> torch.device:
         return self.batches[0].coefficients.device if self.batches else self.modules[0].weight.device
-
-    @property
-    def num_batches(self) -> int:
-        return len(self.batches)
 
     def _product(self, fields: RidgeFields, directions: Tensor) -> Tensor:
         parts = zip(self.handlers, self.modules, fields.inputs, fields.scales, self.slices)
@@ -160,31 +148,6 @@ class RidgeOperator:
         for handler, module, inputs, scale in zip(self.handlers, self.modules, fields.inputs, fields.scales):
             products.append(handler.adjoint(module, inputs, field_ if scale is None else field_ * scale))
         return torch.cat(products, dim=1)
-
-    def matvec(self, directions: Tensor) -> Tensor:
-        """S_j v_j for every neuron j: (n, d) -> (n, d)."""
-        if directions.shape != (self.num_neurons, self.neuron_dim):
-            raise ValueError(f"expected directions of shape {(self.num_neurons, self.neuron_dim)}")
-        if not self.batches:
-            raise ValueError("the operator has no data; add batches first")
-        self.matvecs += 1
-        out = torch.zeros_like(directions)
-        for fields in self.batches:
-            out += fields.scale * self._product(fields, directions.to(self.dtype)).to(out.dtype)
-        return out / self.total_weight
-
-    def matvec_batch(self, index: int, directions: Tensor) -> Tensor:
-        """S_b V for one cached batch b alone, scaled to estimate S V (for stochastic solvers)."""
-        self.matvecs += 1
-        fields = self.batches[index]
-        share = fields.scale * self.num_batches / self.total_weight
-        return share * self._product(fields, directions.to(self.dtype)).to(directions.dtype)
-
-    def dense(self) -> Tensor:
-        """The (n, d, d) matrices, by d products with the unit vectors (for checks on small sites)."""
-        eye = torch.eye(self.neuron_dim, dtype=self.dtype, device=self.device)
-        columns = [self.matvec(eye[k].expand(self.num_neurons, -1).clone()) for k in range(self.neuron_dim)]
-        return torch.stack(columns, dim=2)
 
     def memory_bytes(self) -> int:
         """Bytes held by the cached batches."""
