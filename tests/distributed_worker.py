@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -46,6 +48,27 @@ def grow(rank: int, out: str, solver: str) -> None:
             "weight": results.weight,
             "state": model.state_dict(),
             "stage": grower.history[0].to_dict(),
+            "in_step": in_step(rank, model),
         },
         f"{out}/{solver}-rank{rank}.pt",
     )
+
+
+def in_step(rank: int, model: nn.Module) -> list[str]:
+    """What :func:`splitgrow.parallel.check_in_step` says of the grown replicas, then after process 1 nudges one
+    weight by 1e-12 (an empty string: no error)."""
+    from splitgrow.errors import SplitgrowError
+    from splitgrow.parallel import check_in_step
+
+    model = copy.deepcopy(model)  # the caller saves the grown weights themselves
+    said = []
+    for nudge in (False, True):
+        if nudge and rank == 1:
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] += 1e-12
+        try:
+            check_in_step(model, "after the split")
+            said.append("")
+        except SplitgrowError as error:
+            said.append(str(error))
+    return said

@@ -50,3 +50,6 @@ def test_two_processes_find_the_single_process_indexes_and_grow_identically(proc
         if solver == "dense":
             torch.testing.assert_close(tensor, model.state_dict()[name], rtol=1e-10, atol=1e-12)
     assert ranks[0]["stage"]["splits"] == ranks[1]["stage"]["splits"]
+    for found in ranks:  # the in-step check passes on the grown replicas and catches a 1e-12 difference
+        assert found["in_step"][0] == ""
+        assert "process 1 holds other weights than process 0 (after the split)" in found["in_step"][1]

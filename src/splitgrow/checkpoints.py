@@ -18,6 +18,7 @@ import torch
 
 from .artifacts import atomic_write_bytes, atomic_write_json
 from .errors import CheckpointError
+from .parallel import is_main
 
 
 class Checkpoint:
@@ -99,7 +100,10 @@ class Checkpoint:
         return tensors
 
     def save(self, tensors: dict[str, Any] | None) -> None:
-        """Write ``tensors`` (if given) and then the progress, each atomically."""
+        """Write ``tensors`` (if given) and then the progress, each atomically (rank 0 alone in a data-parallel
+        run: every process holds the same state)."""
+        if not is_main():
+            return
         if tensors is not None:
             buffer = io.BytesIO()
             torch.save(tensors, buffer)

@@ -81,8 +81,13 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> tuple[float, float]:
-    """(accuracy, mean loss) in eval mode; the model's mode is restored."""
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    reduce: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[float, float]:
+    """(accuracy, mean loss) in eval mode; the model's mode is restored. ``reduce`` sums the counts over the
+    processes of a data-parallel run, each of which evaluated its shard of ``batches``."""
     was_training = model.training
     model.eval()
     correct, total, loss = 0, 0, 0.0
@@ -92,4 +97,6 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> tupl
         correct += int((outputs.argmax(1) == targets).sum())
         total += targets.shape[0]
     model.train(was_training)
+    if reduce is not None:
+        correct, total, loss = reduce(torch.tensor([correct, total, loss], dtype=torch.float64)).tolist()
     return correct / max(1, total), loss / max(1, total)

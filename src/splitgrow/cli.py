@@ -258,11 +258,42 @@ def run(
             fail("not a folder", out_dir, f"give --out a folder, or {elsewhere}")
         if resume and not out_dir.is_dir():
             fail("nothing to resume", f"--resume: no folder {out_dir}", "give the --out folder of the run to continue")
-        _, table = run_experiment(
-            spec, settings, list(range(seed, seed + seeds)), out_dir, Reporter(not quiet), jobs=jobs, resume=resume
-        )
+        launch = _torchrun_launch(experiment, spec, jobs)
+        reporter = Reporter(not quiet and (launch is None or launch.rank == 0))
+        with contextlib.ExitStack() as stack:
+            if launch is not None:
+                from .parallel import process_group
+
+                stack.enter_context(process_group(launch, settings.device))
+            _, table = run_experiment(
+                spec, settings, list(range(seed, seed + seeds)), out_dir, reporter, jobs=jobs, resume=resume
+            )
+    if launch is not None and launch.rank != 0:
+        return  # rank 0 prints the results
     typer.echo(table)
     typer.echo(f"\nresults: {out_dir}/summary.json, {out_dir}/seed-*/results.json and figures")
+
+
+def _torchrun_launch(experiment: str, spec: Any, jobs: int) -> Any:
+    """The ``torchrun`` launch this process belongs to (None for a plain run), refused where it cannot work."""
+    from .parallel import launched
+
+    launch = launched()
+    if launch is None:
+        return None
+    if not spec.distributed:
+        fail(
+            f"the {experiment} experiment does not take a torchrun launch",
+            f"{launch.world_size} processes",
+            f"run it as one process (`splitgrow run {experiment}`); --jobs runs seeds in parallel",
+        )
+    if jobs > 1:
+        fail(
+            "--jobs cannot be combined with a torchrun launch",
+            f"--jobs {jobs}",
+            "leave --jobs out: the torchrun processes share every seed",
+        )
+    return launch
 
 
 @app.command()

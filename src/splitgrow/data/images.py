@@ -354,6 +354,9 @@ class Batches:
         size: pad images to size x size (e.g. 28 -> 32 for VGG19 on Fashion-MNIST); at least their size.
         generator: the source of order and augmentation; its state is part of a checkpoint.
         device: where batches are sent.
+        rows: the rows of every batch to keep (a process's shard in a data-parallel run, see
+            :func:`splitgrow.parallel.shard_rows`); the order and the augmentation are drawn for the whole batch,
+            so that every process's generator stays in step.
     """
 
     def __init__(
@@ -366,6 +369,7 @@ class Batches:
         size: int | None = None,
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
+        rows: slice | None = None,
     ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
@@ -374,6 +378,7 @@ class Batches:
         self.size = size
         self.generator = generator or torch.Generator().manual_seed(0)
         self.device = torch.device(device)
+        self.rows = rows
 
     def __len__(self) -> int:
         return (len(self.dataset) + self.batch_size - 1) // self.batch_size
@@ -386,4 +391,9 @@ class Batches:
             images = to_float(self.dataset.images[index], self.dataset.mean, self.dataset.std, self.size)
             if self.augmentation:
                 images = augment(images, self.generator, flip=self.dataset.name == "cifar10")
-            yield images.to(self.device), self.dataset.labels[index].to(self.device)
+            labels = self.dataset.labels[index]
+            if self.rows is not None:
+                if self.shuffle and len(index) < (self.rows.step or 1):
+                    continue  # a last training batch too small to give every process a row (DDP needs all)
+                images, labels = images[self.rows], labels[self.rows]
+            yield images.to(self.device), labels.to(self.device)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..artifacts import atomic_write_json, atomic_write_text, run_metadata
 from ..config import config_to_dict
 from ..errors import RunFolderError
+from ..parallel import is_main
 
 
 def derive_seed(seed: int, *keys: str) -> int:
@@ -178,6 +179,8 @@ class Experiment:
             tensors are so small that a second thread only adds synchronisation, and much more of it when the
             machine is busy with anything else.
         checkpoints: ``run_seed`` also takes ``workdir`` (the seed's folder) and ``resume``, and checkpoints there.
+        distributed: ``run_seed`` accepts a ``torchrun`` launch (data-parallel processes, see
+            :mod:`splitgrow.parallel`); its settings have a ``device``.
     """
 
     name: str
@@ -188,6 +191,7 @@ class Experiment:
     summarize: Callable[[list[dict[str, Any]]], tuple[dict[str, Any], str]]
     threads: int | None = None
     checkpoints: bool = False
+    distributed: bool = False
     #: settings that do not change the results (where the data or device is): a resumed run may change them, and
     #: runs that differ only in them have one configuration
     resume_free_keys: frozenset[str] = frozenset()
@@ -339,17 +343,20 @@ def run_experiment(
     With ``jobs`` > 1, seeds run in that many worker processes; every seed's numbers are the same as in a
     sequential run (each seed has its own random streams and runs single-threaded when the experiment says so).
     With ``resume``, seeds whose results exist are kept, and experiments with checkpoints continue from them.
+    In a data-parallel run (``torchrun``) every process runs every seed and rank 0 alone writes the files.
     """
     config_dict = config_to_dict(config)
     _check_same_settings(out_dir, config_dict, experiment.resume_free_keys, resume)
     created = _missing_folders(out_dir)
     had_settings = (out_dir / "config.yaml").exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config_dict, sort_keys=False))
+    if is_main():
+        atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config_dict, sort_keys=False))
     try:
         return _run_seeds(experiment, config, config_dict, seeds, out_dir, reporter, jobs, resume)
     except BaseException:
-        _remove_leftovers(out_dir, seeds, created, wrote_settings=not had_settings)
+        if is_main():
+            _remove_leftovers(out_dir, seeds, created, wrote_settings=not had_settings)
         raise
 
 
@@ -367,6 +374,8 @@ def _run_seeds(
 
     def finish(results: dict[str, Any]) -> dict[str, Any]:
         seed_dir = out_dir / f"seed-{results['seed']}"
+        if not is_main():
+            return results
         atomic_write_json(seed_dir / "results.json", results)
         experiment.plot(results, seed_dir)
         reporter.message(f"seed {results['seed']}: results in {seed_dir} ({results['wall_time_s']:.1f} s)")
@@ -406,6 +415,8 @@ def _run_seeds(
             done[seed] = finish(_run_one_seed(experiment, config, seed, reporter, out_dir / f"seed-{seed}", resume))
     all_results = [done[seed] for seed in seeds]
     summary, table = experiment.summarize(all_results)
+    if not is_main():
+        return summary, table
     atomic_write_json(
         out_dir / "summary.json",
         {

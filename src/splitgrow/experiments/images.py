@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
+from .. import parallel
 from ..artifacts import save_figure
 from ..checkpoints import Checkpoint
 from ..classification import (
@@ -52,6 +53,7 @@ from ..models import build_model, load_model, save_model
 from ..pruning import LABELS as PRUNING_LABELS
 from ..pruning import PRUNING_METHODS, prune_to_ratio
 from ..statistics import SOLVERS
+from ..statistics.distributed import reducer
 from ..surgery import parameter_count
 from .common import Experiment, Reporter, derive_seed, markdown_table
 
@@ -233,7 +235,16 @@ class _Context:
     stop_after_epochs: int | None = None
     epochs_run: int = 0
 
-    def batches(self, dataset: ImageDataset, *, training: bool, generator: torch.Generator | None = None) -> Batches:
+    def batches(
+        self,
+        dataset: ImageDataset,
+        *,
+        training: bool,
+        generator: torch.Generator | None = None,
+        shard: bool = True,
+    ) -> Batches:
+        """Batches of ``dataset``; in a data-parallel run (``torchrun``), this process's rows of each (``shard``)."""
+        processes = parallel.world()[1]
         return Batches(
             dataset,
             self.config.batch_size,
@@ -242,10 +253,11 @@ class _Context:
             size=self.config.image_size,
             generator=generator,
             device=self.device,
+            rows=parallel.shard_rows(self.config.batch_size) if shard and processes > 1 else None,
         )
 
     def example(self) -> torch.Tensor:
-        images, _ = next(iter(self.batches(self.test.subset(2), training=False)))
+        images, _ = next(iter(self.batches(self.test.subset(2), training=False, shard=False)))
         return images
 
     def tick(self) -> None:
@@ -279,6 +291,7 @@ class _Trainer:
         self.context = context
         self.task = task
         self.model = model.to(context.device)
+        self.trained = parallel.wrap(self.model)  # under DDP in a data-parallel run
         self.sparsity = sparsity
         config = context.config
         self.optimizer = make_optimizer(
@@ -333,14 +346,15 @@ class _Trainer:
             description = f"seed {context.seed} {self.task} phase {phase} epoch {epoch + 1}/{epochs}"
             with context.reporter.bar(len(train_batches), description) as bar:
                 loss = train_epoch(
-                    self.model, train_batches, self.optimizer, sparsity=self.sparsity, on_batch=lambda _: bar.update()
+                    self.trained, train_batches, self.optimizer, sparsity=self.sparsity, on_batch=lambda _: bar.update()
                 )
+            parallel.broadcast_buffers(self.model)
+            loss = parallel.average(loss, 1.0)
             scheduler.step()
             self.history.append({"phase": phase, "epoch": epoch + 1, "train_loss": loss})
             self.save(phase, epoch + 1, False, scheduler, extra)
             context.tick()
-        accuracy, test_loss = evaluate(self.model, context.batches(context.test, training=False))
-        return {"accuracy": accuracy, "test_loss": test_loss}
+        return evaluate_only(context, self.model)
 
 
 def _restore(resume: dict[str, Any]):
@@ -409,6 +423,12 @@ def _task_splitting(context: _Context, resume: bool, method: str = "splitting") 
         firefly=FireflyOptions(candidates_per_site=config.firefly_candidates, steps=config.firefly_steps),
         **amount,
     )
+    trained: list[torch.nn.Module] = []  # the DDP wrapper of a data-parallel run, made again after every split
+
+    def grown(stage) -> None:
+        parallel.check_in_step(model, f"seed {context.seed} {method} growth stage {stage.stage}")
+        trained.clear()
+
     grower = Grower(
         model,
         example,
@@ -417,6 +437,7 @@ def _task_splitting(context: _Context, resume: bool, method: str = "splitting") 
         loss_function=F.cross_entropy,
         optimizer=optimizer,
         seed=derive_seed(context.seed, "split"),
+        on_grow=grown,
     )
     train_batches = context.batches(context.train, training=True, generator=generator)
     total = config.epochs + config.stages * config.finetune_epochs
@@ -424,8 +445,12 @@ def _task_splitting(context: _Context, resume: bool, method: str = "splitting") 
     def train(epoch: int) -> float:
         stage = len(grower.history)
         description = f"seed {context.seed} {method} stage {stage} epoch {epoch + 1}/{total}"
+        if not trained:  # made here, not earlier: resuming resizes the model first
+            trained.append(parallel.wrap(model))
         with context.reporter.bar(len(train_batches), description) as bar:
-            return train_epoch(model, train_batches, optimizer, on_batch=lambda _: bar.update())
+            loss = train_epoch(trained[0], train_batches, optimizer, on_batch=lambda _: bar.update())
+        parallel.broadcast_buffers(model)
+        return parallel.average(loss, 1.0)
 
     def phase_end(stage: int) -> dict[str, Any]:
         row = _row(
@@ -469,7 +494,9 @@ def _task_train_full(context: _Context, resume: dict[str, Any] | None, task: str
         model = build_model(config.model, **context.checkpoint.progress["full_config"])
     trainer = _Trainer(context, task, model, sparsity=sparsity, resume=resume)
     measured = trainer.phase(0, full_epochs(config), {})
-    save_model(context.folder / task, trainer.model, trainer.history)
+    if parallel.is_main():
+        save_model(context.folder / task, trainer.model, trainer.history)
+    parallel.barrier()  # the pruning tasks of every process read it
     example = context.example()
     full_parameters = context.checkpoint.progress["full_parameters"]
     row = _row(task, "trained", 0, trainer.model, full_parameters, _flops(trainer.model, example), measured)
@@ -494,6 +521,7 @@ def _task_prune(context: _Context, resume: dict[str, Any] | None, method: str, s
             reference_parameters=full_parameters,
             max_ratio=config.max_pruning_ratio,
         )
+        parallel.check_in_step(model, f"seed {context.seed} {task}")
     trainer = _Trainer(context, task, model, resume=resume)
     if config.finetune_epochs:
         measured = trainer.phase(0, config.finetune_epochs, {})
@@ -503,7 +531,8 @@ def _task_prune(context: _Context, resume: dict[str, Any] | None, method: str, s
 
 
 def evaluate_only(context: _Context, model) -> dict[str, float]:
-    accuracy, loss = evaluate(model, context.batches(context.test, training=False))
+    """Test accuracy and loss (each process of a data-parallel run evaluates its shard; the counts are summed)."""
+    accuracy, loss = evaluate(model, context.batches(context.test, training=False), reduce=reducer())
     return {"accuracy": accuracy, "test_loss": loss}
 
 
@@ -541,13 +570,24 @@ def run_seed(
     resume: bool = False,
     stop_after_epochs: int | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) every task of the comparison for one seed; returns the JSON-ready results."""
-    device = torch.device(config.device)
+    """Run (or resume) every task of the comparison for one seed; returns the JSON-ready results.
+
+    Launched by ``torchrun`` (inside :func:`splitgrow.parallel.process_group`), every process trains, evaluates and
+    computes splitting statistics on its rows of each batch, and rank 0 writes the files."""
+    device = parallel.local_device(config.device, parallel.launched())
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SplitgrowError("torch sees no CUDA device", f"device {config.device}", "use --device cpu")
+    processes = parallel.world()[1]
+    if config.batch_size < processes:
+        raise ConfigError(
+            f"batch_size {config.batch_size} gives some of the {processes} processes no images",
+            "batch_size",
+            f"set batch_size to at least {processes} (it is the batch of all processes together)",
+        )
     root = Path(config.data_root) if config.data_root else None
-    train = load_dataset(config.dataset, "train", root, download=config.download)
-    test = load_dataset(config.dataset, "test", root)
+    with parallel.main_first(config.download):  # one process downloads, the others read its files
+        train = load_dataset(config.dataset, "train", root, download=config.download)
+        test = load_dataset(config.dataset, "test", root)
     largest = max(*train.images.shape[-2:], *test.images.shape[-2:])
     if largest > config.image_size:  # images are zero-padded to image_size, never cropped
         raise ConfigError(
@@ -612,6 +652,7 @@ def run_seed(
     return {
         "dataset": config.dataset,
         "model": config.model,
+        "processes": processes,  # data-parallel processes (BatchNorm normalises each one's rows)
         "full_parameters": progress["full_parameters"],
         "rows": rows,
         "growth": {m: completed[m]["growth"] for m in config.growth_methods},
@@ -823,5 +864,6 @@ EXPERIMENT = Experiment(
     plot=plot,
     summarize=summarize,
     checkpoints=True,
+    distributed=True,
     resume_free_keys=frozenset({"device", "data_root", "download"}),
 )
