@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from ..graph import ChannelGraph
@@ -120,7 +121,7 @@ def adaptive_splitting(
         if accumulator.batches < target:
             continue
         results = solve(accumulator, options, skipped=skipped, warm_start=warm_start, reduce=reduce)
-        warm_start = {name: result.directions for name, result in results.items()}
+        warm_start = {name: _informative_directions(result) for name, result in results.items()}
         current = select(results)
         history.append({"batches": accumulator.batches, "samples": results.weight, "selected": len(current)})
         if previous is not None and _agrees(previous, current, adaptive.tolerance):
@@ -140,6 +141,13 @@ def adaptive_splitting(
         "checks": history,
     }
     return results
+
+
+def _informative_directions(result) -> Tensor:
+    """A site's directions as warm starts for the next check: zeros (a fresh start) for neurons whose index was not
+    negative, whose direction spans the null space of a semidefinite S; with more data that null vector is often
+    still an exact eigenvector, of eigenvalue 0, which LOBPCG cannot leave for a negative lambda_min."""
+    return torch.where((result.indexes < 0)[:, None].to(result.directions.device), result.directions, 0.0)
 
 
 def top_fraction(fraction: float) -> Callable[[SplittingResults], Selected]:

@@ -374,7 +374,10 @@ def splitting_eigenpairs(
         operator_dtype: dtype in which the matrix-free solvers cache statistics and compute products.
         tolerance, max_iterations: of the iterative solvers (relative residual; iteration cap).
         rayleigh_epochs, rayleigh_learning_rate: of the Rayleigh-quotient solver.
-        warm_start: starting directions per site (e.g. the previous growth step's); they take precedence.
+        warm_start: starting directions per site (e.g. the previous growth step's); they take precedence, except
+            in rows of zeros, which start as without one (give zeros where the previous index was not negative:
+            its direction then spans the null space of a semidefinite S, which often stays an exact eigenvector
+            of the next S with eigenvalue 0, where LOBPCG would stop at once above a negative lambda_min).
         start: how LOBPCG starts otherwise: ``"subspace"`` (each neuron's lowest Ritz pair in the site's dominant
             input subspace of dimension ``subspace_dim``, where the neurons share their inputs; random elsewhere)
             or ``"random"``. A residual test cannot tell which eigenpair LOBPCG converged to; from the subspace
@@ -470,6 +473,19 @@ class SolverOptions:
         )
 
 
+#: how much of the fresh start a warm start keeps (relative norm): enough to move LOBPCG off a warm direction that
+#: is an exact eigenvector of the new S for an eigenvalue above lambda_min, where it would stop at once
+WARM_START_MIX = 0.1
+
+
+def _warm(warm: Tensor, fresh: Tensor) -> Tensor:
+    """Starting vectors from warm starts (unit rows) with a little of the fresh start; rows of zeros start fresh."""
+    unit = fresh / fresh.norm(dim=1, keepdim=True).clamp_min(torch.finfo(fresh.dtype).tiny)
+    given = warm.norm(dim=1, keepdim=True)
+    mixed = warm / given.clamp_min(torch.finfo(warm.dtype).tiny) + WARM_START_MIX * unit
+    return torch.where(given > 0, mixed, fresh)
+
+
 def solve(
     accumulator: Accumulator,
     options: SolverOptions,
@@ -516,13 +532,16 @@ def solve(
         operator = found.operators[site.name]
         if reduce is not None:
             operator = _Reduced(operator, reduce)
-        initial = None if warm_start is None else warm_start.get(site.name)
-        if initial is None or initial.shape != (site.num_neurons, site.neuron_dim):
-            initial = None
-            if method == "lobpcg" and options.start == "subspace":
-                initial = operator.ritz_start(options.subspace_dim, generator)
-            if initial is None:
-                initial = torch.randn((site.num_neurons, site.neuron_dim), generator=generator, dtype=torch.float64)
+        warm = None if warm_start is None else warm_start.get(site.name)
+        if warm is not None and warm.shape != (site.num_neurons, site.neuron_dim):
+            warm = None
+        initial = None
+        if method == "lobpcg" and options.start == "subspace":
+            initial = operator.ritz_start(options.subspace_dim, generator)
+        if initial is None:
+            initial = torch.randn((site.num_neurons, site.neuron_dim), generator=generator, dtype=torch.float64)
+        if warm is not None:
+            initial = _warm(warm.to(initial), initial)
         initial = initial.to(device=operator.device, dtype=options.operator_dtype)
         converged = None
         if method == "lobpcg":
