@@ -317,3 +317,23 @@ def test_selection_lists_the_sites_it_leaves_out():
     assert all(r.fingerprint == net.graph.fingerprint for r in chosen)
     everything = net.select(results, max_count=100, allow_inexact=True)
     assert any(r.site == "stem.0" for r in everything) or float(results["stem.0"].indexes.min()) >= 0
+
+
+def test_auto_takes_the_dense_solver_only_where_it_is_the_cheaper():
+    """Dense for small neurons (closed-form sites up to AUTO_DENSE_DIM parameters, others up to
+    AUTO_DENSE_DIM_OTHER) whose matrices fit in dense_bytes; LOBPCG everywhere else."""
+    from splitgrow.statistics.splitting import AUTO_DENSE_DIM, AUTO_DENSE_DIM_OTHER, SolverOptions
+
+    auto = SolverOptions(solver="auto")
+    for architecture, width in [("vgg19", 4), ("vgg19", 8), ("mobilenetv1", 4), ("dscnn", 4), ("mlp", 4)]:
+        model, inputs, _ = zoo_model(architecture, width=width, seed=0)
+        graph = ChannelGraph(model, inputs)
+        for site in graph.sites.values():
+            largest = AUTO_DENSE_DIM if site.engine == "ridge" else AUTO_DENSE_DIM_OTHER
+            expected = "dense" if site.neuron_dim <= largest else "lobpcg"
+            assert auto.method(graph, site) == expected, (architecture, site.name, site.engine, site.neuron_dim)
+            assert SolverOptions(solver="auto", dense_bytes=0).method(graph, site) == "lobpcg"
+    # what the zoo gives: VGG19's 3x3 layers are dense at width 4 (d = 36) and matrix-free at width 8 (d = 72)
+    model, inputs, _ = zoo_model("vgg19", width=8, seed=0)
+    graph = ChannelGraph(model, inputs)
+    assert {auto.method(graph, s) for s in graph.sites.values() if s.neuron_dim == 72} == {"lobpcg"}
