@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -223,3 +224,18 @@ def test_the_grower_switches_method_by_one_setting_and_keeps_its_predictions(met
     before = sum(p.numel() for p in model.parameters())
     stage = grower.grow()
     assert stage is not None and 0 < stage.parameters_after - before <= 0.2 * before
+
+
+def test_a_stage_lists_the_sites_its_selection_skipped():
+    """ResNet's stem feeds a residual stream, so its split is inexact: without allow_inexact the selection leaves
+    it out, and the stage's record says so and why, beside what the statistics skipped."""
+    model, inputs, targets = zoo_model("resnet", width=4, seed=2)
+    policy = GrowthPolicy(first=0, every=1, count=2, epsilon=0.01, measure=False)
+    grower = Grower(model, inputs, [(inputs, targets)], policy=policy, loss_function=F.cross_entropy)
+    stage = grower.grow()
+    assert "inexact" in stage.skipped["stem.0"] and "allow_inexact=True" in stage.skipped["stem.0"]
+    assert all(split["site"] != "stem.0" for split in stage.splits)
+    allowed = Grower(
+        model, inputs, [(inputs, targets)], policy=replace(policy, allow_inexact=True), loss_function=F.cross_entropy
+    )
+    assert "stem.0" not in allowed.grow().skipped

@@ -288,8 +288,9 @@ class Grower:
         widths_before = self.net.widths()
         parameters_before = parameter_count(self.model)
         results = self.statistics()
+        selection = self._select(results)
         # rank 0's selection everywhere, so that ties broken by rounding cannot make the processes disagree
-        requests: list[SplitRequest | NewNeuron] = list(dist.broadcast_object(list(self._select(results))))
+        requests: list[SplitRequest | NewNeuron] = list(dist.broadcast_object(list(selection)))
         if not requests:
             if self.policy.stop_when_stable:
                 self.stopped = True
@@ -315,7 +316,7 @@ class Grower:
             training_seconds=self._training_seconds,
             samples=results.weight,
             batches=results.batches,
-            skipped=dict(results.skipped),
+            skipped={**results.skipped, **getattr(selection, "skipped", {})},  # by the statistics and the selection
             metrics=dict(metrics or {}),
         )
         self.history.append(stage)
