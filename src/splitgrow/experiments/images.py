@@ -130,7 +130,7 @@ class ImagesConfig:
     epsilon: float = 0.1
     #: lambda_*: only neurons with a splitting index below it are split (<= 0)
     threshold: float = 0.0
-    #: eigensolver: auto (dense where the matrices fit, else matrix-free LOBPCG), dense, lobpcg or rayleigh
+    #: eigensolver: auto (dense for small neurons, else matrix-free LOBPCG), dense, lobpcg or rayleigh
     solver: str = "auto"
     #: training batches used for the splitting statistics (no augmentation)
     split_batches: int = 16
