@@ -18,7 +18,7 @@ from splitgrow.classification import evaluate
 from splitgrow.data import Batches, load_dataset
 from splitgrow.models import build_model
 
-SETTINGS = {**TINY, "stages": 1, "retrain": "false", "split_batches": 2}
+SETTINGS = {**TINY, "stages": 1, "retrain": "false", "split_batches": 2, "pruning_methods": "[l1]"}
 
 
 @pytest.fixture(scope="module")
