@@ -139,6 +139,11 @@ def test_the_closed_forms_equal_automatic_differentiation(architecture, site, re
     products = found.operators[site].matvec(directions)
     assert relative_error(products, expected.operators[site].matvec(directions)) <= 1e-10
     assert relative_error(products, torch.einsum("nde,ne->nd", found.dense[site], directions)) <= 1e-10
+    if reference == "segment":  # an operator without data refuses, rather than dividing by a total weight of 0
+        from splitgrow.statistics import SegmentOperator
+
+        with pytest.raises(ValueError, match="no data"):
+            SegmentOperator.for_site(graph, autodiff, DTYPE).matvec(directions)
 
 
 def test_batches_are_weighted_by_their_size():

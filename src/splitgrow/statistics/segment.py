@@ -16,7 +16,7 @@ own phi, phi' and phi'' (a surrogate included), so both engines use exactly the 
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ from torch.func import functional_call
 from ..activations import Activation
 from ..graph import ChannelGraph, Site
 from .closed_form import DEFAULT_MAX_TEMPORARY_ELEMENTS
+from .operator import CachedBatchOperator
 from .recording import BatchRecord, recorded_inputs
 
 
@@ -138,40 +139,30 @@ class SegmentProgram:
 
 
 @dataclass
-class _Batch:
-    record: BatchRecord
-
-
-@dataclass
-class SegmentOperator:
+class SegmentOperator(CachedBatchOperator):
     """The splitting matrices of a segment site as a linear operator (Hessian-vector products on cached batches)."""
 
-    program: SegmentProgram
-    num_neurons: int
-    neuron_dim: int
-    dtype: torch.dtype
-    batches: list[_Batch] = field(default_factory=list)
-    total_weight: float = 0.0
-    matvecs: int = 0
     max_temporary_elements: int = DEFAULT_MAX_TEMPORARY_ELEMENTS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.program = SegmentProgram(self.graph, self.site, self.dtype)
 
     @classmethod
     def for_site(cls, graph: ChannelGraph, site: Site, dtype: torch.dtype) -> SegmentOperator:
-        return cls(SegmentProgram(graph, site, dtype), site.num_neurons, site.neuron_dim, dtype)
+        return cls(graph, site, dtype)
 
-    def add(self, record: BatchRecord) -> None:
+    def _cache(self, record: BatchRecord) -> BatchRecord:
         cast = {name: value.to(self.dtype) for name, value in record.values.items() if name in self.program.inputs}
         gradients = {name: record.gradients[name].to(self.dtype) for name in self.program.site.frontier}
-        self.batches.append(_Batch(BatchRecord(record.weight, record.scale, cast, gradients)))
-        self.total_weight += record.weight
+        return BatchRecord(record.weight, record.scale, cast, gradients)
 
     @property
     def device(self) -> torch.device:
         return self.program.theta().device
 
-    @property
-    def num_batches(self) -> int:
-        return len(self.batches)
+    def _product(self, cached: BatchRecord, directions: Tensor) -> Tensor:
+        return self._hessian_products(cached, directions.unsqueeze(0))[0]
 
     def _hessian_products(self, record: BatchRecord, directions: Tensor) -> Tensor:
         """H V for a stack of directions (k, n, d) at once (the first derivative's graph is built once and the
@@ -197,25 +188,6 @@ class SegmentOperator:
     def _largest(record: BatchRecord) -> int:
         return max(t.numel() for t in [*record.values.values(), *record.gradients.values()])
 
-    def matvec(self, directions: Tensor) -> Tensor:
-        """S_j v_j for every neuron j: (n, d) -> (n, d)."""
-        if directions.shape != (self.num_neurons, self.neuron_dim):
-            raise ValueError(f"expected directions of shape {(self.num_neurons, self.neuron_dim)}")
-        self.matvecs += 1
-        out = torch.zeros_like(directions)
-        for batch in self.batches:
-            (product,) = self._hessian_products(batch.record, directions.to(self.dtype).unsqueeze(0))
-            out += batch.record.scale * product.to(out.dtype)
-        return out / self.total_weight
-
-    def matvec_batch(self, index: int, directions: Tensor) -> Tensor:
-        """S_b V for one cached batch b alone, scaled to estimate S V."""
-        self.matvecs += 1
-        record = self.batches[index].record
-        (product,) = self._hessian_products(record, directions.to(self.dtype).unsqueeze(0))
-        share = record.scale * self.num_batches / self.total_weight
-        return share * product.to(directions.dtype)
-
     def dense(self) -> Tensor:
         """The (n, d, d) matrices by d Hessian-vector products per batch (the graph of the first derivative is
         built once per batch and reused)."""
@@ -223,12 +195,12 @@ class SegmentOperator:
         directions = eye[:, None, :].expand(self.neuron_dim, self.num_neurons, self.neuron_dim).contiguous()
         total = torch.zeros((self.num_neurons, self.neuron_dim, self.neuron_dim), dtype=self.dtype, device=self.device)
         for batch in self.batches:
-            columns = self._hessian_products(batch.record, directions)  # (d, n, d): column k of every S_j
-            total += batch.record.scale * columns.permute(1, 2, 0)
+            columns = self._hessian_products(batch, directions)  # (d, n, d): column k of every S_j
+            total += batch.scale * columns.permute(1, 2, 0)
         return total / self.total_weight
 
     def memory_bytes(self) -> int:
-        tensors = [t for b in self.batches for t in (*b.record.values.values(), *b.record.gradients.values())]
+        tensors = [t for b in self.batches for t in (*b.values.values(), *b.gradients.values())]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def ritz_start(self, dim: int, generator: torch.Generator, power_iterations: int = 1) -> Tensor | None:
