@@ -151,12 +151,11 @@ def broadcast_buffers(model: nn.Module) -> None:
         dist.broadcast(buffer, src=0)
 
 
-def average(value: float, weight: float) -> float:
-    """The ``weight``-weighted mean of each process's ``value`` (the value itself outside a distributed run)."""
+def mean(value: float) -> float:
+    """The mean of each process's ``value`` (the value itself outside a distributed run)."""
     if not active():
         return value
-    totals = all_reduce_sum(torch.tensor([value * weight, weight], dtype=torch.float64))
-    return float(totals[0] / totals[1]) if totals[1] > 0 else value
+    return float(all_reduce_sum(torch.tensor(value, dtype=torch.float64))) / world()[1]
 
 
 def _digest(model: nn.Module) -> Tensor:

@@ -349,7 +349,7 @@ class _Trainer:
                     self.trained, train_batches, self.optimizer, sparsity=self.sparsity, on_batch=lambda _: bar.update()
                 )
             parallel.broadcast_buffers(self.model)
-            loss = parallel.average(loss, 1.0)
+            loss = parallel.mean(loss)
             scheduler.step()
             self.history.append({"phase": phase, "epoch": epoch + 1, "train_loss": loss})
             self.save(phase, epoch + 1, False, scheduler, extra)
@@ -450,7 +450,7 @@ def _task_splitting(context: _Context, resume: bool, method: str = "splitting") 
         with context.reporter.bar(len(train_batches), description) as bar:
             loss = train_epoch(trained[0], train_batches, optimizer, on_batch=lambda _: bar.update())
         parallel.broadcast_buffers(model)
-        return parallel.average(loss, 1.0)
+        return parallel.mean(loss)
 
     def phase_end(stage: int) -> dict[str, Any]:
         row = _row(
