@@ -100,3 +100,15 @@ def test_original_procedure_quick(tmp_path):
     for layer in layers:  # timed on 8 images, scaled to the 128 training images
         assert layer["pass_seconds_scaled"] == pytest.approx(layer["pass_seconds_measured"] * 128 / 8)
     assert 0.0 <= model["splitgrow_adaptive_overlap"] <= 1.0
+
+
+def test_solver_choice_quick(tmp_path):
+    out = tmp_path / "solver_choice"
+    run_script("solver_choice.py", "--quick", "--out", str(out))
+    rows = {row["model"]: row for row in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    # VGG19 at width 2 (d <= 18): auto is the dense solver; MobileNetV1's depthwise blocks go matrix-free
+    assert rows["vgg19"]["auto_picked"] == ["dense"] and rows["vgg19"]["largest_d"] == 18
+    assert rows["mobilenetv1"]["auto_picked"] == ["dense", "lobpcg"]
+    for row in rows.values():
+        assert set(row["seconds"]) == {"dense", "lobpcg", "auto"} and min(row["seconds"].values()) > 0
+        assert row["lobpcg_overlap_with_dense"] >= 0.9  # the same selection, to a tolerance

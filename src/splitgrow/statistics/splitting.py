@@ -33,11 +33,11 @@ STARTS = ("subspace", "random")
 #: "auto" uses the dense solver only for a site whose matrices fit in this many bytes (float64) ...
 DEFAULT_DENSE_BYTES = 256 * 2**20
 #: ... and whose neurons have at most this many parameters: accumulating n d x d matrices costs P n d^2 against
-#: about 2 P n d per LOBPCG product, and on a CPU LOBPCG was already 3.7 times faster at d = 72 (VGG19 at width 8,
-#: 1,024 images; 10 times at d = 423), dense 1.6 times faster at d = 36
+#: about 2 P n d per LOBPCG product; on a CPU (benchmarks/solver_choice.py, 1,024 images) LOBPCG was 3.3 times
+#: faster at d = 72 (VGG19 at width 8) and the two tied at d = 36
 AUTO_DENSE_DIM = 48
 #: the same bound for sites without a closed-form (ridge) engine, whose dense matrices cost about d products
-#: each (a MobileNetV1 at width 4, d = 13 to 41: dense 110 s against LOBPCG 45 s)
+#: each (MobileNetV1 at width 8, d = 13 to 41: dense 128 s against LOBPCG 52 s)
 AUTO_DENSE_DIM_OTHER = 8
 #: dense indexes within this fraction of the site's largest matrix norm of zero are reported as 0
 DENSE_NOISE = 1e-10
