@@ -204,7 +204,7 @@ def test_a_splitting_stable_network_stops_the_grower():
 @pytest.mark.parametrize("method", ["signed", "firefly"])
 def test_the_grower_switches_method_by_one_setting_and_keeps_its_predictions(method):
     model, batches, optimizer = _setup(2)
-    policy = GrowthPolicy(first=2, every=2, count=2, epsilon=1e-2, max_stages=2, solver="dense", method=method)
+    policy = GrowthPolicy(first=2, every=2, count=3, epsilon=1e-2, max_stages=2, solver="dense", method=method)
     grower = Grower(model, batches[0][0], batches, policy=policy, loss_function=F.cross_entropy, optimizer=optimizer)
     history = grower.fit(_train(model, batches, optimizer, torch.Generator().manual_seed(3)), 5)
     assert len(history) == 2
@@ -212,11 +212,12 @@ def test_the_grower_switches_method_by_one_setting_and_keeps_its_predictions(met
         added = sum(stage.widths_after.values()) - sum(stage.widths_before.values())
         if method == "signed":
             assert all(len(split["weights"]) in (3, 4) and split["index"] < 0 for split in stage.splits)
-            assert added == sum(len(split["weights"]) - 1 for split in stage.splits)
+            # count bounds the neurons added, not the splits: a four-offspring split uses the whole stage
+            assert stage.splits and added == sum(len(split["weights"]) - 1 for split in stage.splits) <= 3
             # a signed split's loss change is its second-order prediction
             assert stage.measured_change == pytest.approx(stage.predicted_change, rel=0.05)
         else:
-            assert len(stage.splits) == 2 and added == 2
+            assert len(stage.splits) == 3 and added == 3
             assert any(split.get("new") for split in stage.splits)  # new neurons enter: a first-order decrease
             assert stage.measured_change < 0
     budget = GrowthPolicy(parameter_ratio=0.2, method=method, solver="dense")

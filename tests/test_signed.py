@@ -13,8 +13,8 @@ from test_network_mathematics import ALL, SMOOTH, model_and_data
 from splitgrow import SplittableNetwork
 from splitgrow.graph import ChannelGraph, GraphError
 from splitgrow.models import MODELS
-from splitgrow.selection import select_within_budget
-from splitgrow.signed import signed_indexes, signed_offspring, signed_splitting
+from splitgrow.selection import select_splits, select_within_budget
+from splitgrow.signed import fitting_split, signed_indexes, signed_offspring, signed_splitting
 from splitgrow.surgery import Offspring, SplitRequest, split_network
 
 DTYPE = torch.float64
@@ -192,3 +192,43 @@ def test_signed_results_need_the_largest_eigenpairs_and_budgets_count_every_adde
     assert 0 < added <= 6
     plain = select_within_budget(results, costs, budget=6.0, graph=net.graph)
     assert len(plain) == min(6, sum(int((r.indexes < 0).sum()) for r in results.values()))
+
+
+def test_a_count_of_added_neurons_takes_smaller_signed_splits_where_the_optimal_ones_do_not_fit():
+    """``max_added`` counts neurons, not splits: the stage adds exactly that many, and where one or two are left the
+    best split with fewer offspring over all neurons (brute force) is taken; a budget of one neuron's cost takes the
+    same split. Each request's index is its split's own second-order change."""
+    model, inputs, targets = zoo_model("mlp", seed=3)
+    net = SplittableNetwork(model, inputs)
+    site = "hidden.3"
+    results = net.splitting([(inputs, targets)], F.cross_entropy, sites=[site], largest=True, keep_matrices=True)
+    signed = signed_splitting(results, bound=3.0)
+    copies = [signed[site].scheme.copies(signed[site], j) for j in range(len(signed[site].indexes))]
+    assert min(copies) > 1  # so every stage below must fall back to smaller splits somewhere
+    for allowance in (1, 2, 4, 5):
+        chosen = select_splits(signed, 100, max_added=allowance, graph=net.graph)
+        assert sum(len(request.offspring) - 1 for request in chosen) == allowance
+        for request in chosen:
+            matrix = results[site].matrices[request.channel]
+            assert _quadratic(request.offspring, matrix) == pytest.approx(request.index, rel=1e-9)
+    result = signed[site]
+    pairs = [
+        (
+            result.smallest_indexes[j],
+            result.smallest_directions[j],
+            result.largest_indexes[j],
+            result.largest_directions[j],
+        )
+        for j in range(len(result.indexes))
+    ]
+    best_of_one = min(range(len(pairs)), key=lambda j: fitting_split(*map(_float, pairs[j]), 3.0, 1).index)
+    (one,) = select_splits(signed, 100, max_added=1, graph=net.graph)
+    assert (one.channel, len(one.offspring)) == (best_of_one, 2)
+    (budgeted,) = select_within_budget(signed, {site: 1.0}, budget=1.0, graph=net.graph)
+    assert (budgeted.channel, budgeted.index) == (one.channel, pytest.approx(one.index, rel=1e-12))
+    with pytest.raises(ValueError, match="max_added"):
+        select_splits(signed, 100, max_added=0)
+
+
+def _float(value):
+    return float(value) if value.dim() == 0 else value

@@ -119,9 +119,14 @@ def select_splits(
     *,
     graph: ChannelGraph | None = None,
     allow_inexact: bool = False,
+    max_added: int | None = None,
 ) -> Selection:
     """The at most ``max_count`` neurons with the most negative splitting indexes, all below ``threshold``, across
     every site, as split requests along their splitting gradients (Algorithm 1, step 3).
+
+    ``max_added`` bounds the neurons the splits add instead of the splits themselves, which differs where a split
+    adds more than one (signed splitting: up to three): neurons are taken in order of index while their splits
+    fit, so a stage of signed splits grows a network as much as a stage of plain ones.
 
     With ``graph``, sites that are not splittable (or inexact, unless allowed) are skipped and listed in the
     result's ``skipped``, and each request carries the graph's fingerprint. Neurons whose iterative solve did not
@@ -133,15 +138,53 @@ def select_splits(
         graph.check_current()
     candidates, skipped = _candidates(results, threshold, graph, allow_inexact)
     candidates.sort()
+    if max_added is not None:
+        if isinstance(max_added, bool) or not isinstance(max_added, int) or max_added < 1:
+            raise ValueError(f"max_added (the most neurons the splits add) must be an integer >= 1, got {max_added!r}")
+        return Selection(_adding_at_most(results, candidates[:max_count], max_added, threshold, graph), skipped)
     chosen = [_request(results, name, channel, index, graph) for index, name, channel in candidates[:max_count]]
     return Selection(chosen, skipped)
 
 
+def _adding_at_most(
+    results: Mapping, ranked: list[tuple[float, str, int]], max_added: int, threshold: float, graph: ChannelGraph | None
+) -> list[SplitRequest]:
+    """Splits of the ``ranked`` candidates adding at most ``max_added`` neurons: each neuron's own split in order of
+    index while it fits; once one does not, greedily the best of the splits that fit what is left (a signed split
+    with fewer offspring, :func:`splitgrow.signed.fitting_split`), as the one-layer signed splitting does."""
+    requests, remaining, taken = [], max_added, 0
+    while taken < len(ranked) and _copies(results, ranked[taken][1], ranked[taken][2]) <= remaining:
+        index, name, channel = ranked[taken]
+        requests.append(_request(results, name, channel, index, graph))
+        remaining -= _copies(results, name, channel)
+        taken += 1
+    fingerprint = None if graph is None else graph.fingerprint
+    left = [(name, channel) for _, name, channel in ranked[taken:]]
+    while remaining > 0 and left:
+        fits = []
+        for order, (name, channel) in enumerate(left):
+            split = results[name].scheme.fitting(results[name], channel, remaining)
+            if split is not None and split.index < threshold:
+                fits.append((split.index, order, split))
+        if not fits:
+            break
+        index, order, split = min(fits, key=lambda item: item[:2])
+        name, channel = left.pop(order)
+        requests.append(SplitRequest(name, channel, None, index, fingerprint, offspring=split.offspring))
+        remaining -= split.added
+    return requests
+
+
 def choose_within_budget(
-    scores: Sequence[float], costs: Sequence[float], budget: float, max_count: int | None = None
+    scores: Sequence[float],
+    costs: Sequence[float],
+    budget: float,
+    max_count: int | None = None,
+    groups: Sequence[int] | None = None,
 ) -> list[int]:
     """The subset of items minimising the total score (the predicted loss change) with total cost at most
-    ``budget`` and at most ``max_count`` items: a 0-1 knapsack, solved exactly by scipy's MILP solver."""
+    ``budget``, at most ``max_count`` items and at most one item of each of ``groups`` (alternative splits of one
+    neuron): a 0-1 knapsack, solved exactly by scipy's MILP solver."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     if not scores:
@@ -151,6 +194,13 @@ def choose_within_budget(
     if max_count is not None:
         rows.append(np.ones(count))
         upper.append(max_count)
+    if groups is not None:
+        labels = np.asarray(groups)
+        for label in np.unique(labels):
+            members = labels == label
+            if members.sum() > 1:
+                rows.append(members.astype(float))
+                upper.append(1.0)
     solution = milp(
         np.asarray(scores, dtype=float),
         constraints=LinearConstraint(np.vstack(rows), -np.inf, np.array(upper, dtype=float)),
@@ -177,8 +227,8 @@ def select_within_budget(
     Args:
         results: splitting results per site (``indexes``, ``directions`` and optionally ``converged``).
         costs: the cost of one added neuron per site (see :func:`splitgrow.inspection.split_costs`; a split that
-            adds several, as signed splits do, costs that many times more); sites without a cost
-            are skipped.
+            adds several, as signed splits do, costs that many times more, and may give way to the neuron's best
+            split with fewer offspring where that fits the budget better); sites without a cost are skipped.
         budget: the largest total cost.
         threshold: lambda_*; only neurons with index below it are candidates.
         graph: with it, unsplittable (and, unless allowed, inexact) sites are skipped.
@@ -197,8 +247,25 @@ def select_within_budget(
     candidates = [c for c in candidates if c[1] in costs]
     if not candidates:
         return Selection([], skipped)
-    # a split that adds k neurons costs k copies (signed splits add up to three)
-    spend = [float(costs[name]) * _copies(results, name, channel) for _, name, channel in candidates]
-    picked = choose_within_budget([index for index, _, _ in candidates], spend, budget, max_count)
-    chosen = sorted(candidates[i] for i in picked)
-    return Selection([_request(results, name, channel, index, graph) for index, name, channel in chosen], skipped)
+    # a split that adds k neurons costs k copies (signed splits add up to three); a neuron whose split adds several
+    # may instead take a smaller split (fewer offspring), one of the two at most
+    items = []
+    for group, (index, name, channel) in enumerate(candidates):
+        copies = _copies(results, name, channel)
+        items.append((index, name, channel, copies, group, None))
+        scheme = getattr(results[name], "scheme", None)
+        for allowance in range(1, copies):
+            split = scheme.fitting(results[name], channel, allowance)
+            if split is not None and split.added == allowance and split.index < threshold:
+                items.append((split.index, name, channel, allowance, group, split))
+    spend = [float(costs[name]) * copies for _, name, _, copies, _, _ in items]
+    scores = [index for index, *_ in items]
+    picked = choose_within_budget(scores, spend, budget, max_count, groups=[item[4] for item in items])
+    fingerprint = None if graph is None else graph.fingerprint
+    requests = []
+    for index, name, channel, _, _, split in sorted((items[i] for i in picked), key=lambda item: item[:3]):
+        if split is None:
+            requests.append(_request(results, name, channel, index, graph))
+        else:
+            requests.append(SplitRequest(name, channel, None, index, fingerprint, offspring=split.offspring))
+    return Selection(requests, skipped)

@@ -19,6 +19,18 @@ spectrum brings nothing, that pair is replaced by a copy of the parent (delta = 
 makes three or four offspring. The signed index is negative whenever S is not zero: no neuron is splitting-stable,
 which is what lets signed splitting leave the local optima of the plain one (where every lambda_min >= 0).
 The full derivation is in docs/design.md.
+
+A split that must add fewer neurons than the optimal one (a growth step with one or two neurons left to add) is the
+best that fits (:func:`fitting_split`):
+
+* one neuron left (two offspring): sum w_i = 1 and w_1 delta_1 + w_2 delta_2 = 0 fix delta_2 = -(w_1 / w_2) delta_1,
+  so the split changes the loss by eps^2/2 (w_1 / w_2) delta_1^T S delta_1. With w_1, w_2 > 0 the best is the plain
+  split (lambda_min); with w_2 < 0 and sum |w_i| <= c the best is w = ((c + 1)/2, -(c - 1)/2),
+  delta = ((c - 1)/(c + 1) v_max, v_max), which gives -(c - 1)/(c + 1) lambda_max. The two-offspring index is
+  min(lambda_min, -(c - 1)/(c + 1) lambda_max, 0), exactly.
+* two neurons left (three offspring), when the optimal split needs three: the best of the two-offspring split and
+  the optimal split restricted to one end of the spectrum ((c + 1)/2 lambda_min or -(c - 1)/2 lambda_max). Three
+  offspring that mix both ends can do better; that optimum is not derived here, so such a split is not optimal.
 """
 
 from __future__ import annotations
@@ -76,6 +88,71 @@ def signed_offspring(
 
 
 @dataclass(frozen=True)
+class SignedSplit:
+    """One neuron's split: its ``index`` (sum of w_i delta_i^T S delta_i, the loss change over eps^2/2 to second
+    order) and its ``offspring``."""
+
+    index: float
+    offspring: tuple[Offspring, ...]
+
+    @property
+    def added(self) -> int:
+        """Neurons the split adds."""
+        return len(self.offspring) - 1
+
+
+def _signed_index(smallest: float, largest: float, bound: float) -> float:
+    """Q(c) of one neuron, in float64."""
+    values = torch.tensor([smallest, largest], dtype=torch.float64)
+    return float(signed_indexes(values[0], values[1], bound))
+
+
+def two_offspring_split(
+    smallest: float, smallest_direction: Tensor, largest: float, largest_direction: Tensor, bound: float
+) -> SignedSplit:
+    """The optimal split into two offspring under the weight bound c (see the module docstring)."""
+    ratio = (bound - 1) / (bound + 1)
+    signed = -ratio * max(largest, 0.0)
+    if min(smallest, 0.0) <= signed:
+        # the plain split (c = 1 in signed_offspring); an exact duplicate where lambda_min >= 0
+        plain = signed_offspring(smallest, smallest_direction, largest, largest_direction, 1.0)
+        return SignedSplit(min(smallest, 0.0), plain)
+    v_max = largest_direction.reshape(-1).to(torch.float64)
+    v_max = v_max / v_max.norm()
+    return SignedSplit(signed, (Offspring(0.5 * (bound + 1), ratio * v_max), Offspring(-0.5 * (bound - 1), v_max)))
+
+
+def fitting_split(
+    smallest: float,
+    smallest_direction: Tensor,
+    largest: float,
+    largest_direction: Tensor,
+    bound: float,
+    allowance: int,
+) -> SignedSplit | None:
+    """The best split of a neuron with extreme eigenpairs (lambda_min, v_min), (lambda_max, v_max) that adds at most
+    ``allowance`` neurons (None when ``allowance`` < 1); see the module docstring."""
+    if allowance < 1:
+        return None
+    optimal = SignedSplit(
+        _signed_index(smallest, largest, bound),
+        signed_offspring(smallest, smallest_direction, largest, largest_direction, bound),
+    )
+    if optimal.added <= allowance:
+        return optimal
+    options = [two_offspring_split(smallest, smallest_direction, largest, largest_direction, bound)]
+    if allowance >= 2:
+        for low, high in ((smallest, 0.0), (0.0, largest)):  # one end of the spectrum only
+            options.append(
+                SignedSplit(
+                    _signed_index(low, high, bound),
+                    signed_offspring(low, smallest_direction, high, largest_direction, bound),
+                )
+            )
+    return min((option for option in options if option.added <= allowance), key=lambda option: option.index)
+
+
+@dataclass(frozen=True)
 class SignedScheme:
     """How a neuron selected by its signed index splits: the optimal signed split under the bound ``bound``."""
 
@@ -93,6 +170,17 @@ class SignedScheme:
     def copies(self, result: SiteSplitting, channel: int) -> int:
         """How many neurons the split adds."""
         return len(self.offspring(result, channel)) - 1
+
+    def fitting(self, result: SiteSplitting, channel: int, allowance: int) -> SignedSplit | None:
+        """The best split that adds at most ``allowance`` neurons (:func:`fitting_split`)."""
+        return fitting_split(
+            float(result.smallest_indexes[channel]),
+            result.smallest_directions[channel],
+            float(result.largest_indexes[channel]),
+            result.largest_directions[channel],
+            self.bound,
+            allowance,
+        )
 
 
 @dataclass

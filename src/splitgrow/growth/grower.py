@@ -250,7 +250,7 @@ class Grower:
             count = policy.count
         else:
             count = max(1, math.ceil(policy.fraction * self.net.neurons()))
-        return select_splits(results, count, policy.threshold, **common)
+        return select_splits(results, count, policy.threshold, max_added=count, **common)
 
     def _select_firefly(self, results: SplittingResults) -> Selection:
         """Splits and new neurons ranked together (:mod:`splitgrow.firefly`), by the policy's amount."""

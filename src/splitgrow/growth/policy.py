@@ -12,8 +12,8 @@ threshold: the network is splitting-stable.
 How: ``method`` is ``"splitting"`` (the paper: theta +/- eps v_min, halved output weights), ``"signed"`` (signed
 splitting with offspring weights bounded by ``weight_bound``: :mod:`splitgrow.signed`) or ``"firefly"`` (splits and
 brand-new neurons ranked together: :mod:`splitgrow.firefly`, tuned by ``firefly``). With ``count`` or ``fraction``
-a stage makes that many splits or new neurons (a signed split adds two or three neurons); the budgets count every
-added neuron.
+a stage adds that many neurons, whatever the method (a signed split adds up to three, so a signed stage makes fewer
+splits); the budgets, too, count every added neuron.
 """
 
 from __future__ import annotations
