@@ -112,3 +112,11 @@ def test_solver_choice_quick(tmp_path):
     for row in rows.values():
         assert set(row["seconds"]) == {"dense", "lobpcg", "auto"} and min(row["seconds"].values()) > 0
         assert row["lobpcg_overlap_with_dense"] >= 0.9  # the same selection, to a tolerance
+
+
+def test_depthwise_products_quick(tmp_path):
+    out = tmp_path / "depthwise_products"
+    run_script("depthwise_products.py", "--quick", "--out", str(out))
+    (row,) = json.loads(out.with_suffix(".json").read_text())["models"]
+    # grouped convolutions and tap loops are two ways to the same products: the same indexes at every chain site
+    assert row["chain_sites"] == 13 and row["largest_index_difference"] <= 1e-4

@@ -24,8 +24,12 @@ LAYERS = {
     "conv2d": (nn.Conv2d(3, 4, 3, stride=2, padding=1), (2, 3, 7, 7)),
     "conv2d-same-reflect": (nn.Conv2d(3, 4, 4, padding="same", padding_mode="reflect", bias=False), (2, 3, 6, 5)),
     "conv2d-dilated": (nn.Conv2d(3, 4, 3, dilation=2, padding=(2, 1)), (2, 3, 8, 8)),
-    "depthwise": (nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4), (2, 4, 7, 6)),
+    "depthwise": (nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4), (2, 4, 7, 6)),  # grouped convolutions
+    "depthwise-dilated": (nn.Conv2d(4, 4, 3, dilation=2, padding=2, groups=4), (2, 4, 8, 7)),  # tap loops
+    "pointwise": (nn.Conv2d(3, 4, 1, padding=1), (2, 3, 5, 4)),  # a matrix product
+    "pointwise-strided": (nn.Conv2d(3, 4, 1, stride=2, bias=False), (2, 3, 5, 4)),
     "conv1d": (nn.Conv1d(3, 4, 5, stride=2, padding=2), (2, 3, 11)),
+    "conv1d-pointwise": (nn.Conv1d(3, 4, 1), (2, 3, 6)),
     "conv1d-circular": (nn.Conv1d(3, 4, 3, dilation=3, padding="same", padding_mode="circular"), (2, 3, 10)),
     "depthwise1d": (nn.Conv1d(4, 4, 3, padding=1, groups=4, bias=False), (2, 4, 9)),
 }

@@ -64,7 +64,8 @@ def _tap_slices(
 
 def depthwise_forward(padded: Tensor, kernels: Tensor, module: nn.Module) -> Tensor:
     """One filter per channel (kernels (C, k)) over an explicitly padded input (N, C, *grid), by adding the
-    shifted inputs tap by tap: fast in float64 too, where PyTorch's grouped convolution is not."""
+    shifted inputs tap by tap: on the CPU faster than PyTorch's grouped convolution for 1-D and dilated kernels
+    (:func:`grouped_convolution_pays`)."""
     out = _output_size(padded.shape[2:], module)
     result = padded.new_zeros((padded.shape[0], padded.shape[1], *out))
     shape = (1, -1) + (1,) * len(out)
@@ -99,6 +100,13 @@ def _output_size(padded: tuple[int, ...], module: nn.Module) -> tuple[int, ...]:
         (size - d * (k - 1) - 1) // s + 1
         for size, k, s, d in zip(padded, module.kernel_size, module.stride, module.dilation)
     )
+
+
+def grouped_convolution_pays(module: nn.Module, tensor: Tensor) -> bool:
+    """Whether PyTorch's grouped convolution beats the tap loops above for a depthwise layer: always on a GPU (one
+    kernel instead of one per tap), and on the CPU for undilated 2-D kernels (2 to 5 times faster in float32, up
+    to 2 in float64); for 1-D or dilated kernels the CPU's grouped convolution is often the slower."""
+    return tensor.is_cuda or (len(module.kernel_size) == 2 and all(d == 1 for d in module.dilation))
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -188,16 +196,28 @@ class Conv2dHandler(NeuronHandler):
     def apply(self, module: nn.Module, inputs: Tensor, directions: Tensor) -> Tensor:
         weights, bias = self._split_directions(module, directions)
         if module.groups > 1:  # one filter per channel
+            if grouped_convolution_pays(module, inputs):
+                return self._convolution(inputs, weights, bias, **self._conv_arguments(module, inputs.shape[1]))
             out = depthwise_forward(inputs, weights.flatten(1), module)
             return out if bias is None else out + bias.reshape(1, -1, *([1] * (out.dim() - 2)))
         return self._convolution(inputs, weights, bias, **self._conv_arguments(module, 1))
 
     def adjoint(self, module: nn.Module, inputs: Tensor, field: Tensor) -> Tensor:
         count = field.shape[1]
-        if module.groups > 1:
-            return self._with_bias_gradient(module, depthwise_weight_adjoint(inputs, field, module), field)
         shape = (count, *module.weight.shape[1:])
-        weights = self._weight_gradient(inputs, shape, field, **self._conv_arguments(module, 1))
+        if module.groups > 1:
+            if grouped_convolution_pays(module, inputs):
+                weights = self._weight_gradient(inputs, shape, field, **self._conv_arguments(module, count))
+            else:
+                weights = depthwise_weight_adjoint(inputs, field, module)
+            return self._with_bias_gradient(module, weights, field)
+        if all(k == 1 for k in module.kernel_size) and all(s == 1 for s in module.stride):
+            # a pointwise layer's weight gradient is one matrix product, 2 to 3 times faster than the convolution's
+            # backward on the CPU
+            flat_field = field.transpose(0, 1).reshape(count, -1)
+            weights = (flat_field @ inputs.transpose(0, 1).reshape(inputs.shape[1], -1).t()).reshape(shape)
+        else:
+            weights = self._weight_gradient(inputs, shape, field, **self._conv_arguments(module, 1))
         return self._with_bias_gradient(module, weights, field)
 
     def input_adjoint(self, module: nn.Module, field: Tensor, directions: Tensor, input_shape: torch.Size) -> Tensor:
@@ -205,6 +225,8 @@ class Conv2dHandler(NeuronHandler):
         weights of ``directions`` (bias entries ignored), shaped like the prepared input ``input_shape``."""
         weights, _ = self._split_directions(module, directions)
         if module.groups > 1:
+            if grouped_convolution_pays(module, field):
+                return self._input_gradient(input_shape, weights, field, **self._conv_arguments(module, field.shape[1]))
             return depthwise_input_adjoint(field, weights.flatten(1), input_shape, module)
         return self._input_gradient(input_shape, weights, field, **self._conv_arguments(module, 1))
 
