@@ -40,6 +40,31 @@ def test_matrix_free_operator_equals_the_dense_matrices(architecture):
         torch.testing.assert_close(operator.dense(), dense[name], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("architecture", ["vgg19", "mobilenetv1", "concat"])
+def test_merged_batches_give_the_same_products(architecture):
+    """Consolidating cached batches (one large product instead of several small ones) changes no product: batches
+    of equal scale merge up to the sample cap, batches of another scale (a mean loss over a smaller batch) do not."""
+    model, inputs, targets = zoo_model(architecture, width=3)
+    graph = ChannelGraph(model, inputs)
+    data = [(inputs[i : i + size], targets[i : i + size]) for i, size in ((0, 3), (3, 3), (6, 2), (8, 2))]
+    generator = torch.Generator().manual_seed(0)
+    for cap, expected in ((6, 2), (4, 3), (1, 4)):
+        operators = splitting_operators(model, graph, data, F.cross_entropy, dtype=DTYPE)
+        for operator in operators.values():
+            directions = torch.randn((operator.num_neurons, operator.neuron_dim), generator=generator, dtype=DTYPE)
+            basis = torch.linalg.qr(torch.randn((operator.neuron_dim, 2), generator=generator, dtype=DTYPE))[0]
+            ridge = isinstance(operator, RidgeOperator)
+            before, weight = operator.matvec(directions), operator.total_weight
+            compressed = operator.compress(basis) if ridge else None
+            operator.consolidate(max_samples=cap)
+            assert operator.num_batches == (expected if operator.merges else 4)
+            torch.testing.assert_close(operator.matvec(directions), before, rtol=1e-12, atol=1e-14)
+            assert operator.total_weight == weight
+            if ridge:  # the Ritz start's compression weighs the merged batches as the separate ones
+                torch.testing.assert_close(operator.compress(basis), compressed, rtol=1e-12, atol=1e-14)
+        assert any(operator.merges for operator in operators.values())
+
+
 @pytest.mark.parametrize("kind", ["reflect", "same", "dilated", "conv1d-strided", "conv1d-circular", "depthwise"])
 def test_operator_on_unusual_convolutions(kind):
     conv = {

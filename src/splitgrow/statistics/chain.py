@@ -144,6 +144,17 @@ class ChainOperator(CachedBatchOperator):
     def _cache(self, record: BatchRecord) -> ChainFields:
         return chain_fields(self.graph, self.site, record, self.dtype)
 
+    merges = True
+
+    def _merge(self, cached: list[ChainFields]) -> ChainFields:
+        names = ("h", "c1", "m", "a1", "c2", "w")
+        tensors = {name: torch.cat([getattr(fields, name) for fields in cached]) for name in names}
+        return ChainFields(**tensors, scale=cached[0].scale)
+
+    @staticmethod
+    def _samples(cached: ChainFields) -> int:
+        return cached.h.shape[0]
+
     @property
     def device(self) -> torch.device:
         return self.batches[0].h.device if self.batches else self.depthwise.weight.device

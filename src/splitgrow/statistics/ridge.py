@@ -132,6 +132,18 @@ class RidgeOperator(CachedBatchOperator):
     def _cache(self, record: BatchRecord) -> RidgeFields:
         return ridge_fields(self.graph, self.site, record, self.dtype)
 
+    merges = True
+
+    def _merge(self, cached: list[RidgeFields]) -> RidgeFields:
+        inputs = [torch.cat(branch) for branch in zip(*(fields.inputs for fields in cached))]
+        coefficients = torch.cat([fields.coefficients for fields in cached])
+        weight = sum(fields.weight for fields in cached)
+        return RidgeFields(inputs, coefficients, cached[0].scales, cached[0].scale, weight)
+
+    @staticmethod
+    def _samples(cached: RidgeFields) -> int:
+        return cached.coefficients.shape[0]
+
     @property
     def device(self) -> torch.device:
         return self.batches[0].coefficients.device if self.batches else self.modules[0].weight.device
@@ -172,8 +184,9 @@ class RidgeOperator(CachedBatchOperator):
 
     def input_subspace(self, dim: int, generator: torch.Generator, power_iterations: int = 1) -> Tensor | None:
         """An orthonormal basis (d, k) of the dominant subspace of the site's input rows (k = min(dim, d)), by
-        randomised range finding on H^T H; the identity when d <= dim (Rayleigh-Ritz is then exact); None when the
-        neurons do not share their inputs (a depthwise convolution) or the site sums several producers."""
+        randomised range finding on H^T H over the first batches that hold ``START_ROWS`` rows; the identity when
+        d <= dim (Rayleigh-Ritz is then exact); None when the neurons do not share their inputs (a depthwise
+        convolution) or the site sums several producers."""
         dtype, device = self.dtype, self.device
         if self.neuron_dim <= dim:
             return torch.eye(self.neuron_dim, dtype=dtype, device=device)
@@ -181,10 +194,17 @@ class RidgeOperator(CachedBatchOperator):
             return None
         handler, module = self.handlers[0], self.modules[0]
         basis = torch.randn((self.neuron_dim, dim), generator=generator, dtype=torch.float64).to(device, dtype)
+        # a start needs the dominant directions only: the batches that hold START_ROWS rows are enough
+        batches, rows = [], 0
+        for fields in self.batches:
+            if rows >= START_ROWS:
+                break
+            batches.append(fields)
+            rows += fields.coefficients.numel() // fields.coefficients.shape[1]
         for _ in range(max(1, power_iterations)):
             gram = sum(
                 handler.adjoint(module, f.inputs[0], handler.apply(module, f.inputs[0], basis.t().contiguous())).t()
-                for f in self.batches
+                for f in batches
             )
             basis = torch.linalg.qr(gram)[0]
         return basis
