@@ -120,3 +120,13 @@ def test_depthwise_products_quick(tmp_path):
     (row,) = json.loads(out.with_suffix(".json").read_text())["models"]
     # grouped convolutions and tap loops are two ways to the same products: the same indexes at every chain site
     assert row["chain_sites"] == 13 and row["largest_index_difference"] <= 1e-4
+
+
+def test_the_gpu_checks_script_parses_and_names_its_parts():
+    """benchmarks/cuda_checks.sh runs only where a GPU is lent: here, bash parses it and every part its header
+    lists is a function of it."""
+    script = ROOT / "benchmarks" / "cuda_checks.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    parts = [line.split()[4] for line in text.splitlines() if line.startswith("#   bash benchmarks/cuda_checks.sh")]
+    assert parts and all(f"\n{part}() {{\n" in text for part in parts)

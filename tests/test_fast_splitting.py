@@ -14,7 +14,7 @@ from torch import nn
 from splitgrow import SplitgrowWarning, SplittableNetwork
 from splitgrow.graph import ChannelGraph
 from splitgrow.inspection import split_costs
-from splitgrow.selection import select_splits, select_within_budget
+from splitgrow.selection import choose_within_budget, select_splits, select_within_budget
 from splitgrow.solvers import dense_eigenpairs, lobpcg_smallest, rayleigh_quotient_descent
 from splitgrow.statistics import RidgeOperator, splitting_eigenpairs, splitting_matrices, splitting_operators
 
@@ -272,6 +272,25 @@ def test_budgeted_selection_is_optimal_on_small_cases(seed):
     ]
     assert -sum(r.index for r in chosen) == pytest.approx(brute_force(candidates, budget))
     assert [r.index for r in chosen] == sorted(r.index for r in chosen)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_knapsack_takes_at_most_one_alternative_per_group(seed):
+    """Alternatives (a neuron's optimal signed split and its smaller ones) exclude each other: the MILP's choice
+    equals the best feasible subset by brute force."""
+    rng = np.random.default_rng(seed)
+    groups = [0, 0, 0, 1, 1, 2, 3, 3]
+    scores, costs = rng.uniform(-1, 0, size=8), rng.integers(1, 6, size=8).astype(float)
+    budget, cap = float(rng.integers(3, 12)), 3
+    chosen = choose_within_budget(list(scores), list(costs), budget, max_count=cap, groups=groups)
+    best = 0.0
+    for size in range(cap + 1):
+        for subset in itertools.combinations(range(8), size):
+            feasible = costs[list(subset)].sum() <= budget and len({groups[i] for i in subset}) == size
+            if feasible:
+                best = min(best, scores[list(subset)].sum())
+    assert len({groups[i] for i in chosen}) == len(chosen) <= cap and costs[chosen].sum() <= budget
+    assert scores[chosen].sum() == pytest.approx(best)
 
 
 def test_budgeted_selection_with_equal_costs_is_plain_ranking():

@@ -185,25 +185,27 @@ def choose_within_budget(
     """The subset of items minimising the total score (the predicted loss change) with total cost at most
     ``budget``, at most ``max_count`` items and at most one item of each of ``groups`` (alternative splits of one
     neuron): a 0-1 knapsack, solved exactly by scipy's MILP solver."""
+    from scipy import sparse
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     if not scores:
         return []
     count = len(scores)
-    rows, upper = [np.asarray(costs, dtype=float)], [budget]
+    rows, upper = [sparse.csr_matrix(np.asarray(costs, dtype=float)[None, :])], [budget]
     if max_count is not None:
-        rows.append(np.ones(count))
+        rows.append(sparse.csr_matrix(np.ones((1, count))))
         upper.append(max_count)
-    if groups is not None:
-        labels = np.asarray(groups)
-        for label in np.unique(labels):
-            members = labels == label
-            if members.sum() > 1:
-                rows.append(members.astype(float))
-                upper.append(1.0)
+    if groups is not None:  # one row per group of alternatives, sparse: thousands of neurons may have them
+        _, label, size = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+        shared = np.flatnonzero(size[label] > 1)
+        if shared.size:
+            _, row = np.unique(label[shared], return_inverse=True)
+            incidence = (np.ones(shared.size), (row, shared))
+            rows.append(sparse.csr_matrix(incidence, shape=(int(row.max()) + 1, count)))
+            upper.extend([1.0] * (int(row.max()) + 1))
     solution = milp(
         np.asarray(scores, dtype=float),
-        constraints=LinearConstraint(np.vstack(rows), -np.inf, np.array(upper, dtype=float)),
+        constraints=LinearConstraint(sparse.vstack(rows).tocsr(), -np.inf, np.array(upper, dtype=float)),
         integrality=np.ones(count),
         bounds=Bounds(0, 1),
     )
