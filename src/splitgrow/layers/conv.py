@@ -104,8 +104,9 @@ def _output_size(padded: tuple[int, ...], module: nn.Module) -> tuple[int, ...]:
 
 def grouped_convolution_pays(module: nn.Module, tensor: Tensor) -> bool:
     """Whether PyTorch's grouped convolution beats the tap loops above for a depthwise layer: always on a GPU (one
-    kernel instead of one per tap), and on the CPU for undilated 2-D kernels (2 to 5 times faster in float32, up
-    to 2 in float64); for 1-D or dilated kernels the CPU's grouped convolution is often the slower."""
+    kernel instead of one per tap), and on the CPU for undilated 2-D kernels (in float32 and float64 alike;
+    benchmarks/depthwise_products.py); for 1-D or dilated kernels the CPU's grouped convolution is often the
+    slower."""
     return tensor.is_cuda or (len(module.kernel_size) == 2 and all(d == 1 for d in module.dilation))
 
 
