@@ -22,10 +22,8 @@ Writes benchmarks/results/adaptive_statistics.json and .md.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -93,26 +91,22 @@ def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -
                 {"method": "fixed", "draw": draw, "samples": per_draw * args.batch_size, "seconds": seconds}
                 | quality(selected, reference, full_indexes)
             )
-    default = AdaptiveStatistics()  # the library's defaults, and beside them other check tolerances
-    for draw, factor in itertools.product(range(args.adaptive_draws), args.check_factors):
-        adaptive = replace(default, check_tolerance_factor=factor)
+    adaptive = AdaptiveStatistics()  # the library's defaults
+    for draw in range(args.adaptive_draws):
         generator = torch.Generator().manual_seed(args.seed + 1 + draw)
         order = [training[i] for i in torch.randperm(len(training), generator=generator).tolist()]
         options = SolverOptions(solver="lobpcg", tolerance=args.tolerance, seed=args.seed)
 
-        def adaptive_phase(
-            order: list[Batch] = order, options: SolverOptions = options, adaptive: AdaptiveStatistics = adaptive
-        ) -> tuple[Selected, Any]:
+        def adaptive_phase(order: list[Batch] = order, options: SolverOptions = options) -> tuple[Selected, Any]:
             results = adaptive_splitting(
                 model, net.graph, order, select, F.cross_entropy, adaptive=adaptive, options=options
             )
             return select(results), results
 
         (selected, results), seconds = timed(device, adaptive_phase)
-        label = "adaptive" if adaptive == default else f"adaptive, checks at {factor:g}x tolerance"
         rows.append(
             {
-                "method": label,
+                "method": "adaptive",
                 "draw": draw,
                 "samples": int(results.adaptive["samples"]),
                 "seconds": seconds,
@@ -136,7 +130,7 @@ def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -
         "reference_converged_fraction": converged,
         "epoch_seconds_per_sample": per_sample,
         "epoch_seconds_50k": epoch_seconds,
-        "adaptive_settings": vars(default),
+        "adaptive_settings": vars(adaptive),
         "rows": rows,
     }
 
@@ -145,8 +139,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and range over draws of each (method, samples) — adaptive rows grouped together."""
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for row in rows:
-        samples = 0 if row["method"].startswith("adaptive") else row["samples"]
-        groups.setdefault((row["method"], samples), []).append(row)
+        groups.setdefault((row["method"], 0 if row["method"] == "adaptive" else row["samples"]), []).append(row)
     out = []
     for (method, _), members in groups.items():
 
@@ -225,13 +218,6 @@ def main() -> None:
     parser.add_argument("--sample-sizes", type=int, nargs="+", default=[128, 512, 1024, 2048])
     parser.add_argument("--draws", type=int, default=3, help="disjoint draws per fixed sample size, where they fit")
     parser.add_argument("--adaptive-draws", type=int, default=3, help="adaptive runs, each on its own batch order")
-    parser.add_argument(
-        "--check-factors",
-        type=float,
-        nargs="+",
-        default=[AdaptiveStatistics().check_tolerance_factor],
-        help="adaptive runs with these check_tolerance_factor values, side by side",
-    )
     parser.add_argument("--tolerance", type=float, default=1e-3, help="LOBPCG tolerance of the phases")
     parser.add_argument("--reference-tolerance", type=float, default=1e-4)
     parser.add_argument("--epoch-images", type=int, default=1024, help="images of each timed training epoch")

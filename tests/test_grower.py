@@ -183,41 +183,6 @@ def test_adaptive_statistics_stop_early_on_an_easy_case_and_draw_more_on_a_noisy
     assert hard.adaptive["samples"] == 8 * hard.adaptive["batches"]
 
 
-def test_adaptive_checks_solve_loosely_and_the_result_at_the_solver_tolerance(monkeypatch):
-    """The checks only compare selections: they solve at check_tolerance_factor times the solver's tolerance; the
-    returned indexes are solved again at the solver's own, and equal a direct solve on the same batches."""
-    from splitgrow.statistics import adaptive as adaptive_module
-    from splitgrow.statistics.splitting import SolverOptions, splitting_eigenpairs
-
-    model, batches, _ = _setup(4)
-    graph = ChannelGraph(model, batches[0][0])
-    same = [batches[0]] * 8
-    options = SolverOptions(solver="lobpcg", tolerance=1e-6, operator_dtype=DTYPE, max_iterations=500)
-    tolerances = []
-    solve = adaptive_module.solve
-
-    def recording(accumulator, options, **kwargs):
-        tolerances.append(options.tolerance)
-        return solve(accumulator, options, **kwargs)
-
-    monkeypatch.setattr(adaptive_module, "solve", recording)
-    results = adaptive_splitting(
-        model, graph, same, top_fraction(0.5), F.cross_entropy, adaptive=AdaptiveStatistics(), options=options
-    )
-    assert tolerances == [pytest.approx(1e-5), pytest.approx(1e-5), 1e-6]  # checks at 2 and 4 batches, then final
-    direct = splitting_eigenpairs(
-        model, graph, same[:4], F.cross_entropy, solver="lobpcg", tolerance=1e-6, operator_dtype=DTYPE
-    )
-    for name, result in results.items():
-        torch.testing.assert_close(result.indexes, direct[name].indexes, rtol=1e-5, atol=1e-9)
-    tolerances.clear()
-    strict = AdaptiveStatistics(check_tolerance_factor=1)
-    adaptive_splitting(model, graph, same, top_fraction(0.5), F.cross_entropy, adaptive=strict, options=options)
-    assert tolerances == [1e-6, 1e-6]  # the last check's results are returned as they are
-    with pytest.raises(ValueError, match="check_tolerance_factor"):
-        AdaptiveStatistics(check_tolerance_factor=0.5)
-
-
 def test_policies_refuse_bad_settings():
     with pytest.raises(Exception, match="exactly one of count"):
         GrowthPolicy(count=2, fraction=0.1)

@@ -2,8 +2,7 @@
 
 A splitting phase needs far fewer samples than an epoch: what matters is which neurons are selected, and that
 stabilises long before every index is exact. :func:`adaptive_splitting` accumulates batch by batch and, after
-``min_batches`` and then every time the number of batches has grown by ``growth``, solves (at a looser tolerance
-than the final solve) and selects; it stops
+``min_batches`` and then every time the number of batches has grown by ``growth``, solves and selects; it stops
 when two consecutive selections overlap in at least ``1 - tolerance`` of their neurons and their total predicted
 decrease (sum of -lambda) differs by at most ``tolerance`` (relative), or when ``max_batches`` is reached. The result
 records how many batches and samples it used and why it stopped.
@@ -12,7 +11,7 @@ records how many batches and samples it used and why it stopped.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -24,9 +23,6 @@ from .splitting import SolverOptions, SplittingResults, _chosen, report_skipped,
 #: a selection: (site, neuron, index) triples
 Selected = list[tuple[str, int, float]]
 
-#: the loosest solver tolerance of a check (whatever ``check_tolerance_factor`` says)
-MAX_CHECK_TOLERANCE = 1e-2
-
 
 @dataclass(frozen=True)
 class AdaptiveStatistics:
@@ -37,17 +33,12 @@ class AdaptiveStatistics:
         max_batches: the most batches drawn (None: the whole data).
         growth: the factor by which the batch count grows between checks (> 1).
         tolerance: of the selection's overlap and of its total predicted decrease.
-        check_tolerance_factor: the iterative solver's tolerance at the checks, as a multiple of its own (>= 1):
-            comparing selections needs the indexes to a few digits only (LOBPCG's eigenvalue errors are of the
-            order of the squared residual); at most ``MAX_CHECK_TOLERANCE``. The returned results are solved at
-            the solver's own tolerance, started from the last check's directions.
     """
 
     min_batches: int = 2
     max_batches: int | None = 32
     growth: float = 2.0
     tolerance: float = 0.05
-    check_tolerance_factor: float = 10.0
 
     def __post_init__(self) -> None:
         if self.min_batches < 1 or (self.max_batches is not None and self.max_batches < self.min_batches):
@@ -56,8 +47,6 @@ class AdaptiveStatistics:
             raise ValueError(f"growth must be > 1, got {self.growth}")
         if not 0 <= self.tolerance < 1:
             raise ValueError(f"tolerance must be in [0, 1), got {self.tolerance}")
-        if not self.check_tolerance_factor >= 1:
-            raise ValueError(f"check_tolerance_factor must be >= 1, got {self.check_tolerance_factor}")
 
     def checkpoints(self) -> Iterable[int]:
         """The batch counts at which the selection is checked."""
@@ -110,8 +99,6 @@ def adaptive_splitting(
     skipped = graph.skipped()
     report_skipped(graph, skipped, strict=strict, what="splitting statistics")
     accumulator = options.accumulator(graph, chosen)
-    loose = min(options.tolerance * adaptive.check_tolerance_factor, MAX_CHECK_TOLERANCE)
-    check_options = replace(options, tolerance=max(options.tolerance, loose))
     checkpoints = iter(adaptive.checkpoints())
     target = next(checkpoints)
     previous: Selected | None = None
@@ -133,7 +120,7 @@ def adaptive_splitting(
         accumulator.add(record)
         if accumulator.batches < target:
             continue
-        results = solve(accumulator, check_options, skipped=skipped, warm_start=warm_start, reduce=reduce)
+        results = solve(accumulator, options, skipped=skipped, warm_start=warm_start, reduce=reduce)
         warm_start = {name: _informative_directions(result) for name, result in results.items()}
         current = select(results)
         history.append({"batches": accumulator.batches, "samples": results.weight, "selected": len(current)})
@@ -145,8 +132,7 @@ def adaptive_splitting(
             stop = "max_batches reached"
             break
         target = next(checkpoints, target + 1)
-    iterative = results is not None and any(result.solver != "dense" for result in results.values())
-    if results is None or results.batches != accumulator.batches or (iterative and check_options != options):
+    if results is None or results.batches != accumulator.batches:
         results = solve(accumulator, options, skipped=skipped, warm_start=warm_start, reduce=reduce)
     results.adaptive = {
         "batches": accumulator.batches,
