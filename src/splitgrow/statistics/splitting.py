@@ -540,8 +540,8 @@ def solve(
             continue
         operator = found.operators[site.name]
         if method == "lobpcg" and operator.device.type == "cuda":
-            # fewer, larger kernels: a GPU's win; on a CPU the products of small batches stay in cache and merging
-            # made a VGG19 phase 1.9 times slower (the stochastic solver needs the batches as they came anyway)
+            # fewer, larger kernels: a GPU's win; on a CPU merging made a VGG19 phase 1.9 times slower (the
+            # stochastic solver needs the batches as they came anyway)
             operator.consolidate()
         if reduce is not None:
             operator = _Reduced(operator, reduce)
