@@ -228,6 +228,8 @@ def test_a_count_of_added_neurons_takes_smaller_signed_splits_where_the_optimal_
     assert (budgeted.channel, budgeted.index) == (one.channel, pytest.approx(one.index, rel=1e-12))
     with pytest.raises(ValueError, match="max_added"):
         select_splits(signed, 100, max_added=0)
+    through_the_network = net.select(signed, 100, max_added=4)
+    assert sum(len(request.offspring) - 1 for request in through_the_network) == 4
 
 
 def _float(value):

@@ -125,11 +125,14 @@ class SplittableNetwork:
         *,
         allow_inexact: bool = False,
         strict: bool = False,
+        max_added: int | None = None,
     ) -> Selection:
-        """At most ``max_count`` neurons with the most negative indexes below ``threshold`` (see
-        :func:`splitgrow.selection.select_splits`); sites left out are listed in the result's ``skipped`` and in
-        a warning (an error with ``strict``)."""
-        selection = select_splits(results, max_count, threshold, graph=self.graph, allow_inexact=allow_inexact)
+        """At most ``max_count`` neurons with the most negative indexes below ``threshold``, or splits adding at
+        most ``max_added`` neurons (signed splits add up to three; see :func:`splitgrow.selection.select_splits`);
+        sites left out are listed in the result's ``skipped`` and in a warning (an error with ``strict``)."""
+        selection = select_splits(
+            results, max_count, threshold, graph=self.graph, allow_inexact=allow_inexact, max_added=max_added
+        )
         report_skipped(self.graph, selection.skipped, strict=strict, what="selection")
         return selection
 
