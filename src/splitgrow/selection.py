@@ -153,10 +153,12 @@ def _adding_at_most(
     index while it fits; once one does not, greedily the best of the splits that fit what is left (a signed split
     with fewer offspring, :func:`splitgrow.signed.fitting_split`), as the one-layer signed splitting does."""
     requests, remaining, taken = [], max_added, 0
-    while taken < len(ranked) and _copies(results, ranked[taken][1], ranked[taken][2]) <= remaining:
-        index, name, channel = ranked[taken]
+    for index, name, channel in ranked:
+        copies = _copies(results, name, channel)
+        if copies > remaining:
+            break
         requests.append(_request(results, name, channel, index, graph))
-        remaining -= _copies(results, name, channel)
+        remaining -= copies
         taken += 1
     fingerprint = None if graph is None else graph.fingerprint
     left = [(name, channel) for _, name, channel in ranked[taken:]]

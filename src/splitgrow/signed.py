@@ -158,14 +158,18 @@ class SignedScheme:
 
     bound: float
 
-    def offspring(self, result: SiteSplitting, channel: int) -> tuple[Offspring, ...]:
-        return signed_offspring(
+    @staticmethod
+    def _extremes(result: SiteSplitting, channel: int) -> tuple[float, Tensor, float, Tensor]:
+        """(lambda_min, v_min, lambda_max, v_max) of one neuron."""
+        return (
             float(result.smallest_indexes[channel]),
             result.smallest_directions[channel],
             float(result.largest_indexes[channel]),
             result.largest_directions[channel],
-            self.bound,
         )
+
+    def offspring(self, result: SiteSplitting, channel: int) -> tuple[Offspring, ...]:
+        return signed_offspring(*self._extremes(result, channel), self.bound)
 
     def copies(self, result: SiteSplitting, channel: int) -> int:
         """How many neurons the split adds."""
@@ -173,14 +177,7 @@ class SignedScheme:
 
     def fitting(self, result: SiteSplitting, channel: int, allowance: int) -> SignedSplit | None:
         """The best split that adds at most ``allowance`` neurons (:func:`fitting_split`)."""
-        return fitting_split(
-            float(result.smallest_indexes[channel]),
-            result.smallest_directions[channel],
-            float(result.largest_indexes[channel]),
-            result.largest_directions[channel],
-            self.bound,
-            allowance,
-        )
+        return fitting_split(*self._extremes(result, channel), self.bound, allowance)
 
 
 @dataclass

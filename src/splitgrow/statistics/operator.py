@@ -73,6 +73,7 @@ class CachedBatchOperator:
             return
         pending, self.batches = self.batches[::-1], []
         group: list[Any] = []
+        samples = 0
 
         def close() -> None:
             self.batches.extend([self._merge(group)] if len(group) > 1 else group)
@@ -80,10 +81,11 @@ class CachedBatchOperator:
 
         while pending:
             cached = pending.pop()
-            fits = group and cached.scale == group[0].scale
-            if not fits or sum(map(self._samples, group)) + self._samples(cached) > max_samples:
+            if group and (cached.scale != group[0].scale or samples + self._samples(cached) > max_samples):
                 close()
+                samples = 0
             group.append(cached)
+            samples += self._samples(cached)
         close()
 
     @property

@@ -540,7 +540,7 @@ def solve(
             continue
         operator = found.operators[site.name]
         if method == "lobpcg" and operator.device.type == "cuda":
-            # fewer, larger kernels: a GPU's win; on a CPU merging made a VGG19 phase 1.9 times slower (the
+            # fewer, larger kernels: a GPU's win; on a CPU merging made a VGG19 phase slower in a trial (the
             # stochastic solver needs the batches as they came anyway)
             operator.consolidate()
         if reduce is not None:
