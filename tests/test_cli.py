@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from splitgrow.cli import app
+from splitgrow.experiments.common import Experiment, Reporter, run_experiment
 
 TINY_RBF = """
 num_samples: 20
@@ -284,3 +287,29 @@ def test_report_redraws_a_finished_run(tmp_path):
     assert after["mean"] == before["mean"]
     missing = invoke("report", str(tmp_path / "nothing"))
     assert missing.exit_code == 2 and "no seed-*/results.json" in missing.stderr
+
+
+def test_every_seed_runs_with_deterministic_gpu_kernels(tmp_path):
+    """cuDNN's deterministic algorithms, no autotuner, while a seed runs (GPU runs repeat themselves); the caller's
+    settings come back after."""
+
+    @dataclasses.dataclass
+    class ToyConfig:
+        steps: int = 1
+
+    seen = []
+
+    def run_seed(config, seed, reporter):
+        seen.append((torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark))
+        return {"value": float(seed)}
+
+    toy = Experiment("toy", "a toy", ToyConfig, run_seed, plot=lambda results, folder: [], summarize=lambda r: ({}, ""))
+    cudnn = torch.backends.cudnn
+    before = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = False, True
+    try:
+        run_experiment(toy, ToyConfig(), [0, 1], tmp_path / "out", Reporter(enabled=False))
+        assert seen == [(True, False), (True, False)]
+        assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
+    finally:
+        cudnn.deterministic, cudnn.benchmark = before

@@ -211,11 +211,25 @@ def torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+@contextlib.contextmanager
+def deterministic_kernels() -> Iterator[None]:
+    """Run with cuDNN's deterministic algorithms and without its autotuner, so that a GPU run with the same seed
+    repeats itself as a CPU run does (its fastest kernels may sum in a different order each time); the previous
+    settings are restored after. CPU runs are unaffected."""
+    cudnn = torch.backends.cudnn
+    before = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = before
+
+
 def _run_one_seed(
     experiment: Experiment, config: Any, seed: int, reporter: Reporter, workdir: Path, resume: bool
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    with torch_threads(experiment.threads):
+    with torch_threads(experiment.threads), deterministic_kernels():
         if experiment.checkpoints:
             results = experiment.run_seed(config, seed, reporter, workdir=workdir, resume=resume)
         else:
