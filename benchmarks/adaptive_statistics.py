@@ -7,7 +7,10 @@ images padded to 32x32. Then, side by side in one run:
   (matrix-free LOBPCG at a tight tolerance: dense matrices cost P n d^2 per layer, hours on a CPU);
 * adaptive statistics (:class:`splitgrow.statistics.adaptive.AdaptiveStatistics` with its defaults): batches in
   random order until the selection settles;
-* fixed sample sizes, on disjoint draws from the training images.
+* fixed sample sizes, on disjoint draws from the training images;
+
+each under every combination of the phase's LOBPCG tolerance (``--tolerances``) and position sampling
+(``--max-positions``: a convolution's statistics read at most that many output positions per image, 0 = all).
 
 For each: the top-10% overlap with the reference, the total predicted decrease of its selection evaluated under the
 reference statistics (sum of -lambda_full over the selected neurons) against the reference selection's, the
@@ -15,6 +18,7 @@ samples used, and the phase cost (statistics + solve + selection) over the time 
 images (an epoch over ``--epoch-images`` images timed in the same run, before and after the phases, scaled).
 
     python benchmarks/adaptive_statistics.py [--quick] [--models vgg19 mobilenetv1] [--train-images 8000]
+        [--tolerances 1e-3 1e-2] [--max-positions 0 256]
 
 Writes benchmarks/results/adaptive_statistics.json and .md.
 """
@@ -22,6 +26,7 @@ Writes benchmarks/results/adaptive_statistics.json and .md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -44,7 +49,7 @@ from splitgrow.artifacts import atomic_write_json, atomic_write_text
 from splitgrow.experiments.common import markdown_table
 from splitgrow.network import SplittableNetwork
 from splitgrow.statistics.adaptive import AdaptiveStatistics, Selected, adaptive_splitting, top_fraction
-from splitgrow.statistics.splitting import SolverOptions
+from splitgrow.statistics.splitting import ITERATIVE_TOLERANCE, SolverOptions
 
 EPOCH_IMAGES = 50_000  # the phase is priced in epochs over a CIFAR-sized training set
 
@@ -73,47 +78,54 @@ def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -
     epoch_batches = training[: max(1, args.epoch_images // args.batch_size)]
     per_sample = [epoch_seconds_per_sample(model, epoch_batches, device)]
 
-    def phase(batches: list[Batch], tolerance: float) -> tuple[Selected, Any]:
-        results = net.splitting(batches, F.cross_entropy, solver="lobpcg", tolerance=tolerance, seed=args.seed)
+    def phase(batches: list[Batch], options: SolverOptions) -> tuple[Selected, Any]:
+        results = net.splitting(batches, F.cross_entropy, **vars(options))
         return select(results), results
 
-    (reference, full), reference_seconds = timed(device, phase, training, args.reference_tolerance)
+    reference_options = SolverOptions(solver="lobpcg", tolerance=args.reference_tolerance, seed=args.seed)
+    (reference, full), reference_seconds = timed(device, phase, training, reference_options)
     full_indexes = {(site, n): float(v) for site, r in full.items() for n, v in enumerate(r.indexes.tolist())}
     converged = sum(int(r.converged.sum()) for r in full.values()) / neurons
 
     rows = []
-    for samples in args.sample_sizes:
-        per_draw = max(1, samples // args.batch_size)
-        for draw in range(min(args.draws, len(training) // per_draw)):
-            batches = training[draw * per_draw : (draw + 1) * per_draw]  # disjoint draws
-            (selected, _), seconds = timed(device, phase, batches, args.tolerance)
+    adaptive = AdaptiveStatistics()  # the library's defaults
+    for tolerance, max_positions in itertools.product(args.tolerances, args.max_positions):
+        options = SolverOptions(
+            solver="lobpcg", tolerance=tolerance, seed=args.seed, max_positions=max_positions or None
+        )
+        setting = {"tolerance": tolerance, "max_positions": max_positions}
+        for samples in args.sample_sizes:
+            per_draw = max(1, samples // args.batch_size)
+            for draw in range(min(args.draws, len(training) // per_draw)):
+                batches = training[draw * per_draw : (draw + 1) * per_draw]  # disjoint draws
+                (selected, _), seconds = timed(device, phase, batches, options)
+                rows.append(
+                    {"method": "fixed", "draw": draw, "samples": per_draw * args.batch_size, "seconds": seconds}
+                    | setting
+                    | quality(selected, reference, full_indexes)
+                )
+        for draw in range(args.adaptive_draws):
+            generator = torch.Generator().manual_seed(args.seed + 1 + draw)
+            order = [training[i] for i in torch.randperm(len(training), generator=generator).tolist()]
+
+            def adaptive_phase(order: list[Batch] = order, options: SolverOptions = options) -> tuple[Selected, Any]:
+                results = adaptive_splitting(
+                    model, net.graph, order, select, F.cross_entropy, adaptive=adaptive, options=options
+                )
+                return select(results), results
+
+            (selected, results), seconds = timed(device, adaptive_phase)
             rows.append(
-                {"method": "fixed", "draw": draw, "samples": per_draw * args.batch_size, "seconds": seconds}
+                {
+                    "method": "adaptive",
+                    "draw": draw,
+                    "samples": int(results.adaptive["samples"]),
+                    "seconds": seconds,
+                    "stop": results.adaptive["stop"],
+                }
+                | setting
                 | quality(selected, reference, full_indexes)
             )
-    adaptive = AdaptiveStatistics()  # the library's defaults
-    for draw in range(args.adaptive_draws):
-        generator = torch.Generator().manual_seed(args.seed + 1 + draw)
-        order = [training[i] for i in torch.randperm(len(training), generator=generator).tolist()]
-        options = SolverOptions(solver="lobpcg", tolerance=args.tolerance, seed=args.seed)
-
-        def adaptive_phase(order: list[Batch] = order, options: SolverOptions = options) -> tuple[Selected, Any]:
-            results = adaptive_splitting(
-                model, net.graph, order, select, F.cross_entropy, adaptive=adaptive, options=options
-            )
-            return select(results), results
-
-        (selected, results), seconds = timed(device, adaptive_phase)
-        rows.append(
-            {
-                "method": "adaptive",
-                "draw": draw,
-                "samples": int(results.adaptive["samples"]),
-                "seconds": seconds,
-                "stop": results.adaptive["stop"],
-            }
-            | quality(selected, reference, full_indexes)
-        )
     per_sample.append(epoch_seconds_per_sample(model, epoch_batches, device))
     epoch_seconds = sum(per_sample) / len(per_sample) * EPOCH_IMAGES
     for row in rows:
@@ -136,12 +148,13 @@ def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and range over draws of each (method, samples) — adaptive rows grouped together."""
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    """Mean and range over draws of each (setting, method, samples) — adaptive rows grouped together."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["method"], 0 if row["method"] == "adaptive" else row["samples"]), []).append(row)
+        samples = 0 if row["method"] == "adaptive" else row["samples"]
+        groups.setdefault((row["tolerance"], row["max_positions"], row["method"], samples), []).append(row)
     out = []
-    for (method, _), members in groups.items():
+    for (tolerance, max_positions, method, _), members in groups.items():
 
         def stats(key: str, members: list[dict[str, Any]] = members) -> tuple[float, float, float]:
             values = [m[key] for m in members]
@@ -149,6 +162,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
         out.append(
             {
+                "tolerance": tolerance,
+                "max_positions": max_positions,
                 "method": method,
                 "draws": len(members),
                 **{key: stats(key) for key in ("samples", "overlap", "decrease_fraction", "phase_over_epoch")},
@@ -164,8 +179,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"{report['load_start']} and end {report['load_end']} (shared machine), torch {report['machine']['torch']}.",
         f"Training: {settings['epochs']} epochs on {settings['train_images']} real Fashion-MNIST images (seed "
         f"{settings['seed']}); reference: LOBPCG at tolerance {settings['reference_tolerance']} on all of them; "
-        f"phases: LOBPCG at tolerance {settings['tolerance']}; adaptive: AdaptiveStatistics defaults "
-        f"(batches of {settings['batch_size']}).",
+        f"phases: LOBPCG at the tolerance shown, reading at most the positions shown of each convolution (all: "
+        f"every one); adaptive: AdaptiveStatistics defaults (batches of {settings['batch_size']}).",
         "",
     ]
     for model in report["models"]:
@@ -177,6 +192,8 @@ def report_markdown(report: dict[str, Any]) -> str:
 
         rows = [
             [
+                f"{s['tolerance']:g}",
+                s["max_positions"] or "all",
                 s["method"],
                 s["draws"],
                 cell(s["samples"], ".0f"),
@@ -193,6 +210,8 @@ def report_markdown(report: dict[str, Any]) -> str:
             "",
             markdown_table(
                 [
+                    "tolerance",
+                    "positions",
                     "statistics",
                     "draws",
                     "samples",
@@ -218,7 +237,20 @@ def main() -> None:
     parser.add_argument("--sample-sizes", type=int, nargs="+", default=[128, 512, 1024, 2048])
     parser.add_argument("--draws", type=int, default=3, help="disjoint draws per fixed sample size, where they fit")
     parser.add_argument("--adaptive-draws", type=int, default=3, help="adaptive runs, each on its own batch order")
-    parser.add_argument("--tolerance", type=float, default=1e-3, help="LOBPCG tolerance of the phases")
+    parser.add_argument(
+        "--tolerances",
+        type=float,
+        nargs="+",
+        default=[1e-3, ITERATIVE_TOLERANCE],
+        help="LOBPCG tolerances of the phases",
+    )
+    parser.add_argument(
+        "--max-positions",
+        type=int,
+        nargs="+",
+        default=[0, 256],
+        help="positions read per image of each convolution (0: all)",
+    )
     parser.add_argument("--reference-tolerance", type=float, default=1e-4)
     parser.add_argument("--epoch-images", type=int, default=1024, help="images of each timed training epoch")
     parser.add_argument("--top-fraction", type=float, default=0.1)
@@ -229,6 +261,7 @@ def main() -> None:
     if args.quick:
         args.width, args.train_images, args.epochs, args.batch_size = 4, 128, 1, 16
         args.sample_sizes, args.draws, args.adaptive_draws, args.epoch_images = [32, 64], 2, 1, 32
+        args.tolerances, args.max_positions = [ITERATIVE_TOLERANCE], [0, 64]
     device = torch.device(args.device)
     report: dict[str, Any] = {
         "machine": describe_machine(device),

@@ -10,8 +10,10 @@ BatchNorm and the activation (VGG19's 16; MobileNetV1's first conv and 13 pointw
 pointwise row alone: the original code duplicates the next depthwise filter without a splitting direction, where
 splitgrow's neuron also spans that filter).
 
-splitgrow's whole phase: statistics + LOBPCG + selection, with adaptive statistics (library defaults), and on all
-the training images (which also defines the exact full-data selection, at a tight LOBPCG tolerance).
+splitgrow's whole phase: statistics + LOBPCG + selection, on all the training images (which also defines the exact
+full-data selection, at a tight LOBPCG tolerance), with adaptive statistics (library defaults) and on fixed
+samples (``--fixed-samples``, the first images of the adaptive run's order), all at the library's LOBPCG tolerance
+and reading at most ``--max-positions`` output positions per image of each convolution (0: all).
 
 The original procedure would take hours on a CPU: each layer's pass is timed on ``--original-samples`` images and
 scaled linearly to the training set (its cost is linear in the samples: the same forward, backward and P d^2 work
@@ -51,7 +53,7 @@ from splitgrow.artifacts import atomic_write_json, atomic_write_text
 from splitgrow.experiments.common import markdown_table
 from splitgrow.network import SplittableNetwork
 from splitgrow.statistics.adaptive import AdaptiveStatistics, Selected, adaptive_splitting, top_fraction
-from splitgrow.statistics.splitting import SolverOptions
+from splitgrow.statistics.splitting import ITERATIVE_TOLERANCE, SolverOptions
 
 EPOCH_IMAGES = 50_000
 
@@ -211,9 +213,21 @@ def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -
 
     reference, full_seconds = timed(device, full_phase)
     exact = {(site, n) for site, n, _ in reference}
-    options = SolverOptions(solver="lobpcg", tolerance=args.tolerance, seed=args.seed)
+    options = SolverOptions(
+        solver="lobpcg", tolerance=args.tolerance, seed=args.seed, max_positions=args.max_positions or None
+    )
     generator = torch.Generator().manual_seed(args.seed + 1)
     order = [training[i] for i in torch.randperm(len(training), generator=generator).tolist()]
+
+    def fixed_phase(batches: list[Batch]) -> Selected:
+        return select(net.splitting(batches, F.cross_entropy, **vars(options)))
+
+    fixed = []
+    for samples in args.fixed_samples:
+        batches = order[: max(1, samples // args.batch_size)]
+        selected, seconds = timed(device, fixed_phase, batches)
+        overlap = len(exact & {(site, n) for site, n, _ in selected}) / len(exact)
+        fixed.append({"samples": len(batches) * args.batch_size, "seconds": seconds, "overlap": overlap})
 
     def adaptive_phase() -> tuple[Selected, int]:
         results = adaptive_splitting(
@@ -254,6 +268,14 @@ def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -
         "speedup_full": original_seconds / full_seconds,
         "speedup_adaptive": original_seconds / adaptive_seconds,
         "speedup_adaptive_50k_images": original_seconds_50k / adaptive_seconds,
+        "splitgrow_fixed": [
+            row
+            | {
+                "speedup": original_seconds / row["seconds"],
+                "speedup_50k_images": original_seconds_50k / row["seconds"],
+            }
+            for row in fixed
+        ],
         "epoch_seconds_50k": epoch_seconds,
         "exact_check_relative_error": exact_check(model, measured, args) if args.check_exact else None,
     }
@@ -274,7 +296,12 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"{m['splitgrow_adaptive_overlap']:.0%}",
             f"{m['splitgrow_adaptive_seconds']:.0f}",
             f"{m['speedup_adaptive']:.0f}x",
-            f"{m['original_seconds_50k_images']:,.0f} / {m['speedup_adaptive_50k_images']:.0f}x",
+            "; ".join(
+                f"{f['samples']}: {f['overlap']:.0%}, {f['seconds']:.0f} s, {f['speedup']:.0f}x"
+                for f in m["splitgrow_fixed"]
+            ),
+            f"{m['original_seconds_50k_images']:,.0f} / {m['speedup_adaptive_50k_images']:.0f}x / "
+            + " / ".join(f"{f['speedup_50k_images']:.0f}x" for f in m["splitgrow_fixed"]),
         ]
         for m in report["models"]
     ]
@@ -291,7 +318,8 @@ def report_markdown(report: dict[str, Any]) -> str:
             "adaptive: top-10% overlap with all images",
             "adaptive s",
             "speed-up, adaptive",
-            "with 50k training images: original s / speed-up, adaptive",
+            "splitgrow fixed, samples: overlap, s, speed-up",
+            "with 50k training images: original s / speed-up, adaptive / fixed",
         ],
         rows,
     )
@@ -300,7 +328,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"{report['load_start']} and end {report['load_end']} (shared machine), torch {report['machine']['torch']}."
         f"\nTraining: {settings['epochs']} epochs on {settings['train_images']} real Fashion-MNIST images, width "
         f"{settings['width']}; splitgrow: LOBPCG at tolerance {settings['reference_tolerance']} on all images (the "
-        f"exact selection) and adaptive statistics at tolerance {settings['tolerance']}.\n\n{table}\n"
+        f"exact selection); adaptive statistics and the fixed samples at tolerance {settings['tolerance']}, reading "
+        f"{settings['max_positions'] or 'all'} positions per image of each convolution at most.\n\n{table}\n"
     )
 
 
@@ -312,8 +341,10 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=8000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--original-samples", type=int, default=16, help="images of each timed original pass")
-    parser.add_argument("--tolerance", type=float, default=1e-3)
+    parser.add_argument("--original-samples", type=int, default=64, help="images of each timed original pass")
+    parser.add_argument("--tolerance", type=float, default=ITERATIVE_TOLERANCE, help="of the adaptive and fixed phases")
+    parser.add_argument("--max-positions", type=int, default=256, help="positions read per image of a convolution")
+    parser.add_argument("--fixed-samples", type=int, nargs="+", default=[2048, 4096], help="images of fixed phases")
     parser.add_argument("--reference-tolerance", type=float, default=1e-4)
     parser.add_argument("--epoch-images", type=int, default=1024)
     parser.add_argument("--top-fraction", type=float, default=0.1)
@@ -325,6 +356,7 @@ def main() -> None:
     if args.quick:
         args.width, args.train_images, args.epochs, args.batch_size = 4, 128, 1, 16
         args.original_samples, args.epoch_images, args.check_exact = 8, 32, True
+        args.fixed_samples, args.max_positions = [32, 64], 64
     device = torch.device(args.device)
     report: dict[str, Any] = {
         "machine": describe_machine(device),

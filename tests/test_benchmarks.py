@@ -73,18 +73,22 @@ def test_adaptive_statistics_quick(tmp_path):
     run_script("adaptive_statistics.py", "--quick", "--models", "vgg19", "--out", str(out))
     (model,) = json.loads(out.with_suffix(".json").read_text())["models"]
     assert model["neurons"] == 16 * 4 and model["top_m"] <= round(0.1 * model["neurons"])
-    fixed = [row for row in model["rows"] if row["method"] == "fixed"]
-    # disjoint draws of each size where they fit in the 128 training images: 2 of 32, 2 of 64
-    assert sorted(row["samples"] for row in fixed) == [32, 32, 64, 64]
-    for row in model["rows"]:
-        assert 0.0 <= row["overlap"] <= 1.0 and row["phase_over_epoch"] > 0
-        # no selection of as many neurons can beat the reference's total decrease under the reference statistics
-        assert row["selected"] <= model["top_m"] and row["decrease_fraction"] <= 1.0 + 1e-9
-    (adaptive,) = [row for row in model["rows"] if row["method"] == "adaptive"]
-    assert 32 <= adaptive["samples"] <= 128 and adaptive["samples"] % 16 == 0  # whole batches of 16
-    if adaptive["samples"] == model["reference_samples"]:  # on the reference's data it finds the reference's top
-        assert adaptive["decrease_fraction"] >= 0.99
-    assert "| adaptive" in out.with_suffix(".md").read_text()
+    # every position and at most 64 of each convolution's (32 x 32 maps at the start), side by side
+    assert {row["max_positions"] for row in model["rows"]} == {0, 64}
+    for positions in (0, 64):
+        rows = [row for row in model["rows"] if row["max_positions"] == positions]
+        fixed = [row for row in rows if row["method"] == "fixed"]
+        # disjoint draws of each size where they fit in the 128 training images: 2 of 32, 2 of 64
+        assert sorted(row["samples"] for row in fixed) == [32, 32, 64, 64]
+        for row in rows:
+            assert 0.0 <= row["overlap"] <= 1.0 and row["phase_over_epoch"] > 0
+            # no selection of as many neurons can beat the reference's total decrease under the reference statistics
+            assert row["selected"] <= model["top_m"] and row["decrease_fraction"] <= 1.0 + 1e-9
+        (adaptive,) = [row for row in rows if row["method"] == "adaptive"]
+        assert 32 <= adaptive["samples"] <= 128 and adaptive["samples"] % 16 == 0  # whole batches of 16
+        if positions == 0 and adaptive["samples"] == model["reference_samples"]:  # the reference's data: its top
+            assert adaptive["decrease_fraction"] >= 0.99
+    assert "| adaptive" in out.with_suffix(".md").read_text() and "| 64 " in out.with_suffix(".md").read_text()
 
 
 def test_original_procedure_quick(tmp_path):
@@ -100,6 +104,10 @@ def test_original_procedure_quick(tmp_path):
     for layer in layers:  # timed on 8 images, scaled to the 128 training images
         assert layer["pass_seconds_scaled"] == pytest.approx(layer["pass_seconds_measured"] * 128 / 8)
     assert 0.0 <= model["splitgrow_adaptive_overlap"] <= 1.0
+    assert [row["samples"] for row in model["splitgrow_fixed"]] == [32, 64]  # 2 and 4 batches of 16
+    for row in model["splitgrow_fixed"]:
+        assert 0.0 <= row["overlap"] <= 1.0
+        assert row["speedup"] == pytest.approx(model["original_seconds"] / row["seconds"])
 
 
 def test_solver_choice_quick(tmp_path):

@@ -54,6 +54,7 @@ from ..pruning import LABELS as PRUNING_LABELS
 from ..pruning import PRUNING_METHODS, prune_to_ratio
 from ..statistics import SOLVERS
 from ..statistics.distributed import reducer
+from ..statistics.splitting import ITERATIVE_TOLERANCE
 from ..surgery import parameter_count
 from .common import Experiment, Reporter, derive_seed, markdown_table
 
@@ -134,6 +135,11 @@ class ImagesConfig:
     solver: str = "auto"
     #: training batches used for the splitting statistics (no augmentation)
     split_batches: int = 16
+    #: LOBPCG's relative residual (README's MobileNetV1 growth-method runs: 0.001, the default when they were made)
+    tolerance: float = ITERATIVE_TOLERANCE
+    #: the matrix-free statistics of a convolution read at most about this many output positions per image, on a
+    #: grid with a random offset per batch (an unbiased estimate; 0: every position)
+    max_positions: int = 0
     #: network slimming's L1 penalty on BatchNorm scales
     bn_sparsity: float = 1e-4
     #: the pruning baselines: bn (network slimming) and l1 (L1-norm filter pruning)
@@ -180,6 +186,8 @@ class ImagesConfig:
         require(self.threshold <= 0, f"threshold (lambda_*) must be <= 0, got {self.threshold}")
         require(self.solver in SOLVERS, f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         require(self.split_batches >= 1, "split_batches must be >= 1")
+        require(0 < self.tolerance < 1, f"tolerance (LOBPCG's residual) must be in (0, 1), got {self.tolerance}")
+        require(self.max_positions >= 0, f"max_positions must be >= 0 (0: every position), got {self.max_positions}")
         unknown = [m for m in self.pruning_methods if m not in PRUNING_METHODS]
         require(not unknown, f"unknown pruning method(s) {unknown}; known: {', '.join(PRUNING_METHODS)}")
         require(0 < self.max_pruning_ratio < 1, "max_pruning_ratio must be in (0, 1)")
@@ -421,6 +429,7 @@ def _task_splitting(context: _Context, resume: bool, method: str = "splitting") 
         method=method,
         weight_bound=config.weight_bound,
         firefly=FireflyOptions(candidates_per_site=config.firefly_candidates, steps=config.firefly_steps),
+        options={"tolerance": config.tolerance, "max_positions": config.max_positions or None},
         **amount,
     )
     trained: list[torch.nn.Module] = []  # the DDP wrapper of a data-parallel run, made again after every split

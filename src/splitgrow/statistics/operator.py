@@ -54,6 +54,11 @@ class CachedBatchOperator:
         """Samples in one cached batch (engines that merge)."""
         raise NotImplementedError
 
+    @staticmethod
+    def _merge_key(cached: Any) -> Any:
+        """What cached batches merged into one must share: their scale, and whatever else the engine needs."""
+        return cached.scale
+
     @property
     def device(self) -> torch.device:
         raise NotImplementedError
@@ -64,7 +69,7 @@ class CachedBatchOperator:
         self.total_weight += record.weight
 
     def consolidate(self, max_samples: int = MERGE_SAMPLES) -> None:
-        """Merge runs of consecutive cached batches of equal scale into batches of at most ``max_samples``
+        """Merge runs of consecutive cached batches of equal scale (and shape) into batches of at most ``max_samples``
         samples, so that every product runs a few large kernels rather than many small ones: on a GPU the small
         ones are bound by the cost of dispatching them (a VGG19 phase over 16 batches of 64 on an H200 was; the
         solver merges on GPUs only). The products are the same sums in another order. Groups are merged one at a
@@ -81,7 +86,8 @@ class CachedBatchOperator:
 
         while pending:
             cached = pending.pop()
-            if group and (cached.scale != group[0].scale or samples + self._samples(cached) > max_samples):
+            full = samples + self._samples(cached) > max_samples
+            if group and (full or self._merge_key(cached) != self._merge_key(group[0])):
                 close()
                 samples = 0
             group.append(cached)

@@ -18,6 +18,8 @@ pass over the k features HQ (:meth:`RidgeOperator.ritz_start`).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -110,6 +112,16 @@ def ridge_dense(
     return matrices * scales[:, :, None] * scales[:, None, :]
 
 
+def grid_steps(grid: Sequence[int], max_positions: int) -> tuple[int, ...]:
+    """Steps along the axes of ``grid`` that keep at most ``max_positions`` of its positions: the smallest step s
+    common to all axes that is enough, or an axis's own length where that is shorter (an offset below the step
+    then always falls inside the axis)."""
+    step = 1
+    while math.prod(-(-size // step) for size in grid) > max_positions:
+        step += 1
+    return tuple(min(step, size) for size in grid)
+
+
 # Rows h_p (samples x positions) read to compress the matrices for LOBPCG's starting vectors: a 32 x 32 feature map
 # of 1,024 images has a million, whose k^2 outer products would cost more than the solve they are meant to shorten.
 START_ROWS = 2**15
@@ -117,20 +129,79 @@ START_ROWS = 2**15
 
 @dataclass
 class RidgeOperator(CachedBatchOperator):
-    """The splitting matrices of a ridge site as a linear operator on (n, d) directions, from cached batches."""
+    """The splitting matrices of a ridge site as a linear operator on (n, d) directions, from cached batches.
+
+    With ``max_positions``, a convolution site keeps at most that many output positions per sample: every s-th
+    position along each spatial axis (:func:`grid_steps`), from offsets drawn per batch with ``generator``, their
+    coefficients weighted by the product of the steps. Each batch's S_b is then an unbiased estimate of the one
+    over all positions, and a product costs about as much less as there are fewer positions; neighbouring
+    positions of a feature map carry much the same information, so the estimate's extra variance is small next
+    to that of the sample of images (benchmarks/adaptive_statistics.py measures the selection it gives).
+    """
+
+    max_positions: int | None = None
+    generator: torch.Generator | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.max_positions is not None and self.max_positions < 1:
+            raise ValueError(f"max_positions must be at least 1, got {self.max_positions}")
         self.modules = [self.graph.modules[m.module] for m in self.site.members]
         self.handlers = [m.handler for m in self.site.members]
         self.slices = [columns for _, columns in self.site.member_slices()]
+        #: the grid steps of subsampled positions, one per spatial axis (() or ones: every position), fixed by the
+        #: first batch
+        self.position_steps: tuple[int, ...] | None = None if self.max_positions is not None else ()
+        self._layer_modules = self.modules
 
     @classmethod
-    def for_site(cls, graph: ChannelGraph, site: Site, dtype: torch.dtype = torch.float32) -> RidgeOperator:
-        return cls(graph, site, dtype)
+    def for_site(
+        cls,
+        graph: ChannelGraph,
+        site: Site,
+        dtype: torch.dtype = torch.float32,
+        *,
+        max_positions: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> RidgeOperator:
+        return cls(graph, site, dtype, max_positions=max_positions, generator=generator)
 
     def _cache(self, record: BatchRecord) -> RidgeFields:
-        return ridge_fields(self.graph, self.site, record, self.dtype)
+        fields = ridge_fields(self.graph, self.site, record, self.dtype)
+        if self.position_steps is None:
+            self._choose_steps(fields)
+        if not self.subsamples_positions:
+            return fields
+        offsets = tuple(int(torch.randint(step, (1,), generator=self.generator)) for step in self.position_steps)
+        return self.on_grid(fields, offsets)
+
+    @property
+    def subsamples_positions(self) -> bool:
+        return any(step > 1 for step in self.position_steps or ())
+
+    def _choose_steps(self, fields: RidgeFields) -> None:
+        """The grid steps for this site's output grid, and the layers' stand-ins that compute on them."""
+        self.position_steps = ()
+        if self.site.members[0].handler.output_channel_dim != 1:  # channels last: no grid after them
+            return
+        steps = grid_steps(fields.coefficients.shape[2:], self.max_positions)
+        if all(step == 1 for step in steps):
+            return
+        views = [handler.on_position_grid(module, steps) for handler, module in zip(self.handlers, self.modules)]
+        if all(view is not None for view in views):
+            self.position_steps, self.modules = steps, views
+
+    def on_grid(self, fields: RidgeFields, offsets: tuple[int, ...]) -> RidgeFields:
+        """One batch's fields on the grid of every ``position_steps[i]``-th position along axis i from ``offsets``,
+        weighted so that their mean over all offsets is the batch's own."""
+        steps = self.position_steps
+        grid = (slice(offset, None, step) for offset, step in zip(offsets, steps))
+        coefficients = fields.coefficients[(slice(None), slice(None), *grid)] * math.prod(steps)
+        inputs = [  # compact copies: every product reads them, and the full inputs can go
+            handler.crop_to_grid(module, prepared, offsets).contiguous()
+            for handler, module, prepared in zip(self.handlers, self._layer_modules, fields.inputs)
+        ]
+        return RidgeFields(inputs, coefficients, fields.scales, fields.scale, fields.weight)
 
     merges = True
 
@@ -143,6 +214,11 @@ class RidgeOperator(CachedBatchOperator):
     @staticmethod
     def _samples(cached: RidgeFields) -> int:
         return cached.coefficients.shape[0]
+
+    @staticmethod
+    def _merge_key(cached: RidgeFields) -> tuple:
+        # batches on grids of different offsets can differ in size by a position
+        return cached.scale, cached.coefficients.shape[2:], tuple(x.shape[2:] for x in cached.inputs)
 
     @property
     def device(self) -> torch.device:

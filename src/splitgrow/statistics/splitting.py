@@ -39,6 +39,11 @@ AUTO_DENSE_DIM = 48
 #: the same bound for sites without a closed-form (ridge) engine, whose dense matrices cost about d products
 #: each (MobileNetV1 at width 8, d = 13 to 41: dense 128 s against LOBPCG 52 s)
 AUTO_DENSE_DIM_OTHER = 8
+#: the iterative solvers' default relative residual. An index's error is about the residual squared over the gap
+#: to the next eigenvalue, so 1e-2 leaves errors far below the sampling noise of the statistics: on VGG19 and
+#: MobileNetV1 (width 32, real Fashion-MNIST, 128 to 2,048 images) it selected the same top 10% as 1e-3 in every
+#: draw, at 1.3 to 1.9 times less cost (benchmarks/adaptive_statistics.py, --tolerances)
+ITERATIVE_TOLERANCE = 1e-2
 #: dense indexes within this fraction of the site's largest matrix norm of zero are reported as 0
 DENSE_NOISE = 1e-10
 
@@ -159,6 +164,8 @@ class Accumulator:
         dtype: torch.dtype = torch.float64,
         operator_dtype: torch.dtype = torch.float32,
         max_temporary_elements: int = DEFAULT_MAX_TEMPORARY_ELEMENTS,
+        max_positions: int | None = None,
+        seed: int = 0,
     ) -> None:
         self.graph = graph
         self.dense_sites, self.operator_sites = list(dense_sites), list(operator_sites)
@@ -167,9 +174,12 @@ class Accumulator:
         self.weight, self.batches, self.loss_sum = 0.0, 0, 0.0
         self._loss_operators: dict[str, LossHessianOperator] = {}
         self.operators: dict[str, SiteOperator] = {}
+        positions = torch.Generator().manual_seed(seed)  # the grid offsets of subsampled positions
         for site in self.operator_sites:
             if site.engine == "ridge":
-                self.operators[site.name] = RidgeOperator.for_site(graph, site, operator_dtype)
+                self.operators[site.name] = RidgeOperator.for_site(
+                    graph, site, operator_dtype, max_positions=max_positions, generator=positions
+                )
             elif site.engine == "chain":
                 self.operators[site.name] = ChainOperator(graph, site, operator_dtype)
             elif site.engine == "loss":
@@ -233,10 +243,13 @@ def one_pass(
     max_temporary_elements: int = DEFAULT_MAX_TEMPORARY_ELEMENTS,
     progress: bool = False,
     reduce: Callable[[Tensor], Tensor] | None = None,
+    max_positions: int | None = None,
+    seed: int = 0,
 ) -> _Pass:
     """One pass over the data: the mean dense matrices of ``dense_sites`` and the operators (cached statistics)
-    of ``operator_sites``. ``reduce`` sums a tensor over the processes of a distributed run (see
-    :mod:`splitgrow.statistics.distributed`)."""
+    of ``operator_sites`` (reading at most about ``max_positions`` positions of a convolution, grid offsets drawn
+    from ``seed``: see :func:`splitting_eigenpairs`). ``reduce`` sums a tensor over the processes of a distributed
+    run (see :mod:`splitgrow.statistics.distributed`)."""
     accumulator = Accumulator(
         graph,
         dense_sites,
@@ -244,6 +257,8 @@ def one_pass(
         dtype=dtype,
         operator_dtype=operator_dtype,
         max_temporary_elements=max_temporary_elements,
+        max_positions=max_positions,
+        seed=seed,
     )
     if not accumulator.sites:  # nothing to compute: no pass over the data
         return accumulator.result()
@@ -320,9 +335,11 @@ def splitting_operators(
     batches: int | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
+    max_positions: int | None = None,
+    seed: int = 0,
 ) -> dict[str, SiteOperator]:
     """Matrix-free splitting matrices of every site (``matvec``: (n, d) -> (n, d)), from statistics of (part of)
-    a dataset cached in ``dtype``."""
+    a dataset cached in ``dtype`` (``max_positions``, ``seed``: as for :func:`splitting_eigenpairs`)."""
     chosen = _chosen(graph, sites)
     found = one_pass(
         model,
@@ -335,6 +352,8 @@ def splitting_operators(
         batches=batches,
         operator_dtype=dtype,
         progress=progress,
+        max_positions=max_positions,
+        seed=seed,
     )
     return found.operators
 
@@ -352,7 +371,7 @@ def splitting_eigenpairs(
     solver: str = "dense",
     dtype: torch.dtype = torch.float64,
     operator_dtype: torch.dtype = torch.float32,
-    tolerance: float = 1e-3,
+    tolerance: float = ITERATIVE_TOLERANCE,
     max_iterations: int = 300,
     rayleigh_epochs: int = 10,
     rayleigh_learning_rate: float = 0.01,
@@ -367,6 +386,7 @@ def splitting_eigenpairs(
     strict: bool = False,
     reduce: Callable[[Tensor], Tensor] | None = None,
     largest: bool = False,
+    max_positions: int | None = None,
 ) -> SplittingResults:
     """Splitting indexes and gradients of every splittable site, from one pass over (part of) the data.
 
@@ -394,6 +414,10 @@ def splitting_eigenpairs(
         strict: raise GraphError instead of warning when a layer will not grow.
         reduce: sum over processes (distributed statistics; see :mod:`splitgrow.statistics.distributed`).
         largest: also compute lambda_max and v_max (for signed splitting; dense or lobpcg solver).
+        max_positions: the matrix-free statistics of a convolution read about this many output positions per
+            sample at most, on a regular grid with a random offset per batch (an unbiased estimate of S at a
+            fraction of the cost: :class:`~splitgrow.statistics.ridge.RidgeOperator`); None reads them all.
+            Dense statistics and sites of the other engines read every position.
 
     Returns:
         :class:`SplittingResults`: a dict of :class:`SiteSplitting` by site, with ``skipped``.
@@ -413,6 +437,7 @@ def splitting_eigenpairs(
         max_temporary_elements=max_temporary_elements,
         seed=seed,
         largest=largest,
+        max_positions=max_positions,
     )
     graph.check_current()
     chosen = _chosen(graph, sites)
@@ -442,7 +467,7 @@ class SolverOptions:
     solver: str = "dense"
     dtype: torch.dtype = torch.float64
     operator_dtype: torch.dtype = torch.float32
-    tolerance: float = 1e-3
+    tolerance: float = ITERATIVE_TOLERANCE
     max_iterations: int = 300
     rayleigh_epochs: int = 10
     rayleigh_learning_rate: float = 0.01
@@ -453,6 +478,7 @@ class SolverOptions:
     max_temporary_elements: int = DEFAULT_MAX_TEMPORARY_ELEMENTS
     seed: int = 0
     largest: bool = False
+    max_positions: int | None = None
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
@@ -461,6 +487,8 @@ class SolverOptions:
             raise ValueError("the largest eigenpairs (signed splitting) need the dense or the lobpcg solver")
         if self.start not in STARTS:
             raise ValueError(f"start must be one of {', '.join(STARTS)}, got {self.start!r}")
+        if self.max_positions is not None and self.max_positions < 1:
+            raise ValueError(f"max_positions must be at least 1 (or None: every position), got {self.max_positions}")
 
     def method(self, graph: ChannelGraph, site: Site) -> str:
         """The solver of one site ("auto": dense for small neurons whose matrices fit in ``dense_bytes``)."""
@@ -479,6 +507,8 @@ class SolverOptions:
             dtype=self.dtype,
             operator_dtype=self.operator_dtype,
             max_temporary_elements=self.max_temporary_elements,
+            max_positions=self.max_positions,
+            seed=self.seed,
         )
 
 
