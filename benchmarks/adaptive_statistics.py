@@ -88,7 +88,6 @@ def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -
     converged = sum(int(r.converged.sum()) for r in full.values()) / neurons
 
     rows = []
-    adaptive = AdaptiveStatistics()  # the library's defaults
     for tolerance, max_positions in itertools.product(args.tolerances, args.max_positions):
         options = SolverOptions(
             solver="lobpcg", tolerance=tolerance, seed=args.seed, max_positions=max_positions or None
@@ -104,11 +103,14 @@ def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -
                     | setting
                     | quality(selected, reference, full_indexes)
                 )
-        for draw in range(args.adaptive_draws):
+        for stop_tolerance, draw in itertools.product(args.adaptive_tolerances, range(args.adaptive_draws)):
             generator = torch.Generator().manual_seed(args.seed + 1 + draw)
             order = [training[i] for i in torch.randperm(len(training), generator=generator).tolist()]
+            adaptive = AdaptiveStatistics(tolerance=stop_tolerance)  # otherwise the library's defaults
 
-            def adaptive_phase(order: list[Batch] = order, options: SolverOptions = options) -> tuple[Selected, Any]:
+            def adaptive_phase(
+                order: list[Batch] = order, options: SolverOptions = options, adaptive: AdaptiveStatistics = adaptive
+            ) -> tuple[Selected, Any]:
                 results = adaptive_splitting(
                     model, net.graph, order, select, F.cross_entropy, adaptive=adaptive, options=options
                 )
@@ -118,6 +120,7 @@ def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -
             rows.append(
                 {
                     "method": "adaptive",
+                    "adaptive_tolerance": stop_tolerance,
                     "draw": draw,
                     "samples": int(results.adaptive["samples"]),
                     "seconds": seconds,
@@ -151,8 +154,9 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and range over draws of each (setting, method, samples) — adaptive rows grouped together."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
+        method = f"adaptive ({row['adaptive_tolerance']:g})" if row["method"] == "adaptive" else row["method"]
         samples = 0 if row["method"] == "adaptive" else row["samples"]
-        groups.setdefault((row["tolerance"], row["max_positions"], row["method"], samples), []).append(row)
+        groups.setdefault((row["tolerance"], row["max_positions"], method, samples), []).append(row)
     out = []
     for (tolerance, max_positions, method, _), members in groups.items():
 
@@ -180,7 +184,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"Training: {settings['epochs']} epochs on {settings['train_images']} real Fashion-MNIST images (seed "
         f"{settings['seed']}); reference: LOBPCG at tolerance {settings['reference_tolerance']} on all of them; "
         f"phases: LOBPCG at the tolerance shown, reading at most the positions shown of each convolution (all: "
-        f"every one); adaptive: AdaptiveStatistics defaults (batches of {settings['batch_size']}).",
+        f"every one); adaptive: AdaptiveStatistics defaults but the stopping tolerance shown (batches of "
+        f"{settings['batch_size']}).",
         "",
     ]
     for model in report["models"]:
@@ -237,6 +242,13 @@ def main() -> None:
     parser.add_argument("--sample-sizes", type=int, nargs="+", default=[128, 512, 1024, 2048])
     parser.add_argument("--draws", type=int, default=3, help="disjoint draws per fixed sample size, where they fit")
     parser.add_argument("--adaptive-draws", type=int, default=3, help="adaptive runs, each on its own batch order")
+    parser.add_argument(
+        "--adaptive-tolerances",
+        type=float,
+        nargs="+",
+        default=[AdaptiveStatistics().tolerance],
+        help="stopping tolerances of adaptive statistics (the library's default alone unless given)",
+    )
     parser.add_argument(
         "--tolerances",
         type=float,
