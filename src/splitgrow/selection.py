@@ -152,16 +152,15 @@ def _adding_at_most(
     """Splits of the ``ranked`` candidates adding at most ``max_added`` neurons: each neuron's own split in order of
     index while it fits; once one does not, greedily the best of the splits that fit what is left (a signed split
     with fewer offspring, :func:`splitgrow.signed.fitting_split`), as the one-layer signed splitting does."""
-    requests, remaining, taken = [], max_added, 0
+    requests, remaining = [], max_added
     for index, name, channel in ranked:
         copies = _copies(results, name, channel)
         if copies > remaining:
             break
         requests.append(_request(results, name, channel, index, graph))
         remaining -= copies
-        taken += 1
     fingerprint = None if graph is None else graph.fingerprint
-    left = [(name, channel) for _, name, channel in ranked[taken:]]
+    left = [(name, channel) for _, name, channel in ranked[len(requests) :]]
     while remaining > 0 and left:
         fits = []
         for order, (name, channel) in enumerate(left):
