@@ -202,3 +202,18 @@ def test_probes_trained_together_match_each_probe_trained_alone():
 def test_the_help_of_workers_states_the_threshold_of_the_code():
     (workers,) = [setting for setting in describe_settings(rbf.RBFConfig) if setting.name == "workers"]
     assert f"{rbf.MIN_ITERATIONS_FOR_WORKERS:,} training iterations" in workers.meaning
+
+
+def _sum_of(values: torch.Tensor) -> float:
+    return float(values.sum())
+
+
+def test_a_task_sent_to_a_worker_leaves_this_process_tensors_where_they_are():
+    # The pool's own pickler moves a tensor's storage into shared memory, from a feeder thread, while this process
+    # goes on computing with it: the seed's data changed under the splitting run now and then (a flaky CI failure).
+    values = torch.arange(5, dtype=torch.float64)
+    address = values.data_ptr()
+    with rbf._Runner(1) as runner:
+        result = runner.submit(_sum_of, values)
+        assert result() == 10.0
+    assert not values.is_shared() and values.data_ptr() == address

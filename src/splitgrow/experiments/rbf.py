@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import pickle
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -445,6 +446,11 @@ def _initialize_worker(threads: int) -> None:
     tqdm.set_lock(threading.RLock())
 
 
+def _call_pickled(payload: bytes) -> Any:
+    function, args = pickle.loads(payload)
+    return function(*args)
+
+
 class _Runner:
     """Runs a seed's tasks in a pool of worker processes, or, without workers, at once in this process.
 
@@ -466,7 +472,11 @@ class _Runner:
         if self.pool is None:
             result = function(*args)
             return lambda: result
-        return self.pool.apply_async(function, args).get
+        # Pickled here and now by the standard pickler, which copies tensors: the pool's pickler (torch's) would
+        # move their storage into shared memory from its feeder thread, while this process goes on computing with
+        # them, and a kernel running then reads freed memory.
+        payload = pickle.dumps((function, args), protocol=pickle.HIGHEST_PROTOCOL)
+        return self.pool.apply_async(_call_pickled, (payload,)).get
 
     def __enter__(self) -> _Runner:
         return self
