@@ -30,6 +30,7 @@ def run(rank: int, world: int, address: str, out: str, solvers: list[str]) -> No
     try:
         for solver in solvers:
             grow(rank, out, solver)
+        dist.barrier()  # neither process tears the group down while the other may still talk to it
     finally:
         dist.destroy_process_group()
 

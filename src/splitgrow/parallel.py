@@ -83,6 +83,9 @@ def process_group(launch: Launch, device: str) -> Iterator[torch.device]:
         ) from None
     try:
         yield local
+        # after a clean run, no process tears the group down (with rank 0, under a plain tcp:// rendezvous, the
+        # store) while another may still talk to it; after an error the others may be gone: no waiting for them
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
