@@ -125,6 +125,7 @@ def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -
                     "samples": int(results.adaptive["samples"]),
                     "seconds": seconds,
                     "stop": results.adaptive["stop"],
+                    "checks": results.adaptive["checks"],
                 }
                 | setting
                 | quality(selected, reference, full_indexes)
@@ -228,6 +229,19 @@ def report_markdown(report: dict[str, Any]) -> str:
             ),
             "",
         ]
+        checks = [row for row in model["rows"] if row["method"] == "adaptive" and row.get("checks")]
+        if checks:
+            lines += ["Adaptive checks (samples: share of the decrease the previous check's selection keeps):", ""]
+            for row in checks:
+                steps = ", ".join(
+                    f"{check['samples']:.0f}" + (f": {check['kept']:.1%}" if "kept" in check else "")
+                    for check in row["checks"]
+                )
+                lines.append(
+                    f"- tolerance {row['tolerance']:g}, positions {row['max_positions'] or 'all'}, stopping "
+                    f"tolerance {row['adaptive_tolerance']:g}, draw {row['draw']}: {steps} ({row['stop']})"
+                )
+            lines.append("")
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 
 from splitgrow.graph import ChannelGraph
 from splitgrow.growth import Grower, GrowthPolicy
-from splitgrow.statistics.adaptive import AdaptiveStatistics, adaptive_splitting, top_fraction
+from splitgrow.statistics.adaptive import AdaptiveStatistics, adaptive_splitting, compare_selections, top_fraction
 
 DTYPE = torch.float64
 
@@ -159,28 +160,34 @@ def test_a_fraction_counts_coupling_groups_not_layers(architecture):
 
 
 def test_adaptive_statistics_stop_early_on_an_easy_case_and_draw_more_on_a_noisy_one():
-    model, batches, _ = _setup(4)
-    graph = ChannelGraph(model, batches[0][0])
-    same = [batches[0]] * 16  # the same batch: the selection cannot change
-    easy = adaptive_splitting(
-        model, graph, same, top_fraction(0.5), F.cross_entropy, adaptive=AdaptiveStatistics(min_batches=2)
-    )
-    assert easy.adaptive["batches"] == 4 and easy.adaptive["stop"] == "the selection settled"
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3)).to(DTYPE)
     generator = torch.Generator().manual_seed(0)
     noisy = []
     for _ in range(16):  # every batch its own random labels: the indexes keep moving
         x = torch.randn(8, 4, generator=generator, dtype=DTYPE)
-        noisy.append((x, torch.randint(0, 2, (8,), generator=generator)))
-    hard = adaptive_splitting(
-        model,
-        graph,
-        noisy,
-        top_fraction(0.5),
-        F.cross_entropy,
-        adaptive=AdaptiveStatistics(min_batches=2, max_batches=16, tolerance=0.01),
-    )
+        noisy.append((x, torch.randint(0, 3, (8,), generator=generator)))
+    graph = ChannelGraph(model, noisy[0][0])
+    settings = AdaptiveStatistics(min_batches=2, max_batches=16)
+    same = [noisy[0]] * 16  # the same batch again and again: the selection cannot change
+    easy = adaptive_splitting(model, graph, same, top_fraction(0.25), F.cross_entropy, adaptive=settings)
+    assert easy.adaptive["batches"] == 4 and easy.adaptive["stop"] == "the selection settled"
+    assert easy.adaptive["checks"][1]["kept"] == 1.0 and easy.adaptive["checks"][1]["overlap"] == 1.0
+    hard = adaptive_splitting(model, graph, noisy, top_fraction(0.25), F.cross_entropy, adaptive=settings)
     assert hard.adaptive["batches"] > easy.adaptive["batches"]
     assert hard.adaptive["samples"] == 8 * hard.adaptive["batches"]
+    assert hard.adaptive["checks"][1]["kept"] < 1 - settings.tolerance
+
+
+def test_selections_are_compared_by_the_decrease_they_keep_under_the_latest_statistics():
+    results = {"a": SimpleNamespace(indexes=torch.tensor([-4.0, -3.0, -1.0, 0.5], dtype=DTYPE))}
+    current = [("a", 0, -4.0), ("a", 1, -3.0)]
+    measures = compare_selections([("a", 0, -3.5), ("a", 2, -2.0)], current, results)
+    assert measures == {"kept": pytest.approx(5 / 7, rel=1e-12), "overlap": 0.5}
+    now_positive = compare_selections([("a", 0, -4.0), ("a", 3, -1.0)], current, results)
+    assert now_positive["kept"] == pytest.approx(3.5 / 7, rel=1e-12)  # its index counts as it is now
+    assert compare_selections([], [], results) == {"kept": 1.0, "overlap": 1.0}  # nothing to split, twice
+    assert compare_selections([("a", 2, -1.0)], [], results) == {"kept": 0.0, "overlap": 0.0}
 
 
 def test_policies_refuse_bad_settings():

@@ -3,6 +3,8 @@ ends at lambda_min, and adaptive statistics end with the indexes of a cold solve
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -54,9 +56,14 @@ def test_adaptive_statistics_end_with_the_indexes_of_a_cold_solve(vgg):
     from splitgrow.statistics.splitting import SolverOptions
 
     options = SolverOptions(solver="lobpcg", tolerance=1e-7, operator_dtype=torch.float64, max_iterations=2000)
-    never_settles = AdaptiveStatistics(min_batches=1, max_batches=len(batches), growth=1.5, tolerance=0.0)
+    checks = itertools.count(1)
+
+    def growing(results):  # more neurons at every check: the previous selection never keeps all the decrease
+        return top_fraction(0.05 * next(checks))(results)
+
+    every_batch = AdaptiveStatistics(min_batches=1, max_batches=len(batches), growth=1.5, tolerance=0.0)
     found = adaptive_splitting(
-        model, net.graph, batches, top_fraction(0.1), F.cross_entropy, adaptive=never_settles, options=options
+        model, net.graph, batches, growing, F.cross_entropy, adaptive=every_batch, options=options
     )
     assert found.adaptive["batches"] == len(batches) and len(found.adaptive["checks"]) >= 3
     _assert_indexes(found, dense)
