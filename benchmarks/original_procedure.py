@@ -13,7 +13,8 @@ splitgrow's neuron also spans that filter).
 splitgrow's whole phase: statistics + LOBPCG + selection, on all the training images (which also defines the exact
 full-data selection, at a tight LOBPCG tolerance), with adaptive statistics (library defaults) and on fixed
 samples (``--fixed-samples``, the first images of the adaptive run's order), all at the library's LOBPCG tolerance
-and reading at most ``--max-positions`` output positions per image of each convolution (0: all).
+and reading at most ``--max-positions`` output positions per image of each convolution (0: all), each on
+``--draws`` random orders of the training batches: one draw's overlap moves by a neuron or two.
 
 The original procedure would take hours on a CPU: each layer's pass is timed on ``--original-samples`` images and
 scaled linearly to the training set (its cost is linear in the samples: the same forward, backward and P d^2 work
@@ -199,6 +200,21 @@ def exact_check(model: nn.Module, batches: list[Batch], args: argparse.Namespace
     return float(max(errors)) if errors else float("nan")
 
 
+def _over_draws(seconds: list[float], overlaps: list[float]) -> dict[str, Any]:
+    """A phase's mean time and overlap over the draws, and each draw's."""
+    return {
+        "seconds": sum(seconds) / len(seconds),
+        "overlap": sum(overlaps) / len(overlaps),
+        "seconds_each": seconds,
+        "overlap_each": overlaps,
+    }
+
+
+def _overlap_cell(row: dict[str, Any]) -> str:
+    low, high = min(row["overlap_each"]), max(row["overlap_each"])
+    return f"{row['overlap']:.0%}" + ("" if low == high else f" ({low:.0%}-{high:.0%})")
+
+
 def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     training = fashion_mnist_batches(args.train_images, args.batch_size, seed=args.seed, device=device)
     model = briefly_trained(name, args.width, training, args.epochs, seed=args.seed, device=device)
@@ -216,27 +232,35 @@ def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -
     options = SolverOptions(
         solver="lobpcg", tolerance=args.tolerance, seed=args.seed, max_positions=args.max_positions or None
     )
-    generator = torch.Generator().manual_seed(args.seed + 1)
-    order = [training[i] for i in torch.randperm(len(training), generator=generator).tolist()]
+    orders = []  # each draw: the training batches in its own random order
+    for draw in range(args.draws):
+        generator = torch.Generator().manual_seed(args.seed + 1 + draw)
+        orders.append([training[i] for i in torch.randperm(len(training), generator=generator).tolist()])
+
+    def overlap_with_exact(selected: Selected) -> float:
+        return len(exact & {(site, n) for site, n, _ in selected}) / len(exact)
 
     def fixed_phase(batches: list[Batch]) -> Selected:
         return select(net.splitting(batches, F.cross_entropy, **vars(options)))
 
     fixed = []
     for samples in args.fixed_samples:
-        batches = order[: max(1, samples // args.batch_size)]
-        selected, seconds = timed(device, fixed_phase, batches)
-        overlap = len(exact & {(site, n) for site, n, _ in selected}) / len(exact)
-        fixed.append({"samples": len(batches) * args.batch_size, "seconds": seconds, "overlap": overlap})
+        count = max(1, samples // args.batch_size)
+        draws = [timed(device, fixed_phase, order[:count]) for order in orders]
+        fixed.append(
+            {"samples": count * args.batch_size}
+            | _over_draws([seconds for _, seconds in draws], [overlap_with_exact(sel) for sel, _ in draws])
+        )
 
-    def adaptive_phase() -> tuple[Selected, int]:
+    def adaptive_phase(order: list[Batch]) -> tuple[Selected, int]:
         results = adaptive_splitting(
             model, net.graph, order, select, F.cross_entropy, adaptive=AdaptiveStatistics(), options=options
         )
         return select(results), int(results.adaptive["samples"])
 
-    (adaptive, adaptive_samples), adaptive_seconds = timed(device, adaptive_phase)
-    adaptive_overlap = len(exact & {(site, n) for site, n, _ in adaptive}) / len(exact)
+    runs = [timed(device, adaptive_phase, order) for order in orders]
+    adaptive = _over_draws([seconds for _, seconds in runs], [overlap_with_exact(sel) for (sel, _), _ in runs])
+    adaptive["samples_each"] = [samples for (_, samples), _ in runs]
 
     measured = training[: max(1, args.original_samples // args.batch_size)]
     if args.original_samples < args.batch_size:
@@ -262,12 +286,12 @@ def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -
         "original_seconds_50k_images": original_seconds_50k,
         "original_overlap_on_timed_samples": original_overlap,
         "splitgrow_full_seconds": full_seconds,
-        "splitgrow_adaptive_seconds": adaptive_seconds,
-        "splitgrow_adaptive_samples": adaptive_samples,
-        "splitgrow_adaptive_overlap": adaptive_overlap,
+        "splitgrow_adaptive": adaptive,
+        "splitgrow_adaptive_seconds": adaptive["seconds"],
+        "splitgrow_adaptive_overlap": adaptive["overlap"],
         "speedup_full": original_seconds / full_seconds,
-        "speedup_adaptive": original_seconds / adaptive_seconds,
-        "speedup_adaptive_50k_images": original_seconds_50k / adaptive_seconds,
+        "speedup_adaptive": original_seconds / adaptive["seconds"],
+        "speedup_adaptive_50k_images": original_seconds_50k / adaptive["seconds"],
         "splitgrow_fixed": [
             row
             | {
@@ -292,12 +316,12 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"{m['original_seconds']:,.0f}",
             f"{m['splitgrow_full_seconds']:.0f}",
             f"{m['speedup_full']:.0f}x",
-            f"{m['splitgrow_adaptive_samples']}",
-            f"{m['splitgrow_adaptive_overlap']:.0%}",
+            ", ".join(str(samples) for samples in m["splitgrow_adaptive"]["samples_each"]),
+            _overlap_cell(m["splitgrow_adaptive"]),
             f"{m['splitgrow_adaptive_seconds']:.0f}",
             f"{m['speedup_adaptive']:.0f}x",
             "; ".join(
-                f"{f['samples']}: {f['overlap']:.0%}, {f['seconds']:.0f} s, {f['speedup']:.0f}x"
+                f"{f['samples']}: {_overlap_cell(f)}, {f['seconds']:.0f} s, {f['speedup']:.0f}x"
                 for f in m["splitgrow_fixed"]
             ),
             f"{m['original_seconds_50k_images']:,.0f} / {m['speedup_adaptive_50k_images']:.0f}x / "
@@ -314,11 +338,11 @@ def report_markdown(report: dict[str, Any]) -> str:
             "original s (scaled)",
             "splitgrow, all images s",
             "speed-up",
-            "splitgrow adaptive: samples",
+            "splitgrow adaptive: samples of each draw",
             "adaptive: top-10% overlap with all images",
-            "adaptive s",
+            "adaptive s (mean)",
             "speed-up, adaptive",
-            "splitgrow fixed, samples: overlap, s, speed-up",
+            "splitgrow fixed, samples: overlap, mean s, speed-up",
             "with 50k training images: original s / speed-up, adaptive / fixed",
         ],
         rows,
@@ -329,7 +353,9 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"\nTraining: {settings['epochs']} epochs on {settings['train_images']} real Fashion-MNIST images, width "
         f"{settings['width']}; splitgrow: LOBPCG at tolerance {settings['reference_tolerance']} on all images (the "
         f"exact selection); adaptive statistics and the fixed samples at tolerance {settings['tolerance']}, reading "
-        f"{settings['max_positions'] or 'all'} positions per image of each convolution at most.\n\n{table}\n"
+        f"{settings['max_positions'] or 'all'} positions per image of each convolution at most, on "
+        f"{settings['draws']} random orders of the training batches (overlap: mean and range; speed-ups from the "
+        f"mean time).\n\n{table}\n"
     )
 
 
@@ -345,6 +371,7 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=ITERATIVE_TOLERANCE, help="of the adaptive and fixed phases")
     parser.add_argument("--max-positions", type=int, default=256, help="positions read per image of a convolution")
     parser.add_argument("--fixed-samples", type=int, nargs="+", default=[2048, 4096], help="images of fixed phases")
+    parser.add_argument("--draws", type=int, default=3, help="batch orders for the adaptive and fixed phases")
     parser.add_argument("--reference-tolerance", type=float, default=1e-4)
     parser.add_argument("--epoch-images", type=int, default=1024)
     parser.add_argument("--top-fraction", type=float, default=0.1)
@@ -356,7 +383,7 @@ def main() -> None:
     if args.quick:
         args.width, args.train_images, args.epochs, args.batch_size = 4, 128, 1, 16
         args.original_samples, args.epoch_images, args.check_exact = 8, 32, True
-        args.fixed_samples, args.max_positions = [32, 64], 64
+        args.fixed_samples, args.max_positions, args.draws = [32, 64], 64, 2
     device = torch.device(args.device)
     report: dict[str, Any] = {
         "machine": describe_machine(device),

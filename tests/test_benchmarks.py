@@ -103,10 +103,13 @@ def test_original_procedure_quick(tmp_path):
     assert [layer["d"] for layer in layers] == [9] + [9 * 4] * 15
     for layer in layers:  # timed on 8 images, scaled to the 128 training images
         assert layer["pass_seconds_scaled"] == pytest.approx(layer["pass_seconds_measured"] * 128 / 8)
-    assert 0.0 <= model["splitgrow_adaptive_overlap"] <= 1.0
+    adaptive = model["splitgrow_adaptive"]
+    assert len(adaptive["samples_each"]) == len(adaptive["overlap_each"]) == 2  # two draws
+    assert adaptive["overlap"] == pytest.approx(sum(adaptive["overlap_each"]) / 2)
     assert [row["samples"] for row in model["splitgrow_fixed"]] == [32, 64]  # 2 and 4 batches of 16
     for row in model["splitgrow_fixed"]:
-        assert 0.0 <= row["overlap"] <= 1.0
+        assert all(0.0 <= overlap <= 1.0 for overlap in row["overlap_each"])
+        assert row["seconds"] == pytest.approx(sum(row["seconds_each"]) / 2)
         assert row["speedup"] == pytest.approx(model["original_seconds"] / row["seconds"])
 
 
