@@ -141,3 +141,12 @@ def test_the_gpu_checks_script_parses_and_names_its_parts():
     text = script.read_text()
     parts = [line.split()[4] for line in text.splitlines() if line.startswith("#   bash benchmarks/cuda_checks.sh")]
     assert parts and all(f"\n{part}() {{\n" in text for part in parts)
+
+
+def test_selection_noise_quick(tmp_path):
+    out = tmp_path / "selection_noise"
+    run_script("selection_noise.py", "--quick", "--models", "vgg19", "--out", str(out))
+    (model,) = json.loads(out.with_suffix(".json").read_text())["models"]
+    assert model["half_samples"] == [64, 64]  # 128 training images in batches of 16, split in two
+    assert model["top_m"] == round(0.1 * model["neurons"]) and 0.0 <= model["overlap"] <= 1.0
+    assert "| vgg19 " in out.with_suffix(".md").read_text()
