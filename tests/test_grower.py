@@ -178,6 +178,37 @@ def test_adaptive_statistics_stop_early_on_an_easy_case_and_draw_more_on_a_noisy
     assert hard.adaptive["samples"] == 8 * hard.adaptive["batches"]
     assert hard.adaptive["checks"][1]["kept"] < 1 - settings.tolerance
 
+    def all_equal(results):  # a ranking under which every neuron gains the same: any two selections are as good
+        return {name: SimpleNamespace(indexes=-torch.ones_like(r.indexes)) for name, r in results.items()}
+
+    ranked = adaptive_splitting(
+        model, graph, noisy, top_fraction(0.25), F.cross_entropy, adaptive=settings, rank=all_equal
+    )
+    assert ranked.adaptive["batches"] == 4 and ranked.adaptive["checks"][1]["kept"] == 1.0
+
+
+@pytest.mark.parametrize("method", ["splitting", "signed"])
+def test_the_grower_scores_adaptive_checks_by_the_indexes_it_ranks_by(method, monkeypatch):
+    from splitgrow.signed import SignedSiteSplitting
+    from splitgrow.statistics import adaptive as adaptive_module
+
+    scored = []
+    compare = adaptive_module.compare_selections
+
+    def spy(previous, current, results):
+        scored.append(results)
+        return compare(previous, current, results)
+
+    monkeypatch.setattr(adaptive_module, "compare_selections", spy)
+    model, batches, _ = _setup(4)
+    settings = AdaptiveStatistics(min_batches=1, max_batches=4)
+    policy = GrowthPolicy(first=0, every=1, count=1, epsilon=0.01, method=method, adaptive=settings)
+    grower = Grower(model, batches[0][0], batches, policy=policy, loss_function=F.cross_entropy)
+    stage = grower.grow()
+    assert scored and len(stage.splits) == 1
+    signed = [isinstance(result, SignedSiteSplitting) for results in scored for result in results.values()]
+    assert all(signed) if method == "signed" else not any(signed)
+
 
 def test_selections_are_compared_by_the_decrease_they_keep_under_the_latest_statistics():
     results = {"a": SimpleNamespace(indexes=torch.tensor([-4.0, -3.0, -1.0, 0.5], dtype=DTYPE))}

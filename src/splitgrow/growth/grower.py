@@ -209,6 +209,7 @@ class Grower:
                 adaptive=self.policy.adaptive,
                 options=self._options(),
                 reduce=reduce,
+                rank=self._ranked,  # the checks score selections by the indexes they were ranked by
                 **contract,
             )
         from ..statistics.recording import record_batches

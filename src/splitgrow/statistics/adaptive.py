@@ -13,8 +13,9 @@ The result records how many batches and samples it used, each check's measures a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -61,8 +62,9 @@ class AdaptiveStatistics:
             yield self.max_batches
 
 
-def compare_selections(previous: Selected, current: Selected, results: SplittingResults) -> dict[str, float]:
-    """How the previous check's selection fares against the current one, both scored under the current ``results``:
+def compare_selections(previous: Selected, current: Selected, results: Mapping[str, Any]) -> dict[str, float]:
+    """How the previous check's selection fares against the current one, both scored under the current ``results``
+    (a mapping from site to a result with ``indexes``, as the selection ranks them):
     ``kept`` is the share of the current selection's predicted decrease (sum of -lambda) that the previous one gets
     (1: nothing to gain from the change; with no decrease on offer, 1 when the previous selection was empty too, else
     0), ``overlap`` the share of the current selection's neurons it holds."""
@@ -96,12 +98,15 @@ def adaptive_splitting(
     strict: bool = False,
     progress: bool = False,
     reduce: Callable[[Tensor], Tensor] | None = None,
+    rank: Callable[[SplittingResults], Mapping[str, Any]] | None = None,
 ) -> SplittingResults:
     """Splitting indexes from as many batches as the selection ``select`` needs to settle.
 
     ``select(results)`` returns the selection the caller will make from results, as (site, neuron, index) triples;
     the returned :class:`SplittingResults` carry ``adaptive``: a dict with the batches and samples used, why the pass
-    stopped, and each check's measures (:func:`compare_selections` of its selection and the previous one).
+    stopped, and each check's measures (:func:`compare_selections` of its selection and the previous one). Where
+    ``select`` ranks neurons by other indexes than the splitting indexes (signed splitting: ``rank`` =
+    ``lambda results: signed_splitting(results, bound)``), ``rank`` gives them, and the checks score by them.
     """
     adaptive = adaptive or AdaptiveStatistics()
     options = options or SolverOptions()
@@ -137,7 +142,7 @@ def adaptive_splitting(
         check = {"batches": accumulator.batches, "samples": results.weight, "selected": len(current)}
         history.append(check)
         if previous is not None:
-            check.update(compare_selections(previous, current, results))
+            check.update(compare_selections(previous, current, results if rank is None else rank(results)))
             if check["kept"] >= 1 - adaptive.tolerance:
                 stop = "the selection settled"
                 break
