@@ -3,8 +3,10 @@ Fashion-MNIST batches with brief seeded training for the benchmarks on real data
 
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
+import json
 import os
 import platform
 import subprocess
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from splitgrow.artifacts import run_metadata
+from splitgrow.artifacts import atomic_write_json, atomic_write_text, run_metadata
 from splitgrow.data import load_dataset, to_float
 
 Batch = tuple[Tensor, Tensor]
@@ -135,3 +137,62 @@ def briefly_trained(
         order = torch.randperm(len(batches), generator=generator).tolist()
         train_epoch(model, [batches[i] for i in order], optimizer)
     return model
+
+
+# The benchmarks on briefly trained Fashion-MNIST networks (adaptive_statistics, original_procedure,
+# selection_noise) share their training settings, their report's header and its writing.
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, results_name: str) -> None:
+    """The settings of the trained networks, ``--quick``, ``--seed`` and ``--out`` (results/``results_name``)."""
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--models", nargs="+", default=["vgg19", "mobilenetv1"])
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--train-images", type=int, default=8000, help="real Fashion-MNIST training images")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="tiny settings to check the script")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / results_name)
+
+
+def quick_training(args: argparse.Namespace) -> None:
+    """``--quick``'s networks: width 4, one epoch on 128 images in batches of 16."""
+    args.width, args.train_images, args.epochs, args.batch_size = 4, 128, 1, 16
+
+
+def machine_line(report: dict[str, Any]) -> str:
+    """The first line of a report: the processor, its load before and after, torch."""
+    return (
+        f"CPU: {report['cpu_model']}, {report['machine']['cpu_count']} cores, load average at start "
+        f"{report['load_start']} and end {report['load_end']} (shared machine), torch {report['machine']['torch']}."
+    )
+
+
+def run_models(
+    args: argparse.Namespace,
+    measure: Callable[[str, torch.device], dict[str, Any]],
+    markdown: Callable[[dict[str, Any]], str],
+    progress: Callable[[dict[str, Any]], Any],
+) -> None:
+    """``measure`` every model of ``--models``; after each, the report so far is written to ``--out`` (.json and
+    .md, atomically: a stopped run keeps the models done) and ``progress(result)`` printed as JSON."""
+    device = torch.device(args.device)
+    report: dict[str, Any] = {
+        "machine": machine(device),
+        "cpu_model": cpu_model(),
+        "load_start": load_average(),
+        "settings": vars(args) | {"out": str(args.out)},
+        "models": [],
+    }
+    text = ""
+    for name in args.models:
+        result = measure(name, device)
+        report["models"].append(result)
+        report["load_end"] = load_average()
+        text = markdown(report)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.out.with_suffix(".json"), report)
+        atomic_write_text(args.out.with_suffix(".md"), text)
+        print(json.dumps(progress(result)), flush=True)
+    print("\n" + text)

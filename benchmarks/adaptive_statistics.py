@@ -27,25 +27,23 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from _common import (
     Batch,
+    add_training_arguments,
     briefly_trained,
-    cpu_model,
     epoch_seconds_per_sample,
     fashion_mnist_batches,
-    load_average,
+    machine_line,
+    quick_training,
+    run_models,
     timed,
 )
-from _common import machine as describe_machine
 
-from splitgrow.artifacts import atomic_write_json, atomic_write_text
 from splitgrow.experiments.common import markdown_table
 from splitgrow.network import SplittableNetwork
 from splitgrow.statistics.adaptive import AdaptiveStatistics, Selected, adaptive_splitting, top_fraction
@@ -180,8 +178,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def report_markdown(report: dict[str, Any]) -> str:
     settings = report["settings"]
     lines = [
-        f"CPU: {report['cpu_model']}, {report['machine']['cpu_count']} cores, load average at start "
-        f"{report['load_start']} and end {report['load_end']} (shared machine), torch {report['machine']['torch']}.",
+        machine_line(report),
         f"Training: {settings['epochs']} epochs on {settings['train_images']} real Fashion-MNIST images (seed "
         f"{settings['seed']}); reference: LOBPCG at tolerance {settings['reference_tolerance']} on all of them; "
         f"phases: LOBPCG at the tolerance shown, reading at most the positions shown of each convolution (all: "
@@ -247,12 +244,7 @@ def report_markdown(report: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--models", nargs="+", default=["vgg19", "mobilenetv1"])
-    parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--train-images", type=int, default=8000, help="training images; the reference uses all")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=64)
+    add_training_arguments(parser, "adaptive_statistics")  # the reference uses all --train-images
     parser.add_argument("--sample-sizes", type=int, nargs="+", default=[128, 512, 1024, 2048])
     parser.add_argument("--draws", type=int, default=3, help="disjoint draws per fixed sample size, where they fit")
     parser.add_argument("--adaptive-draws", type=int, default=3, help="adaptive runs, each on its own batch order")
@@ -280,32 +272,17 @@ def main() -> None:
     parser.add_argument("--reference-tolerance", type=float, default=1e-4)
     parser.add_argument("--epoch-images", type=int, default=1024, help="images of each timed training epoch")
     parser.add_argument("--top-fraction", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="tiny settings to check the script")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "adaptive_statistics")
     args = parser.parse_args()
     if args.quick:
-        args.width, args.train_images, args.epochs, args.batch_size = 4, 128, 1, 16
+        quick_training(args)
         args.sample_sizes, args.draws, args.adaptive_draws, args.epoch_images = [32, 64], 2, 1, 32
         args.tolerances, args.max_positions = [ITERATIVE_TOLERANCE], [0, 64]
-    device = torch.device(args.device)
-    report: dict[str, Any] = {
-        "machine": describe_machine(device),
-        "cpu_model": cpu_model(),
-        "load_start": load_average(),
-        "settings": vars(args) | {"out": str(args.out)},
-        "models": [],
-    }
-    for name in args.models:
+
+    def measure(name: str, device: torch.device) -> dict[str, Any]:
         result = benchmark_model(name, args, device)
-        result["summary"] = summarise(result["rows"])
-        report["models"].append(result)
-        report["load_end"] = load_average()  # written after every model: a stopped run keeps those done
-        text = report_markdown(report)
-        atomic_write_json(args.out.with_suffix(".json"), report)
-        atomic_write_text(args.out.with_suffix(".md"), text)
-        print(json.dumps(result["summary"]), flush=True)
-    print("\n" + text)
+        return result | {"summary": summarise(result["rows"])}
+
+    run_models(args, measure, report_markdown, lambda result: result["summary"])
 
 
 if __name__ == "__main__":

@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,17 +38,17 @@ import torch
 import torch.nn.functional as F
 from _common import (
     Batch,
+    add_training_arguments,
     briefly_trained,
-    cpu_model,
     epoch_seconds_per_sample,
     fashion_mnist_batches,
-    load_average,
+    machine_line,
+    quick_training,
+    run_models,
     timed,
 )
-from _common import machine as describe_machine
 from torch import Tensor, nn
 
-from splitgrow.artifacts import atomic_write_json, atomic_write_text
 from splitgrow.experiments.common import markdown_table
 from splitgrow.network import SplittableNetwork
 from splitgrow.statistics.adaptive import AdaptiveStatistics, Selected, adaptive_splitting, top_fraction
@@ -348,11 +346,10 @@ def report_markdown(report: dict[str, Any]) -> str:
         rows,
     )
     return (
-        f"CPU: {report['cpu_model']}, {report['machine']['cpu_count']} cores, load average at start "
-        f"{report['load_start']} and end {report['load_end']} (shared machine), torch {report['machine']['torch']}."
-        f"\nTraining: {settings['epochs']} epochs on {settings['train_images']} real Fashion-MNIST images, width "
-        f"{settings['width']}; splitgrow: LOBPCG at tolerance {settings['reference_tolerance']} on all images (the "
-        f"exact selection); adaptive statistics and the fixed samples at tolerance {settings['tolerance']}, reading "
+        f"{machine_line(report)}\nTraining: {settings['epochs']} epochs on {settings['train_images']} real "
+        f"Fashion-MNIST images, width {settings['width']}; splitgrow: LOBPCG at tolerance "
+        f"{settings['reference_tolerance']} on all images (the exact selection); adaptive statistics and the fixed "
+        f"samples at tolerance {settings['tolerance']}, reading "
         f"{settings['max_positions'] or 'all'} positions per image of each convolution at most, on "
         f"{settings['draws']} random orders of the training batches (overlap: mean and range; speed-ups from the "
         f"mean time).\n\n{table}\n"
@@ -361,12 +358,7 @@ def report_markdown(report: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", help="splitgrow's device (the original runs on the CPU)")
-    parser.add_argument("--models", nargs="+", default=["vgg19", "mobilenetv1"])
-    parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--train-images", type=int, default=8000)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=64)
+    add_training_arguments(parser, "original_procedure")  # --device: splitgrow's (the original runs on the CPU)
     parser.add_argument("--original-samples", type=int, default=64, help="images of each timed original pass")
     parser.add_argument("--tolerance", type=float, default=ITERATIVE_TOLERANCE, help="of the adaptive and fixed phases")
     parser.add_argument("--max-positions", type=int, default=256, help="positions read per image of a convolution")
@@ -375,32 +367,18 @@ def main() -> None:
     parser.add_argument("--reference-tolerance", type=float, default=1e-4)
     parser.add_argument("--epoch-images", type=int, default=1024)
     parser.add_argument("--top-fraction", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--check-exact", action="store_true", help="original vs splitgrow dense, float64")
-    parser.add_argument("--quick", action="store_true", help="tiny settings to check the script")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "original_procedure")
     args = parser.parse_args()
     if args.quick:
-        args.width, args.train_images, args.epochs, args.batch_size = 4, 128, 1, 16
+        quick_training(args)
         args.original_samples, args.epoch_images, args.check_exact = 8, 32, True
         args.fixed_samples, args.max_positions, args.draws = [32, 64], 64, 2
-    device = torch.device(args.device)
-    report: dict[str, Any] = {
-        "machine": describe_machine(device),
-        "cpu_model": cpu_model(),
-        "load_start": load_average(),
-        "settings": vars(args) | {"out": str(args.out)},
-        "models": [],
-    }
-    for name in args.models:
-        result = benchmark_model(name, args, device)
-        report["models"].append(result)
-        report["load_end"] = load_average()  # written after every model: a stopped run keeps those done
-        text = report_markdown(report)
-        atomic_write_json(args.out.with_suffix(".json"), report)
-        atomic_write_text(args.out.with_suffix(".md"), text)
-        print(json.dumps({k: v for k, v in result.items() if k != "original"}), flush=True)
-    print("\n" + text)
+    run_models(
+        args,
+        lambda name, device: benchmark_model(name, args, device),
+        report_markdown,
+        lambda result: {key: value for key, value in result.items() if key != "original"},
+    )
 
 
 if __name__ == "__main__":

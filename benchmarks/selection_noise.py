@@ -15,16 +15,20 @@ Writes benchmarks/results/selection_noise.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _common import briefly_trained, cpu_model, fashion_mnist_batches, load_average, timed
-from _common import machine as describe_machine
+from _common import (
+    add_training_arguments,
+    briefly_trained,
+    fashion_mnist_batches,
+    machine_line,
+    quick_training,
+    run_models,
+    timed,
+)
 
-from splitgrow.artifacts import atomic_write_text
 from splitgrow.experiments.common import markdown_table
 from splitgrow.network import SplittableNetwork
 from splitgrow.statistics.adaptive import top_fraction
@@ -54,33 +58,7 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict[s
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--models", nargs="+", default=["vgg19", "mobilenetv1"])
-    parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--train-images", type=int, default=8000, help="split into two disjoint halves")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--tolerance", type=float, default=1e-2, help="LOBPCG's")
-    parser.add_argument("--top-fraction", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="tiny settings to check the script")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "selection_noise")
-    args = parser.parse_args()
-    if args.quick:
-        args.width, args.train_images, args.epochs, args.batch_size = 4, 128, 1, 16
-    device = torch.device(args.device)
-    report: dict[str, Any] = {
-        "machine": describe_machine(device),
-        "cpu_model": cpu_model(),
-        "load_start": load_average(),
-        "settings": vars(args) | {"out": str(args.out)},
-        "models": [measure(name, args, device) for name in args.models],
-    }
-    report["load_end"] = load_average()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
+def report_markdown(report: dict[str, Any]) -> str:
     rows = [
         [
             m["model"],
@@ -96,14 +74,22 @@ def main() -> None:
         ["model", "width", "neurons / top 10%", "images in each half", "overlap of the two selections", "s"], rows
     )
     settings = report["settings"]
-    markdown = (
-        f"CPU: {report['cpu_model']}, {report['machine']['cpu_count']} cores, load average at start "
-        f"{report['load_start']} and end {report['load_end']}, torch {report['machine']['torch']}.\n"
-        f"Training: {settings['epochs']} epochs on {settings['train_images']} real Fashion-MNIST images (seed "
-        f"{settings['seed']}); each half's selection: LOBPCG at tolerance {settings['tolerance']}.\n\n{table}\n"
+    return (
+        f"{machine_line(report)}\nTraining: {settings['epochs']} epochs on {settings['train_images']} real "
+        f"Fashion-MNIST images (seed {settings['seed']}); each half's selection: LOBPCG at tolerance "
+        f"{settings['tolerance']}.\n\n{table}\n"
     )
-    atomic_write_text(args.out.with_suffix(".md"), markdown)
-    print(markdown)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_training_arguments(parser, "selection_noise")  # --train-images: split into two disjoint halves
+    parser.add_argument("--tolerance", type=float, default=1e-2, help="LOBPCG's")
+    parser.add_argument("--top-fraction", type=float, default=0.1)
+    args = parser.parse_args()
+    if args.quick:
+        quick_training(args)
+    run_models(args, lambda name, device: measure(name, args, device), report_markdown, lambda result: result)
 
 
 if __name__ == "__main__":
