@@ -48,7 +48,6 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils import parametrize
 
 from .activations import Activation, with_kink_surrogate
@@ -302,10 +301,38 @@ class Site:
         return slices
 
 
+@dataclass(frozen=True)
+class TensorShape:
+    """The shape of a traced node's tensor output, recorded in ``node.meta["tensor_meta"]``."""
+
+    shape: tuple[int, ...]
+
+
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the traced model once and records the shape of every node that outputs one tensor (nodes with several
+    outputs get none), as torch.fx's ShapeProp does, but with an error that names the failing node."""
+
+    def __init__(self, module: fx.GraphModule) -> None:
+        super().__init__(module)
+        self.extra_traceback = False  # the error names the node already; fx would append its graph listing
+
+    def run_node(self, node: fx.Node) -> Any:
+        try:
+            result = super().run_node(node)
+        except Exception as error:  # noqa: BLE001 - whatever the model raises becomes one clear message
+            where = f"module '{node.target}'" if node.op == "call_module" else f"operation '{node.name}'"
+            raise GraphError(
+                f"the example input does not run through the model: {where} raised {type(error).__name__}: "
+                f"{error}; pass an input batch (a tuple for several inputs) that the model accepts"
+            ) from None
+        if isinstance(result, torch.Tensor):
+            node.meta["tensor_meta"] = TensorShape(tuple(result.shape))
+        return result
+
+
 def _shape(node: fx.Node) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta")
-    shape = getattr(meta, "shape", None)  # tuples of metadata (several outputs) have no shape
-    return None if shape is None else tuple(shape)
+    return None if meta is None else meta.shape
 
 
 def _tensor_args(node: fx.Node) -> list[fx.Node]:
@@ -336,10 +363,32 @@ def _stateful(module: nn.Module) -> bool:
     return any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
 
 
+def _tied_modules(model: nn.Module) -> dict[str, str]:
+    """The modules that share a parameter or buffer with another module (tied weights), each with the refusal: a
+    split would resize the shared tensor for both modules at once."""
+    owners: dict[int, list[tuple[str, str]]] = {}
+    for module_name, module in model.named_modules():
+        for attribute, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            owners.setdefault(id(tensor), []).append((module_name, attribute))
+    tied: dict[str, str] = {}
+    for holders in owners.values():
+        for module_name, attribute in holders:
+            others = [f"'{other}.{name}'" for other, name in holders if other != module_name]
+            if others and module_name not in tied:
+                tied[module_name] = (
+                    f"module '{module_name}' shares its tensor '{attribute}' with {', '.join(others)} (tied "
+                    "weights): a split would resize it for both; untie them to grow them"
+                )
+    return tied
+
+
 def model_fingerprint(model: nn.Module) -> tuple:
     """The names and shapes of every parameter and buffer: changes whenever a split (or anything else) resizes
     the model."""
     return tuple((name, tuple(t.shape)) for name, t in [*model.named_parameters(), *model.named_buffers()])
+
+
+_PARALLEL_WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
 
 
 class _Tracer(fx.Tracer):
@@ -351,6 +400,16 @@ class _Tracer(fx.Tracer):
 
 def trace(model: nn.Module) -> fx.GraphModule:
     """The model as a ``torch.fx.GraphModule`` sharing its submodules (GraphError if it cannot be traced)."""
+    wrapper = None
+    if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        wrapper = ("compiled with torch.compile", "_orig_mod")
+    elif isinstance(model, _PARALLEL_WRAPPERS):
+        wrapper = ("wrapped for data parallelism", "module")
+    if wrapper is not None:
+        raise GraphError(
+            f"{type(model).__name__} is the model {wrapper[0]}; give splitgrow the model itself "
+            f"(model.{wrapper[1]}) and wrap it again after each split"
+        )
     tracer = _Tracer()
     try:
         graph = tracer.trace(model)
@@ -401,9 +460,7 @@ class ChannelGraph:
         model.eval()
         try:
             with torch.no_grad():
-                ShapeProp(self.module).propagate(*inputs)
-        except Exception as error:  # noqa: BLE001
-            raise GraphError(f"the example input does not run through the model: {error}") from None
+                _ShapeRecorder(self.module).run(*inputs)
         finally:
             model.train(was_training)
         self.fingerprint = model_fingerprint(model)
@@ -419,6 +476,7 @@ class ChannelGraph:
         self._pending_flattens: list[tuple[fx.Node, fx.Node, int, int]] = []
         self._refusals: dict[str, str] = {}
         self._calls: dict[str, int] = {}
+        self._tied = _tied_modules(model)
         self._closures: dict[tuple[SpaceKey, int], dict[SpaceKey, list[int]]] = {}
         self._build_spaces()
         self._find_sites()
@@ -481,9 +539,21 @@ class ChannelGraph:
         source_shape, out_shape = _shape(source), _shape(out)
         linked = []
         shift = len(out_shape) - len(source_shape)
+        if shift > 0:
+            # a tensor without the batch dimension (a parameter, a constant): its first dimension is indexed by
+            # positions of the output that splitgrow cannot add to it
+            self._block(
+                [self.space(out.name, shift)],
+                f"'{source.name}' (no batch dimension) is broadcast along dimension {shift} of '{out.name}'",
+            )
         for dim in range(1, len(source_shape)):
             target = self.space(out.name, dim + shift)
-            if target is None or source_shape[dim] != out_shape[dim + shift]:
+            if target is None:
+                continue
+            if source_shape[dim] != out_shape[dim + shift]:  # broadcast: one position against many
+                self._block(
+                    [self.space(source.name, dim)], f"'{out.name}' broadcasts dimension {dim} of '{source.name}'"
+                )
                 continue
             self._link(self.space(source.name, dim), target)
             if nonlinearity is not None:
@@ -535,8 +605,13 @@ class ChannelGraph:
         refusal = None
         if self._calls[name] > 1 and _stateful(module):
             refusal = f"module '{name}' is called {self._calls[name]} times (its weights are shared)"
+        elif name in self._tied:
+            refusal = self._tied[name]
         elif parametrize.is_parametrized(module):
-            refusal = f"module '{name}' has parametrizations (weight_norm, spectral_norm, ...)"
+            refusal = (
+                f"module '{name}' has parametrizations (weight_norm, spectral_norm, ...): remove them "
+                "(torch.nn.utils.parametrize.remove_parametrizations) to grow through it"
+            )
         if refusal is not None:
             self._block_node(node, refusal)
             self._refusals[name] = refusal
@@ -560,10 +635,13 @@ class ChannelGraph:
                 self._block([consumed], f"'{name}' ({type(module).__name__}) cannot take a duplicated input channel")
             if produced is not None:
                 produced.producers.append(name)
+            followed = {mapping.input_dim % len(_shape(source))}
             if isinstance(handler, NeuronHandler) and handler.output_channel_dim == -1:
                 # a Linear keeps the token dimensions: they are positions, not channels
                 for dim in range(1, len(_shape(node)) - 1):
                     self._link(self.space(source.name, dim), self.space(node.name, dim))
+                    followed.add(dim)
+            self._block_mixed(node, source, followed)
             return
         if mapping.input_dim is None:  # elementwise: every dimension passes through
             self._link_aligned(source, node, mapping.nonlinearity)
@@ -572,12 +650,24 @@ class ChannelGraph:
             self._link(self.space(source.name, mapping.input_dim), out)
             if out is not None:
                 out.nonlinearity = mapping.nonlinearity
+            self._block_mixed(node, source, {mapping.input_dim % len(_shape(source))})
         out = self.space(node.name, mapping.output_dim) if mapping.output_dim is not None else None
         if out is not None:
             if mapping.neurons:
                 out.producers.append(name)
             elif handler.output_tensors(module):
                 out.per_channel.append(name)
+
+    def _block_mixed(self, node: fx.Node, source: fx.Node, followed: set[int]) -> None:
+        """Block the dimensions of ``source`` that ``node`` does not follow position by position (a convolution's or
+        a pooling's spatial ones): channels that reach them would not survive a split (their count would change
+        the output's length instead)."""
+        label = f"module '{node.target}'" if node.op == "call_module" else f"'{node.name}'"
+        for dim in range(1, len(_shape(source))):
+            if dim not in followed:
+                self._block(
+                    [self.space(source.name, dim)], f"{label} mixes the positions of dimension {dim} of its input"
+                )
 
     def _flatten(self, node: fx.Node, source: Any, start: int, end: int) -> None:
         """Record a flatten; its edges are added once every other edge is known (see :meth:`_add_flattens`)."""
@@ -694,6 +784,7 @@ class ChannelGraph:
             self._link(self.space(source.name, 1), out)
             if out is not None:
                 out.nonlinearity = _POOLING[target]
+            self._block_mixed(node, source, {1})
             return
         if (not method and target in _CONCATENATIONS) or (method and target == "cat"):
             self._concatenate(node, sources)
@@ -941,6 +1032,10 @@ class ChannelGraph:
     def _why_not(self, name: str) -> str:
         nodes = [node for node in self.module.graph.nodes if node.op == "call_module" and node.target == name]
         if not nodes:
+            called = [node.target for node in self.module.graph.nodes if node.op == "call_module"]
+            parent = next((p for p in called if name.startswith(p + ".")), None)
+            if parent is not None:
+                return f"it is inside module '{parent}' ({type(self.modules[parent]).__name__}), traced as one call"
             return "it is never called"
         if name in self._refusals:
             return self._refusals[name]
@@ -1002,7 +1097,7 @@ class ChannelGraph:
         nonlinear_members = any(m.handler.nonlinear_in_theta for m in members)
         if not smooth and not nonlinear_members:
             return "; ".join(blocked) if blocked else self._no_curvature_reason(in_closure)
-        closed = self._closed(segment)
+        closed = self._closed(segment, members, in_closure)
         ridge = None if nonlinear_members else self._ridge_pattern(first)
         if ridge is not None:
             activation_node, batch_norm, activation = ridge
@@ -1073,7 +1168,8 @@ class ChannelGraph:
                 if activation.surrogate is None and not activation.exact:
                     found.append(f"'{label}' ({activation.inexact_reason})")
             elif self._nonlinearity(name) == PIECEWISE_LINEAR:
-                what = type(self.modules[node.target]).__name__ if node.op == "call_module" else str(node.target)
+                module = self.modules.get(node.target) if node.op == "call_module" else None
+                what = type(module).__name__ if module is not None else getattr(node.target, "__name__", node.target)
                 found.append(f"'{label}' ({what})")
         return ", ".join(found)
 
@@ -1156,10 +1252,23 @@ class ChannelGraph:
                     queue.append(arg)
         return False
 
-    def _closed(self, segment: list[str]) -> bool:
-        """Whether no input of the segment depends on the segment (else its channels feed back into it)."""
+    def _closed(self, segment: list[str], members: list[Member], in_closure: set[str]) -> bool:
+        """Whether no input of the segment that reaches the group's channels depends on the segment (else its
+        channels feed back into it, as a residual stream's do into the next block's producers).
+
+        Such inputs are every input of a member (its output channel reads all of them) and the inputs of the other
+        segment nodes that carry the group's channels. An input that only carries other positions (the other parts
+        of a DenseNet concatenation, computed from earlier splits of the same channels) sees the offspring averaged
+        by their consumers: a change of order eps^2, the same for every offspring, whose effect on the loss is first
+        order and counted by the recorded gradients."""
         inside = set(segment)
-        outside_inputs = {arg.name for name in segment for arg in self.nodes[name].all_input_nodes} - inside
+        member_nodes = {self._node_of_module(m.module).name for m in members}
+        outside_inputs = {
+            arg.name
+            for name in segment
+            for arg in self.nodes[name].all_input_nodes
+            if arg.name not in inside and (name in member_nodes or arg.name in in_closure)
+        }
         return not any(self._downstream_of(name, inside) for name in outside_inputs)
 
     def _chain_pattern(

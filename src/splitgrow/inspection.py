@@ -20,13 +20,15 @@ from .layers import handler_for
 from .surgery import OUTPUTS, SplitRequest, parameter_count, plan_split
 
 
-def model_flops(model: nn.Module, example_input: torch.Tensor) -> int:
-    """FLOPs of the whole model for one sample, as ``torch.utils.flop_counter`` counts them."""
+def model_flops(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
+    """FLOPs of the whole model for one sample, as ``torch.utils.flop_counter`` counts them (``example_input``: a
+    batch, or a tuple of the model's positional inputs; the first row of each is used)."""
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(example_input[:1])
+            model(*(x[:1] if isinstance(x, torch.Tensor) and x.dim() > 0 else x for x in inputs))
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())

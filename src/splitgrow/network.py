@@ -55,9 +55,11 @@ class SplittableNetwork:
     def graph(self) -> ChannelGraph:
         """The current :class:`ChannelGraph`, traced again whenever the model's shapes changed."""
         if self._graph is None or self._graph.fingerprint != model_fingerprint(self.model):
-            parameter = next(self.model.parameters())
+            parameter = next(self.model.parameters(), None)
 
             def move(tensor: Tensor) -> Tensor:
+                if parameter is None or not isinstance(tensor, Tensor):
+                    return tensor
                 if tensor.is_floating_point():
                     return tensor.to(parameter.device, parameter.dtype)
                 return tensor.to(parameter.device)

@@ -319,13 +319,24 @@ def _state_scale(key: str, weight: float) -> float:
     if key in SECOND_MOMENT_STATES:
         return weight * weight
     raise GraphError(
-        f"splitgrow does not know how to carry the optimiser state {key!r} across a split; known: "
-        f"{', '.join(sorted(FIRST_MOMENT_STATES | SECOND_MOMENT_STATES))}"
+        f"splitgrow does not know how to carry the optimiser state {key!r} across a split (known: "
+        f"{', '.join(sorted(FIRST_MOMENT_STATES | SECOND_MOMENT_STATES))}); rebuild the optimiser after the split "
+        "instead"
     )
 
 
 def _check_optimizer(optimizer: torch.optim.Optimizer, parameters: list[Tensor]) -> None:
-    """Refuse, before anything changes, optimiser state of the parameters that will grow that cannot follow."""
+    """Refuse, before anything changes, optimiser state that cannot follow: state of the parameters that will grow
+    that splitgrow does not know, and state that spans several parameters (L-BFGS keeps its flat history of every
+    parameter in the first one's state), which any split makes the wrong size."""
+    for owner, state in optimizer.state.items():
+        for key, value in state.items():
+            if isinstance(value, Tensor) and value.dim() > 0 and value.numel() > owner.numel():
+                raise GraphError(
+                    f"optimiser state {key!r} ({type(optimizer).__name__}) has {value.numel()} entries for a "
+                    f"parameter of {owner.numel()}: it spans several parameters and cannot follow a split; rebuild "
+                    "the optimiser after the split instead"
+                )
     for parameter in parameters:
         state = optimizer.state.get(parameter, {})
         for key, value in state.items():
@@ -340,6 +351,19 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, parameters: list[Tensor])
             _state_scale(key, 0.5)
 
 
+def _same_layout(grown: Tensor, reference: Tensor) -> Tensor:
+    """``grown`` (a new tensor) laid out in memory like ``reference``: a channels-last convolution weight (and its
+    optimiser state) stays channels-last, as the model it belongs to expects."""
+    for memory_format, rank in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
+        if (
+            reference.dim() == rank
+            and not reference.is_contiguous()
+            and reference.is_contiguous(memory_format=memory_format)
+        ):
+            return grown.contiguous(memory_format=memory_format)
+    return grown
+
+
 @torch.no_grad()
 def _grow_tensor(
     tensor: Tensor,
@@ -349,7 +373,7 @@ def _grow_tensor(
     perturb: dict[int, Tensor] | None = None,
     replace: dict[int, Tensor | float] | None = None,
 ) -> Tensor:
-    grown = tensor.index_select(dim, order.to(tensor.device)).clone()
+    grown = _same_layout(tensor.index_select(dim, order.to(tensor.device)), tensor)
     moved = grown.movedim(dim, 0)
     for position, factor in scaled.items():
         moved[position] *= factor

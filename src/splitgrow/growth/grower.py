@@ -176,8 +176,8 @@ class Grower:
         return None
 
     def _flops(self) -> int:
-        inputs = self.net.example_inputs
-        return model_flops(self.model, inputs if isinstance(inputs, Tensor) else inputs[0])
+        """FLOPs of the model for one sample, on the traced example (every positional input)."""
+        return model_flops(self.model, self.net.graph.example_inputs)
 
     # ---------------------------------------------------------------------------------------- one stage
 

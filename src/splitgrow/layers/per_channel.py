@@ -3,6 +3,8 @@
 None of them has a tensor indexed by channels, so a split passes through them unchanged; the graph only needs
 to know whether they are linear (average pooling, dropout in eval mode), piecewise-linear (ReLU, max pooling) or
 smooth (Tanh): a smooth one after a split sees each offspring separately, which the statistics must account for.
+Dropout and identity act elementwise (in eval mode), so their channels may be in any dimension (the last one of a
+Linear's (N, T, D) tokens); pooling and upsampling read channels in dimension 1 and mix positions in the others.
 """
 
 from __future__ import annotations
@@ -12,13 +14,17 @@ from torch import nn
 from .activations import activation_of_module
 from .base import LINEAR, PER_CHANNEL, PIECEWISE_LINEAR, SMOOTH, ChannelMap, LayerHandler
 
-_LINEAR = (
+#: identity in eval mode, elementwise in every dimension
+_ELEMENTWISE = (
     nn.Identity,
     nn.Dropout,
     nn.Dropout1d,
     nn.Dropout2d,
     nn.Dropout3d,
     nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+_LINEAR = (
     nn.AvgPool1d,
     nn.AvgPool2d,
     nn.AvgPool3d,
@@ -38,11 +44,14 @@ _PIECEWISE_LINEAR = (
 
 
 class PerChannelHandler(LayerHandler):
-    """Pooling, dropout, identity, upsampling: channel dim 1 in and out (the last for a 2-D tensor)."""
+    """Dropout and identity: elementwise; pooling and upsampling: channel dim 1 in and out (the last for a 2-D
+    tensor)."""
 
-    types = _LINEAR + _PIECEWISE_LINEAR
+    types = _ELEMENTWISE + _LINEAR + _PIECEWISE_LINEAR
 
     def channel_map(self, module: nn.Module, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> ChannelMap:
+        if isinstance(module, _ELEMENTWISE):
+            return ChannelMap(PER_CHANNEL, input_dim=None, output_dim=None, nonlinearity=LINEAR)
         kind = PIECEWISE_LINEAR if isinstance(module, _PIECEWISE_LINEAR) else LINEAR
         return ChannelMap(PER_CHANNEL, input_dim=1, output_dim=1, nonlinearity=kind)
 
