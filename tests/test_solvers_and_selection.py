@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from splitgrow import solvers
+from splitgrow.errors import ConfigError
 from splitgrow.selection import select_neurons
 from splitgrow.solvers import canonical_sign, dense_eigenpairs
 
@@ -93,5 +94,6 @@ def test_selection_skips_nan_and_breaks_ties_by_position():
     [(0, 0.0, "m_"), (-2, 0.0, "m_"), (1.5, 0.0, "m_"), (1, 0.1, "lambda_"), (1, float("nan"), "lambda_")],
 )
 def test_selection_rejects_bad_parameters(max_count, threshold, message):
-    with pytest.raises(ValueError, match=message):
+    # a user's setting: the error the command line reports in one line (a ConfigError is also a ValueError)
+    with pytest.raises(ConfigError, match=message):
         select_neurons(torch.zeros(3), max_count, threshold)

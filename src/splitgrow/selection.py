@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import SplitgrowError
+from .errors import ConfigError, SplitgrowError
 from .graph import ChannelGraph
 from .surgery import SplitRequest
 
@@ -25,11 +25,12 @@ COST_KINDS = ("parameters", "flops")
 
 
 def validate_selection(max_count: int, threshold: float) -> None:
-    """Raise ValueError unless m_* >= 1 and lambda_* <= 0 (the two rules of Algorithm 1)."""
+    """Raise :class:`~splitgrow.errors.ConfigError` (a ValueError) unless m_* >= 1 and lambda_* <= 0 (the two rules
+    of Algorithm 1): both are the user's settings."""
     if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 1:
-        raise ValueError(f"m_* (the most neurons split per step) must be an integer >= 1, got {max_count!r}")
+        raise ConfigError(f"m_* (the most neurons split per step) must be an integer >= 1, got {max_count!r}")
     if not isinstance(threshold, (int, float)) or math.isnan(threshold) or threshold > 0:
-        raise ValueError(
+        raise ConfigError(
             f"lambda_* (the splitting-index threshold) must be <= 0, got {threshold!r}: a neuron with a "
             "non-negative index cannot lower the loss by splitting"
         )
