@@ -23,6 +23,32 @@ def test_readme_has_examples_and_exactly_two_setup_commands():
     assert test_command.startswith("python -m pytest") and test_command in (ROOT / ".ci" / "run").read_text()
 
 
+def _installed_requirements(command: str) -> set[str]:
+    """The distributions a set-up command's ``pip install -e '.[extras]'`` brings, extras resolved through
+    pyproject.toml (names only, nested ``splitgrow[...]`` extras followed)."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    extras_table = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    match = re.search(r"pip install -e '?\.(?:\[([a-z,]+)\])?'?", command)
+    assert match, command
+    pending, names = (match.group(1) or "").split(","), set()
+    while pending:
+        extra = pending.pop()
+        for requirement in extras_table.get(extra, []):
+            nested = re.fullmatch(r"splitgrow\[([a-z,]+)\]", requirement)
+            if nested:
+                pending.extend(nested.group(1).split(","))
+            else:
+                names.add(re.split(r"[<>=\[ ]", requirement)[0])
+    return names
+
+
+def test_the_first_setup_command_installs_what_the_command_line_imports():
+    commands = [c for c in re.findall(r"```bash\n(.*?)```", README, flags=re.DOTALL) if c.startswith("python3 -m venv")]
+    # `splitgrow run rbf` fails at once without the command line's extra (typer, figures, configs)
+    assert {"typer", "matplotlib", "pyyaml", "tqdm"} <= _installed_requirements(commands[0])
+    assert {"typer", "pytest"} <= _installed_requirements(commands[1])
+
+
 @pytest.mark.parametrize("index", range(len(EXAMPLES)))
 def test_readme_example_runs(index, capsys):
     exec(compile(EXAMPLES[index], f"README.md example {index}", "exec"), {"__name__": "readme"})

@@ -13,7 +13,8 @@ def main() -> None:
         missing = error.name or "a module"
         sys.stderr.write(
             f"splitgrow: error: the command line needs {missing}, which is not installed "
-            "(pip install 'splitgrow[cli]'): install the command line's extra\n"
+            "(pip install 'splitgrow[cli]'; in a clone of the repository: pip install -e '.[cli]'): install the "
+            "command line's extra\n"
         )
         sys.exit(2)
     cli_main()

@@ -28,10 +28,18 @@ class Checkpoint:
     ``progress`` holds ``completed`` (results by task name), ``current`` (None, or a mapping whose ``task`` names
     the task in progress) and anything else the run records. The tensors of the task in progress carry its name
     under ``"task"``, which ties ``checkpoint.pt`` to ``checkpoint.json``.
+
+    Args:
+        folder: where the two files are.
+        identity: what the run is (JSON-ready: e.g. its experiment, seed and settings), recorded in
+            ``checkpoint.json``; :meth:`load` refuses a checkpoint that records another identity, so that a run never
+            continues from the state of another experiment, seed or configuration.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, identity: dict[str, Any] | None = None) -> None:
         self.folder = folder
+        # as JSON gives it back (tuples become lists), to compare with the recorded one
+        self.identity = None if identity is None else json.loads(json.dumps(identity))
         self.progress: dict[str, Any] = {"completed": {}, "current": None}
         self._session_started = time.perf_counter()
         self._earlier_sessions_s = 0.0
@@ -48,7 +56,8 @@ class Checkpoint:
         """Read ``checkpoint.json``; False when there is none (the run had not reached its first checkpoint).
 
         Raises:
-            CheckpointError: the file is not valid JSON or not the progress of a run.
+            CheckpointError: the file is not valid JSON, not the progress of a run, or the progress of another run
+                (another identity).
         """
         path = self.folder / "checkpoint.json"
         if not path.is_file():
@@ -57,6 +66,8 @@ class Checkpoint:
             progress = json.loads(path.read_bytes())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise CheckpointError(f"corrupt checkpoint, not valid JSON: {error}", path, self._fix) from None
+        except RecursionError:
+            raise CheckpointError("corrupt checkpoint, lists nested too deeply", path, self._fix) from None
         current = progress.get("current") if isinstance(progress, dict) else None
         elapsed = progress.get("elapsed_s", 0.0) if isinstance(progress, dict) else None
         if (
@@ -71,9 +82,39 @@ class Checkpoint:
                 path,
                 self._fix,
             )
+        self._check_identity(progress.get("identity"), path)
         self.progress = progress
         self._earlier_sessions_s = float(elapsed)
         return True
+
+    def _check_identity(self, recorded: Any, path: Path) -> None:
+        """Refuse the progress of another run. A checkpoint without an identity (written before identities were
+        recorded) cannot be checked and is accepted."""
+        if recorded is None or self.identity is None or recorded == self.identity:
+            return
+        if not isinstance(recorded, dict):
+            raise CheckpointError(f"foreign checkpoint: it records the run {recorded!r}", path, self._fix)
+        keys = list(dict.fromkeys([*self.identity, *recorded]))
+        # what differs at the top (the experiment, the seed) says it all; otherwise the settings that differ
+        differences = [
+            f"{key}: {recorded.get(key)!r}, this run {self.identity.get(key)!r}"
+            for key in keys
+            if recorded.get(key) != self.identity.get(key)
+            and not (isinstance(recorded.get(key), dict) and isinstance(self.identity.get(key), dict))
+        ]
+        if not differences:
+            for key in keys:
+                mine, theirs = self.identity.get(key), recorded.get(key)
+                if isinstance(mine, dict) and isinstance(theirs, dict):
+                    differences += [
+                        f"{name}: {theirs.get(name)!r}, this run {mine.get(name)!r}"
+                        for name in dict.fromkeys([*theirs, *mine])
+                        if theirs.get(name) != mine.get(name)
+                    ]
+        shown = "; ".join(differences[:5]) + (f"; and {len(differences) - 5} more" if len(differences) > 5 else "")
+        raise CheckpointError(
+            f"checkpoint of another run ({shown})", path, f"resume with the settings of the run, or {self._fix}"
+        )
 
     def tensors(self) -> dict[str, Any] | None:
         """The tensors of the task in progress, or None when no task is in progress.
@@ -108,6 +149,8 @@ class Checkpoint:
             buffer = io.BytesIO()
             torch.save(tensors, buffer)
             atomic_write_bytes(self.folder / "checkpoint.pt", buffer.getvalue())
+        if self.identity is not None:
+            self.progress["identity"] = self.identity
         self.progress["elapsed_s"] = self.elapsed()
         atomic_write_json(self.folder / "checkpoint.json", self.progress)
 

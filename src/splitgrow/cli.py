@@ -112,6 +112,8 @@ def _one_line_errors(elsewhere: str, interrupted: str = "interrupted") -> Iterat
         torch = sys.modules.get("torch")  # only torch, once imported, can run out of GPU memory
         if torch is not None and isinstance(error, torch.cuda.OutOfMemoryError):
             fail("out of GPU memory", "--device", "use smaller settings (batch size, widths) or another GPU")
+        if isinstance(error, RuntimeError) and "can't allocate memory" in str(error):  # torch's CPU allocator
+            fail("out of memory", "this machine", "use smaller settings (batch size, widths, samples)")
         traceback.print_exc()
         typer.echo(
             f"splitgrow: this is a bug in splitgrow, not a problem with your input; please report it to "
@@ -201,7 +203,8 @@ class _RunCommand(typer.core.TyperCommand):
 @app.command(cls=_RunCommand)
 def run(
     experiment: Annotated[str, typer.Argument(help=f"Experiment to run (see `splitgrow list`): {_EXPERIMENT_NAMES}.")],
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder [default: runs/EXPERIMENT].")] = None,
+    # a string, not a Path: Path("") is the current folder, and an empty --out must not write there
+    out: Annotated[str | None, typer.Option("--out", help="Output folder [default: runs/EXPERIMENT].")] = None,
     seed: Annotated[int, typer.Option("--seed", help="First random seed.")] = 0,
     seeds: Annotated[int, typer.Option("--seeds", help="Number of seeds: SEED, SEED+1, ...")] = 1,
     config: Annotated[
@@ -232,8 +235,11 @@ def run(
     for option, value, least in (("--seeds", seeds, 1), ("--seed", seed, 0), ("--jobs", jobs, 1)):
         if value < least:
             fail(f"{option} must be >= {least}", f"{option} {value}", f"give a number >= {least}")
+    if out is not None and not out.strip():
+        fail("empty --out", "--out ''", "give --out a folder (without --out, results go to runs/EXPERIMENT)")
     spec = known[experiment]
-    out_dir = out if out is not None else Path("runs") / experiment
+    out_dir = Path(out) if out is not None else Path("runs") / experiment
+    assignments = _parse_assignments(overrides or [])
     shortcuts = {"dataset": dataset, "model": model, "data_root": data_root, "download": download or None}
     shortcuts["device"] = device
     settings_fields = {f.name for f in dataclasses.fields(spec.config_class)}
@@ -249,11 +255,17 @@ def run(
                 f"leave it out: {experiment} has no '{key}' setting (`splitgrow run {experiment} --help` lists them)",
             )
         options[option] = {key: str(value) if isinstance(value, Path) else value}
+        if key in assignments and assignments[key] != options[option][key]:
+            fail(
+                f"{option} and --set {key} disagree",
+                f"{option} {options[option][key]}, --set {key}={assignments[key]}",
+                "give the setting once",
+            )
     elsewhere = "choose another folder with --out"
     with _one_line_errors(
         elsewhere, interrupted="interrupted; finished seeds are in their folders, --resume continues"
     ):
-        settings = load_config(spec.config_class, config, parse_overrides(overrides or []), options)
+        settings = load_config(spec.config_class, config, assignments, options)
         if out_dir.exists() and not out_dir.is_dir():
             fail("not a folder", out_dir, f"give --out a folder, or {elsewhere}")
         if resume and not out_dir.is_dir():
@@ -272,6 +284,14 @@ def run(
         return  # rank 0 prints the results
     typer.echo(table)
     typer.echo(f"\nresults: {out_dir}/summary.json, {out_dir}/seed-*/results.json and figures")
+
+
+def _parse_assignments(assignments: list[str]) -> dict[str, Any]:
+    """The ``--set`` assignments as a mapping, or the one-line error of a malformed one."""
+    try:
+        return parse_overrides(assignments)
+    except SplitgrowError as error:
+        fail(str(error))
 
 
 def _torchrun_launch(experiment: str, spec: Any, jobs: int) -> Any:

@@ -45,6 +45,8 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read the config file: {error.strerror}", path, "check its permissions") from None
     try:
         data = yaml.safe_load(text)
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError("malformed YAML: collections nested too deeply", path, "fix the file") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else path
@@ -70,7 +72,7 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
             raise ConfigError("--set expects KEY=VALUE", f"--set {assignment}", "write e.g. --set epsilon=0.1")
         try:
             overrides[key.strip()] = yaml.safe_load(text)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             raise ConfigError(
                 "cannot parse the value as YAML", f"--set {assignment}", "quote it or fix its syntax"
             ) from None
@@ -104,6 +106,8 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"setting {name!r} must be an integer, got {value!r}")
+        if not -(2**63) <= value < 2**63:  # torch and numpy take 64-bit integers
+            raise ConfigError(f"setting {name!r} must be a 64-bit integer (below 2^63 in magnitude), got {value!r}")
         return value
     if annotation is float:
         # YAML 1.1 reads 1e-3 (no dot) as a string; accept it as the number it plainly is.

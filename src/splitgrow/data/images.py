@@ -11,9 +11,11 @@ A missing, truncated or corrupt file is a :class:`DataError` naming the path and
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import io
+import math
 import pickle
 import tarfile
 import urllib.request
@@ -128,7 +130,7 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) < header:
         raise DataError("truncated IDX file (incomplete header)", path, _REPLACE)
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape))
+    expected = header + math.prod(shape)  # Python integers: a damaged header must not overflow int64
     if len(data) != expected:
         raise DataError(
             f"{len(data)} bytes where the header announces {expected}: truncated or corrupt", path, _REPLACE
@@ -144,23 +146,115 @@ def write_idx(path: Path, array: np.ndarray, *, compress: bool = True) -> None:
     atomic_write_bytes(path, gzip.compress(payload) if compress else payload)
 
 
+class _PickledDtype:
+    """Stands in for a ``numpy.dtype`` while a CIFAR batch is unpickled.
+
+    numpy's own ``dtype.__setstate__`` trusts its input: a damaged state (one flipped byte of a batch file) can
+    crash the interpreter. Only the states of plain numeric dtypes are accepted here, and checked first.
+    """
+
+    def __init__(self, spec: object, align: object = False, copy: object = False) -> None:
+        if not isinstance(spec, str):
+            raise pickle.UnpicklingError(f"dtype {spec!r} is not a plain numeric type")
+        try:
+            self.dtype = np.dtype(spec)
+        except TypeError:
+            raise pickle.UnpicklingError(f"unknown dtype {spec!r}") from None
+        if self.dtype.kind not in "biuf":
+            raise pickle.UnpicklingError(f"dtype {spec!r} is not a plain numeric type")
+
+    def __setstate__(self, state: object) -> None:
+        # (version, byte order, subarray, names, fields, ...): a plain dtype has no subarray, names or fields
+        if not (isinstance(state, tuple) and len(state) >= 5 and state[2:5] == (None, None, None)):
+            raise pickle.UnpicklingError(f"the state {state!r} of dtype {self.dtype} is damaged")
+        order = state[1]
+        if order not in ("<", ">", "=", "|"):
+            raise pickle.UnpicklingError(f"dtype {self.dtype} has an unknown byte order {order!r}")
+        if order in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(order)
+
+
+class _PickledArray:
+    """Stands in for a ``numpy.ndarray`` while a CIFAR batch is unpickled: its state (shape, dtype, bytes) is
+    checked and the array built with ``np.frombuffer``, never with numpy's unchecked ``__setstate__``."""
+
+    def __init__(self) -> None:
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state: object) -> None:
+        if isinstance(state, tuple) and len(state) == 5:  # (version, shape, dtype, Fortran order, data)
+            state = state[1:]
+        if not (isinstance(state, tuple) and len(state) == 4):
+            raise pickle.UnpicklingError("a damaged array state")
+        shape, dtype, fortran, data = state
+        if not (
+            isinstance(shape, tuple)
+            and all(isinstance(size, int) and size >= 0 for size in shape)
+            and isinstance(dtype, _PickledDtype)
+            and isinstance(data, bytes)
+        ):
+            raise pickle.UnpicklingError("a damaged array state (its shape, dtype or data)")
+        if len(data) != math.prod(shape) * dtype.dtype.itemsize:
+            raise pickle.UnpicklingError(f"{len(data)} bytes for an array of shape {shape} and dtype {dtype.dtype}")
+        self.array = np.frombuffer(data, dtype=dtype.dtype).reshape(shape, order="F" if fortran else "C")
+
+
+#: stands for ``numpy.ndarray``, which a batch names only as the first argument of ``_reconstruct``
+_NDARRAY = object()
+
+
+def _reconstruct(cls: object, shape: object, dtype_code: object) -> _PickledArray:
+    if cls is not _NDARRAY:
+        raise pickle.UnpicklingError("_reconstruct of something other than an ndarray")
+    return _PickledArray()
+
+
+def _scalar(dtype: object, data: object) -> np.generic:
+    if not (isinstance(dtype, _PickledDtype) and isinstance(data, bytes) and len(data) == dtype.dtype.itemsize):
+        raise pickle.UnpicklingError("a damaged numpy scalar")
+    return np.frombuffer(data, dtype=dtype.dtype)[0]
+
+
 class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR batches only: numpy arrays, lists, dicts and bytes; refuses anything else (no code)."""
+    """Unpickles CIFAR batches only: numpy arrays and scalars of plain numeric types, lists, dicts and bytes;
+    refuses anything else (no code runs, and no numpy internals see unchecked bytes)."""
 
     _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("_codecs", "encode"),
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): _NDARRAY,
+        ("numpy", "dtype"): _PickledDtype,
+        ("numpy.core.multiarray", "scalar"): _scalar,
+        ("numpy._core.multiarray", "scalar"): _scalar,
+        ("_codecs", "encode"): codecs.encode,
     }
 
-    def find_class(self, module: str, name: str):  # noqa: ANN201
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR batch")
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return self._ALLOWED[module, name]
+        except KeyError:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR batch") from None
+
+
+def _unpickle_batch(raw: bytes) -> object:
+    """The batch in ``raw``, its stand-in arrays replaced by numpy arrays.
+
+    Raises:
+        pickle.UnpicklingError: (among the errors that damaged bytes give) an array whose state never came.
+    """
+
+    def real(value: object) -> object:
+        if isinstance(value, _PickledArray):
+            if value.array is None:
+                raise pickle.UnpicklingError("an array without its data")
+            return value.array
+        if isinstance(value, dict):
+            return {key: real(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [real(item) for item in value]
+        return value
+
+    return real(_ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load())
 
 
 def _integer_array(values: object) -> np.ndarray | None:
@@ -184,8 +278,10 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             not whole numbers.
     """
     try:
-        batch = _ArrayUnpickler(io.BytesIO(_read(path)), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as error:
+        batch = _unpickle_batch(_read(path))
+    except DataError:
+        raise
+    except Exception as error:  # damaged bytes raise many types (UnpicklingError, EOFError, KeyError, ...)
         raise DataError(f"not a CIFAR-10 python batch (truncated or corrupt: {error})", path, _REPLACE) from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise DataError("not a CIFAR-10 python batch (no data and labels)", path, _REPLACE)
@@ -222,8 +318,15 @@ def _load_idx_split(root: Path, name: str, split: str) -> ImageDataset:
     image_stem, label_stem = _IDX_FILES[split]
     images = read_idx(_find_idx(root, image_stem, name))
     labels = read_idx(_find_idx(root, label_stem, name))
-    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise DataError(f"{name}: {images.shape} images do not match {labels.shape} labels", root, _REPLACE)
+    if images.ndim != 3 or labels.ndim != 1:
+        raise DataError(
+            f"{name}: images of shape {images.shape} and labels of shape {labels.shape}; expected (N, rows, columns) "
+            "and (N,)",
+            root,
+            _REPLACE,
+        )
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(f"{name}: {images.shape[0]} images but {labels.shape[0]} labels", root, _REPLACE)
     if labels.max(initial=0) > 9:
         raise DataError(f"{name}: labels above 9, a file is corrupt", root, _REPLACE)
     _require_images(name, split, images.shape[0], root)
@@ -263,6 +366,10 @@ def load_dataset(name: str, split: str, root: Path | None = None, *, download: b
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     root = Path(root) if root is not None else default_root(name)
+    if root.exists() and not root.is_dir():
+        raise DataError(
+            f"{name}: a file, not the folder of the dataset", root, f"give --data-root a folder; {_HOW_TO_GET[name]}"
+        )
     if download:
         fetch(name, root)
     if not root.is_dir():

@@ -74,6 +74,8 @@ def parse_digits(raw: bytes, where: str, fix: str) -> np.ndarray:
         ) from None
     except UnicodeDecodeError:
         raise DataError("not a UTF-8 text file", where, fix) from None
+    except RecursionError:  # json parses nested lists recursively
+        raise DataError('lists nested too deeply: not an object {"data": [...]} of pixel values', where, fix) from None
     values = document.get("data") if isinstance(document, dict) else None
     if not isinstance(values, list):
         raise DataError('not an object {"data": [...]} of pixel values', where, fix)

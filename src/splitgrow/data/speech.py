@@ -186,7 +186,13 @@ def _read_list(root: Path, partition: str) -> set[str]:
     path = root / LIST_FILES[partition]
     if not path.is_file():
         raise DataError(f"split='lists' needs {path}; it is missing (use split='hash', TensorFlow's split)")
-    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(
+            f"{path} is not a text file of clip names; replace it with the dataset's own, or use split='hash'"
+        ) from None
+    return {line.strip() for line in text.splitlines() if line.strip()}
 
 
 def _assign(
@@ -283,8 +289,7 @@ def load_keyword_data(
             tuple(files[i] for i in order),
             background,
         )
-    description_path = root / SYNTHETIC_DESCRIPTION
-    description = json.loads(description_path.read_text()) if description_path.is_file() else {}
+    description = _synthetic_description(root)
     return KeywordData(
         "speech-synthetic" if description else "speech-commands",
         root,
@@ -293,6 +298,25 @@ def load_keyword_data(
         partitions["testing"],
         description,
     )
+
+
+def _synthetic_description(root: Path) -> dict[str, Any]:
+    """The ``synthetic.json`` that marks the synthetic stand-in (empty for real Speech Commands).
+
+    Raises:
+        DataError: the file is there but is not a JSON object (results must say truly which data they come from).
+    """
+    path = root / SYNTHETIC_DESCRIPTION
+    if not path.is_file():
+        return {}
+    fix = f"delete {root} to synthesise it again, or only {path} if the folder holds Speech Commands"
+    try:
+        description = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise DataError(f"{path} is corrupt, not valid JSON; {fix}") from None
+    if not isinstance(description, dict) or not description:
+        raise DataError(f"{path} is not the description of a synthetic set (a JSON object); {fix}")
+    return description
 
 
 # ------------------------------------------------------------------------------------------ download

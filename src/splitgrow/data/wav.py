@@ -34,7 +34,8 @@ def read_wav(path: Path, sample_rate: int) -> np.ndarray:
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
     except (OSError, EOFError, wave.Error) as error:
-        raise DataError(f"{path} is not a readable WAV file ({error}); replace it or delete it") from None
+        reason = str(error) or "empty or cut short"  # EOFError: the file ends inside its header
+        raise DataError(f"{path} is not a readable WAV file ({reason}); replace it or delete it") from None
     if (channels, width) != (1, 2):
         raise DataError(
             f"{path} has {channels} channel(s) of {8 * width}-bit samples; expected mono 16-bit PCM "

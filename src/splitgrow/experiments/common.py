@@ -197,6 +197,13 @@ class Experiment:
     resume_free_keys: frozenset[str] = frozenset()
 
 
+def checkpoint_identity(experiment: Experiment, config: Any, seed: int) -> dict[str, Any]:
+    """What a seed's checkpoint records of its run (see :class:`splitgrow.checkpoints.Checkpoint`): the experiment,
+    the seed and the settings, less those a resumed run may change (``resume_free_keys``)."""
+    settings = {key: value for key, value in config_to_dict(config).items() if key not in experiment.resume_free_keys}
+    return {"experiment": experiment.name, "seed": seed, "config": settings}
+
+
 @contextlib.contextmanager
 def torch_threads(count: int | None) -> Iterator[None]:
     """Run with ``count`` torch CPU threads, restoring the previous setting after."""
@@ -310,6 +317,8 @@ def _read_results(path: Path) -> dict[str, Any]:
         results = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RunFolderError(f"corrupt results, not valid JSON: {error}", path, fix) from None
+    except RecursionError:
+        raise RunFolderError("corrupt results, lists nested too deeply", path, fix) from None
     required = ("experiment", "seed", "config", "metadata", "wall_time_s")
     if not isinstance(results, dict) or any(key not in results for key in required):
         raise RunFolderError(f"not the results of a splitgrow run (no {', '.join(required)})", path, fix)
@@ -325,14 +334,28 @@ def _missing_folders(folder: Path) -> list[Path]:
     return missing
 
 
-def _remove_leftovers(out_dir: Path, seeds: Sequence[int], created: list[Path], wrote_settings: bool) -> None:
-    """After a failed run: remove its seeds' empty folders (a seed whose first file could not be written), and if
-    nothing else is left, the config.yaml it wrote and the folders it created, so that it can be rerun freely."""
+def _file_states(out_dir: Path) -> dict[Path, int]:
+    """Every file under ``out_dir`` but its config.yaml, with its modification time (ns)."""
+    if not out_dir.is_dir():
+        return {}
+    return {
+        path: path.stat().st_mtime_ns
+        for path in out_dir.rglob("*")
+        if path.is_file() and path != out_dir / "config.yaml"
+    }
+
+
+def _remove_leftovers(
+    out_dir: Path, seeds: Sequence[int], created: list[Path], wrote_settings: bool, before: dict[Path, int]
+) -> None:
+    """After a failed run: remove its seeds' empty folders (a seed whose first file could not be written), and if it
+    wrote nothing else (the files are those of ``before``, unchanged), the config.yaml it wrote and the folders it
+    created, so that it can be rerun freely (a refused --resume must not leave its settings as the folder's)."""
     for seed in seeds:
         folder = out_dir / f"seed-{seed}"
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
-    if not wrote_settings or [entry.name for entry in out_dir.iterdir()] != ["config.yaml"]:
+    if not wrote_settings or _file_states(out_dir) != before:
         return
     (out_dir / "config.yaml").unlink()
     for folder in created:
@@ -363,6 +386,7 @@ def run_experiment(
     _check_same_settings(out_dir, config_dict, experiment.resume_free_keys, resume)
     created = _missing_folders(out_dir)
     had_settings = (out_dir / "config.yaml").exists()
+    before = {} if had_settings else _file_states(out_dir)  # only needed to take back a config.yaml it writes
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_main():
         atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(config_dict, sort_keys=False))
@@ -370,7 +394,7 @@ def run_experiment(
         return _run_seeds(experiment, config, config_dict, seeds, out_dir, reporter, jobs, resume)
     except BaseException:
         if is_main():
-            _remove_leftovers(out_dir, seeds, created, wrote_settings=not had_settings)
+            _remove_leftovers(out_dir, seeds, created, wrote_settings=not had_settings, before=before)
         raise
 
 

