@@ -150,3 +150,18 @@ def test_selection_noise_quick(tmp_path):
     assert model["half_samples"] == [64, 64]  # 128 training images in batches of 16, split in two
     assert model["top_m"] == round(0.1 * model["neurons"]) and 0.0 <= model["overlap"] <= 1.0
     assert "| vgg19 " in out.with_suffix(".md").read_text()
+
+
+def test_index_noise_quick(tmp_path):
+    out = tmp_path / "index_noise"
+    run_script("index_noise.py", "--quick", "--models", "vgg19", "--out", str(out))
+    (model,) = json.loads(out.with_suffix(".json").read_text())["models"]
+    # the batches' quadratic forms v_i^T S_b v_i average (weighted by samples) to the reference indexes
+    assert model["consistency"] <= 1e-4 and model["batches"] == 8
+    assert model["median_relative_sigma"] > 0.0
+    fence = model["fence"]  # the window of two standard errors narrows as the sample grows
+    assert fence["128"] >= fence["512"] >= fence["2048"] >= 0
+    assert set(model["sampled_selections"]) == {"plain", "halves", "cross-fitted"}
+    for draws in model["sampled_selections"].values():
+        assert len(draws) == 1 and all(0.0 <= overlap <= 1.0 and decrease <= 1.0 + 1e-9 for overlap, decrease in draws)
+    assert "| vgg19 " in out.with_suffix(".md").read_text()
