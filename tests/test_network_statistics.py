@@ -313,12 +313,24 @@ def test_statistics_work_under_no_grad_and_with_frozen_parameters_but_not_in_inf
         splitting_matrices(model, graph, [(inputs, targets)], F.cross_entropy)
 
 
+def test_a_non_finite_loss_names_the_diverged_tensor_or_blames_the_batch():
+    model, inputs, targets = zoo_model("mlp")
+    graph = ChannelGraph(model, inputs)
+    with pytest.raises(StatisticsError, match="weights are finite: check the batch"):
+        splitting_matrices(model, graph, [(inputs * float("inf"), targets)], F.cross_entropy)
+    name, parameter = next(iter(model.named_parameters()))
+    with torch.no_grad():
+        parameter[0].fill_(float("nan"))  # what a diverged step leaves
+    with pytest.raises(StatisticsError, match=f"'{name}' is not finite: training diverged; lower the learning rate"):
+        splitting_matrices(model, graph, [(inputs, targets)], F.cross_entropy)
+
+
 def test_bad_batches_and_losses_get_clear_errors():
     model, inputs, targets = zoo_model("mlp")
     graph = ChannelGraph(model, inputs)
     with pytest.raises(StatisticsError, match="pass closure="):
         splitting_matrices(model, graph, [{"x": inputs}], F.cross_entropy)
-    with pytest.raises(StatisticsError, match="is nan"):
+    with pytest.raises(StatisticsError, match="is nan.*weights are finite: check the batch"):
         splitting_matrices(model, graph, [(inputs, targets)], lambda out, y: out.sum() * float("nan"))
     with pytest.raises(StatisticsError, match="no batches"):
         splitting_matrices(model, graph, [], F.cross_entropy)

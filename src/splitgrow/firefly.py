@@ -270,7 +270,7 @@ def _member_of(site: Site, module_name: str):
 def _loss(twin: nn.Module, replaced: dict[str, Tensor], batch: Any, run: LossClosure) -> tuple[Tensor, float]:
     returned = run(_Functional(twin, replaced), batch)
     loss, weight = returned if isinstance(returned, tuple) else (returned, _first_size(batch))
-    _check_loss(loss, 0)
+    _check_loss(loss, 0, twin)
     return loss, float(weight)
 
 

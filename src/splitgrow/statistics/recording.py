@@ -245,7 +245,7 @@ def record_batches(
                 batch = _prepare(batch, device)
                 returned = run(instrumented.module, batch)
                 loss, weight = returned if isinstance(returned, tuple) else (returned, _first_size(batch))
-                _check_loss(loss, count)
+                _check_loss(loss, count, model)
                 values, probes = instrumented.take()
                 missing = [name for name in instrumented.probed if name not in probes]
                 if missing:
@@ -267,7 +267,7 @@ def record_batches(
         raise StatisticsError("the data gave no batches")
 
 
-def _check_loss(loss: Any, index: int) -> None:
+def _check_loss(loss: Any, index: int, model: nn.Module) -> None:
     if not isinstance(loss, Tensor) or loss.dim() != 0:
         shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
         raise StatisticsError(f"the loss of batch {index} is {shape}, not a scalar tensor (reduce it by mean or sum)")
@@ -275,7 +275,14 @@ def _check_loss(loss: Any, index: int) -> None:
         raise StatisticsError(f"the loss of batch {index} does not depend on the model's outputs through autograd")
     value = float(loss.detach())
     if not math.isfinite(value):
-        raise StatisticsError(
-            f"the loss of batch {index} is {value}; splitting statistics need a finite loss (check the data and the "
-            "model's state)"
+        # say which of the two usual causes it is: a diverged model, or a batch with non-finite values
+        broken = next(
+            (name for name, t in [*model.named_parameters(), *model.named_buffers()] if not t.isfinite().all()), None
         )
+        cause = (
+            f"the model's '{broken}' is not finite: training diverged; lower the learning rate and start again from "
+            "a model trained without divergence"
+            if broken is not None
+            else "the model's weights are finite: check the batch's inputs and targets for NaN or infinite values"
+        )
+        raise StatisticsError(f"the loss of batch {index} is {value} (splitting statistics): {cause}")
