@@ -143,11 +143,11 @@ class SplittableNetwork:
         requests: Sequence[SplitRequest | NewNeuron],
         epsilon: float,
         *,
-        optimizer: torch.optim.Optimizer | None = None,
+        optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
         allow_inexact: bool = False,
     ) -> SplitReport:
-        """Split the requested neurons (and add any :class:`~splitgrow.surgery.NewNeuron`) in place, carrying
-        ``optimizer``'s state (see :func:`splitgrow.surgery.split_network`)."""
+        """Split the requested neurons (and add any :class:`~splitgrow.surgery.NewNeuron`) in place, carrying the
+        state of ``optimizer`` (one, or a sequence of several; see :func:`splitgrow.surgery.split_network`)."""
         report = split_network(
             self.model, self.graph, requests, epsilon, optimizer=optimizer, allow_inexact=allow_inexact
         )

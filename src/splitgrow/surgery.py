@@ -392,7 +392,7 @@ def split_network(
     requests: Sequence[SplitRequest | NewNeuron],
     epsilon: float,
     *,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
     allow_inexact: bool = False,
 ) -> SplitReport:
     """Split neurons of ``model`` in place (see the module docstring for the rule); the graph becomes stale.
@@ -404,7 +404,8 @@ def split_network(
             (:class:`NewNeuron`: inserted with zero output weights, so the function does not change).
         epsilon: step size (finite, >= 0); each direction is normalised to unit length (general offspring
             shifts are used as given, times epsilon).
-        optimizer: if given, its state is carried along the same map.
+        optimizer: if given, its state is carried along the same map; give every optimiser that holds state of the
+            model's parameters (a sequence: several optimisers, e.g. one per part of the model).
         allow_inexact: also split sites whose second-order prediction is not exact.
 
     Returns:
@@ -433,9 +434,10 @@ def split_network(
         handler = handler_of(graph, module_name)
         tensors = handler.output_tensors(module) if role == OUTPUTS else handler.input_tensors(module)
         changes.append((module_name, role, module, handler, tensors, units))
-    if optimizer is not None:
-        grown = [getattr(m, name) for _, _, m, _, tensors, _ in changes for name, _ in tensors]
-        _check_optimizer(optimizer, [p for p in grown if isinstance(p, nn.Parameter)])
+    optimizers = _optimizers(optimizer)
+    grown = [getattr(m, name) for _, _, m, _, tensors, _ in changes for name, _ in tensors]
+    for each in optimizers:
+        _check_optimizer(each, [p for p in grown if isinstance(p, nn.Parameter)])
     report = SplitReport(list(proxies), epsilon, parameters_before=parameter_count(model))
 
     def is_fresh(unit: _Unit, copy: int) -> bool:
@@ -500,11 +502,11 @@ def split_network(
         for name, dim in tensors:
             tensor = getattr(module, name)
             new_value = _grow_tensor(tensor.data, dim, order, scaled, perturb.get(name), replace.get(name))
-            if optimizer is not None and isinstance(tensor, nn.Parameter) and tensor in optimizer.state:
-                _grow_state(optimizer.state[tensor], dim, order, state_scale, fresh)
+            for each in optimizers:
+                if isinstance(tensor, nn.Parameter) and tensor in each.state:
+                    _grow_state(each.state[tensor], dim, order, state_scale, fresh)
             if isinstance(tensor, nn.Parameter):
-                tensor.data = new_value
-                tensor.grad = None
+                _replace_data(tensor, new_value)
             else:
                 setattr(module, name, new_value)
         size = len(order)
@@ -575,6 +577,31 @@ def _member_rows(module: nn.Module, handler, unit: _Unit, shift: Tensor, epsilon
     """eps times the member's part of an offspring's shift, as rows of the module's tensors (by name)."""
     part = (epsilon * torch.as_tensor(shift).reshape(-1).to(torch.float64))[unit.columns]
     return {name: row[0] for name, row in handler.parameters_from_theta(module, part.unsqueeze(0)).items()}
+
+
+def _optimizers(
+    optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None,
+) -> list[torch.optim.Optimizer]:
+    """The optimisers whose state a split carries (none, one, or several)."""
+    if optimizer is None:
+        return []
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return [optimizer]
+    return list(optimizer)
+
+
+def _replace_data(parameter: nn.Parameter, value: Tensor) -> None:
+    """Give ``parameter`` its grown ``value`` in place, without its gradient, and with a fresh gradient accumulator.
+
+    Autograd keeps one accumulator node per leaf, with the leaf's shape, for as long as any graph holds it (a
+    training loop's last ``loss`` does); ``.data =`` reuses it unless the dtype or device changes, and the next
+    backward then fails on the old shape. Passing through another dtype drops the stale node (float32 or float16,
+    which every device has).
+    """
+    other = torch.float32 if value.dtype != torch.float32 else torch.float16
+    parameter.data = torch.empty(0, dtype=other, device=value.device)
+    parameter.data = value
+    parameter.grad = None
 
 
 def _grow_state(state: dict, dim: int, order: Tensor, scaled: dict[int, float], fresh: set[int]) -> None:

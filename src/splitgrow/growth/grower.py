@@ -15,6 +15,13 @@ it did (:class:`GrowthStage`): the widths before and after, the splits with thei
 eps^2/2 * sum of the indexes and the measured one, parameters, FLOPs, and the time of the phase against training.
 In a ``torch.distributed`` run every process computes the statistics of its own data, they are summed, and rank 0's
 selection is applied everywhere; the ``on_grow`` hook is the place to rebuild a DDP wrapper.
+
+Every object that holds per-parameter state must follow a split: give the grower every optimiser of the model's
+parameters (``optimizer=[...]``) and every averaged copy of it (``averaged_models=[ema]``, e.g. a
+``torch.optim.swa_utils.AveragedModel``), which is split the same way; any other (a second optimiser or an EMA the
+grower does not know) keeps the old shapes and fails at its next step. A stage runs in the model's own dtype, outside
+any autocast region, and drops the parameters' gradients (they belong to the old shapes): call it between optimiser
+steps, not in the middle of a gradient accumulation.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from torch import Tensor, nn
 from ..artifacts import atomic_write_bytes
 from ..errors import SplitgrowError
 from ..firefly import new_neuron_candidates, select_growth
+from ..graph import model_fingerprint
 from ..inspection import model_flops, split_costs
 from ..network import SplittableNetwork
 from ..selection import Selection, select_splits, select_within_budget
@@ -43,6 +51,7 @@ from ..statistics.adaptive import adaptive_splitting
 from ..statistics.recording import _default_closure, _prepare
 from ..statistics.splitting import SolverOptions, solve
 from ..surgery import NewNeuron, SplitRequest, parameter_count, resize_like
+from ..surgery import _optimizers as optimizer_list
 from .policy import GrowthPolicy, GrowthState
 
 
@@ -89,7 +98,10 @@ class Grower:
         closure: ``closure(model, batch) -> (loss, weight)`` for any batch (see :mod:`splitgrow.statistics`).
         reduction: whether the loss is a ``"mean"`` or a ``"sum"`` over its units (``"auto"``: a torch loss
             module's own setting, else mean).
-        optimizer: its state is carried across every split.
+        optimizer: its state is carried across every split; several optimisers (one per part of the model): a
+            sequence of them.
+        averaged_models: averaged copies of the model (``torch.optim.swa_utils.AveragedModel``, an EMA module of the
+            same architecture) to split the same way at every stage, so that they keep averaging the grown model.
         exclude, relu_surrogate: as for :class:`~splitgrow.network.SplittableNetwork`.
         seed: seed of the solvers' random starts.
         on_grow: called with the stage after every split (rebuild a DDP wrapper, log, ...).
@@ -105,7 +117,8 @@ class Grower:
         loss_function: LossFunction | None = None,
         closure: LossClosure | None = None,
         reduction: str = "auto",
-        optimizer: torch.optim.Optimizer | None = None,
+        optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
+        averaged_models: Sequence[nn.Module] = (),
         exclude: Sequence[str] = (),
         relu_surrogate: float | None = None,
         seed: int = 0,
@@ -119,6 +132,7 @@ class Grower:
         self.policy = policy
         self.loss_function, self.closure, self.reduction = loss_function, closure, reduction
         self.optimizer = optimizer
+        self.averaged_models = list(averaged_models)
         self.seed = seed
         self.on_grow = on_grow
         self.history: list[GrowthStage] = []
@@ -131,6 +145,7 @@ class Grower:
         self._stale = 0
         self._training_started = time.perf_counter()
         self._training_seconds = 0.0
+        self._phase_epochs_made: int | None = None  # what fit's scheduler factory got for the current phase
 
     # ---------------------------------------------------------------------------------------- the schedule
 
@@ -285,6 +300,12 @@ class Grower:
 
     def grow(self, metrics: dict[str, float] | None = None) -> GrowthStage | None:
         """One growth stage now, whatever the schedule; None (and the grower stops) when nothing can split."""
+        device = next(self.model.parameters()).device
+        # statistics in the model's dtype whatever region the caller is in (autocast would round them to bf16)
+        with torch.autocast(device.type, enabled=False):
+            return self._grow(metrics)
+
+    def _grow(self, metrics: dict[str, float] | None) -> GrowthStage | None:
         started = time.perf_counter()
         widths_before = self.net.widths()
         parameters_before = parameter_count(self.model)
@@ -297,9 +318,12 @@ class Grower:
                 self.stopped = True
                 self.stop_reason = f"splitting-stable: no index below the threshold {self.policy.threshold:g}"
             return None
+        followers = self._averaged_networks()
         report = self.net.split(
             requests, self.policy.epsilon, optimizer=self.optimizer, allow_inexact=self.policy.allow_inexact
         )
+        for follower in followers:  # the same requests (made for the same shapes), so the same map
+            follower.split(requests, self.policy.epsilon, allow_inexact=self.policy.allow_inexact)
         loss_after = self._loss() if self.policy.measure else None
         stage = GrowthStage(
             stage=len(self.history) + 1,
@@ -330,6 +354,25 @@ class Grower:
         if self.on_grow is not None:
             self.on_grow(stage)
         return stage
+
+    def _averaged_networks(self) -> list[SplittableNetwork]:
+        """The averaged copies, traced, each checked to have the model's parameters (before anything is split)."""
+        networks = []
+        expected = model_fingerprint(self.model)
+        for position, averaged in enumerate(self.averaged_models):
+            # AveragedModel keeps the copy in .module and its counter beside it
+            copy = averaged.module if isinstance(averaged, torch.optim.swa_utils.AveragedModel) else averaged
+            if model_fingerprint(copy) != expected:
+                raise SplitgrowError(
+                    f"averaged_models[{position}] ({type(averaged).__name__}) does not have the model's parameters "
+                    "and buffers (names and shapes): give an averaged copy of this model, made before any split or "
+                    "grown by this grower"
+                )
+            device = next(copy.parameters()).device  # an average may be kept on another device
+            inputs = tuple(value.to(device) for value in self.net.graph.example_inputs)
+            options = {"exclude": self.net.exclude, "relu_surrogate": self.net.relu_surrogate}
+            networks.append(SplittableNetwork(copy, inputs, **options))
+        return networks
 
     @torch.no_grad()
     def _loss(self) -> float:
@@ -407,40 +450,45 @@ class Grower:
             epochs: epochs in all, growth phases included.
             evaluate: metrics after every epoch (the plateau rule monitors ``policy.monitor`` in them).
             scheduler_factory: ``factory(optimizer, phase_epochs)`` makes a learning-rate scheduler for each phase
-                (stepped once per epoch), e.g. the paper's restart at every stage.
+                (stepped once per epoch, after ``evaluate``; a ``ReduceLROnPlateau`` is given ``policy.monitor``),
+                e.g. the paper's restart at every stage. ``phase_epochs`` is the phase's length: the policy's
+                ``first``/``every``, or every epoch left when no stage follows (the last phase, a plateau schedule).
             on_phase_end: called with the phase's number (0 before the first growth) just before each growth and
                 after the last epoch; the metrics it returns are kept in ``phase_metrics``.
             on_epoch_end: called with the epoch after its checkpoint (e.g. to stop the run in a test).
-            checkpoint: a file written atomically after every epoch (model, optimiser, scheduler, grower, RNG
-                and ``extra_state``); with ``resume``, training continues from it exactly.
+            checkpoint: a file written atomically after every epoch (model, optimisers, averaged models,
+                scheduler, grower, RNG and ``extra_state``); with ``resume``, training continues from it exactly.
             extra_state: (get, set) of any further state to checkpoint (a data order generator, ...).
         """
-        if self.optimizer is None and scheduler_factory is not None:
-            raise SplitgrowError("a scheduler_factory needs the grower's optimizer")
+        if scheduler_factory is not None and not isinstance(self.optimizer, torch.optim.Optimizer):
+            raise SplitgrowError(
+                "a scheduler_factory needs the grower's optimizer, a single one; with several optimisers, make and "
+                "step their schedulers in train_epoch"
+            )
         self.phase_metrics: list[dict[str, float]] = []
         scheduler = None
         path = None if checkpoint is None else Path(checkpoint)
         if resume and path is not None and path.is_file():
             scheduler = self._restore(path, scheduler_factory, extra_state)
         elif scheduler_factory is not None:
-            scheduler = scheduler_factory(self.optimizer, self._phase_epochs(epochs))
+            scheduler = self._make_scheduler(scheduler_factory, epochs)
         self._training_started = time.perf_counter()
         while self.epoch < epochs:
             epoch = self.epoch
             returned = train_epoch(epoch)
-            if scheduler is not None:
-                scheduler.step()
             metrics = dict(evaluate()) if evaluate is not None else {}
             if isinstance(returned, dict):
                 metrics = {**returned, **metrics}
             elif returned is not None:
                 metrics.setdefault("train_loss", float(returned))
+            if scheduler is not None:
+                self._step_scheduler(scheduler, metrics)
             will_grow = self._will_grow(metrics) and self.epoch + 1 < epochs
             if will_grow and on_phase_end is not None:
                 self.phase_metrics.append(dict(on_phase_end(len(self.history)) or {}))
             stage = self.epoch_end(metrics) if self.epoch + 1 < epochs else self._last_epoch(metrics)
             if stage is not None and scheduler_factory is not None:
-                scheduler = scheduler_factory(self.optimizer, self._phase_epochs(epochs))
+                scheduler = self._make_scheduler(scheduler_factory, epochs)
             if path is not None:
                 self._save(path, scheduler, extra_state)
             if on_epoch_end is not None:
@@ -472,16 +520,38 @@ class Grower:
             plateaued = not improved and self._stale + 1 >= policy.plateau_patience
         return policy.due(state, plateaued)
 
+    def _make_scheduler(self, scheduler_factory: Callable[[torch.optim.Optimizer, int], Any], epochs: int) -> Any:
+        """The next phase's scheduler; its length is checkpointed, so that a resumed run makes the same one."""
+        self._phase_epochs_made = self._phase_epochs(epochs)
+        return scheduler_factory(self.optimizer, self._phase_epochs_made)
+
+    def _step_scheduler(self, scheduler: Any, metrics: dict[str, float]) -> None:
+        if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step()
+            return
+        monitor = self.policy.monitor
+        if monitor not in metrics:
+            raise SplitgrowError(
+                f"the ReduceLROnPlateau of scheduler_factory steps on policy.monitor = {monitor!r}, which this "
+                f"epoch's metrics do not have (they have: {', '.join(metrics) or 'none'}); return it from evaluate or "
+                "train_epoch, or set GrowthPolicy(monitor=...)"
+            )
+        scheduler.step(float(metrics[monitor]))
+
     def _phase_epochs(self, epochs: int) -> int:
         length = self.policy.phase_length(len(self.history))
         left = epochs - self.epoch
-        return left if length is None else max(1, min(length, left))
+        if length is None or self.stopped or self._limit_reached() is not None:
+            return max(1, left)  # no stage ends this phase: it lasts to the end
+        return max(1, min(length, left))
 
     def _save(self, path: Path, scheduler: Any, extra_state) -> None:
         state = {
             "model": self.model.state_dict(),
-            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "optimizer": [optimizer.state_dict() for optimizer in optimizer_list(self.optimizer)],
+            "averaged_models": [averaged.state_dict() for averaged in self.averaged_models],
             "scheduler": None if scheduler is None else scheduler.state_dict(),
+            "phase_epochs": self._phase_epochs_made,
             "grower": self.state_dict(),
             "phase_metrics": self.phase_metrics,
             "rng": torch.get_rng_state(),
@@ -500,12 +570,19 @@ class Grower:
         resize_like(self.model, state["model"])
         self.model.load_state_dict(state["model"])
         self.load_state_dict(state["grower"])
+        for averaged, saved in zip(self.averaged_models, state.get("averaged_models", [])):
+            resize_like(averaged, saved)
+            averaged.load_state_dict(saved)
         # a new scheduler sets the learning rate: make it first, then restore the optimiser's and its own state
         scheduler = None
         if scheduler_factory is not None:
-            scheduler = scheduler_factory(self.optimizer, self._phase_epochs_at_restore())
-        if self.optimizer is not None and state["optimizer"] is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+            self._phase_epochs_made = state.get("phase_epochs") or self._phase_epochs_at_restore()
+            scheduler = scheduler_factory(self.optimizer, self._phase_epochs_made)
+        saved_optimizers = state["optimizer"]
+        if isinstance(saved_optimizers, dict):  # a checkpoint of one optimiser, written before several were allowed
+            saved_optimizers = [saved_optimizers]
+        for optimizer, saved in zip(optimizer_list(self.optimizer), saved_optimizers or []):
+            optimizer.load_state_dict(saved)
         if scheduler is not None and state["scheduler"] is not None:
             scheduler.load_state_dict(state["scheduler"])
         self.phase_metrics = list(state["phase_metrics"])
@@ -515,6 +592,7 @@ class Grower:
         return scheduler
 
     def _phase_epochs_at_restore(self) -> int:
+        """The phase length of a checkpoint that did not record it (written by an earlier version)."""
         length = self.policy.phase_length(len(self.history))
         return 1 if length is None else length
 

@@ -7,11 +7,13 @@ splitgrow[lightning]``).
 
 At the end of every training epoch the grower's schedule decides; a growth stage reads the first
 ``policy.statistics_batches`` batches of ``statistics_data`` (by default the trainer's training loader), splits the
-module in place and carries the optimiser's state across (its parameters keep their identity, so the optimiser and
-any learning-rate scheduler simply continue: nothing needs rebuilding). The monitored metric of a plateau rule is
-read from ``trainer.callback_metrics``. Lightning checkpoints hold the grown weights; on resume (``ckpt_path``) the
-callback resizes the module to the checkpoint's shapes before Lightning creates the optimisers and loads the
-weights, and restores the grower's history through its own state.
+module in place and carries the state of every optimiser across (its parameters keep their identity, so the
+optimisers and any learning-rate schedulers simply continue: nothing needs rebuilding). The monitored metric of a
+plateau rule is read from ``trainer.callback_metrics``. Lightning checkpoints hold the grown weights; on resume
+(``ckpt_path``) the callback resizes the module to the checkpoint's shapes before Lightning creates the optimisers
+and loads the weights, and restores the grower's history through its own state. The averaged copy of Lightning's
+weight-averaging callbacks (``EMAWeightAveraging``, ``StochasticWeightAveraging``, any ``WeightAveraging``) is split
+the same way as the module, so that it keeps averaging the grown weights.
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ class GrowthCallback(Callback):
     def on_train_epoch_end(self, trainer: Any, pl_module: torch.nn.Module) -> None:
         grower = self.grower
         grower.statistics_data = self._statistics(trainer)
-        grower.optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        grower.optimizer = list(trainer.optimizers)  # every one of them holds state of parameters a split grows
+        grower.averaged_models = _averaged_models(trainer)
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if _scalar(value)}
         grower.epoch_end(metrics)
 
@@ -114,17 +117,28 @@ class GrowthCallback(Callback):
 def _resize_before_loading(pl_module: torch.nn.Module) -> None:
     """Make the module take the widths of any checkpoint Lightning loads into it: Lightning calls the module's
     ``on_load_checkpoint`` hook just before it loads the weights (and, with the default strategies, before it makes
-    the optimisers), which is where the resizing must happen."""
+    the optimisers), which is where the resizing must happen; it calls the callbacks' hooks (a weight-averaging
+    callback loads its averaged copy there) after it, so the copies are resized here too."""
     original = pl_module.on_load_checkpoint
     if getattr(original, "splitgrow_resizes", False):
         return
 
     def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
         resize_like(pl_module, checkpoint["state_dict"])
+        for averaged in _averaged_models(pl_module.trainer):
+            copy = averaged.module if isinstance(averaged, torch.optim.swa_utils.AveragedModel) else averaged
+            resize_like(copy, checkpoint["state_dict"])  # the module's shapes (a checkpoint may hold the average)
         original(checkpoint)
 
     on_load_checkpoint.splitgrow_resizes = True
     pl_module.on_load_checkpoint = on_load_checkpoint
+
+
+def _averaged_models(trainer: Any) -> list[torch.nn.Module]:
+    """The averaged copies that Lightning's weight-averaging callbacks keep of the module (once they made them):
+    they hold it as ``_average_model``, which has no public accessor."""
+    found = (getattr(callback, "_average_model", None) for callback in trainer.callbacks)
+    return [model for model in found if isinstance(model, torch.nn.Module)]
 
 
 def _scalar(value: Any) -> bool:
