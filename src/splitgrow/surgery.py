@@ -650,7 +650,7 @@ def resize_like(model: nn.Module, state_dict: dict[str, Tensor]) -> list[str]:
             tensor = getattr(module, name)
             new = torch.empty(shape, dtype=tensor.dtype, device=tensor.device)
             if isinstance(tensor, nn.Parameter):
-                tensor.data = new  # the same Parameter object: an optimiser built on the model keeps working
+                _replace_data(tensor, new)  # the same Parameter object: an optimiser built on the model keeps working
             else:
                 setattr(module, name, new)
         sizes = {}
