@@ -182,24 +182,17 @@ def measure(name: str, args: argparse.Namespace, device: torch.device) -> dict[s
         tolerance=args.tolerance,
         seed=args.seed,
     )
+    names = list(results)
+    indexes = torch.cat([results[n].indexes.to(torch.float64) for n in names])
+    count = max(1, round(args.top_fraction * len(indexes)))
+    generator = torch.Generator().manual_seed(args.seed + 1)
     selections, selection_seconds = timed(
-        device,
-        sampled_selections,
-        net,
-        training,
-        torch.cat([results[n].indexes.to(torch.float64) for n in results]),
-        list(results),
-        max(1, round(args.top_fraction * net.neurons())),
-        args,
-        torch.Generator().manual_seed(args.seed + 1),
+        device, sampled_selections, net, training, indexes, names, count, args, generator
     )
     (quadratic, blocks, sizes), batch_seconds = timed(device, batch_quadratic_forms, net, training, results)
-    names = list(results)
     q = torch.cat([quadratic[n] for n in names], dim=1)  # (B, all neurons)
     neuron_sites = [n for n in names for _ in range(results[n].indexes.numel())]
-    indexes = torch.cat([results[n].indexes.to(torch.float64) for n in names])
     mean_q = weighted_mean(q, sizes)
-    count = max(1, round(args.top_fraction * len(indexes)))
     order = torch.argsort(indexes)
     threshold = float(0.5 * (indexes[order[count - 1]] + indexes[order[count]]))
     watched = order[: 2 * count]  # the reference's top 20%: the selected neurons and their nearest rivals

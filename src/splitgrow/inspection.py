@@ -34,6 +34,15 @@ def model_flops(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tens
     return int(counter.get_total_flops())
 
 
+def non_finite_tensor(model: nn.Module) -> str | None:
+    """The name of the first parameter or buffer of ``model`` with a NaN or infinite entry (what a diverged
+    training step leaves, in the weights or the BatchNorm statistics), or None when all are finite."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
 def layer_flops(graph: ChannelGraph) -> dict[str, int]:
     """FLOPs per sample of every layer with a handler (all its calls), from the traced shapes."""
     flops: dict[str, int] = {}

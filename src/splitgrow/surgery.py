@@ -434,7 +434,7 @@ def split_network(
         handler = handler_of(graph, module_name)
         tensors = handler.output_tensors(module) if role == OUTPUTS else handler.input_tensors(module)
         changes.append((module_name, role, module, handler, tensors, units))
-    optimizers = _optimizers(optimizer)
+    optimizers = optimizer_list(optimizer)
     grown = [getattr(m, name) for _, _, m, _, tensors, _ in changes for name, _ in tensors]
     for each in optimizers:
         _check_optimizer(each, [p for p in grown if isinstance(p, nn.Parameter)])
@@ -579,7 +579,7 @@ def _member_rows(module: nn.Module, handler, unit: _Unit, shift: Tensor, epsilon
     return {name: row[0] for name, row in handler.parameters_from_theta(module, part.unsqueeze(0)).items()}
 
 
-def _optimizers(
+def optimizer_list(
     optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None,
 ) -> list[torch.optim.Optimizer]:
     """The optimisers whose state a split carries (none, one, or several)."""

@@ -48,7 +48,7 @@ from ..data import DATASETS, Batches, ImageDataset, load_dataset
 from ..errors import ConfigError, DivergenceError, SplitgrowError
 from ..firefly import FireflyOptions
 from ..growth import Grower, GrowthPolicy
-from ..inspection import model_flops
+from ..inspection import model_flops, non_finite_tensor
 from ..models import build_model, load_model, save_model
 from ..pruning import LABELS as PRUNING_LABELS
 from ..pruning import PRUNING_METHODS, prune_to_ratio
@@ -370,10 +370,10 @@ def _check_finite_state(model: torch.nn.Module, where: str) -> None:
     """Refuse to go on from NaN or infinite weights or BatchNorm statistics: training checks each batch's loss before
     its step, so the epoch's last step can diverge unseen (the splitting statistics or the next epoch would meet it,
     and blame the data)."""
-    tensors = [*model.parameters(), *(buffer for buffer in model.buffers() if buffer.is_floating_point())]
-    if not all(bool(torch.isfinite(tensor).all()) for tensor in tensors):
+    broken = non_finite_tensor(model)
+    if broken is not None:
         raise DivergenceError(
-            "training diverged: the weights or BatchNorm statistics became NaN or infinite",
+            f"training diverged: '{broken}' (weights or BatchNorm statistics) became NaN or infinite",
             where,
             "lower learning_rate",
         )

@@ -50,8 +50,7 @@ from ..statistics import distributed as dist
 from ..statistics.adaptive import adaptive_splitting
 from ..statistics.recording import _default_closure, _prepare
 from ..statistics.splitting import SolverOptions, solve
-from ..surgery import NewNeuron, SplitRequest, parameter_count, resize_like
-from ..surgery import _optimizers as optimizer_list
+from ..surgery import NewNeuron, SplitRequest, optimizer_list, parameter_count, resize_like
 from .policy import GrowthPolicy, GrowthState
 
 
@@ -84,6 +83,12 @@ class GrowthStage:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "measured_change": self.measured_change}
+
+
+def averaged_copy(averaged: nn.Module) -> nn.Module:
+    """The copy of the model that an averaged model holds: ``AveragedModel`` keeps it in ``.module`` (its counter
+    beside it); an EMA module of the model's own architecture is the copy itself."""
+    return averaged.module if isinstance(averaged, torch.optim.swa_utils.AveragedModel) else averaged
 
 
 class Grower:
@@ -360,8 +365,7 @@ class Grower:
         networks = []
         expected = model_fingerprint(self.model)
         for position, averaged in enumerate(self.averaged_models):
-            # AveragedModel keeps the copy in .module and its counter beside it
-            copy = averaged.module if isinstance(averaged, torch.optim.swa_utils.AveragedModel) else averaged
+            copy = averaged_copy(averaged)
             if model_fingerprint(copy) != expected:
                 raise SplitgrowError(
                     f"averaged_models[{position}] ({type(averaged).__name__}) does not have the model's parameters "

@@ -31,7 +31,7 @@ except ImportError as error:  # pragma: no cover - the extra is not installed
 
 from ..statistics import LossClosure, LossFunction
 from ..surgery import resize_like
-from .grower import Grower, GrowthStage
+from .grower import Grower, GrowthStage, averaged_copy
 from .policy import GrowthPolicy
 
 
@@ -126,8 +126,8 @@ def _resize_before_loading(pl_module: torch.nn.Module) -> None:
     def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
         resize_like(pl_module, checkpoint["state_dict"])
         for averaged in _averaged_models(pl_module.trainer):
-            copy = averaged.module if isinstance(averaged, torch.optim.swa_utils.AveragedModel) else averaged
-            resize_like(copy, checkpoint["state_dict"])  # the module's shapes (a checkpoint may hold the average)
+            # to the module's shapes (a checkpoint may hold the average)
+            resize_like(averaged_copy(averaged), checkpoint["state_dict"])
         original(checkpoint)
 
     on_load_checkpoint.splitgrow_resizes = True

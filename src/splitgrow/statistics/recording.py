@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from ..errors import SplitgrowError
 from ..graph import ChannelGraph, Site
+from ..inspection import non_finite_tensor
 
 LossFunction = Callable[[Any, Any], Tensor]
 LossClosure = Callable[[nn.Module, Any], "Tensor | tuple[Tensor, float]"]
@@ -276,9 +277,7 @@ def _check_loss(loss: Any, index: int, model: nn.Module) -> None:
     value = float(loss.detach())
     if not math.isfinite(value):
         # say which of the two usual causes it is: a diverged model, or a batch with non-finite values
-        broken = next(
-            (name for name, t in [*model.named_parameters(), *model.named_buffers()] if not t.isfinite().all()), None
-        )
+        broken = non_finite_tensor(model)
         cause = (
             f"the model's '{broken}' is not finite: training diverged; lower the learning rate and start again from "
             "a model trained without divergence"
