@@ -25,7 +25,7 @@ from splitgrow.config import config_to_dict, load_config
 from splitgrow.data import DataError, load_dataset, load_keyword_data, load_npm_digits, read_cifar_batch, read_idx
 from splitgrow.errors import CheckpointError
 from splitgrow.experiments import experiments
-from splitgrow.experiments.common import checkpoint_identity
+from splitgrow.experiments.common import seed_checkpoint
 from splitgrow.experiments.images import ImagesConfig
 from splitgrow.experiments.transfer import TransferConfig
 
@@ -175,7 +175,7 @@ def images_command(root: Path, config: Path, out: Path, *extra: str) -> list[str
 
 def killed_run(out: Path, experiment: str, config, seed: int = 0) -> None:
     """A seed folder holding the checkpoint of ``experiment``'s run with ``config``, killed in its first task."""
-    checkpoint = Checkpoint(out / f"seed-{seed}", checkpoint_identity(experiments()[experiment], config, seed))
+    checkpoint = seed_checkpoint(experiments()[experiment], config, seed, out / f"seed-{seed}", resume=False)
     checkpoint.progress["current"] = {"task": "splitting", "phase": 0, "epoch": 1, "done": False}
     checkpoint.save({"task": "splitting", "weight": torch.zeros(3)})
 

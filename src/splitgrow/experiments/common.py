@@ -20,6 +20,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..artifacts import atomic_write_json, atomic_write_text, run_metadata
+from ..checkpoints import Checkpoint
 from ..config import config_to_dict
 from ..errors import RunFolderError
 from ..parallel import is_main
@@ -197,11 +198,16 @@ class Experiment:
     resume_free_keys: frozenset[str] = frozenset()
 
 
-def checkpoint_identity(experiment: Experiment, config: Any, seed: int) -> dict[str, Any]:
-    """What a seed's checkpoint records of its run (see :class:`splitgrow.checkpoints.Checkpoint`): the experiment,
-    the seed and the settings, less those a resumed run may change (``resume_free_keys``)."""
+def seed_checkpoint(experiment: Experiment, config: Any, seed: int, workdir: Path, *, resume: bool) -> Checkpoint:
+    """The checkpoint of one seed's run in ``workdir`` (created), recording what the run is: the experiment, the seed
+    and the settings, less those a resumed run may change (``resume_free_keys``). With ``resume``, the saved progress
+    is loaded, and a checkpoint of another run is refused (:class:`~splitgrow.errors.CheckpointError`)."""
     settings = {key: value for key, value in config_to_dict(config).items() if key not in experiment.resume_free_keys}
-    return {"experiment": experiment.name, "seed": seed, "config": settings}
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpoint = Checkpoint(workdir, {"experiment": experiment.name, "seed": seed, "config": settings})
+    if resume:
+        checkpoint.load()
+    return checkpoint
 
 
 @contextlib.contextmanager

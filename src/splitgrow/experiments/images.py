@@ -56,7 +56,7 @@ from ..statistics import SOLVERS
 from ..statistics.distributed import reducer
 from ..statistics.splitting import ITERATIVE_TOLERANCE
 from ..surgery import parameter_count
-from .common import Experiment, Reporter, checkpoint_identity, derive_seed, markdown_table
+from .common import Experiment, Reporter, derive_seed, markdown_table, seed_checkpoint
 
 MODELS = ("vgg19", "mobilenetv1")
 #: the ways the small network grows (the policy's method)
@@ -623,10 +623,7 @@ def run_seed(
         train = train.subset(config.train_samples)
     if config.test_samples:
         test = test.subset(config.test_samples)
-    workdir.mkdir(parents=True, exist_ok=True)
-    checkpoint = Checkpoint(workdir, checkpoint_identity(EXPERIMENT, config, seed))
-    if resume:
-        checkpoint.load()
+    checkpoint = seed_checkpoint(EXPERIMENT, config, seed, workdir, resume=resume)
     context = _Context(config, seed, workdir, reporter, checkpoint, train, test, device, stop_after_epochs)
     channels = train.images.shape[1]
     progress = checkpoint.progress

@@ -50,7 +50,7 @@ from ..models import DSCNNL, build_model, dscnn_cost, load_model, save_model
 from ..pruning import prune_to_ratio
 from ..statistics import SOLVERS
 from ..surgery import parameter_count
-from .common import Experiment, Reporter, checkpoint_identity, derive_seed, make_generator, markdown_table
+from .common import Experiment, Reporter, derive_seed, make_generator, markdown_table, seed_checkpoint
 
 DATASETS = ("auto", "synthetic", "speech-commands")
 GROWTH = ("parameters", "channels")
@@ -593,10 +593,7 @@ def run_seed(
             "batch_size",
             "lower batch_size or raise augmented_copies",
         )
-    workdir.mkdir(parents=True, exist_ok=True)
-    checkpoint = Checkpoint(workdir, checkpoint_identity(EXPERIMENT, config, seed))
-    if resume:
-        checkpoint.load()
+    checkpoint = seed_checkpoint(EXPERIMENT, config, seed, workdir, resume=resume)
     context = _Context(config, seed, workdir, reporter, checkpoint, features, stop_after_evaluations)
     completed: dict[str, Any] = checkpoint.progress["completed"]
     in_progress = checkpoint.tensors() if resume else None

