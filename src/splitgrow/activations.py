@@ -293,6 +293,34 @@ def hardtanh(min_val: float = -1.0, max_val: float = 1.0) -> Activation:
     )
 
 
+def hardswish() -> Activation:
+    """Hardswish (MobileNetV3): z relu6(z + 3) / 6, i.e. 0 below -3, z (z + 3) / 6 between -3 and 3 (phi'' = 1/3)
+    and z above 3; phi' jumps by -1/2 at both ends of the quadratic piece (kinks, listed)."""
+
+    def inside(z: Tensor) -> Tensor:
+        return ((z > -3.0) & (z < 3.0)).to(z.dtype)
+
+    return Activation(
+        "hardswish",
+        torch.nn.functional.hardswish,
+        lambda z: torch.where(z >= 3.0, torch.ones_like(z), inside(z) * (2.0 * z + 3.0) / 6.0),
+        lambda z: inside(z) / 3.0,
+        kinks=((-3.0, -0.5), (3.0, -0.5)),
+    )
+
+
+def hardsigmoid() -> Activation:
+    """Hardsigmoid (MobileNetV3's squeeze-excitation gate): relu6(z + 3) / 6, linear between -3 and 3."""
+    return Activation(
+        "hardsigmoid",
+        torch.nn.functional.hardsigmoid,
+        lambda z: ((z > -3.0) & (z < 3.0)).to(z.dtype) / 6.0,
+        torch.zeros_like,
+        curvature_free=True,
+        kinks=((-3.0, 1.0 / 6.0), (3.0, -1.0 / 6.0)),
+    )
+
+
 def with_kink_surrogate(activation: Activation, beta: float = 1.0) -> Activation:
     """``activation`` with phi'' replaced by a smooth stand-in: each kink's jump J at z_k spread as
     J beta s (1 - s), s = sigmoid(beta (z - z_k)), the curvature of softplus(beta) (whose phi' rises by 1 across 0).
@@ -343,6 +371,8 @@ _FACTORIES: dict[str, Callable[..., Activation]] = {
     "mish": mish,
     "leaky_relu": leaky_relu,
     "hardtanh": hardtanh,
+    "hardswish": hardswish,
+    "hardsigmoid": hardsigmoid,
 }
 
 

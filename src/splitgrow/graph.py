@@ -67,6 +67,7 @@ from .layers import (
 )
 from .layers.activations import modifies_input
 from .layers.normalization import BatchNormHandler
+from .layers.refused import RefusedHandler
 
 
 class GraphError(SplitgrowError):
@@ -145,6 +146,8 @@ _PERMUTATION_METHODS = {"permute", "transpose", "swapaxes", "movedim"}
 _REDUCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
 _REDUCTION_METHODS = {"mean", "sum", "amax", "amin"}
 _IGNORED_METHODS = {"size", "dim", "numel"}
+_SQUEEZES = {torch.squeeze: "squeeze", torch.unsqueeze: "unsqueeze"}
+_SQUEEZE_METHODS = {"squeeze", "unsqueeze"}
 
 
 # ------------------------------------------------------------------------------------------ data structures
@@ -430,7 +433,8 @@ class ChannelGraph:
     Args:
         model: the network; traced with ``torch.fx`` (its forward must not branch on tensor values).
         example_inputs: a tensor (or tuple of tensors, the forward's positional arguments) accepted by ``model``;
-            only shapes matter.
+            only shapes matter. The model runs once on the whole example to record them, so a small batch is
+            best; inputs without a batch dimension (an attention mask of shape (T, T)) are passed as they are.
         exclude: qualified module names (or name prefixes) whose channels must not be split.
         relu_surrogate: if given, piecewise-linear activations (ReLU, LeakyReLU, ReLU6, Hardtanh) get the smooth
             surrogate curvature of softplus(beta=relu_surrogate) at their kinks, an explicit approximation that
@@ -450,10 +454,10 @@ class ChannelGraph:
         self.model = model
         self.exclude = tuple(exclude)
         self.relu_surrogate = relu_surrogate
+        # the shapes are recorded on the example as given: which dimension of a second input is the batch's (if
+        # any) is the model's business, and cutting an input that has none (a (T, T) mask) would break it
         inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-        # one sample is enough to record the shapes (every dimension but the batch one)
-        inputs = tuple(t[:1] if isinstance(t, torch.Tensor) and t.dim() > 0 else t for t in inputs)
-        #: the one-sample example the shapes were recorded with
+        #: the example the shapes were recorded with
         self.example_inputs = inputs
         self.module = trace(model)
         was_training = model.training
@@ -589,7 +593,8 @@ class ChannelGraph:
         if modifies_input("call_module", None, {}, module):
             self.has_in_place = True
         if _shape(node) is None:
-            self._block_node(node, f"module '{name}' ({type(module).__name__}) returns several tensors")
+            reason = self._refusal_of(node) or f"module '{name}' ({type(module).__name__}) returns several tensors"
+            self._block_node(node, reason)
             return
         if isinstance(module, nn.Flatten):
             self._flatten(node, node.args[0], module.start_dim, module.end_dim)
@@ -655,8 +660,19 @@ class ChannelGraph:
         if out is not None:
             if mapping.neurons:
                 out.producers.append(name)
-            elif handler.output_tensors(module):
+            elif handler.follows_channels(module):
                 out.per_channel.append(name)
+
+    def _refusal_of(self, node: fx.Node) -> str | None:
+        """The reason of a refused layer (attention, a recurrent layer) called by ``node``, or None: such a layer
+        returns a tuple, and its own reason says more than that."""
+        if node.op != "call_module":
+            return None
+        module = self.modules[node.target]
+        handler = handler_for(module)
+        if not isinstance(handler, RefusedHandler):
+            return None
+        return f"'{node.target}': {handler.channel_map(module, (), ()).reason}"
 
     def _block_mixed(self, node: fx.Node, source: fx.Node, followed: set[int]) -> None:
         """Block the dimensions of ``source`` that ``node`` does not follow position by position (a convolution's or
@@ -803,6 +819,9 @@ class ChannelGraph:
         if (not method and target in _REDUCTIONS) or (method and target in _REDUCTION_METHODS):
             self._reduce(node, source)
             return
+        if (not method and target in _SQUEEZES) or (method and target in _SQUEEZE_METHODS):
+            self._squeeze(node, source, target if method else _SQUEEZES[target])
+            return
         self._block_node(node, f"operation '{node.name}' ({name}) is not supported")
 
     def _getitem(self, node: fx.Node) -> None:
@@ -813,7 +832,10 @@ class ChannelGraph:
             producer = source
             chunked = producer.op == "call_method" and producer.target == "chunk" or producer.target in _CHUNKS
             if not chunked or _shape(node) is None:
-                self._block_node(node, f"'{node.name}' picks an output of '{producer.name}' splitgrow does not follow")
+                reason = self._refusal_of(producer)
+                if reason is None:
+                    reason = f"'{node.name}' picks an output of '{producer.name}' splitgrow does not follow"
+                self._block_node(node, reason)
                 return
             self._chunk_part(node, producer, index)
             return
@@ -923,6 +945,34 @@ class ChannelGraph:
             if out_dim > 0:
                 self._link(self.space(source.name, in_dim), self.space(node.name, out_dim))
 
+    def _squeeze(self, node: fx.Node, source: fx.Node, name: str) -> None:
+        """``squeeze`` removes dimensions of size 1 (the given ones, or all), ``unsqueeze`` inserts one; the other
+        dimensions keep their positions. A removed dimension cannot grow (it must stay of size 1)."""
+        before = _shape(source)
+        rank = len(before)
+        if name == "unsqueeze":
+            inserted = _argument(node, 1, "dim") % (rank + 1)
+            kept = [dim for dim in range(rank + 1) if dim != inserted]
+            removed: set[int] = set()
+        else:
+            dims = _argument(node, 1, "dim")
+            if dims is None:
+                dims = range(rank)
+            elif isinstance(dims, int):
+                dims = [dims]
+            removed = {dim % rank for dim in dims if before[dim % rank] == 1}  # torch keeps the other dimensions
+            kept = [dim for dim in range(rank) if dim not in removed]
+            inserted = None
+        if 0 in removed or inserted == 0:
+            self._block_node(node, f"'{node.name}' {name}s the batch dimension")
+            return
+        for dim in removed:
+            self._block([self.space(source.name, dim)], f"'{node.name}' removes dimension {dim} (of size 1)")
+        pairs = zip(range(rank), kept) if name == "unsqueeze" else zip(kept, range(rank))
+        for in_dim, out_dim in pairs:
+            if in_dim > 0:
+                self._link(self.space(source.name, in_dim), self.space(node.name, out_dim))
+
     def _reduce(self, node: fx.Node, source: fx.Node) -> None:
         rank = len(_shape(source))
         dims = _argument(node, 1, "dim")
@@ -981,6 +1031,12 @@ class ChannelGraph:
                         roles[role].append(module)
         return roles
 
+    def channel_count(self, module_name: str) -> int:
+        """The number of output channels of a module's (first) call, as traced."""
+        node = self._node_of_module(module_name)
+        shape = _shape(node)
+        return shape[self._maps[node.name].output_dim % len(shape)]
+
     # ---------------------------------------------------------------------------------------- sites
 
     def _node_of_module(self, name: str) -> fx.Node:
@@ -1007,6 +1063,11 @@ class ChannelGraph:
                         self.not_sites[node.target] = mapping.reason
                 continue
             root = (node.name, mapping.output_dim % len(_shape(node)))
+            if root not in self.spaces:  # a one-dimensional output: the batch dimension was squeezed away
+                self.not_sites.setdefault(
+                    node.target, f"its output of shape {_shape(node)} has no channel dimension besides the batch one"
+                )
+                continue
             closure = self.closure_from(root, 0)
             producers = sorted(
                 {module_name for key in closure for module_name in self.spaces[key].producers},
@@ -1382,6 +1443,13 @@ class ChannelGraph:
                 return (
                     f"its activation {activation.name} has phi'' = 0, so every splitting index is 0; pass "
                     "relu_surrogate=beta to use softplus(beta) curvature explicitly"
+                )
+        for name in sorted(nodes, key=self.order.__getitem__):
+            node = self.nodes[name]
+            if node.op == "call_module" and self._nonlinearity(name) == PIECEWISE_LINEAR:
+                return (
+                    f"its nonlinearity '{node.target}' ({type(self.modules[node.target]).__name__}) is piecewise "
+                    "linear: phi'' = 0, so every splitting index is 0"
                 )
         return "no activation with curvature follows it before its consumers (a linear unit: every index is 0)"
 

@@ -22,16 +22,20 @@ from .surgery import OUTPUTS, SplitRequest, parameter_count, plan_split
 
 def model_flops(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
     """FLOPs of the whole model for one sample, as ``torch.utils.flop_counter`` counts them (``example_input``: a
-    batch, or a tuple of the model's positional inputs; the first row of each is used)."""
+    batch, or a tuple of the model's positional inputs): the count on the whole example divided by the first
+    input's batch size. The inputs are not cut to one row, since a second input may have no batch dimension (an
+    attention mask of shape (T, T))."""
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    first = inputs[0] if inputs else None
+    batch = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() > 0 and first.shape[0] > 0 else 1
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(*(x[:1] if isinstance(x, torch.Tensor) and x.dim() > 0 else x for x in inputs))
+            model(*inputs)
     finally:
         model.train(was_training)
-    return int(counter.get_total_flops())
+    return int(counter.get_total_flops()) // batch
 
 
 def non_finite_tensor(model: nn.Module) -> str | None:

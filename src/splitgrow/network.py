@@ -30,8 +30,8 @@ class SplittableNetwork:
 
     Args:
         model: any ``nn.Module`` that ``torch.fx`` can trace; changed in place by :meth:`split`.
-        example_inputs: an input batch (any size) of the right shape (a tuple for several positional inputs),
-            used to trace the model.
+        example_inputs: a small input batch of the right shape (a tuple for several positional inputs, which may
+            include some without a batch dimension, such as a (T, T) attention mask), used to trace the model.
         exclude: module names (or name prefixes) never to split.
         relu_surrogate: give piecewise-linear activations (ReLU, ...) the curvature of softplus(beta=relu_surrogate)
             at their kinks; the surrogate is named in every result (``SiteSplitting.surrogate``).

@@ -461,6 +461,9 @@ def split_network(
     columns: dict[int, dict[str, list[int]]] = defaultdict(dict)
     for module_name, role, module, handler, tensors, units in sorted(changes, key=lambda c: c[1] != INPUTS):
         if not tensors:
+            if role == OUTPUTS and handler.follows_channels(module):  # only a size attribute (a plain instance norm)
+                order, _ = _new_order(graph.channel_count(module_name), units, children)
+                handler.resize(module, outputs=len(order))
             continue
         first = getattr(module, tensors[0][0])
         order, slots = _new_order(first.shape[tensors[0][1]], units, children)

@@ -43,6 +43,8 @@ _MODULES: dict[type[nn.Module], ModuleFactory] = {
     nn.ReLU6: lambda m: act.hardtanh(0.0, 6.0),
     nn.Hardtanh: lambda m: act.hardtanh(float(m.min_val), float(m.max_val)),
     nn.LeakyReLU: lambda m: act.leaky_relu(float(m.negative_slope)),
+    nn.Hardswish: lambda m: act.hardswish(),
+    nn.Hardsigmoid: lambda m: act.hardsigmoid(),
 }
 
 _FUNCTIONS: dict[Callable, CallFactory] = {
@@ -67,6 +69,8 @@ _FUNCTIONS: dict[Callable, CallFactory] = {
         float(_argument(a, k, 1, "min_val", -1.0)), float(_argument(a, k, 2, "max_val", 1.0))
     ),
     F.leaky_relu: lambda a, k: act.leaky_relu(float(_argument(a, k, 1, "negative_slope", 0.01))),
+    F.hardswish: lambda a, k: act.hardswish(),
+    F.hardsigmoid: lambda a, k: act.hardsigmoid(),
 }
 
 _METHODS: dict[str, CallFactory] = {

@@ -86,6 +86,11 @@ class LayerHandler:
     def resize(self, module: nn.Module, *, outputs: int | None = None, inputs: int | None = None) -> None:
         """Update the size attributes (``out_features``, ``num_features``, ...) after the tensors grew."""
 
+    def follows_channels(self, module: nn.Module) -> bool:
+        """Whether a per-channel module must be updated when its channels grow: it has tensors indexed by them, or
+        a size attribute that must match them (an instance norm's ``num_features``, checked against its input)."""
+        return bool(self.output_tensors(module))
+
     def new_channel_value(self, module: nn.Module, name: str) -> float:
         """The value a brand-new channel gets in the output-indexed tensor ``name`` when it is not a neuron's own
         parameter (a new channel of a BatchNorm is the identity: weight and running variance 1)."""

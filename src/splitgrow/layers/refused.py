@@ -10,7 +10,6 @@ _REASONS: dict[tuple[type[nn.Module], ...], str] = {
     (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm): (
         "normalises across channels: a split would change the other channels' outputs"
     ),
-    (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d): "instance normalisation is not supported",
     (nn.MultiheadAttention,): (
         "attention heads are not growable by splitting (a head is not a neuron with one output channel); "
         "grow the MLP blocks and keep attention as it is"

@@ -14,9 +14,11 @@ from .activations import activation_of_module
 from .base import LayerHandler
 from .conv import Conv2dHandler
 from .conv1d import Conv1dHandler
+from .instance_norm import InstanceNormHandler
 from .linear import LinearHandler
 from .normalization import BatchNormHandler
 from .per_channel import ActivationHandler, PerChannelHandler
+from .prelu import PReLUHandler
 from .refused import RefusedHandler
 
 _HANDLERS: dict[type[nn.Module], LayerHandler] = {}
@@ -61,7 +63,9 @@ for _handler in (
     Conv2dHandler(),
     Conv1dHandler(),
     BatchNormHandler(),
+    InstanceNormHandler(),
     PerChannelHandler(),
+    PReLUHandler(),
     RefusedHandler(),
 ):
     register_layer(_handler, leaf=False)

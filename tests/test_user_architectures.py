@@ -1,0 +1,661 @@
+"""Architectures users bring, written the way torchvision, timm and torchaudio write them (tiny, float64): what
+splitgrow grows in them exactly, and what it refuses with a message naming the module.
+
+The fixes these tests guard (each failed before it): an attention mask of shape (T, T) was cut to its first row
+when the model was traced, so a masked transformer block could not be traced at all; ``squeeze``/``unsqueeze``
+(an audio net's ``pool(x).squeeze(-1)``) blocked the channels they pass; a GRU or an LSTM was refused as a module
+that "returns several tensors" instead of with its own reason; PReLU, Hardswish and Hardsigmoid were unknown
+modules and instance normalisation a refused one, each blocking every channel through it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from splitgrow import ChannelGraph, SplittableNetwork
+from splitgrow.activations import hardsigmoid, hardswish
+from splitgrow.graph import GraphError
+from splitgrow.growth import Grower, GrowthPolicy
+from splitgrow.inspection import model_flops
+from splitgrow.surgery import SplitRequest
+
+pytestmark = pytest.mark.filterwarnings("ignore::splitgrow.errors.SplitgrowWarning")
+
+Inputs = Tensor | tuple[Tensor, ...]
+
+
+def _logits(outputs: Tensor | tuple | dict) -> Tensor:
+    """The logits of a tensor, an HF-style dict (its first value) or a tuple (its first entry)."""
+    if isinstance(outputs, dict):
+        return next(iter(outputs.values()))
+    return outputs[0] if isinstance(outputs, tuple) else outputs
+
+
+def _loss(outputs: Tensor | tuple | dict, targets: Tensor) -> Tensor:
+    return F.cross_entropy(_logits(outputs), targets)
+
+
+def _run(model: nn.Module, inputs: Inputs) -> Tensor:
+    return _logits(model(*inputs) if isinstance(inputs, tuple) else model(inputs))
+
+
+def _split_copy(model: nn.Module, inputs: Inputs, request: SplitRequest, epsilon: float, **options) -> nn.Module:
+    twin = copy.deepcopy(model)
+    SplittableNetwork(twin, inputs, **options).split([request], epsilon)
+    return twin
+
+
+def assert_exact_splits(model: nn.Module, inputs: Inputs, targets: Tensor, sites: list[str]) -> None:
+    """tests/test_user_models.py's standard for models with several inputs and dict or tuple outputs: for the most
+    negative index of every listed site, a split with eps = 0 keeps the outputs and the loss changes by
+    eps^2/2 * index to second order (the same ratio at two step sizes)."""
+    net = SplittableNetwork(model, inputs)
+    results = net.splitting([(inputs, targets)], _loss)
+    with torch.no_grad():
+        outputs = _run(model, inputs)
+        loss = float(F.cross_entropy(outputs, targets))
+    for name in sites:
+        site = net.sites[name]
+        assert site.splittable and site.exact and not site.kinks, (name, site.reason, site.inexact_reason)
+        channel = int(results[name].indexes.argmin())
+        index = float(results[name].indexes[channel])
+        assert index < 0, name
+        request = SplitRequest(name, channel, results[name].directions[channel], index)
+        with torch.no_grad():
+            same = _run(_split_copy(model, inputs, request, 0.0), inputs)
+        torch.testing.assert_close(same, outputs, rtol=0, atol=1e-12)
+        for epsilon in (1e-3, 1e-4):
+            with torch.no_grad():
+                split = _split_copy(model, inputs, request, epsilon)
+                measured = float(F.cross_entropy(_run(split, inputs), targets)) - loss
+            assert measured / (0.5 * epsilon**2 * index) == pytest.approx(1.0, abs=1e-2), (name, epsilon)
+
+
+def assert_optimisers_continue(model: nn.Module, inputs: Inputs, targets: Tensor, site: str) -> None:
+    """After a step of SGD with momentum and of Adam, a split of ``site`` carries their state to the grown shapes
+    and the next step runs and keeps the loss finite."""
+    for make in (lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9), lambda p: torch.optim.Adam(p, lr=1e-3)):
+        twin = copy.deepcopy(model)
+        optimizer = make(twin.parameters())
+        _train_step(twin, optimizer, inputs, targets)
+        net = SplittableNetwork(twin, inputs)
+        before = net.widths()[site]
+        net.split([SplitRequest(site, 0, None)], 1e-2, optimizer=optimizer)
+        assert net.widths()[site] == before + 1
+        for parameter in twin.parameters():
+            for value in optimizer.state[parameter].values():
+                if isinstance(value, Tensor) and value.dim() > 0:
+                    assert value.shape == parameter.shape
+        assert torch.isfinite(torch.tensor(_train_step(twin, optimizer, inputs, targets)))
+
+
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: Inputs, targets: Tensor) -> float:
+    optimizer.zero_grad()
+    loss = F.cross_entropy(_run(model, inputs), targets)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _randomise_batch_norms(model: nn.Module, seed: int = 1) -> nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            size = module.num_features
+            module.running_mean.copy_(0.1 * torch.randn(size, generator=generator))
+            module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(size, generator=generator) + 0.5)
+            module.bias.data.copy_(0.1 * torch.randn(size, generator=generator))
+    return model
+
+
+def _prepare(model: nn.Module) -> nn.Module:
+    return _randomise_batch_norms(model).double().eval()
+
+
+def _images(batch: int = 4, size: int = 8) -> tuple[Tensor, Tensor]:
+    return torch.randn(batch, 3, size, size, dtype=torch.float64), torch.randint(0, 3, (batch,))
+
+
+# ---------------------------------------------------------------------------------------------- transformers
+
+
+class MaskedBlock(nn.Module):
+    """A pre-LN transformer classifier called as ``model(tokens, mask)``: a causal (T, T) attention mask or a
+    (B, T) key-padding mask, neither of which is cut to a batch of one."""
+
+    def __init__(self, dim: int = 8, hidden: int = 12, padding_mask: bool = False) -> None:
+        super().__init__()
+        self.padding_mask = padding_mask
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        y = self.norm1(x)
+        masks = {"key_padding_mask": mask} if self.padding_mask else {"attn_mask": mask}
+        x = x + self.attn(y, y, y, need_weights=False, **masks)[0]
+        x = x + self.fc2(self.act(self.fc1(self.norm2(x))))
+        return self.head(x.mean(dim=1))
+
+
+@pytest.mark.parametrize("padding_mask", [False, True], ids=["causal-mask-TxT", "key-padding-mask-BxT"])
+def test_a_mask_without_a_batch_dimension_traces_and_the_mlp_splits_exactly(padding_mask: bool) -> None:
+    torch.manual_seed(0)
+    tokens, targets = torch.randn(4, 5, 8, dtype=torch.float64), torch.randint(0, 3, (4,))
+    if padding_mask:
+        mask = torch.zeros(4, 5, dtype=torch.bool)
+        mask[1, 3:] = mask[2, 4:] = True
+    else:
+        mask = torch.triu(torch.full((5, 5), float("-inf"), dtype=torch.float64), 1)
+    model = MaskedBlock(padding_mask=padding_mask).double().eval()
+    graph = ChannelGraph(model, (tokens, mask))
+    assert list(graph.sites) == ["fc1"]
+    assert "'attn': MultiheadAttention: attention heads are not growable" in graph.skipped()["fc2"]
+    assert_exact_splits(model, (tokens, mask), targets, ["fc1"])
+    assert_optimisers_continue(model, (tokens, mask), targets, "fc1")
+
+
+def test_a_grower_grows_a_masked_block_and_counts_its_flops_per_sample() -> None:
+    torch.manual_seed(0)
+    tokens, targets = torch.randn(6, 5, 8, dtype=torch.float64), torch.randint(0, 3, (6,))
+    mask = torch.triu(torch.full((5, 5), float("-inf"), dtype=torch.float64), 1)
+    model = MaskedBlock().double()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    grower = Grower(
+        model,
+        (tokens[:2], mask),
+        [((tokens, mask), targets)],
+        policy=GrowthPolicy(first=1, count=2, max_stages=1),
+        loss_function=F.cross_entropy,
+        optimizer=optimizer,
+    )
+    stage = grower.epoch_end()
+    assert stage is not None and stage.widths_after == {"fc1": 14}
+    # per sample: the count on one sample, of which the layers (per token the attention's in and out projections,
+    # 4 * 8 * 8 multiply-adds, and fc1 and fc2, 2 * 8 * 14; the head, 8 * 3) are part; a multiply-add is 2 FLOPs
+    assert stage.flops_after == model_flops(model, (tokens[:1], mask))
+    assert stage.flops_after >= 2 * (5 * (4 * 8 * 8 + 2 * 8 * 14) + 8 * 3)
+    optimizer.zero_grad()
+    F.cross_entropy(model(tokens, mask), targets).backward()
+    optimizer.step()
+
+
+class TorchEncoderClassifier(nn.Module):
+    """torch's own TransformerEncoderLayer (fused fast path in eval mode) between an embedding and an MLP head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.act = nn.Linear(4, 8), nn.Tanh()
+        self.encoder = nn.TransformerEncoderLayer(8, 2, 12, dropout=0.0, batch_first=True)
+        self.fc1, self.act2, self.fc2 = nn.Linear(8, 6), nn.GELU(), nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act2(self.fc1(self.encoder(self.act(self.embed(x))).mean(dim=1))))
+
+
+def test_torch_transformer_encoder_layer_is_refused_by_name_and_the_head_splits_exactly() -> None:
+    torch.manual_seed(0)
+    model = TorchEncoderClassifier().double().eval()
+    tokens, targets = torch.randn(4, 5, 4, dtype=torch.float64), torch.randint(0, 3, (4,))
+    graph = ChannelGraph(model, tokens)
+    assert not graph.sites["embed"].splittable
+    assert graph.sites["embed"].reason.startswith("'encoder': TransformerEncoderLayer: torch's fused transformer")
+    assert "inside module 'encoder' (TransformerEncoderLayer)" in graph.skipped()["encoder.linear1"]
+    with pytest.raises(GraphError, match="cannot split"):
+        SplittableNetwork(model, tokens).split([SplitRequest("embed", 0, None)], 0.0)
+    assert_exact_splits(model, tokens, targets, ["fc1"])
+
+
+# ---------------------------------------------------------------------------------------------- convolutional
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt: depthwise 7x7 -> channels last -> LayerNorm -> Linear(4x) -> GELU -> Linear -> channels first."""
+
+    def __init__(self, dim: int = 4) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1, self.act, self.pwconv2 = nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.norm(self.dwconv(x).permute(0, 2, 3, 1))
+        return x + self.pwconv2(self.act(self.pwconv1(y))).permute(0, 3, 1, 2)
+
+
+class ConvNeXt(nn.Module):
+    def __init__(self, dim: int = 4) -> None:
+        super().__init__()
+        self.stem, self.block = nn.Conv2d(3, dim, 2, 2), ConvNeXtBlock(dim)
+        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.norm(self.block(self.stem(x)).mean(dim=(-2, -1))))
+
+
+def test_convnext_hidden_units_are_an_exact_site_and_the_stream_is_refused_at_its_layer_norm() -> None:
+    torch.manual_seed(0)
+    model = ConvNeXt().double().eval()
+    images, labels = _images()
+    graph = ChannelGraph(model, images)
+    assert list(graph.sites) == ["block.pwconv1"] and graph.sites["block.pwconv1"].engine == "ridge"
+    assert "'block.norm': LayerNorm: normalises across channels" in graph.skipped()["stem"]
+    assert_exact_splits(model, images, labels, ["block.pwconv1"])
+    assert_optimisers_continue(model, images, labels, "block.pwconv1")
+
+
+class SqueezeExcitation(nn.Module):
+    def __init__(self, channels: int, squeeze: int) -> None:
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1, self.activation = nn.Conv2d(channels, squeeze, 1), nn.SiLU()
+        self.fc2, self.scale_activation = nn.Conv2d(squeeze, channels, 1), nn.Sigmoid()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x))))) * x
+
+
+class MBConv(nn.Module):
+    """EfficientNet: expand 1x1 -> BN -> SiLU -> depthwise 3x3 -> BN -> SiLU -> SE -> project 1x1 -> BN."""
+
+    def __init__(self, inputs: int, expand: int, outputs: int, stride: int) -> None:
+        super().__init__()
+        hidden = inputs * expand
+        self.residual = stride == 1 and inputs == outputs
+        self.block = nn.Sequential(
+            nn.Sequential(nn.Conv2d(inputs, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.SiLU()),
+            nn.Sequential(
+                nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.SiLU()
+            ),
+            SqueezeExcitation(hidden, 4),
+            nn.Sequential(nn.Conv2d(hidden, outputs, 1, bias=False), nn.BatchNorm2d(outputs)),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block(x) + x if self.residual else self.block(x)
+
+
+class EfficientNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, 1, 1, bias=False), nn.BatchNorm2d(4), nn.SiLU())
+        self.blocks = nn.Sequential(MBConv(4, 4, 4, 1), MBConv(4, 2, 6, 2))
+        self.head = nn.Sequential(nn.Conv2d(6, 8, 1, bias=False), nn.BatchNorm2d(8), nn.SiLU())
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(8, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(self.head(self.blocks(self.stem(x))), 1), 1))
+
+
+def test_mbconv_squeeze_excitation_and_head_are_exact_and_the_expansion_is_labelled_inexact() -> None:
+    """The expanded channels are scaled by their squeeze-excitation gate, which reads them all: an inexact site
+    (the paper's per-layer S) that needs allow_inexact; the SE's squeeze units and the head are exact."""
+    torch.manual_seed(0)
+    model = _prepare(EfficientNet())
+    images, labels = _images()
+    graph = ChannelGraph(model, images)
+    expansion = graph.sites["blocks.1.block.0.0"]
+    assert expansion.splittable and not expansion.exact
+    assert "'blocks_1_block_2_scale_activation', 'mul_1'" in expansion.inexact_reason
+    assert "no activation with curvature" in graph.skipped()["blocks.1.block.3.0"]  # the linear projection
+    with pytest.raises(GraphError, match="allow_inexact"):
+        SplittableNetwork(model, images).split([SplitRequest("blocks.1.block.0.0", 0, None)], 0.0)
+    assert_exact_splits(model, images, labels, ["blocks.1.block.2.fc1", "head.0"])
+    assert_optimisers_continue(model, images, labels, "blocks.1.block.2.fc1")
+
+
+class Bottleneck(nn.Module):
+    """torchvision's ResNet bottleneck: 1x1 -> 3x3 (stride) -> 1x1 (x4), one shared in-place activation."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, act=None):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(inplanes, planes, 1, bias=False), nn.BatchNorm2d(planes)
+        self.conv2, self.bn2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False), nn.BatchNorm2d(planes)
+        self.conv3, self.bn3 = nn.Conv2d(planes, planes * 4, 1, bias=False), nn.BatchNorm2d(planes * 4)
+        self.relu = act if act is not None else nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out += identity
+        return self.relu(out)
+
+
+class BottleneckNet(nn.Module):
+    def __init__(self, act: type[nn.Module] = nn.ReLU) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.relu = nn.Conv2d(3, 4, 3, 1, 1, bias=False), nn.BatchNorm2d(4), act()
+        downsample = nn.Sequential(nn.Conv2d(4, 8, 1, 2, bias=False), nn.BatchNorm2d(8))
+        self.layer1 = nn.Sequential(Bottleneck(4, 2, 2, downsample, act()), Bottleneck(8, 2, act=act()))
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.layer1(self.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_resnet_bottleneck_with_a_strided_downsample_grows_inside_its_blocks() -> None:
+    torch.manual_seed(0)
+    images, labels = _images()
+    relu_graph = ChannelGraph(_prepare(BottleneckNet()), images)
+    assert relu_graph.sites == {}
+    assert "phi'' = 0" in relu_graph.skipped()["layer1.0.conv2"]
+    surrogate = ChannelGraph(_prepare(BottleneckNet()), images, relu_surrogate=2.0)
+    assert set(surrogate.sites) == {"conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer1.1.conv2"}
+    model = _prepare(BottleneckNet(nn.SiLU))
+    graph = ChannelGraph(model, images)
+    for name in ("layer1.0.conv3", "layer1.0.downsample.0", "layer1.1.conv3"):
+        assert "its channels pass a residual sum before any activation" in graph.skipped()[name]
+    assert_exact_splits(model, images, labels, ["layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv2"])
+    assert_optimisers_continue(model, images, labels, "layer1.0.conv2")
+
+
+class ConvPair(nn.Module):
+    def __init__(self, groups: int = 1, dilation: int = 1, padding_mode: str = "zeros") -> None:
+        super().__init__()
+        options = {"padding_mode": padding_mode, "bias": False}
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=dilation, dilation=dilation, **options)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=groups, **options)
+        self.act1, self.act2, self.fc = nn.Tanh(), nn.Tanh(), nn.Linear(8, 3, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.act2(self.conv2(self.act1(self.conv1(x)))).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize(
+    "options", [{"dilation": 2}, {"padding_mode": "reflect"}, {"padding_mode": "circular"}], ids=str
+)
+def test_dilated_and_reflect_or_circular_padded_convolutions_without_bias_split_exactly(options: dict) -> None:
+    torch.manual_seed(0)
+    model = ConvPair(**options).double().eval()
+    images, labels = _images(size=6)
+    assert_exact_splits(model, images, labels, ["conv1", "conv2"])
+
+
+@pytest.mark.parametrize("groups", [2, 4])
+def test_a_grouped_convolution_is_refused_with_its_groups_and_the_next_site_still_splits(groups: int) -> None:
+    torch.manual_seed(0)
+    model = ConvPair(groups=groups).double().eval()
+    images, labels = _images(size=6)
+    graph = ChannelGraph(model, images)
+    assert f"'conv2': Conv2d with groups={groups}" in graph.sites["conv1"].reason
+    assert f"groups={groups}" in graph.skipped()["conv2"]
+    with pytest.raises(GraphError, match="cannot split"):
+        SplittableNetwork(model, images).split([SplitRequest("conv1", 0, None)], 0.0)
+    assert model.conv1.out_channels == 8
+
+
+class NormAfterConv(nn.Module):
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.conv1, self.norm, self.act = nn.Conv2d(3, 8, 3, padding=1), norm, nn.SiLU()
+        self.conv2, self.act2, self.fc = nn.Conv2d(8, 6, 3, padding=1), nn.SiLU(), nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.act2(self.conv2(self.act(self.norm(self.conv1(x))))).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("groups", [2, 8], ids=["two-groups", "one-channel-per-group"])
+def test_group_norm_refuses_the_conv_before_it_and_the_next_conv_splits(groups: int) -> None:
+    """GroupNorm mixes the channels of a group (and its group count fixes the channel count): refused."""
+    torch.manual_seed(0)
+    model = NormAfterConv(nn.GroupNorm(groups, 8)).double().eval()
+    images, labels = _images(size=6)
+    graph = ChannelGraph(model, images)
+    assert list(graph.sites) == ["conv2"]
+    assert graph.skipped()["conv1"].startswith("'norm': GroupNorm: normalises across channels")
+    assert_exact_splits(model, images, labels, ["conv2"])
+
+
+@pytest.mark.parametrize(
+    "norm",
+    [
+        nn.InstanceNorm2d(8),
+        nn.InstanceNorm2d(8, affine=True),
+        nn.InstanceNorm2d(8, affine=True, track_running_stats=True),
+    ],
+    ids=["plain", "affine", "running-statistics"],
+)
+def test_instance_norm_passes_each_channel_to_itself_and_the_conv_before_it_splits_exactly(norm: nn.Module) -> None:
+    """Each channel is normalised over its own positions: the offspring of a split pass it separately, so the
+    segment (conv -> instance norm -> SiLU) is differentiated through it, and its affine parameters and running
+    statistics are copied."""
+    torch.manual_seed(0)
+    if norm.affine:
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.normal_(0.0, 0.1)
+    if norm.track_running_stats:
+        norm.running_mean.normal_(0.0, 0.1)
+        norm.running_var.uniform_(0.5, 1.5)
+    model = NormAfterConv(norm).double().eval()
+    images, labels = _images(size=6)
+    graph = ChannelGraph(model, images)
+    assert graph.sites["conv1"].engine == "segment" and graph.coupled_modules("conv1")["per_channel"] == ["norm"]
+    assert_exact_splits(model, images, labels, ["conv1", "conv2"])
+    grown = copy.deepcopy(model)
+    SplittableNetwork(grown, images).split([SplitRequest("conv1", 3, None)], 0.0)
+    assert grown.norm.num_features == 9
+    assert_optimisers_continue(model, images, labels, "conv1")
+
+
+@pytest.mark.filterwarnings("ignore:input's size at dim=0 does not match num_features")
+def test_instance_norm_on_an_unbatched_looking_input_is_refused() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.InstanceNorm1d(4), nn.Linear(4, 2))
+    graph = ChannelGraph(model, torch.randn(2, 3))
+    assert "'2': InstanceNorm1d on an input of shape (2, 4) reads it as one unbatched sample" in graph.skipped()["0"]
+
+
+# ---------------------------------------------------------------------------------------------- activations
+
+
+@pytest.mark.parametrize(
+    "activation", [nn.ELU(), nn.Mish(), nn.Tanh(), nn.Sigmoid()], ids=lambda a: type(a).__name__.lower()
+)
+def test_smooth_activations_between_two_linears_split_exactly(activation: nn.Module) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), activation, nn.Linear(6, 3)).double().eval()
+    inputs, targets = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
+    assert_exact_splits(model, inputs, targets, ["0"])
+
+
+@pytest.mark.parametrize("activation", [nn.LeakyReLU(), nn.PReLU(6), nn.Hardsigmoid()], ids=["leaky", "prelu", "hsig"])
+def test_piecewise_linear_activations_leave_no_site(activation: nn.Module) -> None:
+    graph = ChannelGraph(nn.Sequential(nn.Linear(5, 6), activation, nn.Linear(6, 3)), torch.randn(2, 5))
+    assert graph.sites == {}
+    assert "phi'' = 0, so every splitting index is 0" in graph.skipped()["0"]
+
+
+def test_per_channel_prelu_slopes_are_copied_to_both_offspring() -> None:
+    """Linear -> PReLU(C) -> Tanh: a segment site whose channels pass PReLU's kink; a split copies the channel's
+    slope (the function stays the same at eps = 0) and the optimisers' state of the slopes follows."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.PReLU(6), nn.Tanh(), nn.Linear(6, 3)).double().eval()
+    model[1].weight.data.copy_(torch.linspace(-0.5, 0.5, 6))
+    inputs, targets = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
+    site = ChannelGraph(model, inputs).sites["0"]
+    assert (site.splittable, site.engine, site.kinks) == (True, "segment", "'1' (PReLU)")
+    twin = copy.deepcopy(model)
+    SplittableNetwork(twin, inputs).split([SplitRequest("0", 2, None)], 0.0)
+    assert twin[1].num_parameters == 7
+    torch.testing.assert_close(twin[1].weight[[2, 3]], model[1].weight[[2, 2]], rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(inputs), model(inputs), rtol=0, atol=1e-12)
+    assert_optimisers_continue(model, inputs, targets, "0")
+
+
+def test_hardswish_has_the_curvature_of_its_quadratic_piece_and_lists_its_kinks() -> None:
+    z = torch.linspace(-5, 5, 401, dtype=torch.float64)
+    z = z[(z.abs() - 3).abs() > 1e-6].requires_grad_()
+    for activation in (hardswish(), hardsigmoid()):
+        first = torch.autograd.grad(activation.phi(z).sum(), z, create_graph=activation.name == "hardswish")[0]
+        torch.testing.assert_close(activation.dphi(z.detach()), first.detach())
+        if activation.name == "hardswish":
+            torch.testing.assert_close(activation.d2phi(z.detach()), torch.autograd.grad(first.sum(), z)[0])
+        for at, jump in activation.kinks:
+            sides = activation.dphi(torch.tensor([at - 1e-9, at + 1e-9], dtype=torch.float64))
+            assert float(sides[1] - sides[0]) == pytest.approx(jump, abs=1e-8)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Hardswish(), nn.Linear(6, 3)).double().eval()
+    inputs, targets = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
+    net = SplittableNetwork(model, inputs)
+    assert net.sites["0"].splittable and net.sites["0"].kinks == "'1' (phi' of hardswish jumps by -0.5 at z = -3)"
+    # a step this small crosses no kink: the loss changes by eps^2/2 * index with phi'' = 1/3 inside (-3, 3)
+    results = net.splitting([(inputs, targets)], _loss)
+    channel = int(results["0"].indexes.argmin())
+    index = float(results["0"].indexes[channel])
+    request = SplitRequest("0", channel, results["0"].directions[channel], index)
+    with torch.no_grad():
+        measured = float(
+            _loss(_split_copy(model, inputs, request, 1e-4)(inputs), targets) - _loss(model(inputs), targets)
+        )
+    assert index < 0 and measured / (0.5 * 1e-8 * index) == pytest.approx(1.0, abs=1e-2)
+
+
+# ---------------------------------------------------------------------------------------------- audio and text
+
+
+class KeywordSpotter(nn.Module):
+    """A raw-waveform keyword spotter: strided Conv1d -> BN -> softplus twice, global pooling, squeeze, Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.act1 = nn.Conv1d(1, 6, 20, stride=8), nn.BatchNorm1d(6), nn.Softplus()
+        self.conv2, self.bn2, self.act2 = nn.Conv1d(6, 8, 5, stride=2, padding=2), nn.BatchNorm1d(8), nn.Softplus()
+        self.pool, self.fc = nn.AdaptiveAvgPool1d(1), nn.Linear(8, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act2(self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x))))))
+        return self.fc(self.pool(x).squeeze(-1))
+
+
+def test_an_audio_net_squeezing_its_pooled_channels_splits_both_convolutions_exactly() -> None:
+    torch.manual_seed(0)
+    model = _prepare(KeywordSpotter())
+    waveforms, labels = torch.randn(4, 1, 400, dtype=torch.float64), torch.randint(0, 4, (4,))
+    assert_exact_splits(model, waveforms, labels, ["conv1", "conv2"])
+    assert_optimisers_continue(model, waveforms, labels, "conv2")
+
+
+class SqueezeAfter(nn.Module):
+    """A one-neuron gate whose output is squeezed and unsqueezed again, or a hidden layer squeezed as a whole."""
+
+    def __init__(self, squeeze_all: bool) -> None:
+        super().__init__()
+        self.squeeze_all = squeeze_all
+        self.fc1, self.act, self.gate, self.act2 = nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1), nn.Tanh()
+        self.head = nn.Linear(4 if squeeze_all else 1, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = self.act(self.fc1(x))
+        if self.squeeze_all:  # (N, 4) with N = 1 loses its batch dimension
+            return self.head(hidden.squeeze())
+        return self.head(self.act2(self.gate(hidden)).squeeze(1).unsqueeze(1))
+
+
+@pytest.mark.parametrize(
+    ("squeeze_all", "site", "message"),
+    [(False, "gate", "'squeeze' removes dimension 1 (of size 1)"), (True, "fc1", "'squeeze' squeezes the batch")],
+    ids=["squeeze-a-channel", "squeeze-the-batch"],
+)
+def test_squeezing_a_channel_or_the_batch_dimension_blocks_the_channels(squeeze_all: bool, site: str, message) -> None:
+    graph = ChannelGraph(SqueezeAfter(squeeze_all), torch.randn(1, 3))
+    assert message in graph.sites[site].reason
+
+
+class Recurrent(nn.Module):
+    def __init__(self, cell: type[nn.RNNBase]) -> None:
+        super().__init__()
+        self.conv, self.act = nn.Conv1d(3, 6, 3, padding=1), nn.Tanh()
+        self.rnn = cell(6, 5, batch_first=True)
+        self.fc1, self.act2, self.fc2 = nn.Linear(5, 7), nn.GELU(), nn.Linear(7, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out, _ = self.rnn(self.act(self.conv(x)).transpose(1, 2))
+        return self.fc2(self.act2(self.fc1(out[:, -1])))
+
+
+@pytest.mark.parametrize("cell", [nn.GRU, nn.LSTM], ids=["gru", "lstm"])
+def test_a_recurrent_layer_is_refused_by_name_and_the_sites_after_it_split_exactly(cell) -> None:
+    torch.manual_seed(0)
+    model = Recurrent(cell).double().eval()
+    sequences, labels = torch.randn(4, 3, 7, dtype=torch.float64), torch.randint(0, 3, (4,))
+    graph = ChannelGraph(model, sequences)
+    assert graph.sites["conv"].reason == f"'rnn': {cell.__name__}: recurrent layers are not supported"
+    assert_exact_splits(model, sequences, labels, ["fc1"])
+
+
+class BagOfEmbeddings(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 6)
+        self.fc1, self.act, self.fc2 = nn.Linear(6, 8), nn.GELU(), nn.Linear(8, 3)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(self.embed(tokens).mean(dim=1))))
+
+
+def test_a_linear_after_mean_pooled_embeddings_of_integer_tokens_splits_exactly() -> None:
+    torch.manual_seed(0)
+    model = BagOfEmbeddings().double().eval()
+    tokens, labels = torch.randint(0, 20, (4, 5)), torch.randint(0, 3, (4,))
+    assert_exact_splits(model, tokens, labels, ["fc1"])
+    assert_optimisers_continue(model, tokens, labels, "fc1")
+
+
+# ---------------------------------------------------------------------------------------------- structure
+
+
+class DictOutput(nn.Module):
+    """HF style: ``{"logits": ...}``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return {"logits": self.fc2(self.act(self.fc1(x)))}
+
+
+class TupleOutput(DictOutput):
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        logits = self.fc2(self.act(self.fc1(x)))
+        return logits, logits.softmax(dim=-1)
+
+
+class Containers(nn.Module):
+    """Layers in an nn.ModuleList and activations and head in nn.ModuleDicts, iterated in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(5, 6), nn.Linear(6, 7)])
+        self.acts = nn.ModuleDict({"first": nn.Tanh(), "second": nn.SiLU()})
+        self.heads = nn.ModuleDict({"classes": nn.Linear(7, 3)})
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer, activation in zip(self.layers, self.acts.values()):
+            x = activation(layer(x))
+        return self.heads["classes"](x)
+
+
+@pytest.mark.parametrize(
+    ("build", "sites"),
+    [(DictOutput, ["fc1"]), (TupleOutput, ["fc1"]), (Containers, ["layers.0", "layers.1"])],
+    ids=["dict-output", "tuple-output", "module-list-and-dict"],
+)
+def test_dict_and_tuple_outputs_and_module_containers_split_exactly(build, sites: list[str]) -> None:
+    torch.manual_seed(0)
+    model = build().double().eval()
+    inputs, labels = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
+    assert_exact_splits(model, inputs, labels, sites)
+    assert_optimisers_continue(model, inputs, labels, sites[-1])
