@@ -73,6 +73,12 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
+def json_ready(data: Any) -> Any:
+    """``data`` as :func:`atomic_write_json` writes it and ``json.loads`` gives it back: tuples become lists, keys
+    strings, and non-finite floats null."""
+    return json.loads(json.dumps(_finite_or_none(data), allow_nan=False))
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
     """Write strict JSON (non-finite floats become null) atomically."""
     atomic_write_text(path, json.dumps(_finite_or_none(data), indent=1, allow_nan=False) + "\n")

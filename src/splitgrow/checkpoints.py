@@ -1,12 +1,13 @@
 """Checkpoints of long runs: progress and results as JSON, tensors as a weights-only torch file, both written
 atomically, so that a killed run resumes from its last checkpoint and never reads a half-written one.
 
-A checkpoint that cannot be used (cut short, emptied, overwritten by something else, or from another program) is a
-:class:`~splitgrow.errors.CheckpointError` saying so, never a silent fresh start: resuming must either continue the
-run or refuse."""
+A checkpoint that cannot be used (cut short, emptied, overwritten by something else, edited by hand, or from another
+program) is a :class:`~splitgrow.errors.CheckpointError` saying so, never a silent fresh start or a traceback:
+resuming must either continue the run or refuse."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -16,9 +17,12 @@ from typing import Any
 
 import torch
 
-from .artifacts import atomic_write_bytes, atomic_write_json
+from .artifacts import atomic_write_bytes, atomic_write_json, json_ready
 from .errors import CheckpointError
 from .parallel import is_main
+
+#: the key of ``checkpoint.json`` that holds the digest of the rest of the progress
+_DIGEST = "sha256"
 
 
 class Checkpoint:
@@ -27,7 +31,9 @@ class Checkpoint:
 
     ``progress`` holds ``completed`` (results by task name), ``current`` (None, or a mapping whose ``task`` names
     the task in progress) and anything else the run records. The tensors of the task in progress carry its name
-    under ``"task"``, which ties ``checkpoint.pt`` to ``checkpoint.json``.
+    under ``"task"``, which ties ``checkpoint.pt`` to ``checkpoint.json``. ``checkpoint.json`` also records a SHA-256
+    digest of the progress: the runs read its contents without checking their every type, so one changed since it
+    was written (by hand, or by a damaged disk) is refused as a whole.
 
     Args:
         folder: where the two files are.
@@ -56,8 +62,8 @@ class Checkpoint:
         """Read ``checkpoint.json``; False when there is none (the run had not reached its first checkpoint).
 
         Raises:
-            CheckpointError: the file is not valid JSON, not the progress of a run, or the progress of another run
-                (another identity).
+            CheckpointError: the file is not valid JSON, not the progress of a run, changed since it was written (its
+                digest disagrees), or the progress of another run (another identity).
         """
         path = self.folder / "checkpoint.json"
         if not path.is_file():
@@ -81,6 +87,15 @@ class Checkpoint:
                 f"not the progress of a splitgrow run (found {found}, expected completed tasks and the current one)",
                 path,
                 self._fix,
+            )
+        recorded_digest = progress.pop(_DIGEST, None)
+        # a checkpoint without a digest (written before digests were recorded) cannot be checked and is accepted
+        if recorded_digest is not None and recorded_digest != _digest(progress):
+            raise CheckpointError(
+                "checkpoint changed since splitgrow wrote it (edited by hand, or damaged): its contents disagree "
+                "with their SHA-256 digest",
+                path,
+                f"{self._fix}, or run again without --resume into another --out",
             )
         self._check_identity(progress.get("identity"), path)
         self.progress = progress
@@ -152,7 +167,15 @@ class Checkpoint:
         if self.identity is not None:
             self.progress["identity"] = self.identity
         self.progress["elapsed_s"] = self.elapsed()
-        atomic_write_json(self.folder / "checkpoint.json", self.progress)
+        atomic_write_json(self.folder / "checkpoint.json", {**self.progress, _DIGEST: _digest(self.progress)})
+
+
+def _digest(progress: dict[str, Any]) -> str:
+    """SHA-256 of the progress as JSON gives it back (tuples as lists, keys as strings, sorted), so that the progress
+    saved and the one read from its file agree. The identity is left out: :meth:`Checkpoint.load` compares it with
+    the run's own, and a checkpoint without one (written before identities were recorded) is accepted."""
+    body = {key: value for key, value in progress.items() if key != "identity"}
+    return hashlib.sha256(json.dumps(json_ready(body), sort_keys=True).encode()).hexdigest()
 
 
 def load_tensors(path: Path, fix: str = "delete it to start again") -> Any:

@@ -26,7 +26,81 @@ from . import __version__
 from .config import describe_settings, load_config, parse_overrides
 from .errors import SplitgrowError
 
+try:  # recent typer carries its own copy of click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - typer that depends on click
+    from click import exceptions as click_exceptions
+
+EXIT_USER_ERROR = 2
+EXIT_BUG = 1
+EXIT_INTERRUPTED = 130
+
+
+class _OneLineUsageErrors(typer.core.TyperGroup):
+    """The command group, whose option parser's errors (an unknown option, a missing value, a bad number) print the
+    house's one line, not click's usage block; exit status 2 as click gives them."""
+
+    def main(
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        # click's standalone mode, but for how a usage error is shown
+        try:
+            outcome = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_exceptions.UsageError as error:
+            if type(error).__name__ == "NoArgsIsHelpError":  # a bare `splitgrow`: its help, as always
+                error.show()
+            else:
+                typer.echo(f"splitgrow: error: {_usage_problem(error)}", err=True)
+            sys.exit(error.exit_code)
+        except click_exceptions.ClickException as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(EXIT_BUG)
+        # outside standalone mode click returns the code of a typer.Exit (e.g. --help's 0, fail's 2), else None
+        sys.exit(outcome if isinstance(outcome, int) else 0)
+
+
+def _usage_problem(error: Any) -> SplitgrowError:
+    """A click usage error in the house form: what click says, the command, and where its help is."""
+    command = error.ctx.command_path if error.ctx is not None else "splitgrow"
+    fix = f"`{command} --help` lists its arguments and options"
+    possibilities = getattr(error, "possibilities", None)  # an unknown option: click's guesses, moved to the fix
+    if possibilities:
+        fix = f"did you mean {' or '.join(sorted(possibilities))}? {fix}"
+    message = " ".join((error.message if possibilities else error.format_message()).split()).rstrip(".")
+    return SplitgrowError(message[:1].lower() + message[1:], command, fix)
+
+
+@contextlib.contextmanager
+def _naming_the_command(ctx: Any) -> Iterator[None]:
+    """Give the usage errors that click raises without a command (e.g. a missing option value) that of ``ctx``."""
+    try:
+        yield
+    except click_exceptions.UsageError as error:
+        if error.ctx is None:
+            error.ctx, error.cmd = ctx, ctx.command
+        raise
+
+
+class _Command(typer.core.TyperCommand):
+    """A subcommand whose usage errors all name it."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        with _naming_the_command(ctx):
+            return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     name="splitgrow",
     help="Grow neural networks by splitting steepest descent (Liu, Wu & Wang, NeurIPS 2019).",
     add_completion=False,
@@ -35,9 +109,6 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-EXIT_USER_ERROR = 2
-EXIT_BUG = 1
-EXIT_INTERRUPTED = 130
 #: for the help of `run` (the registry itself is imported lazily: each experiment pulls in its dependencies)
 _EXPERIMENT_NAMES = "rbf, mmd, images, transfer, kws, prototypes"
 _DATA_EXPERIMENTS = "images, kws, transfer, prototypes"
@@ -154,7 +225,7 @@ def main_callback(
     """Grow neural networks by splitting steepest descent."""
 
 
-@app.command("list")
+@app.command("list", cls=_Command)
 def list_experiments() -> None:
     """List the experiments that `splitgrow run` knows."""
     from .experiments import experiments
@@ -165,7 +236,7 @@ def list_experiments() -> None:
         typer.echo(f"{name:{width}s}  {experiment.description}")
 
 
-class _RunCommand(typer.core.TyperCommand):
+class _RunCommand(_Command):
     """``run``, whose ``--help`` also lists the settings of the experiment it names (``splitgrow run NAME --help``),
     read from the experiment's config dataclass, so that every registered experiment gets it."""
 
@@ -173,7 +244,8 @@ class _RunCommand(typer.core.TyperCommand):
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         # --help acts while the arguments are parsed, before EXPERIMENT has a value: read it beforehand
-        values, _, _ = self.make_parser(ctx).parse_args(args=list(args))
+        with _naming_the_command(ctx):
+            values, _, _ = self.make_parser(ctx).parse_args(args=list(args))
         ctx.meta[self._EXPERIMENT] = values.get("experiment")
         return super().parse_args(ctx, args)
 
@@ -208,7 +280,7 @@ def run(
     seed: Annotated[int, typer.Option("--seed", help="First random seed.")] = 0,
     seeds: Annotated[int, typer.Option("--seeds", help="Number of seeds: SEED, SEED+1, ...")] = 1,
     config: Annotated[
-        Path | None, typer.Option("--config", help="YAML file of settings (e.g. configs/rbf-paper.yaml).")
+        str | None, typer.Option("--config", help="YAML file of settings (e.g. configs/rbf-paper.yaml).")
     ] = None,
     overrides: Annotated[
         list[str] | None,
@@ -218,7 +290,8 @@ def run(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoints.")] = False,
     dataset: Annotated[str | None, typer.Option("--dataset", help=_DATASET_HELP)] = None,
     model: Annotated[str | None, typer.Option("--model", help="images: vgg19 or mobilenetv1.")] = None,
-    data_root: Annotated[Path | None, typer.Option("--data-root", help=_DATA_ROOT_HELP)] = None,
+    # a string, as --out: an empty --data-root is refused by the settings, not read as the current folder
+    data_root: Annotated[str | None, typer.Option("--data-root", help=_DATA_ROOT_HELP)] = None,
     download: Annotated[bool, typer.Option("--download", help=_DOWNLOAD_HELP)] = False,
     device: Annotated[str | None, typer.Option("--device", help="images, kws: cpu or cuda.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")] = False,
@@ -237,6 +310,8 @@ def run(
             fail(f"{option} must be >= {least}", f"{option} {value}", f"give a number >= {least}")
     if out is not None and not out.strip():
         fail("empty --out", "--out ''", "give --out a folder (without --out, results go to runs/EXPERIMENT)")
+    if config is not None and not config.strip():  # as a Path, the current folder
+        fail("empty --config", "--config ''", "give --config a YAML file of settings, or leave it out")
     spec = known[experiment]
     out_dir = Path(out) if out is not None else Path("runs") / experiment
     assignments = _parse_assignments(overrides or [])
@@ -254,7 +329,7 @@ def run(
                 option,
                 f"leave it out: {experiment} has no '{key}' setting (`splitgrow run {experiment} --help` lists them)",
             )
-        options[option] = {key: str(value) if isinstance(value, Path) else value}
+        options[option] = {key: value}
         if key in assignments and assignments[key] != options[option][key]:
             fail(
                 f"{option} and --set {key} disagree",
@@ -265,7 +340,7 @@ def run(
     with _one_line_errors(
         elsewhere, interrupted="interrupted; finished seeds are in their folders, --resume continues"
     ):
-        settings = load_config(spec.config_class, config, assignments, options)
+        settings = load_config(spec.config_class, None if config is None else Path(config), assignments, options)
         if out_dir.exists() and not out_dir.is_dir():
             fail("not a folder", out_dir, f"give --out a folder, or {elsewhere}")
         if resume and not out_dir.is_dir():
@@ -316,19 +391,22 @@ def _torchrun_launch(experiment: str, spec: Any, jobs: int) -> Any:
     return launch
 
 
-@app.command()
+@app.command(cls=_Command)
 def report(
-    out: Annotated[Path, typer.Argument(help="The --out folder of a finished `splitgrow run`.")],
+    # a string, as run's --out: an empty one is refused, not read as the current folder
+    out: Annotated[str, typer.Argument(help="The --out folder of a finished `splitgrow run`.")],
 ) -> None:
     """Redraw the figures and rewrite the summary of a finished run from its results files (no re-running)."""
     from .experiments import report_experiment
 
+    if not out.strip():
+        fail("empty folder name", "splitgrow report ''", "give the --out folder of a finished run")
     with _one_line_errors(f"copy {out} to a writable place and report the copy"):
-        _, table = report_experiment(out)
+        _, table = report_experiment(Path(out))
     typer.echo(table)
 
 
-@app.command()
+@app.command(cls=_Command)
 def inspect(
     model: Annotated[str, typer.Option("--model", help="Zoo model: mlp, vgg19, mobilenetv1, dscnn, resnet, concat.")],
     width: Annotated[int, typer.Option("--width", help="Width of every layer (see splitgrow.models).")] = 16,

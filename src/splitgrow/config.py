@@ -31,6 +31,28 @@ T = TypeVar("T")
 Layer = tuple[str, Mapping[str, Any]]
 
 
+class _DuplicateSetting(Exception):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(key, line)
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one silently: a
+    setting written twice in a config file would take the value further down without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            # scalar keys only: a merge key (<<) may repeat, and an unhashable key is PyYAML's own error
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise _DuplicateSetting(key, key_node.start_mark.line + 1)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """Read a YAML file whose top level is a mapping (an empty file is an empty mapping)."""
     try:
@@ -41,10 +63,18 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         raise ConfigError("a folder, not a config file", path, "give the YAML file of settings to --config") from None
     except UnicodeDecodeError:
         raise ConfigError("not a text file", path, "give a YAML file of settings to --config") from None
-    except OSError as error:
+    except PermissionError as error:
         raise ConfigError(f"cannot read the config file: {error.strerror}", path, "check its permissions") from None
+    except OSError as error:  # a symbolic-link loop, an I/O error, ...
+        raise ConfigError(
+            f"cannot read the config file: {error.strerror}", path, "check the path given to --config"
+        ) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateSetting as duplicate:
+        raise ConfigError(
+            f"the key {duplicate.key!r} appears twice", f"{path}, line {duplicate.line}", "keep one of them"
+        ) from None
     except RecursionError:  # PyYAML composes nested collections recursively
         raise ConfigError("malformed YAML: collections nested too deeply", path, "fix the file") from None
     except yaml.YAMLError as error:
@@ -213,6 +243,14 @@ def require(condition: bool, message: str) -> None:
     """Raise ConfigError(message) unless condition holds (for the configs' ``validate`` methods)."""
     if not condition:
         raise ConfigError(message)
+
+
+def require_folder_or_none(value: str | None, name: str) -> None:
+    """Refuse an empty folder setting (for the configs' ``validate`` methods): ``Path("")`` is the current folder,
+    which an empty value does not mean; null is the setting's default place."""
+    require(
+        value is None or bool(value.strip()), f"{name} must name a folder, or be null for its default, not {value!r}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)

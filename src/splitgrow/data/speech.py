@@ -212,7 +212,11 @@ def _assign(
 
 
 def _read_clip(path: Path) -> np.ndarray:
+    """A clip cut or zero-padded to one second. A clip of no samples is refused: padded, it would be a silent clip
+    labelled as its word (as an empty file is refused, whose header is cut short too)."""
     samples = read_wav(path, SAMPLE_RATE)[:CLIP_SAMPLES]
+    if not samples.shape[0]:
+        raise DataError(f"{path} is a WAV file of no samples (a header without audio); replace it or delete it")
     return np.pad(samples, (0, CLIP_SAMPLES - samples.shape[0]))
 
 

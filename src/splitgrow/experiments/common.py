@@ -485,6 +485,11 @@ def report_experiment(out_dir: Path) -> tuple[dict[str, Any], str]:
     """
     from . import experiments
 
+    if not out_dir.is_dir():
+        state = "not a folder" if out_dir.exists() else "no such folder"
+        raise RunFolderError(
+            f"no seed-*/results.json to report: {state}", out_dir, "give the --out folder of a finished run"
+        )
     seed_folders = [folder for folder in out_dir.glob("seed-*") if re.fullmatch(r"seed-\d+", folder.name)]
     paths = sorted(
         (folder / "results.json" for folder in seed_folders if (folder / "results.json").is_file()),
@@ -503,9 +508,18 @@ def report_experiment(out_dir: Path) -> tuple[dict[str, Any], str]:
         )
     experiment = known[names[0]]
     _check_one_configuration(out_dir, all_results, experiment.resume_free_keys)
-    for results, path in zip(all_results, paths):
-        experiment.plot(results, path.parent)
-    summary, table = experiment.summarize(all_results)
+    try:
+        for results, path in zip(all_results, paths):
+            experiment.plot(results, path.parent)
+        summary, table = experiment.summarize(all_results)
+    except (KeyError, IndexError, TypeError, ValueError) as error:
+        # the results files are the user's: one that lacks what its experiment's runs record cannot be drawn
+        raise RunFolderError(
+            f"results that are not those of a {experiment.name} run ({type(error).__name__}: {error}): edited, or "
+            "written by another version of splitgrow",
+            out_dir,
+            f"run the seeds again with `splitgrow run {experiment.name}` (into another --out)",
+        ) from None
     try:
         previous = json.loads((out_dir / "summary.json").read_bytes())
     except (OSError, ValueError):  # no summary yet, or a damaged one: it is rewritten below

@@ -43,7 +43,7 @@ from ..classification import (
     restart_learning_rate,
     train_epoch,
 )
-from ..config import require
+from ..config import require, require_folder_or_none
 from ..data import DATASETS, Batches, ImageDataset, load_dataset
 from ..errors import ConfigError, DivergenceError, SplitgrowError
 from ..firefly import FireflyOptions
@@ -159,6 +159,7 @@ class ImagesConfig:
 
     def validate(self) -> None:
         require(self.dataset in DATASETS, f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        require_folder_or_none(self.data_root, "data_root")
         require(self.model in MODELS, f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         require(
             self.device == "cpu" or self.device.startswith("cuda"), f"device must be cpu or cuda, got {self.device!r}"
@@ -173,6 +174,8 @@ class ImagesConfig:
         )
         require(self.batch_size >= 1, "batch_size must be >= 1")
         require(self.learning_rate > 0, "learning_rate must be > 0")
+        require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         require(
             self.epochs >= 1 and self.finetune_epochs >= 1,
             "epochs and finetune_epochs must be >= 1 (a growth stage happens between two phases of training)",
@@ -190,6 +193,7 @@ class ImagesConfig:
         require(self.max_positions >= 0, f"max_positions must be >= 0 (0: every position), got {self.max_positions}")
         unknown = [m for m in self.pruning_methods if m not in PRUNING_METHODS]
         require(not unknown, f"unknown pruning method(s) {unknown}; known: {', '.join(PRUNING_METHODS)}")
+        require(self.bn_sparsity >= 0, f"bn_sparsity (an L1 penalty) must be >= 0, got {self.bn_sparsity}")
         require(0 < self.max_pruning_ratio < 1, "max_pruning_ratio must be in (0, 1)")
         unknown = [m for m in self.growth_methods if m not in GROWTH_METHODS]
         require(

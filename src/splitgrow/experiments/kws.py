@@ -41,7 +41,7 @@ from torch import Tensor
 from ..artifacts import save_figure
 from ..checkpoints import Checkpoint
 from ..classification import evaluate, train_epoch
-from ..config import require
+from ..config import require, require_folder_or_none
 from ..data import DataError, KeywordData, load_keyword_data, precompute_features, synthesize_keywords
 from ..data.speech import SPLITS
 from ..errors import ConfigError, SplitgrowError
@@ -136,6 +136,7 @@ class KwsConfig:
 
     def validate(self) -> None:
         require(self.dataset in DATASETS, f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        require_folder_or_none(self.data_root, "data_root")
         require(
             self.dataset != "synthetic" or (self.data_root is None and not self.download),
             "dataset synthetic is built in ~/.cache/splitgrow: leave out data_root and download (or use dataset "

