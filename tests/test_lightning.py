@@ -67,3 +67,45 @@ def test_the_callback_grows_inside_fit_and_resumes_from_a_lightning_checkpoint(t
     _trainer(tmp_path, 6, resumed).fit(fresh, _loader(), ckpt_path=tmp_path / "last.ckpt")
     assert [stage.epoch for stage in resumed.history] == [1, 3, 5]  # the history came back with the checkpoint
     assert fresh.fc.out_features == 5
+
+
+def test_two_ddp_processes_make_the_single_process_splits_and_end_with_the_same_weights(tmp_path):
+    """Lightning's DDP strategy (two CPU processes, gloo): each process reads its half of the loader, yet the first
+    stage's indexes are those of one process over all the data, and both processes grow identically."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from splitgrow import SplittableNetwork
+
+    worker = Path(__file__).with_name("lightning_ddp_worker.py")
+    subprocess.run([sys.executable, str(worker), str(tmp_path)], check=True, timeout=300, capture_output=True)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+    for name, tensor in ranks[0]["state"].items():
+        assert torch.equal(tensor, ranks[1]["state"][name]), name
+    history = ranks[0]["history"]
+    assert [stage["epoch"] for stage in history] == [1, 2, 3]
+    assert ranks[0]["state"]["fc.weight"].shape == (7, 3)
+    assert [stage["samples"] for stage in history] == [128.0] * 3  # both halves counted
+    sys.path.insert(0, str(worker.parent))
+    try:
+        from lightning_ddp_worker import Module, dataset
+    finally:
+        sys.path.remove(str(worker.parent))
+    module = Module().double()
+    module.load_state_dict(ranks[0]["snapshot"])
+    x, y = dataset().tensors
+    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, len(x), 16)]
+    results = SplittableNetwork(module, x[:2]).splitting(batches, F.cross_entropy)
+    (split,) = history[0]["splits"]
+    assert split["index"] == pytest.approx(float(results[split["site"]].indexes[split["channel"]]), rel=1e-10)
+    assert split["channel"] == int(results[split["site"]].indexes.argmin())
+
+
+def test_a_strategy_that_spawns_its_processes_is_refused():
+    from splitgrow.errors import SplitgrowError
+
+    callback = GrowthCallback(torch.randn(2, 3), policy=GrowthPolicy(count=1), loss_function=F.cross_entropy)
+    trainer = lightning.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False)
+    with pytest.raises(SplitgrowError, match="strategy='ddp'"):
+        callback.setup(trainer, _Module(), "fit")

@@ -14,6 +14,12 @@ plateau rule is read from ``trainer.callback_metrics``. Lightning checkpoints ho
 and loads the weights, and restores the grower's history through its own state. The averaged copy of Lightning's
 weight-averaging callbacks (``EMAWeightAveraging``, ``StochasticWeightAveraging``, any ``WeightAveraging``) is split
 the same way as the module, so that it keeps averaging the grown weights.
+
+Under Lightning's DDP strategy (``strategy="ddp"``, or a ``torchrun`` launch) every process computes the statistics
+on its shard of the loader, the sums are all-reduced so that every process makes the same splits, and the module is
+wrapped in DDP again after each split. Strategies that start their processes from the script's process
+(``ddp_spawn``, ``ddp_fork``) are refused: Lightning would load the grown weights into the launching process's
+module of the old widths.
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
 try:
     from lightning.pytorch.callbacks import Callback
 except ImportError as error:  # pragma: no cover - the extra is not installed
     raise ImportError("the Lightning callback needs the lightning extra: pip install 'splitgrow[lightning]'") from error
 
+from ..errors import SplitgrowError
 from ..statistics import LossClosure, LossFunction
 from ..surgery import resize_like
 from .grower import Grower, GrowthStage, averaged_copy
@@ -81,6 +89,15 @@ class GrowthCallback(Callback):
         return [] if self.grower is None else self.grower.history
 
     def setup(self, trainer: Any, pl_module: torch.nn.Module, stage: str) -> None:
+        start_method = getattr(trainer.strategy, "_start_method", "popen")
+        if start_method != "popen":
+            # the processes grow their copies; at the end Lightning loads the weights of process 0 into the
+            # unchanged module of the launching process, which no longer fits them
+            raise SplitgrowError(
+                f"GrowthCallback cannot follow a DDP strategy that starts its processes by {start_method} "
+                "(ddp_spawn, ddp_fork, ddp_notebook): the launching process keeps the module's old widths; use "
+                "strategy='ddp' (or launch with torchrun)"
+            )
         _resize_before_loading(pl_module)
         if self.grower is None:
             self.grower = Grower(pl_module, self.example_inputs, (), policy=self.policy, **self.options)
@@ -100,7 +117,8 @@ class GrowthCallback(Callback):
         grower.optimizer = list(trainer.optimizers)  # every one of them holds state of parameters a split grows
         grower.averaged_models = _averaged_models(trainer)
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if _scalar(value)}
-        grower.epoch_end(metrics)
+        if grower.epoch_end(metrics) is not None:
+            _rebuild_data_parallel(trainer)
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.grower is None else self.grower.state_dict()
@@ -132,6 +150,15 @@ def _resize_before_loading(pl_module: torch.nn.Module) -> None:
 
     on_load_checkpoint.splitgrow_resizes = True
     pl_module.on_load_checkpoint = on_load_checkpoint
+
+
+def _rebuild_data_parallel(trainer: Any) -> None:
+    """Wrap the grown module in DDP again, as Lightning's DDP strategies did at set-up: the old wrapper's gradient
+    buckets hold the parameters' sizes before the split (its next backward fails on every process)."""
+    strategy = trainer.strategy
+    if isinstance(strategy.model, DistributedDataParallel) and hasattr(strategy, "configure_ddp"):
+        strategy.model = strategy.lightning_module
+        strategy.configure_ddp()
 
 
 def _averaged_models(trainer: Any) -> list[torch.nn.Module]:
