@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -313,3 +314,11 @@ def test_every_seed_runs_with_deterministic_gpu_kernels(tmp_path):
         assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
     finally:
         cudnn.deterministic, cudnn.benchmark = before
+
+
+def test_inspect_help_names_every_zoo_model():
+    from splitgrow.models import MODELS
+
+    output = " ".join(invoke("inspect", "--help").output.split())
+    listed = re.search(r"Zoo model: ([^.]*)\.", output).group(1).split(", ")
+    assert sorted(listed) == sorted(MODELS)

@@ -144,3 +144,11 @@ def test_paper_config_has_the_paper_settings():
     assert (paper.iterations_per_step, paper.learning_rate, paper.num_samples) == (50_000, 0.1, 1000)
     assert (paper.target_neurons, paper.start_neurons, paper.max_splits_per_step) == (15, 1, 1)
     assert paper.threshold == -1e-3
+
+
+def test_full_widths_replace_full_width_in_the_start_width_check():
+    widths = [64] * 16
+    config = load_config(ImagesConfig, None, {"full_widths": widths, "start_width": 48})  # above full_width (32)
+    assert config.start_width == 48
+    with pytest.raises(ConfigError, match="every entry of full_widths"):
+        load_config(ImagesConfig, None, {"full_widths": [64] * 15 + [40], "start_width": 48})

@@ -82,3 +82,22 @@ def test_launches_that_cannot_work_are_refused(tmp_path, monkeypatch, args, envi
         monkeypatch.delenv("RANK", raising=False)
     result = invoke(*args, "--out", str(tmp_path / "out"), "-q")
     assert result.exit_code == 2 and message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_under_torchrun_a_setting_error_is_printed_once_and_a_process_error_names_its_process(monkeypatch, capsys):
+    import typer
+
+    from splitgrow.cli import _one_line_errors
+    from splitgrow.data import DataError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    result = invoke("run", "images", "--set", "epochs=0", "-q")  # every process meets it: process 0 says it
+    assert result.exit_code == 2 and result.stderr == ""
+    monkeypatch.setenv("RANK", "0")
+    result = invoke("run", "images", "--set", "epochs=0", "-q")
+    assert result.exit_code == 2 and result.stderr.count("splitgrow: error: invalid setting") == 1
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(typer.Exit), _one_line_errors("elsewhere"):
+        raise DataError("damaged file", "/data/x", "download it again")  # may be this process's own
+    assert capsys.readouterr().err.startswith("splitgrow: error: process 1 of 2: damaged file (/data/x)")

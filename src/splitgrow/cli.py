@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import os
 import signal
 import sys
 import threading
@@ -24,7 +25,7 @@ import typer.core
 
 from . import __version__
 from .config import describe_settings, load_config, parse_overrides
-from .errors import SplitgrowError
+from .errors import ConfigError, SplitgrowError
 
 try:  # recent typer carries its own copy of click
     from typer._click import exceptions as click_exceptions
@@ -133,10 +134,31 @@ _FILE_SYSTEM_ERRORS = {
 }
 
 
-def fail(problem: str, where: object | None = None, fix: str | None = None) -> NoReturn:
-    """Print ``splitgrow: error: <problem> (<where>): <fix>`` on one line and exit with status 2."""
-    typer.echo(f"splitgrow: error: {SplitgrowError(problem, where, fix)}", err=True)
+_SMALLER = "use smaller settings (batch size, widths, samples)"
+
+
+def fail(problem: str, where: object | None = None, fix: str | None = None, *, every_process: bool = True) -> NoReturn:
+    """Print ``splitgrow: error: <problem> (<where>): <fix>`` on one line and exit with status 2.
+
+    Under ``torchrun`` an error that every process meets alike (``every_process``: a setting, an option) is printed
+    by process 0 alone, rather than once per process; one that may be a single process's own (its data, files,
+    memory) is printed by each process that meets it, naming the process."""
+    rank, world = _torchrun_rank()
+    if world > 1 and every_process and rank != 0:
+        raise typer.Exit(EXIT_USER_ERROR)
+    process = f"process {rank} of {world}: " if world > 1 and not every_process else ""
+    typer.echo(f"splitgrow: error: {process}{SplitgrowError(problem, where, fix)}", err=True)
     raise typer.Exit(EXIT_USER_ERROR)
+
+
+def _torchrun_rank() -> tuple[int, int]:
+    """(rank, world size) of a torchrun launch from its environment; (0, 1) for a plain or malformed one (which
+    the launch itself refuses, once per process)."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return (int(os.environ["RANK"]), world) if world > 1 else (0, 1)
+    except (KeyError, ValueError):
+        return 0, 1
 
 
 def _file_system_error(error: OSError, elsewhere: str) -> SplitgrowError:
@@ -171,20 +193,25 @@ def _one_line_errors(elsewhere: str, interrupted: str = "interrupted") -> Iterat
     except (typer.Exit, typer.Abort):
         raise
     except SplitgrowError as error:
-        fail(str(error))
+        fail(str(error), every_process=isinstance(error, ConfigError))
     except OSError as error:
-        fail(str(_file_system_error(error, elsewhere)))
+        fail(str(_file_system_error(error, elsewhere)), every_process=False)
     except MemoryError:
-        fail("out of memory", "this machine", "use smaller settings (batch size, widths, samples)")
+        fail("out of memory", "this machine", _SMALLER, every_process=False)
     except KeyboardInterrupt:
         typer.echo(f"splitgrow: {interrupted}", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except Exception as error:
         torch = sys.modules.get("torch")  # only torch, once imported, can run out of GPU memory
         if torch is not None and isinstance(error, torch.cuda.OutOfMemoryError):
-            fail("out of GPU memory", "--device", "use smaller settings (batch size, widths) or another GPU")
+            fail(
+                "out of GPU memory",
+                "--device",
+                "use smaller settings (batch size, widths) or another GPU",
+                every_process=False,
+            )
         if isinstance(error, RuntimeError) and "can't allocate memory" in str(error):  # torch's CPU allocator
-            fail("out of memory", "this machine", "use smaller settings (batch size, widths, samples)")
+            fail("out of memory", "this machine", _SMALLER, every_process=False)
         traceback.print_exc()
         typer.echo(
             f"splitgrow: this is a bug in splitgrow, not a problem with your input; please report it to "
@@ -408,7 +435,9 @@ def report(
 
 @app.command(cls=_Command)
 def inspect(
-    model: Annotated[str, typer.Option("--model", help="Zoo model: mlp, vgg19, mobilenetv1, dscnn, resnet, concat.")],
+    model: Annotated[
+        str, typer.Option("--model", help="Zoo model: mlp, vgg19, mobilenetv1, dscnn, dscnn-l, resnet, concat.")
+    ],
     width: Annotated[int, typer.Option("--width", help="Width of every layer (see splitgrow.models).")] = 16,
     data: Annotated[
         str | None,

@@ -166,12 +166,17 @@ class ImagesConfig:
         )
         require(self.train_samples >= 0 and self.test_samples >= 0, "train_samples and test_samples must be >= 0")
         require(self.image_size >= 32 or self.model != "vgg19", "VGG19 needs image_size >= 32 (five 2x2 poolings)")
-        require(1 <= self.start_width <= self.full_width, "need 1 <= start_width <= full_width")
         layers = 16 if self.model == "vgg19" else 14
         require(
             self.full_widths is None or (len(self.full_widths) == layers and min(self.full_widths) >= 1),
             f"full_widths must list {layers} positive widths for {self.model}",
         )
+        if self.full_widths is None:
+            require(1 <= self.start_width <= self.full_width, "need 1 <= start_width <= full_width")
+        else:  # full_widths replaces full_width
+            require(
+                1 <= self.start_width <= min(self.full_widths), "need 1 <= start_width <= every entry of full_widths"
+            )
         require(self.batch_size >= 1, "batch_size must be >= 1")
         require(self.learning_rate > 0, "learning_rate must be > 0")
         require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
