@@ -386,3 +386,44 @@ def test_auto_takes_the_dense_solver_only_where_it_is_the_cheaper():
     model, inputs, _ = zoo_model("vgg19", width=8, seed=0)
     graph = ChannelGraph(model, inputs)
     assert {auto.method(graph, s) for s in graph.sites.values() if s.neuron_dim == 72} == {"lobpcg"}
+
+
+@pytest.mark.parametrize("architecture", ["vgg19", "mobilenetv1", "dscnn", "concat", "resnet"])
+def test_the_cost_of_several_splits_is_what_they_add_together(architecture):
+    """Splits of coupled layers in one stage add more than their costs one by one: the second layer's new rows are
+    as wide as the first's grown output. added_cost counts that, exactly, for parameters and layer FLOPs."""
+    from splitgrow.inspection import added_cost, layer_flops
+    from splitgrow.surgery import Offspring, SplitRequest, parameter_count
+
+    model, inputs, _ = zoo_model(architecture, width=4)
+    net = SplittableNetwork(model, inputs)
+    sites = [name for name, site in net.graph.sites.items() if site.splittable]
+    requests = [SplitRequest(name, channel) for name in sites for channel in (0, 2)]
+    three = (Offspring(0.5), Offspring(0.25), Offspring(0.25))  # a split with three offspring adds two neurons
+    requests[-1] = SplitRequest(requests[-1].site, requests[-1].channel, offspring=three)
+    parameters, flops = parameter_count(model), sum(layer_flops(net.graph).values())
+    alone = {name: cost for name, cost in split_costs(net.graph).items()}
+    predicted = added_cost(net.graph, requests), added_cost(net.graph, requests, "flops")
+    net.split(requests, 0.0, allow_inexact=True)
+    assert predicted[0] == parameter_count(model) - parameters
+    assert predicted[1] == pytest.approx(sum(layer_flops(ChannelGraph(model, inputs)).values()) - flops, rel=1e-12)
+    one_by_one = sum(alone[r.site] * (len(r.offspring) - 1 if r.offspring else 1) for r in requests)
+    if architecture in ("vgg19", "mobilenetv1", "dscnn"):  # chains of sites, each feeding the next
+        assert predicted[0] > one_by_one
+
+
+def test_a_budget_holds_for_the_splits_together_not_only_one_by_one():
+    from splitgrow.inspection import added_cost
+    from splitgrow.surgery import parameter_count
+
+    model, inputs, targets = zoo_model("vgg19", width=4, seed=3)
+    graph = ChannelGraph(model, inputs)
+    results = splitting_eigenpairs(model, graph, [(inputs, targets)], F.cross_entropy)
+    budget = 0.3 * parameter_count(model)
+    costs = split_costs(graph, "parameters")
+    linear = select_within_budget(results, costs, budget, graph=graph, threshold=1.0)
+    assert added_cost(graph, linear) > budget  # the costs one by one overshoot
+    exact = select_within_budget(
+        results, costs, budget, graph=graph, threshold=1.0, exact_cost=lambda rs: added_cost(graph, rs)
+    )
+    assert budget * 0.9 < added_cost(graph, exact) <= budget

@@ -8,6 +8,8 @@ the members' and copied rows, the per-channel entries and the consumers' columns
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .graph import ChannelGraph, handler_of
 from .layers import handler_for
-from .surgery import OUTPUTS, SplitRequest, parameter_count, plan_split
+from .surgery import INPUTS, OUTPUTS, SplitRequest, parameter_count, plan_split
 
 
 def model_flops(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
@@ -94,6 +96,50 @@ def split_cost(graph: ChannelGraph, site: str, flops: dict[str, int] | None = No
                 parameters += block * (tensor.numel() // tensor.shape[dim])
         added_flops += flops.get(name, 0) * block // size
     return SplitCost(parameters, added_flops)
+
+
+def added_cost(
+    graph: ChannelGraph, requests: Sequence[SplitRequest], kind: str = "parameters", flops: dict[str, int] | None = None
+) -> float:
+    """Parameters (or FLOPs per sample) that making all of ``requests`` at once adds: the sum of their split costs,
+    plus what no single split's cost has, the entries where rows one split adds meet columns another adds (two
+    coupled layers grown in one stage: the second's new rows are as wide as the first's grown output).
+
+    Raises:
+        GraphError: as :func:`~splitgrow.surgery.plan_split` (inexact sites are allowed here).
+    """
+    flops = layer_flops(graph) if flops is None and kind == "flops" else flops
+    plan = plan_split(graph, list(requests), allow_inexact=True)
+    grown: dict[str, dict[str, int]] = {}
+    for (name, role), units in plan.items():
+        # a two-way split adds one copy of each position, a split with k offspring k - 1
+        added = sum(len(unit.positions()) * _added_copies(unit.request) for unit in units)
+        grown.setdefault(name, {OUTPUTS: 0, INPUTS: 0})[role] += added
+    total = 0.0
+    for name, added in grown.items():
+        module = graph.modules[name]
+        handler = handler_of(graph, name)
+        dims: dict[str, dict[str, int]] = {}  # tensor -> role -> dimension
+        for role, tensors in ((OUTPUTS, handler.output_tensors(module)), (INPUTS, handler.input_tensors(module))):
+            for attribute, dim in tensors:
+                dims.setdefault(attribute, {})[role] = dim
+        if not dims:
+            continue
+        for position, (attribute, roles) in enumerate(dims.items()):
+            tensor = getattr(module, attribute)
+            shape = list(tensor.shape)
+            for role, dim in roles.items():
+                shape[dim] += added[role]
+            ratio = math.prod(shape) / max(1, tensor.numel())
+            if kind == "parameters" and isinstance(tensor, nn.Parameter):
+                total += math.prod(shape) - tensor.numel()
+            elif kind == "flops" and position == 0:  # a layer's work grows as its first tensor (the weight)
+                total += flops.get(name, 0) * (ratio - 1.0)
+    return total
+
+
+def _added_copies(request: SplitRequest) -> int:
+    return 1 if request.offspring is None else len(request.offspring) - 1
 
 
 def split_costs(graph: ChannelGraph, kind: str = "parameters") -> dict[str, float]:

@@ -41,7 +41,7 @@ from ..artifacts import atomic_write_bytes
 from ..errors import SplitgrowError
 from ..firefly import new_neuron_candidates, select_growth
 from ..graph import model_fingerprint
-from ..inspection import model_flops, split_costs
+from ..inspection import added_cost, model_flops, split_costs
 from ..network import SplittableNetwork
 from ..selection import Selection, select_splits, select_within_budget
 from ..signed import signed_splitting
@@ -265,7 +265,12 @@ class Grower:
             current = parameter_count(self.model) if kind == "parameters" else self._flops()
             ratio = policy.parameter_ratio if kind == "parameters" else policy.flops_ratio
             return select_within_budget(
-                results, split_costs(graph, kind), ratio * current, threshold=policy.threshold, **common
+                results,
+                split_costs(graph, kind),
+                ratio * current,
+                threshold=policy.threshold,
+                exact_cost=lambda requests: added_cost(graph, requests, kind),
+                **common,
             )
         if policy.count is not None:
             count = policy.count
