@@ -427,3 +427,16 @@ def test_a_budget_holds_for_the_splits_together_not_only_one_by_one():
         results, costs, budget, graph=graph, threshold=1.0, exact_cost=lambda rs: added_cost(graph, rs)
     )
     assert budget * 0.9 < added_cost(graph, exact) <= budget
+
+
+def test_a_firefly_stage_keeps_to_its_parameter_budget():
+    from splitgrow.growth import Grower, GrowthPolicy
+    from splitgrow.surgery import parameter_count
+
+    model, inputs, targets = zoo_model("vgg19", width=4, seed=3)
+    policy = GrowthPolicy(parameter_ratio=0.3, method="firefly", solver="dense")
+    grower = Grower(model, inputs, [(inputs, targets)], policy=policy, loss_function=F.cross_entropy)
+    before = parameter_count(model)
+    stage = grower.grow()
+    assert any(split.get("new") for split in stage.splits) and any(not split.get("new") for split in stage.splits)
+    assert 0.25 * before < parameter_count(model) - before <= 0.3 * before

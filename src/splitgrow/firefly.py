@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,14 @@ import torch
 from torch import Tensor, nn
 
 from .graph import ChannelGraph, GraphError, Site
-from .selection import Selection, _candidates, _request, choose_within_budget, validate_selection
+from .selection import (
+    BUDGET_REFITS,
+    Selection,
+    _candidates,
+    _request,
+    choose_within_budget,
+    validate_selection,
+)
 from .statistics.loss_hessian import _Functional
 from .statistics.recording import (
     LossClosure,
@@ -357,10 +364,12 @@ def select_growth(
     graph: ChannelGraph | None = None,
     allow_inexact: bool = False,
     options: FireflyOptions = FireflyOptions(),
+    exact_cost: Callable[[Sequence[SplitRequest | NewNeuron]], float] | None = None,
 ) -> Selection:
     """Splits and new neurons ranked together by their predicted loss change (eps^2/2 lambda for a split,
     -t ||g|| for a new neuron), the best ``max_count`` of them, or the best within ``budget`` given the cost of
-    one added neuron per site (``costs``).
+    one added neuron per site (``costs``) and, where it is more than their sum, the true cost of a set of them
+    (``exact_cost``: see :func:`splitgrow.selection.select_within_budget`).
 
     Returns:
         A :class:`Selection` of :class:`SplitRequest` and :class:`NewNeuron`, which
@@ -386,11 +395,30 @@ def select_growth(
                 skipped[site] = "no cost given for it"
         items = [i for i in items if (i[1][2] if i[1][0] == "split" else i[1][1].site) in costs]
         spend = [costs[i[1][2] if i[1][0] == "split" else i[1][1].site] for i in items]
-        picked = choose_within_budget([score for score, _ in items], spend, budget)
-        items = [items[i] for i in picked]
+        scores = [score for score, _ in items]
+        allowance = budget
+        for _ in range(BUDGET_REFITS):
+            picked = [items[i] for i in choose_within_budget(scores, spend, allowance)]
+            selection = _build(picked, skipped, results, graph, step)
+            spent = 0.0 if exact_cost is None or not selection else exact_cost(selection)
+            if spent <= budget:
+                return selection
+            allowance *= budget / spent  # the costs one by one fall short by about the same share
+        while picked and exact_cost(selection) > budget:  # still over: drop the least valuable
+            picked.remove(max(picked, key=lambda entry: entry[0]))
+            selection = _build(picked, skipped, results, graph, step)
+        return selection
     items.sort(key=lambda entry: entry[0])
-    if max_count is not None:
-        items = items[:max_count]
+    return _build(items[:max_count], skipped, results, graph, step)
+
+
+def _build(
+    items: list[tuple[float, Any]], skipped: dict[str, str], results: Mapping, graph: ChannelGraph | None, step: float
+) -> Selection:
+    """The requests of the chosen items, best first: splits, then new neurons, each after a channel no other
+    request of the step uses."""
+    items = sorted(items, key=lambda entry: entry[0])
+    skipped = dict(skipped)
     chosen: list[SplitRequest | NewNeuron] = []
     split_channels: dict[str, set[int]] = defaultdict(set)
     for _, item in items:

@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .graph import ChannelGraph, handler_of
 from .layers import handler_for
-from .surgery import INPUTS, OUTPUTS, SplitRequest, parameter_count, plan_split
+from .surgery import INPUTS, OUTPUTS, NewNeuron, SplitRequest, parameter_count, plan_split
 
 
 def model_flops(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tensor, ...]) -> int:
@@ -99,17 +99,22 @@ def split_cost(graph: ChannelGraph, site: str, flops: dict[str, int] | None = No
 
 
 def added_cost(
-    graph: ChannelGraph, requests: Sequence[SplitRequest], kind: str = "parameters", flops: dict[str, int] | None = None
+    graph: ChannelGraph,
+    requests: Sequence[SplitRequest | NewNeuron],
+    kind: str = "parameters",
+    flops: dict[str, int] | None = None,
 ) -> float:
-    """Parameters (or FLOPs per sample) that making all of ``requests`` at once adds: the sum of their split costs,
-    plus what no single split's cost has, the entries where rows one split adds meet columns another adds (two
-    coupled layers grown in one stage: the second's new rows are as wide as the first's grown output).
+    """Parameters (or FLOPs per sample) that making all of ``requests`` (splits and new neurons) at once adds: the
+    sum of their split costs, plus what no single split's cost has, the entries where rows one split adds meet
+    columns another adds (two coupled layers grown in one stage: the second's new rows are as wide as the first's
+    grown output).
 
     Raises:
         GraphError: as :func:`~splitgrow.surgery.plan_split` (inexact sites are allowed here).
     """
     flops = layer_flops(graph) if flops is None and kind == "flops" else flops
-    plan = plan_split(graph, list(requests), allow_inexact=True)
+    requests = [r.as_request(graph) if isinstance(r, NewNeuron) else r for r in requests]
+    plan = plan_split(graph, requests, allow_inexact=True)
     grown: dict[str, dict[str, int]] = {}
     for (name, role), units in plan.items():
         # a two-way split adds one copy of each position, a split with k offspring k - 1

@@ -23,7 +23,7 @@ from .surgery import SplitRequest
 
 COST_KINDS = ("parameters", "flops")
 #: how many times a budgeted selection is solved again within a smaller allowance before splits are dropped
-_REFITS = 8
+BUDGET_REFITS = 8
 
 
 def validate_selection(max_count: int, threshold: float) -> None:
@@ -285,7 +285,7 @@ def select_within_budget(
 
     allowance = budget
     requests = requests_of(choose_within_budget(scores, spend, allowance, max_count, groups))
-    for _ in range(_REFITS):
+    for _ in range(BUDGET_REFITS):
         spent = 0.0 if exact_cost is None or not requests else exact_cost(requests)
         if spent <= budget:
             return Selection(requests, skipped)

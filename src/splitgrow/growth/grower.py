@@ -304,7 +304,14 @@ class Grower:
             kind = "parameters" if policy.parameter_ratio is not None else "flops"
             current = parameter_count(self.model) if kind == "parameters" else self._flops()
             ratio = policy.parameter_ratio if kind == "parameters" else policy.flops_ratio
-            return select_growth(results, candidates, costs=split_costs(graph, kind), budget=ratio * current, **common)
+            return select_growth(
+                results,
+                candidates,
+                costs=split_costs(graph, kind),
+                budget=ratio * current,
+                exact_cost=lambda requests: added_cost(graph, requests, kind),
+                **common,
+            )
         count = policy.count if policy.count is not None else max(1, math.ceil(policy.fraction * self.net.neurons()))
         return select_growth(results, candidates, max_count=count, **common)
 
