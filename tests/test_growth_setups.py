@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim import lr_scheduler
 
-from splitgrow.errors import SplitgrowError
+from splitgrow.errors import ConfigError, SplitgrowError
 from splitgrow.growth import Grower, GrowthPolicy
 
 
@@ -332,3 +332,15 @@ def test_lightning_splits_the_average_of_a_weight_averaging_callback_and_resumes
     assert average.fc.weight.shape == module.fc.weight.shape == (5, 4)
     module, average = fit(3, tmp_path / "last.ckpt")  # the checkpoint's average has the grown shapes too
     assert average.fc.weight.shape == module.fc.weight.shape == (6, 4)
+
+
+def test_a_generator_of_batches_is_refused_before_a_stage_uses_it_up():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    batches = ((x[i : i + 4], y[i : i + 4]) for i in range(0, 16, 4))
+    with pytest.raises(ConfigError, match="iterator .*generator.*a list, a DataLoader"):
+        Grower(model, x, batches, policy=GrowthPolicy(count=1), loss_function=F.cross_entropy)
+    grower = Grower(model, x, [(x, y)], policy=GrowthPolicy(count=1), loss_function=F.cross_entropy)
+    with pytest.raises(ConfigError, match="iterator"):
+        grower.statistics_data = iter([(x, y)])

@@ -388,3 +388,17 @@ def test_relu_networks_report_their_surrogate():
     result = net.splitting([(x, y)], F.cross_entropy)["0"]
     assert result.surrogate == "phi'' of softplus(beta=4)"
     assert float(result.indexes.abs().max()) > 0
+
+
+def test_an_empty_batch_adds_nothing_to_the_statistics():
+    """A process's shard of a small batch can be empty: its mean loss is NaN, but it holds no sample to count."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
+    net = SplittableNetwork(model, x)
+    alone = net.splitting([(x, y)], F.cross_entropy)
+    with_empty = net.splitting([(x[:0], y[:0]), (x, y), (x[:0], y[:0])], F.cross_entropy)
+    for name, result in alone.items():
+        torch.testing.assert_close(with_empty[name].indexes, result.indexes, rtol=0, atol=0)
+    with pytest.raises(StatisticsError, match="only empty ones"):
+        net.splitting([(x[:0], y[:0])], F.cross_entropy)

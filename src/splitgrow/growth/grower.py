@@ -29,7 +29,7 @@ from __future__ import annotations
 import io
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..artifacts import atomic_write_bytes
-from ..errors import SplitgrowError
+from ..errors import ConfigError, SplitgrowError
 from ..firefly import new_neuron_candidates, select_growth
 from ..graph import model_fingerprint
 from ..inspection import added_cost, model_flops, split_costs
@@ -153,6 +153,20 @@ class Grower:
         self._phase_epochs_made: int | None = None  # what fit's scheduler factory got for the current phase
 
     # ---------------------------------------------------------------------------------------- the schedule
+
+    @property
+    def statistics_data(self) -> Iterable:
+        """The batches of the splitting statistics, iterated afresh at every stage."""
+        return self._statistics_data
+
+    @statistics_data.setter
+    def statistics_data(self, data: Iterable) -> None:
+        if isinstance(data, Iterator):  # a generator: the first stage would use it up and the next find nothing
+            raise ConfigError(
+                f"statistics_data is an iterator ({type(data).__name__}), which one stage would use up: give "
+                "batches that can be iterated again at every stage (a list, a DataLoader)"
+            )
+        self._statistics_data = data
 
     def epoch_end(self, metrics: dict[str, float] | None = None) -> GrowthStage | None:
         """Record that an epoch ended (with its metrics, e.g. the validation loss the plateau rule monitors) and

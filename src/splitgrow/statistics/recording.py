@@ -246,6 +246,9 @@ def record_batches(
                 batch = _prepare(batch, device)
                 returned = run(instrumented.module, batch)
                 loss, weight = returned if isinstance(returned, tuple) else (returned, _first_size(batch))
+                if float(weight) == 0:  # an empty batch (a process's empty shard): nothing to add, its mean is NaN
+                    instrumented.take()
+                    continue
                 _check_loss(loss, count, model)
                 values, probes = instrumented.take()
                 missing = [name for name in instrumented.probed if name not in probes]
@@ -265,7 +268,7 @@ def record_batches(
         instrumented.take()
         model.train(was_training)
     if count == 0:
-        raise StatisticsError("the data gave no batches")
+        raise StatisticsError("the data gave no batches (or only empty ones)")
 
 
 def _check_loss(loss: Any, index: int, model: nn.Module) -> None:
