@@ -10,6 +10,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from ..checkpoints import Checkpoint
 from ..config import config_to_dict
 from ..errors import RunFolderError
 from ..parallel import is_main
+from .workers import WorkerPool
 
 
 def derive_seed(seed: int, *keys: str) -> int:
@@ -442,18 +444,15 @@ def _run_seeds(
                 reporter.message(f"seed {seed}: already finished in {path.parent}")
     pending = [seed for seed in seeds if seed not in done]
     if jobs > 1 and len(pending) > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         reporter.message(f"running {len(pending)} seeds in {min(jobs, len(pending))} processes")
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=context) as pool:
-            futures = {
-                seed: pool.submit(_run_in_worker, experiment.name, config, seed, out_dir / f"seed-{seed}", resume)
+        with WorkerPool(min(jobs, len(pending))) as pool:
+            futures = [
+                pool.submit(_run_in_worker, experiment.name, config, seed, out_dir / f"seed-{seed}", resume)
                 for seed in pending
-            }
-            for seed, future in futures.items():
-                done[seed] = finish(future.result())
+            ]
+            for future in as_completed(futures):  # each seed's files as soon as it ends: an interrupt keeps them
+                results = finish(future.result())
+                done[results["seed"]] = results
     else:
         for seed in pending:
             done[seed] = finish(_run_one_seed(experiment, config, seed, reporter, out_dir / f"seed-{seed}", resume))

@@ -25,8 +25,6 @@ from __future__ import annotations
 import math
 import multiprocessing
 import pickle
-import signal
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +35,6 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..artifacts import save_figure
 from ..config import require
@@ -69,6 +66,7 @@ from .common import (
     outcome,
     plot_method,
 )
+from .workers import WorkerPool
 
 GROWTH_METHODS = ("splitting", "signed", "firefly", "random_split", "net2net", "new_init", "gradient_boosting")
 METHODS = (*GROWTH_METHODS, "scratch")
@@ -443,15 +441,6 @@ def _planned_iterations(config: RBFConfig) -> int:
     return runs * phases + (_probe_iterations(config) if "splitting" in config.methods else 0)
 
 
-def _initialize_worker(threads: int) -> None:
-    # Ctrl-C reaches every process of the terminal's group: only the main process handles it (and stops the pool)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(threads)
-    # workers draw no progress bars; a thread lock spares them tqdm's inter-process one, which a stopped worker
-    # would leave behind
-    tqdm.set_lock(threading.RLock())
-
-
 def _call_pickled(payload: bytes) -> Any:
     function, args = pickle.loads(payload)
     return function(*args)
@@ -464,10 +453,7 @@ class _Runner:
     """
 
     def __init__(self, workers: int) -> None:
-        self.pool = None
-        if workers > 0:
-            context = multiprocessing.get_context("spawn")
-            self.pool = context.Pool(workers, initializer=_initialize_worker, initargs=(torch.get_num_threads(),))
+        self.pool = WorkerPool(workers, threads=torch.get_num_threads()) if workers > 0 else None
 
     @property
     def parallel(self) -> bool:
@@ -482,18 +468,14 @@ class _Runner:
         # move their storage into shared memory from its feeder thread, while this process goes on computing with
         # them, and a kernel running then reads freed memory.
         payload = pickle.dumps((function, args), protocol=pickle.HIGHEST_PROTOCOL)
-        return self.pool.apply_async(_call_pickled, (payload,)).get
+        return self.pool.submit(_call_pickled, payload).result
 
     def __enter__(self) -> _Runner:
         return self
 
     def __exit__(self, error_type: type[BaseException] | None, *details: object) -> None:
-        if self.pool is not None:
-            if error_type is None:
-                self.pool.close()
-            else:  # an error or Ctrl-C: the other tasks' results are of no use
-                self.pool.terminate()
-            self.pool.join()
+        if self.pool is not None:  # on an error or Ctrl-C, the pool stops its workers at once
+            self.pool.__exit__(error_type, *details)
 
 
 def _worker_count(config: RBFConfig) -> int:

@@ -1,0 +1,161 @@
+"""Worker processes that end with the run: seeds in parallel (``--jobs``) and the rbf experiment's ``workers``.
+
+A run's worker processes end with it. A Ctrl-C at the terminal reaches every process of its group, but only the
+parent acts on it: the workers ignore SIGINT from their first instruction (they are started with it blocked, as
+CPython starts its resource tracker, so that not even their imports see it: a worker importing torch would print
+a traceback). The parent then stops them with SIGTERM, on which a worker unwinds the task it runs (its cleanups,
+such as removing a temporary file, run) and exits at once and silently. A worker whose parent died (SIGKILL, a
+crash) stops itself the same way: a thread waits on multiprocessing's parent sentinel, a pipe that the operating
+system closes however the parent ends. Unlike Linux's PR_SET_PDEATHSIG (tied to the thread that started the
+worker, and unset during the worker's first seconds), it works on every platform and cannot miss a parent that
+died while the worker was starting.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.context
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+#: seconds a worker asked to stop (SIGTERM) has to unwind its task before it is killed
+STOP_GRACE_S = 10.0
+#: exit status of a worker stopped by its parent, or orphaned (128 + SIGTERM, as the shell reports a SIGTERM)
+_EXIT_STOPPED = 128 + signal.SIGTERM
+#: what the workers are started with blocked (where the platform can block signals)
+_BLOCKED_AT_START = {signal.SIGINT}
+
+
+class _WorkerStopped(BaseException):
+    """Raised in a worker's task when its parent stops it: unwinds the task, then the worker exits."""
+
+
+#: whether this worker process is inside a task (when its stop request must unwind it)
+_task_running = False
+
+
+def _stop_worker(signum: int, frame: Any) -> None:
+    """A worker's SIGTERM handler: unwind the running task, or exit at once between tasks."""
+    if _task_running:
+        raise _WorkerStopped
+    os._exit(_EXIT_STOPPED)
+
+
+def _run_task(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` in a worker, which exits once a stop request has unwound it."""
+    global _task_running
+    try:
+        _task_running = True
+        try:
+            return function(*args)
+        finally:
+            _task_running = False
+    except _WorkerStopped:
+        os._exit(_EXIT_STOPPED)
+
+
+def _stop_when_orphaned() -> None:
+    """In a worker's thread: wait until the parent process ends, then stop as the parent would have stopped it."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    parent.join()
+    if hasattr(signal, "pthread_kill"):  # to the main thread, whose blocking calls the signal interrupts
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+        time.sleep(STOP_GRACE_S)
+    os._exit(_EXIT_STOPPED)  # no signals, or a main thread stuck in native code
+
+
+def _initialize_worker(threads: int | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # also discards a Ctrl-C pending since the worker started
+    signal.signal(signal.SIGTERM, _stop_worker)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _BLOCKED_AT_START)
+    threading.Thread(target=_stop_when_orphaned, name="stop-when-orphaned", daemon=True).start()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    # workers draw no progress bars; a thread lock spares them tqdm's inter-process one, a semaphore that a stopped
+    # worker would leave behind (and the resource tracker report as leaked)
+    tqdm.set_lock(threading.RLock())
+
+
+class _WorkerProcess(multiprocessing.context.SpawnProcess):
+    """A spawned worker that starts with :data:`_BLOCKED_AT_START` blocked (a signal mask survives exec)."""
+
+    def start(self) -> None:
+        if not hasattr(signal, "pthread_sigmask"):
+            super().start()
+            return
+        # blocked, not ignored: a Ctrl-C meanwhile stays pending for this process, which handles it once unblocked
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_AT_START)
+        try:
+            super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class _WorkerContext(multiprocessing.context.SpawnContext):
+    """The spawn start method with :class:`_WorkerProcess`es, each recorded, so that they can be stopped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.processes: list[_WorkerProcess] = []
+
+    def Process(self, *args: Any, **kwargs: Any) -> _WorkerProcess:  # the name pools call
+        process = _WorkerProcess(*args, **kwargs)
+        self.processes.append(process)
+        return process
+
+
+class WorkerPool:
+    """Independent tasks in worker processes that end with this process.
+
+    Workers are spawned (a fresh interpreter each: safe beside threads and torch's state). An error, Ctrl-C or
+    SIGTERM in the ``with`` block stops them at once: the tasks not started are cancelled and the running ones
+    unwound (their cleanups run), with no traceback from any worker; and a worker whose parent died stops itself.
+
+    Args:
+        workers: the number of worker processes.
+        threads: torch CPU threads in each worker (None: torch's default).
+    """
+
+    def __init__(self, workers: int, *, threads: int | None = None) -> None:
+        self._context = _WorkerContext()
+        self._executor = ProcessPoolExecutor(
+            max_workers=workers, mp_context=self._context, initializer=_initialize_worker, initargs=(threads,)
+        )
+
+    def submit(self, function: Callable[..., Any], /, *args: Any) -> Future:
+        """Start ``function(*args)`` in a worker (``function`` and ``args`` must pickle); returns its future."""
+        return self._executor.submit(_run_task, function, *args)
+
+    def stop(self) -> None:
+        """Cancel the tasks not started, ask the workers to stop, and kill those that have not within
+        :data:`STOP_GRACE_S` seconds; returns when every worker has ended."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        workers = [process for process in self._context.processes if process.is_alive()]
+        for process in workers:
+            process.terminate()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for process in workers:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, error_type: type[BaseException] | None, *details: object) -> None:
+        if error_type is None:
+            self._executor.shutdown(wait=True)
+        else:  # an error or an interrupt: the other tasks' results are of no use
+            self.stop()
