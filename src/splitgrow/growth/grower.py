@@ -43,12 +43,12 @@ from ..firefly import new_neuron_candidates, select_growth
 from ..graph import model_fingerprint
 from ..inspection import added_cost, model_flops, split_costs
 from ..network import SplittableNetwork
-from ..selection import Selection, select_splits, select_within_budget
+from ..selection import Selection, _candidates, select_splits, select_within_budget
 from ..signed import signed_splitting
 from ..statistics import LossClosure, LossFunction, SplittingResults
 from ..statistics import distributed as dist
 from ..statistics.adaptive import adaptive_splitting
-from ..statistics.recording import _default_closure, _prepare
+from ..statistics.recording import _default_closure, _first_size, _prepare
 from ..statistics.splitting import SolverOptions, solve
 from ..surgery import NewNeuron, SplitRequest, optimizer_list, parameter_count, resize_like
 from .policy import GrowthPolicy, GrowthState
@@ -56,7 +56,25 @@ from .policy import GrowthPolicy, GrowthState
 
 @dataclass
 class GrowthStage:
-    """What one growth stage did (plain values, for JSON and checkpoints)."""
+    """What one growth stage did (plain values, for JSON and checkpoints).
+
+    Attributes:
+        stage, epoch: the stage's number (from 1) and the epochs done when it ran.
+        widths_before, widths_after: neurons (coupling groups) of each site before and after.
+        splits: each split (site, channel, index; a signed split's offspring ``weights``) or new neuron.
+        predicted_change: the loss change the splits predict (eps^2/2 * the sum of their indexes for two-way
+            splits), from the split's report.
+        loss_before, loss_after: the mean loss on the statistics batches the stage used, in eval mode, before and
+            after the split (``loss_after`` None unless the policy measures).
+        parameters_before, parameters_after: the model's parameters.
+        flops_after: FLOPs per sample of the grown model (:func:`splitgrow.inspection.model_flops` on the example).
+        seconds: the stage's own time (statistics, selection, split, measurement); training_seconds: the
+            training time of the phase before it (between ``epoch_end`` calls).
+        samples, batches: what the statistics used (adaptive statistics: as many as the selection needed).
+        skipped: sites the statistics or the selection left out, and why.
+        metrics: the metrics of the epoch that triggered the stage.
+        shortfall: why a ``count`` or ``fraction`` stage added fewer neurons than asked for ("" when it did not).
+    """
 
     stage: int
     epoch: int
@@ -75,6 +93,7 @@ class GrowthStage:
     batches: int
     skipped: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    shortfall: str = ""
 
     @property
     def measured_change(self) -> float | None:
@@ -170,30 +189,52 @@ class Grower:
 
     def epoch_end(self, metrics: dict[str, float] | None = None) -> GrowthStage | None:
         """Record that an epoch ended (with its metrics, e.g. the validation loss the plateau rule monitors) and
-        grow if the policy says a stage is due. Returns the stage, or None."""
-        self._training_seconds += time.perf_counter() - self._training_started
-        self.epoch += 1
-        self.epochs_since_growth += 1
-        self.metrics.append(dict(metrics or {}))
-        plateaued = self._plateaued(metrics or {})
-        stage = None
-        if not self.stopped and self._limit_reached() is None:
-            state = GrowthState(
-                self.epoch, len(self.history), self.epochs_since_growth, self.metrics, parameter_count(self.model)
-            )
-            if self.policy.due(state, plateaued):
-                stage = self.grow(metrics)
-        elif not self.stopped:
-            self.stopped, self.stop_reason = True, self._limit_reached()
+        grow if the policy says a stage is due. Returns the stage, or None. Once the grower has stopped (see
+        ``stopped``, ``stop_reason``), a call only records the epoch and its metrics.
+
+        Raises:
+            ConfigError: the policy has a plateau rule and ``metrics`` lack its ``monitor``.
+        """
+        stage = self.grow(metrics) if self._end_epoch(metrics) else None
         self._training_started = time.perf_counter()
         return stage
 
-    def _plateaued(self, metrics: dict[str, float]) -> bool:
-        policy = self.policy
-        if policy.plateau_patience is None or policy.monitor not in metrics:
+    def _end_epoch(self, metrics: dict[str, float] | None, may_grow: bool = True) -> bool:
+        """Record the epoch just ended and whether a stage is due (never with ``may_grow`` False: the last epoch of
+        ``fit``, which no training would follow). The schedule (its trigger included) is consulted once."""
+        self._training_seconds += time.perf_counter() - self._training_started
+        metrics = dict(metrics or {})
+        self.epoch += 1
+        self.epochs_since_growth += 1
+        self.metrics.append(metrics)
+        if self.stopped:
             return False
+        reason = self._limit_reached()
+        if reason is not None:
+            self.stopped, self.stop_reason = True, reason
+            return False
+        plateaued = self._plateaued(metrics)
+        if not may_grow:
+            return False
+        state = GrowthState(
+            self.epoch, len(self.history), self.epochs_since_growth, self.metrics, parameter_count(self.model)
+        )
+        return self.policy.due(state, plateaued)
+
+    def _plateaued(self, metrics: dict[str, float]) -> bool:
+        """Update the plateau rule with this epoch's metrics: whether the monitored one has now stalled for
+        ``plateau_patience`` epochs."""
+        policy = self.policy
+        if policy.plateau_patience is None:
+            return False
+        if policy.monitor not in metrics:
+            raise ConfigError(
+                f"the plateau rule monitors {policy.monitor!r}, which the metrics of epoch {self.epoch} do not have "
+                f"(they have: {', '.join(metrics) or 'none'}): pass it to epoch_end(metrics={{{policy.monitor!r}: "
+                "...}) (with fit: return it from evaluate or train_epoch), or set GrowthPolicy(monitor=...)"
+            )
         value = float(metrics[policy.monitor])
-        if self._best is None or value < self._best - policy.plateau_delta:
+        if policy.improved(value, self._best):
             self._best, self._stale = value, 0
             return False
         self._stale += 1
@@ -286,11 +327,25 @@ class Grower:
                 exact_cost=lambda requests: added_cost(graph, requests, kind),
                 **common,
             )
-        if policy.count is not None:
-            count = policy.count
-        else:
-            count = max(1, math.ceil(policy.fraction * self.net.neurons()))
+        count = self._asked()
         return select_splits(results, count, policy.threshold, max_added=count, **common)
+
+    def _asked(self) -> int | None:
+        """The neurons a stage of a ``count`` or ``fraction`` policy adds (None for a budget): the fraction of the
+        current coupling groups, rounded up, at least one."""
+        policy = self.policy
+        if policy.count is not None:
+            return policy.count
+        if policy.fraction is not None:
+            return max(1, math.ceil(policy.fraction * self.net.neurons()))
+        return None
+
+    def _eligible(self, results: SplittingResults) -> list[tuple[float, str, int]]:
+        """(index, site, neuron) of every neuron a stage may split: below the threshold, by the indexes the method
+        ranks by, converged, on a site it may split."""
+        policy = self.policy
+        eligible, _ = _candidates(self._ranked(results), policy.threshold, self.net.graph, policy.allow_inexact)
+        return eligible
 
     def _select_firefly(self, results: SplittingResults) -> Selection:
         """Splits and new neurons ranked together (:mod:`splitgrow.firefly`), by the policy's amount."""
@@ -326,11 +381,12 @@ class Grower:
                 exact_cost=lambda requests: added_cost(graph, requests, kind),
                 **common,
             )
-        count = policy.count if policy.count is not None else max(1, math.ceil(policy.fraction * self.net.neurons()))
-        return select_growth(results, candidates, max_count=count, **common)
+        return select_growth(results, candidates, max_count=self._asked(), **common)
 
     def grow(self, metrics: dict[str, float] | None = None) -> GrowthStage | None:
-        """One growth stage now, whatever the schedule; None (and the grower stops) when nothing can split."""
+        """One growth stage now, whatever the schedule. None when it split nothing: the grower then stops when no
+        neuron has an index below the threshold (with ``policy.stop_when_stable``; "splitting-stable") and when
+        neurons do but no split of them fits what a stage may add (a budget too small, whatever the setting)."""
         device = next(self.model.parameters()).device
         # statistics in the model's dtype whatever region the caller is in (autocast would round them to bf16)
         with torch.autocast(device.type, enabled=False):
@@ -340,14 +396,21 @@ class Grower:
         started = time.perf_counter()
         widths_before = self.net.widths()
         parameters_before = parameter_count(self.model)
+        asked = self._asked()
         results = self.statistics()
         selection = self._select(results)
         # rank 0's selection everywhere, so that ties broken by rounding cannot make the processes disagree
         requests: list[SplitRequest | NewNeuron] = list(dist.broadcast_object(list(selection)))
+        eligible = self._eligible(results)
         if not requests:
-            if self.policy.stop_when_stable:
+            if eligible:  # neurons could lower the loss but none fits: no later stage would fit either
+                self.stopped, self.stop_reason = True, self._nothing_fits(eligible)
+            elif self.policy.stop_when_stable:
                 self.stopped = True
-                self.stop_reason = f"splitting-stable: no index below the threshold {self.policy.threshold:g}"
+                self.stop_reason = (
+                    f"splitting-stable: no neuron of the splittable sites has an index below the threshold "
+                    f"{self.policy.threshold:g}"
+                )
             return None
         followers = self._averaged_networks()
         report = self.net.split(
@@ -355,12 +418,20 @@ class Grower:
         )
         for follower in followers:  # the same requests (made for the same shapes), so the same map
             follower.split(requests, self.policy.epsilon, allow_inexact=self.policy.allow_inexact)
-        loss_after = self._loss() if self.policy.measure else None
+        loss_after = self._loss(results.batches) if self.policy.measure else None
+        widths_after = self.net.widths()
+        added = sum(widths_after.values()) - sum(widths_before.values())
+        shortfall = ""
+        if asked is not None and added < asked:
+            shortfall = (
+                f"added {added} of the {asked} neurons asked for: {len(eligible)} neurons of the splittable sites "
+                f"have an index below the threshold {self.policy.threshold:g}"
+            )
         stage = GrowthStage(
             stage=len(self.history) + 1,
             epoch=self.epoch,
             widths_before=widths_before,
-            widths_after=self.net.widths(),
+            widths_after=widths_after,
             splits=[_describe(r) for r in requests],
             predicted_change=report.predicted_change,
             loss_before=results.loss,
@@ -374,6 +445,7 @@ class Grower:
             batches=results.batches,
             skipped={**results.skipped, **getattr(selection, "skipped", {})},  # by the statistics and the selection
             metrics=dict(metrics or {}),
+            shortfall=shortfall,
         )
         self.history.append(stage)
         self.epochs_since_growth = 0
@@ -385,6 +457,24 @@ class Grower:
         if self.on_grow is not None:
             self.on_grow(stage)
         return stage
+
+    def _nothing_fits(self, eligible: list[tuple[float, str, int]]) -> str:
+        """Why a stage with neurons below the threshold selected none (the stop reason)."""
+        policy = self.policy
+        if policy.parameter_ratio is None and policy.flops_ratio is None:
+            return f"no split of the {len(eligible)} neurons below the threshold fits what a stage may add"
+        kind, name, ratio = (
+            ("parameters", "parameter_ratio", policy.parameter_ratio)
+            if policy.parameter_ratio is not None
+            else ("flops", "flops_ratio", policy.flops_ratio)
+        )
+        current = parameter_count(self.model) if kind == "parameters" else self._flops()
+        costs = split_costs(self.net.graph, kind)
+        cheapest = min(costs[site] for _, site, _ in eligible if site in costs)
+        return (
+            f"no split fits a stage's budget: {name} = {ratio:g} of {current:,} {kind} allows {ratio * current:,.1f}, "
+            f"the cheapest split of a neuron below the threshold adds {cheapest:,.0f}; raise {name}"
+        )
 
     def _averaged_networks(self) -> list[SplittableNetwork]:
         """The averaged copies, traced, each checked to have the model's parameters (before anything is split)."""
@@ -405,16 +495,24 @@ class Grower:
         return networks
 
     @torch.no_grad()
-    def _loss(self) -> float:
-        """The mean loss on the statistics data as the split model computes it (eval mode)."""
+    def _loss(self, batches: int) -> float:
+        """The mean loss on the statistics batches a stage used (the first ``batches``) as the split model computes
+        it (eval mode)."""
         closure = self.closure or _default_closure(self.loss_function)
         was_training = self.model.training
         self.model.eval()
         device = next(self.model.parameters()).device
-        total, weight = 0.0, 0.0
+        total, weight, used = 0.0, 0.0, 0
         try:
-            for batch in self._data() if self.policy.adaptive is None else self._adaptive_batches():
-                loss, units = closure(self.model, _prepare(batch, device))
+            for batch in self.statistics_data:
+                if used == batches:
+                    break
+                batch = _prepare(batch, device)
+                returned = closure(self.model, batch)
+                loss, units = returned if isinstance(returned, tuple) else (returned, _first_size(batch))
+                if float(units) == 0:  # an empty batch (a process's empty shard), which the statistics skip too
+                    continue
+                used += 1
                 scale = float(units) if self._mean() else 1.0
                 total += scale * float(loss)
                 weight += float(units)
@@ -424,10 +522,6 @@ class Grower:
             total = float(dist.all_reduce_sum(torch.tensor(total, dtype=torch.float64)))
             weight = float(dist.all_reduce_sum(torch.tensor(weight, dtype=torch.float64)))
         return total / weight
-
-    def _adaptive_batches(self) -> Iterable:
-        used = self.history[-1].batches if self.history else self.policy.adaptive.max_batches
-        return (batch for _, batch in zip(range(used), self.statistics_data))
 
     def _mean(self) -> bool:
         from ..statistics.recording import resolve_reduction
@@ -445,7 +539,8 @@ class Grower:
             "stop_reason": self.stop_reason,
             "best": self._best,
             "stale": self._stale,
-            "metrics": self.metrics,
+            "training_seconds": self._training_seconds,
+            "metrics": [dict(metrics) for metrics in self.metrics],  # copies: a saved state must not follow the run
             "history": [stage.to_dict() for stage in self.history],
         }
 
@@ -454,6 +549,7 @@ class Grower:
         self.epochs_since_growth = int(state["epochs_since_growth"])
         self.stopped, self.stop_reason = bool(state["stopped"]), str(state["stop_reason"])
         self._best, self._stale = state["best"], int(state["stale"])
+        self._training_seconds = float(state.get("training_seconds", 0.0))  # absent from earlier checkpoints
         self.metrics = [dict(m) for m in state["metrics"]]
         fields = {f for f in GrowthStage.__dataclass_fields__}
         self.history = [GrowthStage(**{k: v for k, v in stage.items() if k in fields}) for stage in state["history"]]
@@ -513,10 +609,14 @@ class Grower:
                 metrics.setdefault("train_loss", float(returned))
             if scheduler is not None:
                 self._step_scheduler(scheduler, metrics)
-            will_grow = self._will_grow(metrics) and self.epoch + 1 < epochs
-            if will_grow and on_phase_end is not None:
-                self.phase_metrics.append(dict(on_phase_end(len(self.history)) or {}))
-            stage = self.epoch_end(metrics) if self.epoch + 1 < epochs else self._last_epoch(metrics)
+            stage = None
+            if self._end_epoch(metrics, may_grow=self.epoch + 1 < epochs):
+                if on_phase_end is not None:
+                    self.phase_metrics.append(dict(on_phase_end(len(self.history)) or {}))
+                stage = self.grow(metrics)
+                if stage is None and on_phase_end is not None:
+                    self.phase_metrics.pop()  # nothing grew: the phase goes on, and ends later
+            self._training_started = time.perf_counter()
             if stage is not None and scheduler_factory is not None:
                 scheduler = self._make_scheduler(scheduler_factory, epochs)
             if path is not None:
@@ -528,27 +628,6 @@ class Grower:
             if path is not None:
                 self._save(path, scheduler, extra_state)
         return self.history
-
-    def _last_epoch(self, metrics: dict[str, float]) -> None:
-        """The final epoch ends the run: record it without growing (there would be no training after)."""
-        self.epoch += 1
-        self.epochs_since_growth += 1
-        self.metrics.append(metrics)
-        return None
-
-    def _will_grow(self, metrics: dict[str, float]) -> bool:
-        if self.stopped or self._limit_reached() is not None:
-            return False
-        state = GrowthState(
-            self.epoch + 1, len(self.history), self.epochs_since_growth + 1, [*self.metrics, metrics], 0
-        )
-        policy = self.policy
-        plateaued = False
-        if policy.plateau_patience is not None and policy.monitor in metrics:
-            value = float(metrics[policy.monitor])
-            improved = self._best is None or value < self._best - policy.plateau_delta
-            plateaued = not improved and self._stale + 1 >= policy.plateau_patience
-        return policy.due(state, plateaued)
 
     def _make_scheduler(self, scheduler_factory: Callable[[torch.optim.Optimizer, int], Any], epochs: int) -> Any:
         """The next phase's scheduler; its length is checkpointed, so that a resumed run makes the same one."""

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..graph import ChannelGraph
 from .recording import LossClosure, LossFunction, record_batches
 from .splitting import SolverOptions, SplittingResults, _chosen, report_skipped, solve
@@ -33,10 +34,18 @@ class AdaptiveStatistics:
     """When adaptive statistics stop (see the module docstring).
 
     Attributes:
-        min_batches: batches before the first check.
-        max_batches: the most batches drawn (None: the whole data).
+        min_batches: batches before the first check (>= 1). The pass never stops on a settled selection before the
+            second check, so it draws at least ``min_batches * growth`` batches (rounded, and at least one more)
+            unless ``max_batches`` or the data end first.
+        max_batches: the most batches drawn (None: the whole data); a check is always made there.
         growth: the factor by which the batch count grows between checks (> 1).
         tolerance: the share of the current selection's predicted decrease that the previous selection may miss.
+
+    Data with fewer batches than ``max_batches`` end the pass early: the statistics are then those of every batch
+    (``stop``: "the data ran out"), checked or not.
+
+    Raises:
+        ConfigError: a setting out of its range.
     """
 
     min_batches: int = 2
@@ -45,12 +54,20 @@ class AdaptiveStatistics:
     tolerance: float = 0.01
 
     def __post_init__(self) -> None:
+        integers = (self.min_batches, 1 if self.max_batches is None else self.max_batches)
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in integers):
+            raise ConfigError(
+                f"min_batches and max_batches must be integers, got {self.min_batches!r}, {self.max_batches!r}"
+            )
         if self.min_batches < 1 or (self.max_batches is not None and self.max_batches < self.min_batches):
-            raise ValueError("need 1 <= min_batches <= max_batches")
+            raise ConfigError(
+                f"adaptive statistics need 1 <= min_batches <= max_batches (or max_batches None), got "
+                f"min_batches={self.min_batches}, max_batches={self.max_batches}"
+            )
         if not self.growth > 1:
-            raise ValueError(f"growth must be > 1, got {self.growth}")
+            raise ConfigError(f"growth (of the batch count between checks) must be > 1, got {self.growth!r}")
         if not 0 <= self.tolerance < 1:
-            raise ValueError(f"tolerance must be in [0, 1), got {self.tolerance}")
+            raise ConfigError(f"tolerance must be in [0, 1), got {self.tolerance!r}")
 
     def checkpoints(self) -> Iterable[int]:
         """The batch counts at which the selection is checked."""
