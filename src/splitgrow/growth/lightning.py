@@ -9,7 +9,9 @@ At the end of every training epoch the grower's schedule decides; a growth stage
 ``policy.statistics_batches`` batches of ``statistics_data`` (by default the trainer's training loader), splits the
 module in place and carries the state of every optimiser across (its parameters keep their identity, so the
 optimisers and any learning-rate schedulers simply continue: nothing needs rebuilding). The monitored metric of a
-plateau rule is read from ``trainer.callback_metrics``. Lightning checkpoints hold the grown weights; on resume
+plateau rule is read from ``trainer.callback_metrics``: log it at every epoch (a validation metric with
+``check_val_every_n_epoch > 1`` is missing on the other epochs, which is a ConfigError, as for Lightning's own
+``ReduceLROnPlateau``). Lightning checkpoints hold the grown weights; on resume
 (``ckpt_path``) the callback resizes the module to the checkpoint's shapes before Lightning creates the optimisers
 and loads the weights, and restores the grower's history through its own state. The averaged copy of Lightning's
 weight-averaging callbacks (``EMAWeightAveraging``, ``StochasticWeightAveraging``, any ``WeightAveraging``) is split
