@@ -94,3 +94,13 @@ def test_output_weights_of_the_wrong_shape_are_refused_before_anything_changes()
     with pytest.raises(GraphError, match="its consumers: hidden.3.weight"):
         split_network(model, graph, [unknown], 0.0)
     assert model.hidden[1].out_features == 4
+
+
+def test_an_empty_batch_changes_no_candidate():
+    model, inputs, targets = zoo_model("mlp", width=4, seed=1)
+    graph = ChannelGraph(model, inputs)
+    options = FireflyOptions(candidates_per_site=2, steps=1)
+    plain = new_neuron_candidates(model, graph, [(inputs, targets)], F.cross_entropy, options=options)
+    empty = (inputs[:0], targets[:0])
+    padded = new_neuron_candidates(model, graph, [empty, (inputs, targets), empty], F.cross_entropy, options=options)
+    assert [c.gradient_norm for c in padded] == [c.gradient_norm for c in plain] and plain

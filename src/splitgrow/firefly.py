@@ -160,9 +160,10 @@ def new_neuron_candidates(
     for count, batch in enumerate(data):
         if batches is not None and count >= batches:
             break
-        records.append(_prepare(batch, parameter.device))
+        if _first_size(batch):  # an empty batch (a process's empty shard) holds nothing to score; its mean is NaN
+            records.append(_prepare(batch, parameter.device))
     if not records:
-        raise StatisticsError("the data gave no batches")
+        raise StatisticsError("the data gave no batches (or only empty ones)")
     if not chosen:
         return []
 
