@@ -32,9 +32,9 @@ from .graph import ChannelGraph, GraphError, Site
 from .selection import (
     BUDGET_REFITS,
     Selection,
-    _candidates,
     _request,
     choose_within_budget,
+    eligible_neurons,
     validate_selection,
 )
 from .statistics.loss_hessian import _Functional
@@ -43,9 +43,9 @@ from .statistics.recording import (
     LossFunction,
     StatisticsError,
     _check_loss,
-    _default_closure,
-    _first_size,
-    _prepare,
+    batch_to_device,
+    batch_units,
+    closure_from_loss,
     resolve_reduction,
 )
 from .surgery import INPUTS, OUTPUTS, NewNeuron, SplitRequest, split_network
@@ -149,7 +149,7 @@ def new_neuron_candidates(
     if (loss_function is None) == (closure is None):
         raise StatisticsError("give exactly one of loss_function (outputs, targets) and closure (model, batch)")
     reduction = resolve_reduction(reduction, loss_function if closure is None else closure)
-    run = closure if closure is not None else _default_closure(loss_function)
+    run = closure if closure is not None else closure_from_loss(loss_function)
     chosen = [
         site
         for site in graph.splittable_sites()
@@ -160,8 +160,8 @@ def new_neuron_candidates(
     for count, batch in enumerate(data):
         if batches is not None and count >= batches:
             break
-        if _first_size(batch):  # an empty batch (a process's empty shard) holds nothing to score; its mean is NaN
-            records.append(_prepare(batch, parameter.device))
+        if batch_units(batch):  # an empty batch (a process's empty shard) holds nothing to score; its mean is NaN
+            records.append(batch_to_device(batch, parameter.device))
     if not records:
         raise StatisticsError("the data gave no batches (or only empty ones)")
     if not chosen:
@@ -277,7 +277,7 @@ def _member_of(site: Site, module_name: str):
 
 def _loss(twin: nn.Module, replaced: dict[str, Tensor], batch: Any, run: LossClosure) -> tuple[Tensor, float]:
     returned = run(_Functional(twin, replaced), batch)
-    loss, weight = returned if isinstance(returned, tuple) else (returned, _first_size(batch))
+    loss, weight = returned if isinstance(returned, tuple) else (returned, batch_units(batch))
     _check_loss(loss, 0, twin)
     return loss, float(weight)
 
@@ -383,7 +383,7 @@ def select_growth(
     if graph is not None:
         graph.check_current()
     step = options.output_step(epsilon)
-    split_candidates, skipped = _candidates(results, threshold, graph, allow_inexact)
+    split_candidates, skipped = eligible_neurons(results, threshold, graph, allow_inexact)
     items: list[tuple[float, Any]] = [
         (0.5 * epsilon**2 * index, ("split", index, name, channel)) for index, name, channel in split_candidates
     ]

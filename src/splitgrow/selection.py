@@ -67,7 +67,7 @@ class Selection(list):
         self.skipped = dict(skipped or {})
 
 
-def _candidates(
+def eligible_neurons(
     results: Mapping, threshold: float, graph: ChannelGraph | None, allow_inexact: bool
 ) -> tuple[list[tuple[float, str, int]], dict[str, str]]:
     """(index, site, channel) of every eligible neuron, and the sites left out with the reason."""
@@ -139,7 +139,7 @@ def select_splits(
     validate_selection(max_count, threshold)
     if graph is not None:
         graph.check_current()
-    candidates, skipped = _candidates(results, threshold, graph, allow_inexact)
+    candidates, skipped = eligible_neurons(results, threshold, graph, allow_inexact)
     candidates.sort()
     if max_added is not None:
         if isinstance(max_added, bool) or not isinstance(max_added, int) or max_added < 1:
@@ -252,7 +252,7 @@ def select_within_budget(
         raise ValueError(f"budget must be >= 0, got {budget}")
     if graph is not None:
         graph.check_current()
-    candidates, skipped = _candidates(results, threshold, graph, allow_inexact)
+    candidates, skipped = eligible_neurons(results, threshold, graph, allow_inexact)
     for name in {name for _, name, _ in candidates} - set(costs):
         skipped[name] = "no cost given for it"
     candidates = [c for c in candidates if c[1] in costs]

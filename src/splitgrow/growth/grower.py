@@ -43,12 +43,12 @@ from ..firefly import new_neuron_candidates, select_growth
 from ..graph import model_fingerprint
 from ..inspection import added_cost, model_flops, split_costs
 from ..network import SplittableNetwork
-from ..selection import Selection, _candidates, select_splits, select_within_budget
+from ..selection import Selection, eligible_neurons, select_splits, select_within_budget
 from ..signed import signed_splitting
 from ..statistics import LossClosure, LossFunction, SplittingResults
 from ..statistics import distributed as dist
 from ..statistics.adaptive import adaptive_splitting
-from ..statistics.recording import _default_closure, _first_size, _prepare
+from ..statistics.recording import batch_to_device, batch_units, closure_from_loss
 from ..statistics.splitting import SolverOptions, solve
 from ..surgery import NewNeuron, SplitRequest, optimizer_list, parameter_count, resize_like
 from .policy import GrowthPolicy, GrowthState
@@ -344,7 +344,7 @@ class Grower:
         """(index, site, neuron) of every neuron a stage may split: below the threshold, by the indexes the method
         ranks by, converged, on a site it may split."""
         policy = self.policy
-        eligible, _ = _candidates(self._ranked(results), policy.threshold, self.net.graph, policy.allow_inexact)
+        eligible, _ = eligible_neurons(self._ranked(results), policy.threshold, self.net.graph, policy.allow_inexact)
         return eligible
 
     def _select_firefly(self, results: SplittingResults) -> Selection:
@@ -498,7 +498,7 @@ class Grower:
     def _loss(self, batches: int) -> float:
         """The mean loss on the statistics batches a stage used (the first ``batches``) as the split model computes
         it (eval mode)."""
-        closure = self.closure or _default_closure(self.loss_function)
+        closure = self.closure or closure_from_loss(self.loss_function)
         was_training = self.model.training
         self.model.eval()
         device = next(self.model.parameters()).device
@@ -507,9 +507,9 @@ class Grower:
             for batch in self.statistics_data:
                 if used == batches:
                     break
-                batch = _prepare(batch, device)
+                batch = batch_to_device(batch, device)
                 returned = closure(self.model, batch)
-                loss, units = returned if isinstance(returned, tuple) else (returned, _first_size(batch))
+                loss, units = returned if isinstance(returned, tuple) else (returned, batch_units(batch))
                 if float(units) == 0:  # an empty batch (a process's empty shard), which the statistics skip too
                     continue
                 used += 1

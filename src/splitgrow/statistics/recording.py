@@ -149,7 +149,9 @@ class Instrumented:
         return values, probes
 
 
-def _default_closure(loss_function: LossFunction) -> LossClosure:
+def closure_from_loss(loss_function: LossFunction) -> LossClosure:
+    """The closure of the data contract for ``loss_function(outputs, targets)`` on ``(inputs, targets)`` batches."""
+
     def closure(model: nn.Module, batch: Any) -> tuple[Tensor, float]:
         if isinstance(batch, Mapping) or not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise StatisticsError(
@@ -163,26 +165,28 @@ def _default_closure(loss_function: LossFunction) -> LossClosure:
     return closure
 
 
-def _prepare(batch: Any, device: torch.device) -> Any:
+def batch_to_device(batch: Any, device: torch.device) -> Any:
     """Move every tensor of a (nested) batch to ``device``; copy inference-mode tensors, which autograd refuses."""
     if isinstance(batch, Tensor):
         moved = batch.to(device)
         return moved.clone() if moved.is_inference() else moved
     if isinstance(batch, Mapping):
-        return type(batch)({key: _prepare(value, device) for key, value in batch.items()})
+        return type(batch)({key: batch_to_device(value, device) for key, value in batch.items()})
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a named tuple
-        return type(batch)(*(_prepare(value, device) for value in batch))
+        return type(batch)(*(batch_to_device(value, device) for value in batch))
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_prepare(value, device) for value in batch)
+        return type(batch)(batch_to_device(value, device) for value in batch)
     return batch
 
 
-def _first_size(batch: Any) -> float:
+def batch_units(batch: Any) -> float:
+    """The units a batch's mean loss averages over when its closure does not say: the first dimension of its first
+    tensor (0 for an empty batch)."""
     if isinstance(batch, Tensor):
         return float(batch.shape[0]) if batch.dim() else 1.0
     values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else []
     for value in values:
-        size = _first_size(value)
+        size = batch_units(value)
         if size:
             return size
     return 0.0
@@ -226,7 +230,7 @@ def record_batches(
         )
     graph.check_current()
     reduction = resolve_reduction(reduction, loss_function if closure is None else closure)
-    run = closure if closure is not None else _default_closure(loss_function)
+    run = closure if closure is not None else closure_from_loss(loss_function)
     instrumented = Instrumented(graph, sites)
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
@@ -243,9 +247,9 @@ def record_batches(
             for batch in iterator:
                 if batches is not None and count >= batches:
                     break
-                batch = _prepare(batch, device)
+                batch = batch_to_device(batch, device)
                 returned = run(instrumented.module, batch)
-                loss, weight = returned if isinstance(returned, tuple) else (returned, _first_size(batch))
+                loss, weight = returned if isinstance(returned, tuple) else (returned, batch_units(batch))
                 if float(weight) == 0:  # an empty batch (a process's empty shard): nothing to add, its mean is NaN
                     instrumented.take()
                     continue
