@@ -61,7 +61,7 @@ def main(out: Path) -> None:
     growth = GrowthCallback(torch.randn(2, 3, dtype=torch.float64), policy=policy, loss_function=F.cross_entropy)
     snapshot = Snapshot()
     trainer = lightning.Trainer(
-        max_epochs=3,
+        max_epochs=2,
         accelerator="cpu",
         devices=2,
         strategy="ddp",
