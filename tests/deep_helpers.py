@@ -68,3 +68,63 @@ def split_hessian(model, graph, site_name, channel, inputs, targets) -> torch.Te
         return F.cross_entropy(functional_call(grown, parameters, (inputs,)), targets)
 
     return torch.autograd.functional.hessian(loss, torch.zeros(site.neuron_dim, dtype=torch.float64), vectorize=True)
+
+
+# ---------------------------------------------------------------------------------------- models users bring
+
+
+def logits_of(outputs: torch.Tensor | tuple | dict) -> torch.Tensor:
+    """The logits of a tensor, an HF-style dict (its first value) or a tuple (its first entry)."""
+    if isinstance(outputs, dict):
+        return next(iter(outputs.values()))
+    return outputs[0] if isinstance(outputs, tuple) else outputs
+
+
+def classification_loss(outputs: torch.Tensor | tuple | dict, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits_of(outputs), targets)
+
+
+def run_model(model: nn.Module, inputs: torch.Tensor | tuple) -> torch.Tensor:
+    """The logits of ``model`` on one input or a tuple of positional inputs."""
+    return logits_of(model(*inputs) if isinstance(inputs, tuple) else model(inputs))
+
+
+def split_copy(model: nn.Module, inputs, request: SplitRequest, epsilon: float, **options) -> nn.Module:
+    """A copy of ``model`` with ``request`` split at step ``epsilon``."""
+    from splitgrow import SplittableNetwork
+
+    twin = copy.deepcopy(model)
+    SplittableNetwork(twin, inputs, **options).split([request], epsilon)
+    return twin
+
+
+def assert_exact_splits(model: nn.Module, inputs, targets: torch.Tensor, sites: list[str]) -> None:
+    """For the most negative index of every listed site (the model in float64, eval mode; one input or a tuple of
+    them; tensor, tuple or dict outputs): a split with eps = 0 keeps the outputs, and the loss changes by
+    eps^2/2 * index to second order (the same ratio at two step sizes)."""
+    import pytest
+
+    from splitgrow import SplittableNetwork
+
+    model = model.double().eval()
+    net = SplittableNetwork(model, inputs)
+    results = net.splitting([(inputs, targets)], classification_loss)
+    with torch.no_grad():
+        outputs = run_model(model, inputs)
+        loss = float(F.cross_entropy(outputs, targets))
+    for name in sites:
+        site = net.sites[name]
+        assert site.splittable and site.exact and not site.kinks, (name, site.reason, site.inexact_reason)
+        channel = int(results[name].indexes.argmin())
+        index = float(results[name].indexes[channel])
+        assert index < 0, name
+        request = SplitRequest(name, channel, results[name].directions[channel], index)
+        with torch.no_grad():
+            same = run_model(split_copy(model, inputs, request, 0.0), inputs)
+        torch.testing.assert_close(same, outputs, rtol=0, atol=1e-12)
+        for epsilon in (1e-3, 1e-4):
+            with torch.no_grad():
+                measured = float(
+                    F.cross_entropy(run_model(split_copy(model, inputs, request, epsilon), inputs), targets)
+                )
+            assert (measured - loss) / (0.5 * epsilon**2 * index) == pytest.approx(1.0, abs=1e-2), (name, epsilon)

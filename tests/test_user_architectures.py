@@ -15,6 +15,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from deep_helpers import assert_exact_splits, classification_loss, randomise_batch_norms, run_model, split_copy
 from torch import Tensor, nn
 
 from splitgrow import ChannelGraph, SplittableNetwork
@@ -27,53 +28,6 @@ from splitgrow.surgery import SplitRequest
 pytestmark = pytest.mark.filterwarnings("ignore::splitgrow.errors.SplitgrowWarning")
 
 Inputs = Tensor | tuple[Tensor, ...]
-
-
-def _logits(outputs: Tensor | tuple | dict) -> Tensor:
-    """The logits of a tensor, an HF-style dict (its first value) or a tuple (its first entry)."""
-    if isinstance(outputs, dict):
-        return next(iter(outputs.values()))
-    return outputs[0] if isinstance(outputs, tuple) else outputs
-
-
-def _loss(outputs: Tensor | tuple | dict, targets: Tensor) -> Tensor:
-    return F.cross_entropy(_logits(outputs), targets)
-
-
-def _run(model: nn.Module, inputs: Inputs) -> Tensor:
-    return _logits(model(*inputs) if isinstance(inputs, tuple) else model(inputs))
-
-
-def _split_copy(model: nn.Module, inputs: Inputs, request: SplitRequest, epsilon: float, **options) -> nn.Module:
-    twin = copy.deepcopy(model)
-    SplittableNetwork(twin, inputs, **options).split([request], epsilon)
-    return twin
-
-
-def assert_exact_splits(model: nn.Module, inputs: Inputs, targets: Tensor, sites: list[str]) -> None:
-    """tests/test_user_models.py's standard for models with several inputs and dict or tuple outputs: for the most
-    negative index of every listed site, a split with eps = 0 keeps the outputs and the loss changes by
-    eps^2/2 * index to second order (the same ratio at two step sizes)."""
-    net = SplittableNetwork(model, inputs)
-    results = net.splitting([(inputs, targets)], _loss)
-    with torch.no_grad():
-        outputs = _run(model, inputs)
-        loss = float(F.cross_entropy(outputs, targets))
-    for name in sites:
-        site = net.sites[name]
-        assert site.splittable and site.exact and not site.kinks, (name, site.reason, site.inexact_reason)
-        channel = int(results[name].indexes.argmin())
-        index = float(results[name].indexes[channel])
-        assert index < 0, name
-        request = SplitRequest(name, channel, results[name].directions[channel], index)
-        with torch.no_grad():
-            same = _run(_split_copy(model, inputs, request, 0.0), inputs)
-        torch.testing.assert_close(same, outputs, rtol=0, atol=1e-12)
-        for epsilon in (1e-3, 1e-4):
-            with torch.no_grad():
-                split = _split_copy(model, inputs, request, epsilon)
-                measured = float(F.cross_entropy(_run(split, inputs), targets)) - loss
-            assert measured / (0.5 * epsilon**2 * index) == pytest.approx(1.0, abs=1e-2), (name, epsilon)
 
 
 def assert_optimisers_continue(model: nn.Module, inputs: Inputs, targets: Tensor, site: str) -> None:
@@ -96,26 +50,16 @@ def assert_optimisers_continue(model: nn.Module, inputs: Inputs, targets: Tensor
 
 def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: Inputs, targets: Tensor) -> float:
     optimizer.zero_grad()
-    loss = F.cross_entropy(_run(model, inputs), targets)
+    loss = F.cross_entropy(run_model(model, inputs), targets)
     loss.backward()
     optimizer.step()
     return float(loss.detach())
 
 
-def _randomise_batch_norms(model: nn.Module, seed: int = 1) -> nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            size = module.num_features
-            module.running_mean.copy_(0.1 * torch.randn(size, generator=generator))
-            module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(size, generator=generator) + 0.5)
-            module.bias.data.copy_(0.1 * torch.randn(size, generator=generator))
-    return model
-
-
 def _prepare(model: nn.Module) -> nn.Module:
-    return _randomise_batch_norms(model).double().eval()
+    with torch.no_grad():
+        randomise_batch_norms(model, torch.Generator().manual_seed(1))
+    return model.double().eval()
 
 
 def _images(batch: int = 4, size: int = 8) -> tuple[Tensor, Tensor]:
@@ -511,13 +455,14 @@ def test_hardswish_has_the_curvature_of_its_quadratic_piece_and_lists_its_kinks(
     net = SplittableNetwork(model, inputs)
     assert net.sites["0"].splittable and net.sites["0"].kinks == "'1' (phi' of hardswish jumps by -0.5 at z = -3)"
     # a step this small crosses no kink: the loss changes by eps^2/2 * index with phi'' = 1/3 inside (-3, 3)
-    results = net.splitting([(inputs, targets)], _loss)
+    results = net.splitting([(inputs, targets)], classification_loss)
     channel = int(results["0"].indexes.argmin())
     index = float(results["0"].indexes[channel])
     request = SplitRequest("0", channel, results["0"].directions[channel], index)
     with torch.no_grad():
         measured = float(
-            _loss(_split_copy(model, inputs, request, 1e-4)(inputs), targets) - _loss(model(inputs), targets)
+            classification_loss(split_copy(model, inputs, request, 1e-4)(inputs), targets)
+            - classification_loss(model(inputs), targets)
         )
     assert index < 0 and measured / (0.5 * 1e-8 * index) == pytest.approx(1.0, abs=1e-2)
 

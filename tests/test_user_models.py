@@ -16,6 +16,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from deep_helpers import assert_exact_splits
 from torch import Tensor, nn
 
 from splitgrow import ChannelGraph, SplittableNetwork
@@ -24,45 +25,6 @@ from splitgrow.growth import Grower, GrowthPolicy
 from splitgrow.surgery import SplitRequest
 
 pytestmark = pytest.mark.filterwarnings("ignore::splitgrow.errors.SplitgrowWarning")
-
-
-def _first(outputs: Tensor | tuple | dict) -> Tensor:
-    return next(iter(outputs.values())) if isinstance(outputs, dict) else outputs
-
-
-def _loss(outputs: Tensor, targets: Tensor) -> Tensor:
-    return F.cross_entropy(_first(outputs), targets)
-
-
-def _split_copy(model: nn.Module, inputs, request: SplitRequest, epsilon: float) -> nn.Module:
-    twin = copy.deepcopy(model)
-    SplittableNetwork(twin, inputs).split([request], epsilon)
-    return twin
-
-
-def assert_exact_splits(model: nn.Module, inputs, targets: Tensor, sites: list[str]) -> None:
-    """For the most negative index of every listed site: a split with eps = 0 keeps the outputs, and the loss
-    changes by eps^2/2 * index to second order (the same ratio at two step sizes)."""
-    model = model.double().eval()
-    net = SplittableNetwork(model, inputs)
-    results = net.splitting([(inputs, targets)], _loss)
-    with torch.no_grad():
-        outputs = _first(model(inputs))
-        loss = float(_loss(outputs, targets))
-    for name in sites:
-        site = net.sites[name]
-        assert site.splittable and site.exact and not site.kinks, (name, site.reason, site.inexact_reason)
-        channel = int(results[name].indexes.argmin())
-        index = float(results[name].indexes[channel])
-        assert index < 0, name
-        request = SplitRequest(name, channel, results[name].directions[channel], index)
-        with torch.no_grad():
-            same = _first(_split_copy(model, inputs, request, 0.0)(inputs))
-        torch.testing.assert_close(same, outputs, rtol=0, atol=1e-12)
-        for epsilon in (1e-3, 1e-4):
-            with torch.no_grad():
-                measured = float(_loss(_split_copy(model, inputs, request, epsilon)(inputs), targets)) - loss
-            assert measured / (0.5 * epsilon**2 * index) == pytest.approx(1.0, abs=1e-2), (name, epsilon)
 
 
 # ---------------------------------------------------------------------------------------------- token models
