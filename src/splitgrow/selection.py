@@ -243,7 +243,7 @@ def select_within_budget(
         exact_cost: the true cost of a set of splits (see :func:`splitgrow.inspection.added_cost`), where it is
             more than the sum of ``costs``: coupled layers split in one stage add the entries where one's new rows
             meet the other's new columns. The selection is then solved again within a smaller allowance until its
-            true cost fits the budget (at 30% growth the sum alone overshot by 4 to 8 points of the network).
+            true cost fits the budget (the sum alone lets a stage overshoot its budget).
 
     Returns:
         Split requests sorted by increasing index; empty when nothing fits.
