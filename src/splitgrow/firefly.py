@@ -30,11 +30,11 @@ from torch import Tensor, nn
 
 from .graph import ChannelGraph, GraphError, Site
 from .selection import (
-    BUDGET_REFITS,
     Selection,
     _request,
     choose_within_budget,
     eligible_neurons,
+    fit_within_budget,
     validate_selection,
 )
 from .statistics.loss_hessian import _Functional
@@ -397,18 +397,13 @@ def select_growth(
         items = [i for i in items if (i[1][2] if i[1][0] == "split" else i[1][1].site) in costs]
         spend = [costs[i[1][2] if i[1][0] == "split" else i[1][1].site] for i in items]
         scores = [score for score, _ in items]
-        allowance = budget
-        for _ in range(BUDGET_REFITS):
-            picked = [items[i] for i in choose_within_budget(scores, spend, allowance)]
-            selection = _build(picked, skipped, results, graph, step)
-            spent = 0.0 if exact_cost is None or not selection else exact_cost(selection)
-            if spent <= budget:
-                return selection
-            allowance *= budget / spent  # the costs one by one fall short by about the same share
-        while picked and exact_cost(selection) > budget:  # still over: drop the least valuable
-            picked.remove(max(picked, key=lambda entry: entry[0]))
-            selection = _build(picked, skipped, results, graph, step)
-        return selection
+        return fit_within_budget(
+            lambda allowance: [items[i] for i in choose_within_budget(scores, spend, allowance)],
+            lambda picked: _build(picked, skipped, results, graph, step),
+            budget,
+            exact_cost,
+            least_valuable=lambda picked: max(picked, key=lambda entry: entry[0]),
+        )
     items.sort(key=lambda entry: entry[0])
     return _build(items[:max_count], skipped, results, graph, step)
 

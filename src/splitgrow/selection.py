@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -283,14 +284,36 @@ def select_within_budget(
                 requests.append(SplitRequest(name, channel, None, index, fingerprint, offspring=split.offspring))
         return requests
 
+    return fit_within_budget(
+        lambda allowance: choose_within_budget(scores, spend, allowance, max_count, groups),
+        lambda picked: Selection(requests_of(picked), skipped),
+        budget,
+        exact_cost,
+        least_valuable=lambda picked: max(picked, key=lambda i: items[i][0]),
+    )
+
+
+def fit_within_budget(
+    choose: Callable[[float], list],
+    build: Callable[[list], Selection],
+    budget: float,
+    exact_cost: Callable[[Selection], float] | None,
+    *,
+    least_valuable: Callable[[list], Any],
+) -> Selection:
+    """``build(choose(budget))``, the selection of a knapsack whose costs are per item, kept within ``budget`` by its
+    ``exact_cost`` where that is more than the items' sum: solved again within an allowance shrunk by the
+    overshoot's ratio (the sum falls short by about the same share at a smaller allowance), and after
+    :data:`BUDGET_REFITS` tries the ``least_valuable`` of the picked items dropped until the selection fits."""
     allowance = budget
-    requests = requests_of(choose_within_budget(scores, spend, allowance, max_count, groups))
     for _ in range(BUDGET_REFITS):
-        spent = 0.0 if exact_cost is None or not requests else exact_cost(requests)
+        picked = choose(allowance)
+        selection = build(picked)
+        spent = 0.0 if exact_cost is None or not selection else exact_cost(selection)
         if spent <= budget:
-            return Selection(requests, skipped)
-        allowance *= budget / spent  # the linear costs fall short by about the same share at a smaller allowance
-        requests = requests_of(choose_within_budget(scores, spend, allowance, max_count, groups))
-    while requests and exact_cost(requests) > budget:  # still over: drop the least valuable split
-        requests.remove(max(requests, key=lambda request: request.index))
-    return Selection(requests, skipped)
+            return selection
+        allowance *= budget / spent
+    while picked and exact_cost(selection) > budget:
+        picked.remove(least_valuable(picked))
+        selection = build(picked)
+    return selection
