@@ -239,21 +239,87 @@ class EfficientNet(nn.Module):
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(self.head(self.blocks(self.stem(x))), 1), 1))
 
 
-def test_mbconv_squeeze_excitation_and_head_are_exact_and_the_expansion_is_labelled_inexact() -> None:
-    """The expanded channels are scaled by their squeeze-excitation gate, which reads them all: an inexact site
-    (the paper's per-layer S) that needs allow_inexact; the SE's squeeze units and the head are exact."""
+def test_mbconv_expansion_gated_by_squeeze_excitation_is_an_exact_chain_site() -> None:
+    """The expanded channels are scaled by their squeeze-excitation gate, which reads them all. The gate's rows
+    are copied exactly (both offspring share one gate), so the product is linear in each offspring and what follows
+    the depthwise activation sees only the offspring's mean: the chain's S, with the gradient through both the gate
+    and the projection, is exact. (It was labelled inexact, with the per-layer S, before.)"""
     torch.manual_seed(0)
     model = _prepare(EfficientNet())
     images, labels = _images()
     graph = ChannelGraph(model, images)
-    expansion = graph.sites["blocks.1.block.0.0"]
-    assert expansion.splittable and not expansion.exact
-    assert "'blocks_1_block_2_scale_activation', 'mul_1'" in expansion.inexact_reason
+    for block in ("blocks.0", "blocks.1"):
+        expansion = graph.sites[f"{block}.block.0.0"]
+        assert expansion.engine == "chain" and expansion.exact and expansion.splittable
+        assert [m.module for m in expansion.members] == [f"{block}.block.0.0", f"{block}.block.1.0"]
+        assert expansion.gates == [f"{block}.block.2.fc2"]
+        assert f"copied exactly when site '{block}.block.0.0'" in graph.skipped()[f"{block}.block.2.fc2"]
     assert "no activation with curvature" in graph.skipped()["blocks.1.block.3.0"]  # the linear projection
-    with pytest.raises(GraphError, match="allow_inexact"):
-        SplittableNetwork(model, images).split([SplitRequest("blocks.1.block.0.0", 0, None)], 0.0)
-    assert_exact_splits(model, images, labels, ["blocks.1.block.2.fc1", "head.0"])
+    assert_exact_splits(model, images, labels, ["blocks.0.block.0.0", "blocks.1.block.0.0", "blocks.1.block.2.fc1"])
+    assert_exact_splits(model, images, labels, ["head.0"])
+    assert_optimisers_continue(model, images, labels, "blocks.1.block.0.0")
     assert_optimisers_continue(model, images, labels, "blocks.1.block.2.fc1")
+
+
+class LinearGate(nn.Module):
+    """A gate computed by Linear layers on the pooled channels (timm's and many research codes' form), reshaped to
+    (N, C, 1, 1) and applied as a product, or as a division by (1 + gate)."""
+
+    def __init__(self, channels: int, squeeze: int, divide: bool) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.divide = nn.Linear(channels, squeeze), nn.Linear(squeeze, channels), divide
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate = F.hardsigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3)))))).unsqueeze(-1).unsqueeze(-1)
+        return x / (1.0 + gate) if self.divide else x * gate
+
+
+class GatedConvNet(nn.Module):
+    """conv -> BN -> SiLU -> gate -> conv: a ridge site whose activation's output is gated (MobileNetV3's
+    Hardsigmoid, ReLU inside the gate)."""
+
+    def __init__(self, divide: bool = False) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.act = nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.SiLU()
+        self.gate = LinearGate(6, 3, divide)
+        self.conv2 = nn.Conv2d(6, 5, 3, padding=1)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv2(self.gate(self.act(self.bn1(self.conv1(x)))))
+        return self.fc(F.softplus(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("divide", [False, True], ids=["product", "division"])
+def test_a_gated_ridge_site_is_exact_and_the_gate_kink_is_not_its_own(divide: bool) -> None:
+    """The gate's Hardsigmoid has kinks, but both offspring see the same gate value, so it is no kink of the
+    site; a division by the gate is linear in the channels too."""
+    torch.manual_seed(0)
+    model = _prepare(GatedConvNet(divide))
+    images, labels = _images()
+    site = ChannelGraph(model, images).sites["conv1"]
+    assert site.engine == "ridge" and site.exact and site.gates == ["gate.fc2"] and site.kinks == ""
+    assert_exact_splits(model, images, labels, ["conv1", "conv2"])
+
+
+class GatedLinearUnit(nn.Module):
+    """GLU: a(x) * sigmoid(b(x)), both from the same input: each factor depends on the split, neither is a gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(4, 5), nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.a(x) * torch.sigmoid(self.b(x)))
+
+
+def test_a_gated_linear_unit_splits_both_factors_as_one_neuron() -> None:
+    torch.manual_seed(0)
+    model = GatedLinearUnit().double().eval()
+    inputs, labels = torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 3, (16,))
+    site = ChannelGraph(model, inputs).sites["a"]
+    assert site.engine == "segment" and site.gates == [] and [m.module for m in site.members] == ["a", "b"]
+    assert_exact_splits(model, inputs, labels, ["a"])
 
 
 class Bottleneck(nn.Module):

@@ -27,10 +27,13 @@ there), in one of three ways:
 All three are exact: the split's loss change is eps^2/2 v^T S v to second order, up to *kinks*. A kink (ReLU at 0, max
 pooling where two inputs tie) adds a second-order term of its own that no splitting matrix sees, as the paper's
 does not; a site whose channels pass one records it in ``Site.kinks`` (ReLU's can be smoothed with
-``relu_surrogate``). A group whose segment is not closed (a residual stream, whose producers read the stream
-itself) is *inexact*: its first producer followed by an activation gets the paper's per-layer S, the other
-producers are copied exactly, and a split needs ``allow_inexact``. Anything a split would touch that splitgrow
-cannot grow makes the group unsplittable, with the reason naming the node; nothing is ever changed silently.
+``relu_surrogate``). A producer whose channels only gate the group's (a squeeze-and-excitation's second layer)
+is no part of the neuron: its rows are copied exactly, both offspring share one gate, and the product is linear
+in each, so the segment ends before it (``Site.gates``). A group whose segment is not closed (a residual stream,
+whose producers read the stream itself) is *inexact*: its first producer followed by an activation gets the
+paper's per-layer S, the other producers are copied exactly, and a split needs ``allow_inexact``. Anything a split
+would touch that splitgrow cannot grow makes the group unsplittable, with the reason naming the node; nothing is
+ever changed silently.
 
 Why not torch-pruning's ``DependencyGraph``: it couples channels the same way, but it has no expand operations and
 (in version 1.6.1) merges the branches of a concatenation followed by pooling and flatten into one group. An
@@ -93,6 +96,8 @@ _BINARY = {
 _BINARY_METHODS = {"add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_"}
 _PRODUCTS = {operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul, torch.div}
 _PRODUCT_METHODS = {"mul", "div", "mul_", "div_"}
+_GATE_PRODUCTS = {operator.mul, operator.imul, torch.mul}
+_GATE_DIVISIONS = {operator.truediv, operator.itruediv, torch.div}
 #: elementwise operations other than activations, by how the offspring of a split pass through them
 _ELEMENTWISE = {
     operator.neg: LINEAR,
@@ -268,6 +273,8 @@ class Site:
         segment: the traced nodes of the segment, in order; ``frontier``: those whose outputs leave it.
         producer_node, activation_node: of a ridge or chain site (the first activation for a chain).
         chain: the rest of a chain site's nodes.
+        gates: the producers whose channels only gate the group's (squeeze-and-excitation): their rows are copied
+            exactly, so the offspring share one gate and the product is linear in each offspring.
     """
 
     name: str
@@ -290,6 +297,7 @@ class Site:
     activation_node: str = ""
     branches: list[tuple[str, str | None]] = field(default_factory=list)
     chain: Chain | None = None
+    gates: list[str] = field(default_factory=list)
 
     @property
     def surrogate(self) -> str | None:
@@ -1154,7 +1162,11 @@ class ChannelGraph:
             if blocked:
                 site.splittable, site.reason = False, "; ".join(blocked)
             return site
-        segment, frontier, smooth = self._segment(members, in_closure)
+        gates, gate_nodes = self._gates(members, in_closure)
+        if gates:
+            members = [m for m in members if m.module not in gates]
+            first = members[0]
+        segment, frontier, smooth = self._segment(members, in_closure, gate_nodes)
         nonlinear_members = any(m.handler.nonlinear_in_theta for m in members)
         if not smooth and not nonlinear_members:
             return "; ".join(blocked) if blocked else self._no_curvature_reason(in_closure)
@@ -1213,15 +1225,17 @@ class ChannelGraph:
                 "its channels pass a residual sum before any activation, so they are no neuron's output "
                 "(split the layers inside the blocks)"
             )
-        site.kinks = self._kinks(closure, site)
+        site.gates = sorted(gates, key=lambda m: self.order[self._node_of_module(m).name])
+        site.kinks = self._kinks(closure, site, gate_nodes)
         if blocked:
             site.splittable, site.reason = False, "; ".join(blocked)
         return site
 
-    def _kinks(self, closure: dict[SpaceKey, list[int]], site: Site) -> str:
-        """The kinks the group's channels pass on their way to the consumers (none for a surrogate activation)."""
+    def _kinks(self, closure: dict[SpaceKey, list[int]], site: Site, gate_nodes: set[str] = frozenset()) -> str:
+        """The kinks the group's channels pass on their way to the consumers (none for a surrogate activation;
+        a gate's kinks are none either, since both offspring see the same gate value)."""
         found = []
-        for name in sorted({key[0] for key in closure}, key=self.order.__getitem__):
+        for name in sorted({key[0] for key in closure} - gate_nodes, key=self.order.__getitem__):
             activation = self._activation_of(name)
             node = self.nodes[name]
             label = node.target if node.op == "call_module" else name
@@ -1275,12 +1289,57 @@ class ChannelGraph:
             return SMOOTH
         return SMOOTH if SMOOTH in kinds else PIECEWISE_LINEAR if PIECEWISE_LINEAR in kinds else LINEAR
 
-    def _segment(self, members: list[Member], in_closure: set[str]) -> tuple[list[str], list[str], set[str]]:
+    def _gates(self, members: list[Member], in_closure: set[str]) -> tuple[set[str], set[str]]:
+        """The members that only gate the group's channels, as a squeeze-and-excitation's second layer does, and the
+        nodes from each gate to its product (both offspring see the same value there): (modules, nodes).
+
+        A gate member's output passes single-input operations (a sigmoid, a reshape) into a product with channels
+        that do not depend on it. Copying its rows exactly gives both offspring one gate value, since its input
+        lies outside the group (any path from the group's channels to it passes a consumer, which reads the
+        offspring's mean), so the product is linear in each offspring with one coefficient: everything after the
+        group's last activation sees only the offspring's mean, which is what makes S exact."""
+        candidates: dict[str, tuple[list[str], fx.Node, fx.Node]] = {}
+        for member in members:
+            start = self._node_of_module(member.module)
+            path, current = [start.name], start
+            while len(current.users) == 1:
+                user = next(iter(current.users))
+                if [a for a in _tensor_args(user) if a.name in in_closure] != [current] or user.name not in in_closure:
+                    break
+                path.append(user.name)
+                current = user
+            if len(current.users) != 1:
+                continue
+            product = next(iter(current.users))
+            operands = [a for a in _tensor_args(product) if a.name in in_closure]
+            multiply = product.target in _GATE_PRODUCTS or (
+                product.op == "call_method" and product.target in ("mul", "mul_")
+            )
+            divide = product.target in _GATE_DIVISIONS or (
+                product.op == "call_method" and product.target in ("div", "div_")
+            )
+            if len(operands) != 2 or not (multiply or (divide and operands[1] is current)):
+                continue
+            other = operands[0] if operands[1] is current else operands[1]
+            if other is current or self._downstream_of(other.name, {start.name}):
+                continue
+            candidates[member.module] = (path, product, other)
+        gate_nodes = {name for path, _, _ in candidates.values() for name in path}
+        gates = {module for module, (_, _, other) in candidates.items() if other.name not in gate_nodes}
+        if len(gates) == len({m.module for m in members}):
+            return set(), set()
+        return gates, {name for module in gates for name in candidates[module][0][1:]} | {
+            candidates[module][1].name for module in gates
+        }
+
+    def _segment(
+        self, members: list[Member], in_closure: set[str], gate_nodes: set[str] = frozenset()
+    ) -> tuple[list[str], list[str], set[str]]:
         """The nodes from the members to the last nonlinearity their channels see separately (those on a path from
-        a member to a smooth node, within the closure), the frontier (segment nodes whose outputs leave it), and
-        the smooth nodes."""
+        a member to a smooth node, within the closure, not counting a gate's nodes and product), the frontier
+        (segment nodes whose outputs leave it), and the smooth nodes."""
         member_nodes = {self._node_of_module(m.module).name for m in members}
-        smooth = {n for n in in_closure if n not in member_nodes and self._nonlinearity(n) == SMOOTH}
+        smooth = {n for n in in_closure - gate_nodes if n not in member_nodes and self._nonlinearity(n) == SMOOTH}
         downstream = self._reachable(member_nodes, in_closure, forward=True)
         upstream = self._reachable(smooth, in_closure, forward=False)
         keep = member_nodes | (downstream & upstream)
