@@ -84,6 +84,14 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(_finite_or_none(data), indent=1, allow_nan=False) + "\n")
 
 
+def new_figure(**options: Any) -> Figure:
+    """A matplotlib ``Figure(**options)`` (no pyplot, so no display is needed). matplotlib is imported here, when a
+    figure is drawn, not when an experiment's module is: it takes most of a second, which every command would pay."""
+    from matplotlib.figure import Figure
+
+    return Figure(**options)
+
+
 def save_figure(figure: Figure, path: Path, *, dpi: int = 120) -> None:
     """Render a matplotlib figure to PNG and write it atomically."""
     buffer = io.BytesIO()

@@ -30,11 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib import ticker
-from matplotlib.figure import Figure
 
 from .. import parallel
-from ..artifacts import save_figure
+from ..artifacts import new_figure, save_figure
 from ..checkpoints import Checkpoint
 from ..classification import (
     evaluate,
@@ -701,8 +699,10 @@ def _minor_ratio_label(value: float, _position: int) -> str:
 
 def plot(results: dict[str, Any], directory: Path) -> list[Path]:
     """Accuracy against parameter ratio: fine-tuned (left) and, where the run retrained, retrained (right)."""
+    from matplotlib import ticker
+
     variants = [v for v in ("fine-tuned", "retrained") if any(r["variant"] == v for r in results["rows"])]
-    figure = Figure(figsize=(5.0 * len(variants), 4.0), layout="constrained")
+    figure = new_figure(figsize=(5.0 * len(variants), 4.0), layout="constrained")
     axes = figure.subplots(1, len(variants), sharey=True, squeeze=False)[0]
     for ax, variant in zip(axes, variants):
         for method, color in METHOD_COLORS.items():
@@ -744,8 +744,10 @@ def uniformity(widths: list[int], start: list[int]) -> float:
 
 def _plot_widths(results: dict[str, Any], path: Path) -> Path:
     """The architecture each method found: per-layer widths at every stage (fine-tuned rows)."""
+    from matplotlib import ticker
+
     methods = [m for m in METHOD_COLORS if any(r["method"] == m for r in results["rows"])]
-    figure = Figure(figsize=(4.0 * len(methods), 3.6), layout="constrained")
+    figure = new_figure(figsize=(4.0 * len(methods), 3.6), layout="constrained")
     axes = figure.subplots(1, len(methods), sharey=True, squeeze=False)[0]
     colors = {0: "tab:gray", 1: "tab:blue", 2: "tab:orange", 3: "tab:red", 4: "tab:purple", 5: "tab:brown"}
     for ax, method in zip(axes, methods):

