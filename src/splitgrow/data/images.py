@@ -4,8 +4,13 @@ Everything is loaded into memory as uint8 tensors; batches are normalised (and, 
 fly with torch operations driven by an explicit ``torch.Generator``, so a run is reproducible and resumable.
 
 Where the files are looked for: ``--data-root`` if given; otherwise, for Fashion-MNIST, the Debian package
-``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), then ``~/.cache/splitgrow/<dataset>``.
-``download=True`` fetches the official files into the root (checksums verified, written atomically).
+``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), then ``~/.cache/splitgrow/<dataset>``. In that
+root, the IDX files may be gzipped or not (whatever their name says), under their official names or the dotted ones
+some mirrors use (``train-images.idx3-ubyte``), in the root itself, ``raw/`` or torchvision's ``MNIST/raw/`` and
+``FashionMNIST/raw/``; CIFAR-10's batches in ``cifar-10-batches-py/``, the root itself, or still packed in
+``cifar-10-python.tar.gz`` (read without unpacking it).
+``download=True`` fetches the official files into the root unless they are there already (checksums verified,
+written atomically).
 A missing, truncated or corrupt file is a :class:`DataError` naming the path and how to get the data.
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 import codecs
 import gzip
 import hashlib
+import http.client
 import io
 import math
 import pickle
@@ -38,6 +44,11 @@ _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+#: where torchvision's MNIST and FashionMNIST classes leave the IDX files under their root
+_TORCHVISION_FOLDERS = {"mnist": "MNIST/raw", "fashion-mnist": "FashionMNIST/raw"}
+_CIFAR_FOLDER = "cifar-10-batches-py"
+_CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
+_CIFAR_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 _DOWNLOADS = {
     "mnist": (
         "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -112,7 +123,8 @@ def _read(path: Path) -> bytes:
 
 def _open(path: Path) -> bytes:
     raw = _read(path)
-    if path.suffix != ".gz":
+    # gzip's magic number, not the name, decides: browsers often unpack a downloaded .gz and keep its name
+    if raw[:2] != b"\x1f\x8b":
         return raw
     try:
         return gzip.decompress(raw)
@@ -150,10 +162,13 @@ class _PickledDtype:
     """Stands in for a ``numpy.dtype`` while a CIFAR batch is unpickled.
 
     numpy's own ``dtype.__setstate__`` trusts its input: a damaged state (one flipped byte of a batch file) can
-    crash the interpreter. Only the states of plain numeric dtypes are accepted here, and checked first.
+    crash the interpreter. Only the states of plain numeric dtypes are accepted here, and checked first. The
+    official batches were pickled by Python 2, whose strings (the type code ``u1``, the byte order ``|``) unpickle
+    as bytes.
     """
 
     def __init__(self, spec: object, align: object = False, copy: object = False) -> None:
+        spec = _text(spec)
         if not isinstance(spec, str):
             raise pickle.UnpicklingError(f"dtype {spec!r} is not a plain numeric type")
         try:
@@ -167,7 +182,7 @@ class _PickledDtype:
         # (version, byte order, subarray, names, fields, ...): a plain dtype has no subarray, names or fields
         if not (isinstance(state, tuple) and len(state) >= 5 and state[2:5] == (None, None, None)):
             raise pickle.UnpicklingError(f"the state {state!r} of dtype {self.dtype} is damaged")
-        order = state[1]
+        order = _text(state[1])
         if order not in ("<", ">", "=", "|"):
             raise pickle.UnpicklingError(f"dtype {self.dtype} has an unknown byte order {order!r}")
         if order in ("<", ">"):
@@ -197,6 +212,11 @@ class _PickledArray:
         if len(data) != math.prod(shape) * dtype.dtype.itemsize:
             raise pickle.UnpicklingError(f"{len(data)} bytes for an array of shape {shape} and dtype {dtype.dtype}")
         self.array = np.frombuffer(data, dtype=dtype.dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _text(value: object) -> object:
+    """A Python 2 string (bytes once unpickled) as text; anything else as it is."""
+    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 #: stands for ``numpy.ndarray``, which a batch names only as the first argument of ``_reconstruct``
@@ -271,16 +291,19 @@ def _integer_array(values: object) -> np.ndarray | None:
 
 
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(images (N, 3, 32, 32) uint8, labels (N,)) from one ``cifar-10-batches-py`` file.
+    """(images (N, 3, 32, 32) uint8, labels (N,) int64) from one ``cifar-10-batches-py`` file.
 
     Raises:
-        DataError: the file is unreadable, not a CIFAR-10 batch, or holds pixels outside 0..255 or labels that are
-            not whole numbers.
+        DataError: the file is unreadable, not a CIFAR-10 batch, or holds pixels outside 0..255 or labels outside
+            0..9.
     """
+    return _parse_cifar_batch(_read(path), path)
+
+
+def _parse_cifar_batch(raw: bytes, path: Path | str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_cifar_batch` of the bytes ``raw`` of the batch ``path`` (a file, or a member of the archive)."""
     try:
-        batch = _unpickle_batch(_read(path))
-    except DataError:
-        raise
+        batch = _unpickle_batch(raw)
     except Exception as error:  # damaged bytes raise many types (UnpicklingError, EOFError, KeyError, ...)
         raise DataError(f"not a CIFAR-10 python batch (truncated or corrupt: {error})", path, _REPLACE) from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
@@ -294,6 +317,8 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if labels is None or labels.ndim != 1 or labels.shape[0] != data.shape[0]:
         found = "labels that are not whole numbers" if labels is None else f"{labels.size} labels"
         raise DataError(f"{found} for {data.shape[0]} images", path, _REPLACE)
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"labels from {labels.min()} to {labels.max()}, outside 0..9", path, _REPLACE)
     return data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
@@ -308,16 +333,23 @@ def default_root(name: str) -> Path:
 
 
 def _find_idx(root: Path, stem: str, name: str) -> Path:
-    for candidate in (root / stem, root / f"{stem}.gz", root / "raw" / stem, root / "raw" / f"{stem}.gz"):
+    folders = (root, root / "raw", root / _TORCHVISION_FOLDERS[name])
+    dotted = stem.replace("-idx", ".idx")  # train-images.idx3-ubyte: the name some mirrors and unzip tools give
+    candidates = [folder / f"{file}{gz}" for folder in folders for file in (stem, dotted) for gz in ("", ".gz")]
+    for candidate in candidates:
         if candidate.is_file():
             return candidate
+    for candidate in candidates:
+        if candidate.is_dir():
+            raise DataError(f"{name}: a folder where the IDX file {candidate.name} belongs", candidate, _REPLACE)
     raise DataError(f"{name}: no {stem}[.gz]", root, _HOW_TO_GET[name])
 
 
 def _load_idx_split(root: Path, name: str, split: str) -> ImageDataset:
     image_stem, label_stem = _IDX_FILES[split]
     images = read_idx(_find_idx(root, image_stem, name))
-    labels = read_idx(_find_idx(root, label_stem, name))
+    label_path = _find_idx(root, label_stem, name)
+    labels = read_idx(label_path)
     if images.ndim != 3 or labels.ndim != 1:
         raise DataError(
             f"{name}: images of shape {images.shape} and labels of shape {labels.shape}; expected (N, rows, columns) "
@@ -328,7 +360,7 @@ def _load_idx_split(root: Path, name: str, split: str) -> ImageDataset:
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{name}: {images.shape[0]} images but {labels.shape[0]} labels", root, _REPLACE)
     if labels.max(initial=0) > 9:
-        raise DataError(f"{name}: labels above 9, a file is corrupt", root, _REPLACE)
+        raise DataError(f"{name}: labels up to {labels.max()}, outside 0..9: a corrupt file", label_path, _REPLACE)
     _require_images(name, split, images.shape[0], root)
     mean, std = STATISTICS[name]
     return ImageDataset(
@@ -336,20 +368,47 @@ def _load_idx_split(root: Path, name: str, split: str) -> ImageDataset:
     )
 
 
+def _cifar_source(root: Path, split: str) -> Path:
+    """The folder that holds every batch file of ``split``, else the archive ``cifar-10-python.tar.gz`` in ``root``
+    (not unpacked yet, or unpacking was cut short)."""
+    folder = root / _CIFAR_FOLDER if (root / _CIFAR_FOLDER).is_dir() else root
+    missing = [file for file in _CIFAR_FILES[split] if not (folder / file).is_file()]
+    if not missing:
+        return folder
+    if (root / _CIFAR_ARCHIVE).is_file():
+        return root / _CIFAR_ARCHIVE
+    raise DataError(f"cifar10: no {missing[0]} (nor {_CIFAR_ARCHIVE})", folder, _HOW_TO_GET["cifar10"])
+
+
+def _read_cifar_archive(archive: Path, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The batches of ``split`` read from the packed archive (nothing is written)."""
+    fix = f"replace it (a fresh copy, or --download), or unpack it (`tar xzf {_CIFAR_ARCHIVE}`)"
+    batches = []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(_read(archive)), mode="r:gz") as packed:
+            for file in _CIFAR_FILES[split]:
+                member = f"{_CIFAR_FOLDER}/{file}"
+                try:
+                    stream = packed.extractfile(member)
+                except KeyError:
+                    stream = None
+                if stream is None:
+                    raise DataError(f"cifar10: no {member} in the archive", archive, fix)
+                batches.append(_parse_cifar_batch(stream.read(), f"{archive}:{member}"))
+    except (tarfile.TarError, EOFError, zlib.error) as error:
+        raise DataError(f"not a readable .tar.gz archive ({error}): truncated or corrupt", archive, fix) from None
+    return batches
+
+
 def _load_cifar_split(root: Path, split: str) -> ImageDataset:
-    folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
-    files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    parts = []
-    for file in files:
-        path = folder / file
-        if not path.is_file():
-            raise DataError(f"cifar10: no {file}", folder, _HOW_TO_GET["cifar10"])
-        parts.append(read_cifar_batch(path))
+    source = _cifar_source(root, split)
+    if source.is_dir():
+        parts = [read_cifar_batch(source / file) for file in _CIFAR_FILES[split]]
+    else:
+        parts = _read_cifar_archive(source, split)
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
-    if labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
-        raise DataError("cifar10: labels outside 0..9, a file is corrupt", folder, _REPLACE)
-    _require_images("cifar10", split, images.shape[0], folder)
+    _require_images("cifar10", split, images.shape[0], source)
     mean, std = STATISTICS["cifar10"]
     return ImageDataset("cifar10", torch.from_numpy(images.copy()), torch.from_numpy(labels), mean, std)
 
@@ -379,28 +438,46 @@ def load_dataset(name: str, split: str, root: Path | None = None, *, download: b
     return _load_idx_split(root, name, split)
 
 
+def _on_disk(name: str, root: Path) -> bool:
+    """Whether every file of ``name`` is in ``root`` already, in a form the loader reads (nothing to download)."""
+    try:
+        for split, stems in _IDX_FILES.items():
+            if name == "cifar10":
+                _cifar_source(root, split)
+            else:
+                for stem in stems:
+                    _find_idx(root, stem, name)
+    except DataError:
+        return False
+    return True
+
+
 def _md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 def fetch(name: str, root: Path, *, opener=urllib.request.urlopen) -> None:
-    """Download ``name``'s official files into ``root`` (skipping those already there), verifying checksums and
-    writing atomically; CIFAR-10's archive is unpacked into ``root/cifar-10-batches-py``."""
+    """Download ``name``'s official files into ``root`` unless the loader finds them there already (in any form it
+    reads), skipping those already downloaded, verifying checksums and writing atomically; CIFAR-10's archive is
+    unpacked into ``root/cifar-10-batches-py``.
+
+    Raises:
+        DataError: a download fails (no connection: the message names the URL and where to put the files by
+            hand) or gives a file of another checksum; nothing is written for that file.
+    """
+    if _on_disk(name, root):
+        return
     base, files = _DOWNLOADS[name]
-    root.mkdir(parents=True, exist_ok=True)
+    by_hand = f"check the connection, or download {', '.join(files)} from {base} by hand into {root}"
     for file, checksum in files.items():
         target = root / file
-        if name == "cifar10" and (root / "cifar-10-batches-py" / "test_batch").is_file():
-            return
         if target.is_file() and _md5(target.read_bytes()) == checksum:
             continue
         try:
             with opener(base + file, timeout=60) as response:
                 data = response.read()
-        except OSError as error:
-            raise DataError(
-                f"could not download {base + file}: {error}", root, "check the connection, or use --data-root"
-            ) from None
+        except (OSError, http.client.HTTPException) as error:  # IncompleteRead: the connection dropped mid-file
+            raise DataError(f"could not download {base + file}: {error}", root, by_hand) from None
         if _md5(data) != checksum:
             raise DataError(
                 f"{base + file} has md5 {_md5(data)}, expected {checksum}: not written", root, "try again later"

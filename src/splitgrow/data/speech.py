@@ -1,10 +1,13 @@
 """Google Speech Commands v0.01 for keyword spotting, with Hello Edge's conventions (TensorFlow's speech_commands
 example, ``input_data.py``, which Hello Edge trained with).
 
-*Layout.* A folder per word (``yes/``, ``bed/``, ...) of 16 kHz mono 16-bit WAV files named
+*Layout.* A folder per word (``yes/``, ``bed/``, ...) of 16 kHz mono WAV files named
 ``<speaker>_nohash_<n>.wav``, a ``_background_noise_/`` folder of long noise recordings, and the list files
-``validation_list.txt`` / ``testing_list.txt``. The offline stand-in (:mod:`splitgrow.data.speech_synthetic`) is
-written in the same layout, plus a ``synthetic.json`` that marks it.
+``validation_list.txt`` / ``testing_list.txt``, in v0.01 and v0.02 alike (hidden files, such as the ``._*.wav``
+that macOS leaves in archives, are ignored). The root may also be the folder above the dataset, as torchaudio
+leaves it (``SpeechCommands/speech_commands_v0.02/``) or as an archive unpacked into a folder of its name
+(``speech_commands_v0.01/``). The offline stand-in (:mod:`splitgrow.data.speech_synthetic`) is written in the
+same layout, plus a ``synthetic.json`` that marks it.
 
 *Classes.* 12: ``_silence_``, ``_unknown_`` and the ten keywords yes, no, up, down, left, right, on, off, stop, go.
 Every other word is ``_unknown_``.
@@ -34,8 +37,10 @@ atomically: the folder appears complete or not at all.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import math
+import os
 import re
 import shutil
 import tarfile
@@ -78,6 +83,11 @@ _HOW_TO_GET = (
     "pass --data-root to a folder in Speech Commands' layout (one folder per word, _background_noise_/), or pass "
     "--download to fetch v0.01 (1.4 GB)"
 )
+#: where the dataset folder may sit under the root a user gives: torchaudio's SPEECHCOMMANDS leaves
+#: SpeechCommands/speech_commands_v0.0X, and an archive unpacked into a folder of its name gives speech_commands_v0.0X
+_NESTED_FOLDERS = tuple(
+    f"{parent}speech_commands_{version}" for parent in ("SpeechCommands/", "") for version in ("v0.01", "v0.02")
+)
 
 
 def default_speech_root() -> Path:
@@ -91,7 +101,8 @@ def which_set(file_name: str, validation_percentage: float = 10.0, testing_perce
     Only the base name before ``_nohash_`` counts, so all clips of one speaker land in the same partition.
     """
     speaker = re.sub(r"_nohash_.*$", "", PurePosixPath(file_name).name)
-    digest = int(hashlib.sha1(speaker.encode("utf-8"), usedforsecurity=False).hexdigest(), 16)
+    # the name's bytes on disk (its UTF-8 for every valid name): a name that is not UTF-8 is hashed too
+    digest = int(hashlib.sha1(os.fsencode(speaker), usedforsecurity=False).hexdigest(), 16)
     percentage = (digest % (_HASH_MODULUS + 1)) * (100.0 / _HASH_MODULUS)
     if percentage < validation_percentage:
         return "validation"
@@ -165,20 +176,38 @@ class KeywordData:
 # ------------------------------------------------------------------------------------------ loading
 
 
+def _dataset_folder(root: Path) -> Path:
+    """``root`` if it holds the dataset's folders, else the one standard folder below it that does (see
+    :data:`_NESTED_FOLDERS`); ``root`` when there is none."""
+    if any((root / name).is_dir() for name in (*KEYWORDS, BACKGROUND_FOLDER)):
+        return root
+    nested = [root / name for name in _NESTED_FOLDERS if (root / name).is_dir()]
+    if len(nested) > 1:
+        raise DataError(
+            f"{root} holds several versions of Speech Commands ({', '.join(str(n) for n in nested)}); pass "
+            "--data-root to the one to use"
+        )
+    return nested[0] if nested else root
+
+
 def _word_files(root: Path) -> dict[str, list[str]]:
     """Relative paths of every clip, per word folder (lower case), in sorted order."""
     words: dict[str, list[str]] = {}
     for folder in sorted(path for path in root.iterdir() if path.is_dir()):
         if folder.name == BACKGROUND_FOLDER or folder.name.startswith("."):
             continue
-        files = sorted(f"{folder.name}/{wav.name}" for wav in folder.glob("*.wav"))
+        # hidden files are not clips: macOS leaves ._<name>.wav resource forks in archives it makes
+        files = sorted(f"{folder.name}/{wav.name}" for wav in folder.glob("*.wav") if not wav.name.startswith("."))
         if files:
             words.setdefault(folder.name.lower(), []).extend(files)
     if not words:
         raise DataError(f"no <word>/*.wav clips in {root}; {_HOW_TO_GET}")
     missing = [word for word in KEYWORDS if word not in words]
     if missing:
-        raise DataError(f"{root} has no folder of clips for {', '.join(missing)}; is it Speech Commands? {_HOW_TO_GET}")
+        raise DataError(
+            f"{root} has no folder of clips for {', '.join(missing)} (missing, or empty); is it Speech Commands? "
+            f"{_HOW_TO_GET}"
+        )
     return words
 
 
@@ -200,6 +229,20 @@ def _assign(
 ) -> dict[str, tuple[list[str], list[str]]]:
     """partition -> (keyword clips, other clips)."""
     lists = {name: _read_list(root, name) for name in LIST_FILES} if split == "lists" else {}
+    if lists:
+        clips = {file for files in words.values() for file in files}
+        for name, listed in lists.items():
+            if unknown := sorted(listed - clips):
+                raise DataError(
+                    f"{root / LIST_FILES[name]} names {len(unknown)} clip(s) that are not in {root}, the first "
+                    f"{unknown[0]!r}: the list of another version of the dataset, or clips deleted; restore them, "
+                    "remove them from the list, or use split='hash'"
+                )
+        if both := sorted(lists["validation"] & lists["testing"]):
+            raise DataError(
+                f"{len(both)} clip(s) are in both {LIST_FILES['validation']} and {LIST_FILES['testing']} of {root}, "
+                f"the first {both[0]!r}; remove them from one list, or use split='hash'"
+            )
     result: dict[str, tuple[list[str], list[str]]] = {name: ([], []) for name in PARTITIONS}
     for word, files in words.items():
         for file in files:
@@ -225,7 +268,7 @@ def _read_background(root: Path) -> tuple[Tensor, ...]:
     if not folder.is_dir():
         raise DataError(f"{folder} does not exist: silence clips and noise augmentation need it; {_HOW_TO_GET}")
     recordings = []
-    for path in sorted(folder.glob("*.wav")):
+    for path in sorted(path for path in folder.glob("*.wav") if not path.name.startswith(".")):
         samples = read_wav(path, SAMPLE_RATE)
         if samples.shape[0] <= CLIP_SAMPLES:
             raise DataError(f"{path} has {samples.shape[0]} samples; background noise must be longer than 1 s")
@@ -263,7 +306,7 @@ def load_keyword_data(
     """
     if split not in SPLITS:
         raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    root = Path(root) if root is not None else default_speech_root()
+    root = _dataset_folder(Path(root) if root is not None else default_speech_root())
     if download:
         fetch_speech_commands(root)
     if not root.is_dir():
@@ -369,8 +412,12 @@ def fetch_speech_commands(root: Path, *, opener: Callable[..., Any] = urllib.req
                 while chunk := response.read(1 << 20):
                     digest.update(chunk)
                     archive.write(chunk)
-        except OSError as error:
-            raise DataError(f"could not download {url}: {error}; check the connection or use --data-root") from None
+        except (OSError, http.client.HTTPException) as error:  # IncompleteRead: the connection dropped mid-file
+            raise DataError(
+                f"could not download {url}: {error}; check the connection, or download it by hand, unpack it into "
+                f"{root} (`mkdir -p {root} && tar xzf {PurePosixPath(url).name} -C {root}`) and run again without "
+                "--download"
+            ) from None
         archive.flush()
         if digest.hexdigest() != checksum:
             raise DataError(f"{url} has SHA-256 {digest.hexdigest()}, expected {checksum}: not unpacked")
