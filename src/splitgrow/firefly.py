@@ -257,7 +257,8 @@ def _overrides(
             key = f"{module_name}.{name}" if module_name else name
             base = replaced.get(key, getattr(module, name).detach())
             moved = base.movedim(dim, 0)
-            value = values[name].to(moved.dtype).reshape(len(rows), *getattr(original, name).movedim(dim, 0).shape[1:])
+            row_shape = getattr(original, name).movedim(dim, 0).shape[1:]
+            value = values[name].movedim(dim, 0).to(moved.dtype).reshape(len(rows), *row_shape)
             if kept_inputs is not None and name in input_dims:
                 # the copy's rows also have the other candidates' columns (zero: a new neuron sees no new neuron)
                 row_dim = input_dims[name] - (1 if input_dims[name] > dim else 0)

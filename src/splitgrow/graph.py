@@ -989,6 +989,7 @@ class ChannelGraph:
             self._block_node(node, f"'{node.name}' reduces over every dimension")
             return
         reduced = {d % rank for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
+        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
         out_dim = 0
         for dim in range(rank):
             if dim in reduced:
@@ -997,7 +998,10 @@ class ChannelGraph:
                     out_dim += 1
                 continue
             if dim > 0:
-                self._link(self.space(source.name, dim), self.space(node.name, out_dim))
+                out = self.space(node.name, out_dim)
+                self._link(self.space(source.name, dim), out)
+                if out is not None and name in ("amax", "amin"):  # a maximum over positions: a kink, as max pooling
+                    out.nonlinearity = PIECEWISE_LINEAR
             out_dim += 1
 
     # ---------------------------------------------------------------------------------------- closure

@@ -572,14 +572,22 @@ def _new_rows(module: nn.Module, handler, unit: _Unit, addition: NewNeuron) -> d
     """The inserted rows of a new neuron in one module, by tensor name."""
     if unit.role == "member":
         part = torch.as_tensor(addition.parameters).reshape(-1).to(torch.float64)[unit.columns]
-        return {name: row[0] for name, row in handler.parameters_from_theta(module, part.unsqueeze(0)).items()}
+        return _rows_of(module, handler, part)
     return {name: handler.new_channel_value(module, name) for name, _ in handler.output_tensors(module)}
+
+
+def _rows_of(module: nn.Module, handler, theta: Tensor) -> dict[str, Tensor]:
+    """One neuron's parameters ``theta`` as rows of the module's tensors (by name): each tensor's slice at one
+    output channel, whichever of its dimensions holds the output channels."""
+    dims = dict(handler.output_tensors(module))
+    parameters = handler.parameters_from_theta(module, theta.unsqueeze(0))
+    return {name: value.select(dims.get(name, 0), 0) for name, value in parameters.items()}
 
 
 def _member_rows(module: nn.Module, handler, unit: _Unit, shift: Tensor, epsilon: float) -> dict[str, Tensor]:
     """eps times the member's part of an offspring's shift, as rows of the module's tensors (by name)."""
     part = (epsilon * torch.as_tensor(shift).reshape(-1).to(torch.float64))[unit.columns]
-    return {name: row[0] for name, row in handler.parameters_from_theta(module, part.unsqueeze(0)).items()}
+    return _rows_of(module, handler, part)
 
 
 def optimizer_list(

@@ -90,9 +90,10 @@ COLORS = {
     "scratch": "tab:gray",
 }
 ACTIVATIONS = ("softplus", "relu")
-#: the one site that grows: the prototype layer (the encoder is excluded; its last layer feeds the prototypes)
+#: the one site that grows: the prototype layer (the encoder and the decoder's transposed convolutions are
+#: excluded: the paper grows the prototypes alone)
 SITE = "prototypes"
-EXCLUDED = ("encoder",)
+EXCLUDED = ("encoder", "decoder")
 TERMS = ("classification", "reconstruction", "nearest_image", "nearest_prototype")
 #: the interpretability measures (larger: less interpretable), with their labels
 MEASURES = {

@@ -139,7 +139,8 @@ class NeuronHandler(LayerHandler):
         return rows
 
     def parameters_from_theta(self, module: nn.Module, theta: Tensor) -> dict[str, Tensor]:
-        """The module's parameters (by attribute name) for neuron parameters ``theta`` (k, d) (any k rows)."""
+        """The module's parameters (by attribute name) for neuron parameters ``theta`` (k, d) (any k rows), each in
+        the module's own layout with the k neurons along the dimension :meth:`output_tensors` names."""
         entries = module.weight[0].numel()
         found = {"weight": theta[:, :entries].reshape(theta.shape[0], *module.weight.shape[1:])}
         if self.has_bias(module):
