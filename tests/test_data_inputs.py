@@ -480,6 +480,11 @@ def test_speech_commands_as_torchaudio_or_the_archive_leave_it(tmp_path, nested)
         (tmp_path / nested / folder / "._apple_double.wav").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
     data = load_keyword_data(tmp_path, seed=0)
     assert data.root == tmp_path / nested
+    assert data.version == "v0.02"  # its words include one only v0.02 recorded
+    shutil.rmtree(tmp_path / nested / "backward")
+    assert data.version == "v0.01"
+    (tmp_path / nested / "backward").mkdir()
+    (tmp_path / nested / extra).write_bytes(wav_bytes(tone(77).tobytes()))
     rows = {file: row for row, file in enumerate(data.training.files) if file}
     assert set(rows) == {file for file in [*written, extra] if which_set(file) == "training"}
     for file, row in rows.items():

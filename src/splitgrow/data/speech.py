@@ -67,6 +67,8 @@ KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go
 #: label index -> name, in TensorFlow's order (silence 0, unknown 1, then the keywords)
 CLASSES = (SILENCE_LABEL, UNKNOWN_LABEL, *KEYWORDS)
 BACKGROUND_FOLDER = "_background_noise_"
+#: the five words v0.02 added to v0.01's thirty
+_WORDS_ADDED_IN_V002 = ("backward", "follow", "forward", "learn", "visual")
 LIST_FILES = {"validation": "validation_list.txt", "testing": "testing_list.txt"}
 PARTITIONS = ("training", "validation", "testing")
 SPLITS = ("hash", "lists")
@@ -165,6 +167,11 @@ class KeywordData:
     @property
     def synthetic(self) -> bool:
         return self.name == "speech-synthetic"
+
+    @property
+    def version(self) -> str:
+        """'v0.02' when the words only that version recorded are there, else 'v0.01'."""
+        return "v0.02" if any((self.root / word).is_dir() for word in _WORDS_ADDED_IN_V002) else "v0.01"
 
     def partition(self, name: str) -> KeywordSet:
         """'training', 'validation' or 'testing'."""

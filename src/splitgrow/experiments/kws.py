@@ -229,7 +229,7 @@ def data_label(data: KeywordData) -> str:
     """What every result says about its data."""
     if data.synthetic:
         return SYNTHETIC_LABEL
-    return f"Speech Commands v0.01 ({data.root})"
+    return f"Speech Commands {data.version} ({data.root})"
 
 
 def compute_features(data: KeywordData, config: KwsConfig, seed: int, device: torch.device) -> KeywordFeatures:
