@@ -485,10 +485,10 @@ def fetch(name: str, root: Path, *, opener=urllib.request.urlopen) -> None:
         atomic_write_bytes(target, data)
         if name == "cifar10":
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
-                for member in archive.getmembers():
-                    if member.isfile() and member.name.startswith("cifar-10-batches-py/"):
-                        stream = archive.extractfile(member)
-                        atomic_write_bytes(root / member.name, stream.read())
+                # the batch files by their known names only: no path a member names is ever written to
+                for batch in (*_CIFAR_FILES["train"], *_CIFAR_FILES["test"]):
+                    stream = archive.extractfile(f"{_CIFAR_FOLDER}/{batch}")
+                    atomic_write_bytes(root / _CIFAR_FOLDER / batch, stream.read())
 
 
 # ------------------------------------------------------------------------------------------ batches
