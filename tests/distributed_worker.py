@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import datetime
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -26,13 +28,46 @@ def data(rank: int | None, world: int = 2) -> list[tuple[torch.Tensor, torch.Ten
 
 
 def run(rank: int, world: int, address: str, out: str, solvers: list[str]) -> None:
-    dist.init_process_group("gloo", init_method=address, rank=rank, world_size=world)
+    # a process left waiting in a reduction fails after a minute instead of hanging the test suite
+    dist.init_process_group(
+        "gloo", init_method=address, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60)
+    )
     try:
         for solver in solvers:
             grow(rank, out, solver)
+        unequal_shards(rank, out)
         dist.barrier()  # neither process tears the group down while the other may still talk to it
     finally:
         dist.destroy_process_group()
+
+
+#: the batches of each process in the unequal-shard cases: 3 and 1, then 2 and none
+UNEQUAL = {"unequal": ([0, 1, 2], [3]), "empty": ([0, 1], [])}
+
+
+def unequal_shards(rank: int, out: str) -> None:
+    """Shards of unequal length, with plain and adaptive statistics: what each process finds, warns and raises."""
+    from splitgrow.errors import SplitgrowError
+    from splitgrow.growth import Grower, GrowthPolicy
+    from splitgrow.statistics.adaptive import AdaptiveStatistics
+
+    found = {}
+    for case, shards in UNEQUAL.items():
+        for adaptive in (None, AdaptiveStatistics(min_batches=1, max_batches=None)):
+            shard = [data(None)[k] for k in shards[rank]]
+            policy = GrowthPolicy(count=1, statistics_batches=None, adaptive=adaptive)
+            grower = Grower(network(), data(None)[0][0], shard, policy=policy, loss_function=F.cross_entropy)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    results = grower.statistics()
+                    outcome = {"indexes": {name: result.indexes for name, result in results.items()}}
+                    outcome["weight"] = results.weight
+                except SplitgrowError as error:
+                    outcome = {"error": str(error)}
+            outcome["warnings"] = [str(w.message) for w in caught if "ran out of batches" in str(w.message)]
+            found[case, adaptive is not None] = outcome
+    torch.save(found, f"{out}/unequal-rank{rank}.pt")
 
 
 def grow(rank: int, out: str, solver: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from distributed_worker import data, network, run
+from distributed_worker import UNEQUAL, data, network, run
 
 from splitgrow.growth import Grower, GrowthPolicy
 
@@ -53,3 +53,25 @@ def test_two_processes_find_the_single_process_indexes_and_grow_identically(proc
     for found in ranks:  # the in-step check passes on the grown replicas and catches a 1e-12 difference
         assert found["in_step"][0] == ""
         assert "process 1 holds other weights than process 0 (after the split)" in found["in_step"][1]
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["plain", "adaptive"])
+def test_shards_of_unequal_length_stop_together_instead_of_waiting_forever(processes, adaptive):
+    """Shards of 3 and 1 batches: both processes stop after one batch each (process 0 warns), with the indexes of
+    those two batches; an empty shard: both processes raise at once. (Before, the longer shard's process waited
+    forever in the next reduction.)"""
+    ranks = [torch.load(processes / f"unequal-rank{rank}.pt", weights_only=False) for rank in range(2)]
+    first_each = [data(None)[shard[0]] for shard in UNEQUAL["unequal"]]
+    policy = GrowthPolicy(count=1, statistics_batches=None)
+    expected = Grower(
+        network(), first_each[0][0], first_each, policy=policy, loss_function=F.cross_entropy
+    ).statistics()
+    for found in ranks:
+        unequal = found["unequal", adaptive]
+        assert unequal["weight"] == 12  # two batches of 6, one from each process
+        for name, result in expected.items():
+            torch.testing.assert_close(unequal["indexes"][name], result.indexes, rtol=1e-10, atol=1e-12)
+        assert "the data gave no batches" in found["empty", adaptive]["error"]
+    warned = [found["unequal", adaptive]["warnings"] for found in ranks]
+    assert len(warned[0]) == 1 and warned[1] == []  # process 0 alone warns, once
+    assert "1 of 2 processes ran out of batches after 1; every process stops there" in warned[0][0]

@@ -296,7 +296,7 @@ class Grower:
         options = self._options()
         accumulator = options.accumulator(graph, chosen)
         if chosen:
-            for record in record_batches(self.model, graph, self._data(), chosen, **contract):
+            for record in record_batches(self.model, graph, self._data(), chosen, reduce=reduce, **contract):
                 accumulator.add(record)
         return solve(accumulator, options, skipped=skipped, reduce=reduce)
 

@@ -149,6 +149,7 @@ def adaptive_splitting(
         reduction=reduction,
         batches=adaptive.max_batches,
         progress=progress,
+        reduce=reduce,
     ):
         accumulator.add(record)
         if accumulator.batches < target:

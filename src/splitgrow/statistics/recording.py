@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,9 +32,10 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from ..errors import SplitgrowError
+from ..errors import SplitgrowError, SplitgrowWarning
 from ..graph import ChannelGraph, Site
 from ..inspection import non_finite_tensor
+from .distributed import rank
 
 LossFunction = Callable[[Any, Any], Tensor]
 LossClosure = Callable[[nn.Module, Any], "Tensor | tuple[Tensor, float]"]
@@ -216,11 +218,18 @@ def record_batches(
     reduction: str = "auto",
     batches: int | None = None,
     progress: bool = False,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> Iterator[BatchRecord]:
     """One pass over (the first ``batches`` of) ``data`` in eval mode: a :class:`BatchRecord` per batch.
 
+    With ``reduce`` (a sum over the processes of a distributed run), the processes step through their shards in
+    lockstep and every one stops at the first batch that one of them lacks: a shard shorter than the others (or
+    empty) then ends the pass everywhere, with a warning, instead of leaving the other processes waiting forever in
+    the statistics' next reduction.
+
     The model is restored to its mode after the pass, even when the consumer stops early. Raises
-    StatisticsError for a non-scalar or non-finite loss, an unusable batch, inference mode, or no batch at all.
+    StatisticsError for a non-scalar or non-finite loss, an unusable batch, inference mode, or no batch at all
+    (on every process at once, under ``reduce``).
     """
     if (loss_function is None) == (closure is None):
         raise StatisticsError("give exactly one of loss_function (outputs, targets) and closure (model, batch)")
@@ -242,9 +251,10 @@ def record_batches(
     was_training = model.training
     model.eval()
     count = 0
+    lockstep = _Lockstep(reduce) if reduce is not None else None
     try:
         with torch.enable_grad():
-            for batch in iterator:
+            for batch in _until_exhausted(iterator, lockstep):
                 if batches is not None and count >= batches:
                     break
                 batch = batch_to_device(batch, device)
@@ -273,6 +283,44 @@ def record_batches(
         model.train(was_training)
     if count == 0:
         raise StatisticsError("the data gave no batches (or only empty ones)")
+
+
+class _Lockstep:
+    """Whether every process still has a batch, asked once per batch (one all-reduce of a scalar)."""
+
+    def __init__(self, reduce: Callable[[Tensor], Tensor]) -> None:
+        self.reduce = reduce
+        self.processes = float(reduce(torch.ones((), dtype=torch.float64)))
+        self.steps = 0
+
+    def all_have(self, has_batch: bool) -> bool:
+        holding = float(self.reduce(torch.tensor(float(has_batch), dtype=torch.float64)))
+        if 0 < holding < self.processes and rank() == 0:
+            warnings.warn(
+                f"splitting statistics: {self.processes - holding:g} of {self.processes:g} processes ran out of "
+                f"batches after {self.steps}; every process stops there (shard the statistics data equally, as "
+                "DistributedSampler does)",
+                SplitgrowWarning,
+                stacklevel=4,
+            )
+        self.steps += 1
+        return holding == self.processes
+
+
+def _until_exhausted(iterator: Iterable, lockstep: _Lockstep | None) -> Iterator[Any]:
+    """The batches of ``iterator``; with ``lockstep``, only while every process has one."""
+    if lockstep is None:
+        yield from iterator
+        return
+    batches = iter(iterator)
+    while True:
+        batch = next(batches, _END)
+        if not lockstep.all_have(batch is not _END):
+            return
+        yield batch
+
+
+_END = object()
 
 
 def _check_loss(loss: Any, index: int, model: nn.Module) -> None:

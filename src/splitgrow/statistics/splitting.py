@@ -272,6 +272,7 @@ def one_pass(
         reduction=reduction,
         batches=batches,
         progress=progress,
+        reduce=reduce,
     ):
         accumulator.add(record)
     return accumulator.result(reduce)
@@ -455,6 +456,7 @@ def splitting_eigenpairs(
             reduction=reduction,
             batches=batches,
             progress=progress,
+            reduce=reduce,
         ):
             accumulator.add(record)
     return solve(accumulator, options, skipped=skipped, warm_start=warm_start, reduce=reduce)
