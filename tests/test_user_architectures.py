@@ -22,7 +22,7 @@ from splitgrow import ChannelGraph, SplittableNetwork
 from splitgrow.activations import hardsigmoid, hardswish
 from splitgrow.graph import GraphError
 from splitgrow.growth import Grower, GrowthPolicy
-from splitgrow.inspection import model_flops
+from splitgrow.inspection import model_flops, site_table
 from splitgrow.surgery import SplitRequest
 
 pytestmark = pytest.mark.filterwarnings("ignore::splitgrow.errors.SplitgrowWarning")
@@ -255,6 +255,8 @@ def test_mbconv_expansion_gated_by_squeeze_excitation_is_an_exact_chain_site() -
         assert expansion.gates == [f"{block}.block.2.fc2"]
         assert f"copied exactly when site '{block}.block.0.0'" in graph.skipped()[f"{block}.block.2.fc2"]
     assert "no activation with curvature" in graph.skipped()["blocks.1.block.3.0"]  # the linear projection
+    (row,) = [row for row in site_table(graph, images)[0] if row["site"] == "blocks.1.block.0.0"]
+    assert row["note"] == "with blocks.1.block.1.0; gated by blocks.1.block.2.fc2 (copied)"
     assert_exact_splits(model, images, labels, ["blocks.0.block.0.0", "blocks.1.block.0.0", "blocks.1.block.2.fc1"])
     assert_exact_splits(model, images, labels, ["head.0"])
     assert_optimisers_continue(model, images, labels, "blocks.1.block.0.0")

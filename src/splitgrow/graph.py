@@ -1544,6 +1544,7 @@ class ChannelGraph:
                 "kinks": site.kinks,
                 "splittable": site.splittable,
                 "note": site.reason or site.inexact_reason,
+                "gates": site.gates,
             }
             for site in self.sites.values()
         ]

@@ -186,7 +186,14 @@ def site_table(
             "exact": site.exact,
             "note": site.reason
             or site.inexact_reason
-            or (f"with {', '.join(members[1:])}" if len(members) > 1 else ""),
+            or "; ".join(
+                part
+                for part in (
+                    f"with {', '.join(members[1:])}" if len(members) > 1 else "",
+                    f"gated by {', '.join(site.gates)} (copied)" if site.gates else "",
+                )
+                if part
+            ),
         }
         if results is not None and name in results:
             result = results[name]
