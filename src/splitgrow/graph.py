@@ -136,11 +136,15 @@ _POOLING = {
     torch.nn.functional.avg_pool2d: LINEAR,
     torch.nn.functional.adaptive_avg_pool1d: LINEAR,
     torch.nn.functional.adaptive_avg_pool2d: LINEAR,
+    torch.nn.functional.avg_pool3d: LINEAR,
+    torch.nn.functional.adaptive_avg_pool3d: LINEAR,
     torch.nn.functional.interpolate: LINEAR,
     torch.nn.functional.max_pool1d: PIECEWISE_LINEAR,
     torch.nn.functional.max_pool2d: PIECEWISE_LINEAR,
     torch.nn.functional.adaptive_max_pool1d: PIECEWISE_LINEAR,
     torch.nn.functional.adaptive_max_pool2d: PIECEWISE_LINEAR,
+    torch.nn.functional.max_pool3d: PIECEWISE_LINEAR,
+    torch.nn.functional.adaptive_max_pool3d: PIECEWISE_LINEAR,
 }
 _CONCATENATIONS = {torch.cat, torch.concat}
 _CHUNKS = {torch.chunk}

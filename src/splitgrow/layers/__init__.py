@@ -1,7 +1,7 @@
 """How splitgrow sees each layer type: one :class:`LayerHandler` per type, and the activation table.
 
 * :mod:`.base`: the handler interface (graph, surgery, cost, statistics);
-* :mod:`.linear`, :mod:`.conv`, :mod:`.conv1d`, :mod:`.conv_transpose`, :mod:`.normalization`,
+* :mod:`.linear`, :mod:`.conv`, :mod:`.conv1d`, :mod:`.conv3d`, :mod:`.conv_transpose`, :mod:`.normalization`,
   :mod:`.instance_norm`, :mod:`.per_channel`, :mod:`.prelu`, :mod:`.refused`: the built-in handlers, one idea each;
 * :mod:`.activations`: activation modules, functions and methods with phi, phi', phi'' and their exactness;
 * :mod:`.registry`: lookup by module type, and :func:`register_layer` for your own layers.

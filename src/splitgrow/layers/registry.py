@@ -14,6 +14,7 @@ from .activations import activation_of_module
 from .base import LayerHandler
 from .conv import Conv2dHandler
 from .conv1d import Conv1dHandler
+from .conv3d import Conv3dHandler
 from .conv_transpose import ConvTransposeHandler
 from .instance_norm import InstanceNormHandler
 from .linear import LinearHandler
@@ -63,6 +64,7 @@ for _handler in (
     LinearHandler(),
     Conv2dHandler(),
     Conv1dHandler(),
+    Conv3dHandler(),
     ConvTransposeHandler(),
     BatchNormHandler(),
     InstanceNormHandler(),

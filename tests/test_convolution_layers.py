@@ -1,7 +1,9 @@
-"""Transposed convolutions (decoders, U-Nets, upsampling audio nets), float64: the handler's reading of the layer
-as a stride-1 convolution of a spread and padded input is the layer itself for every stride, padding, output
-padding, dilation and bias; its sites split exactly; surgery, optimisers, new neurons and resizing follow its
-(in, out, *kernel) weight layout; and what it cannot grow is refused by name."""
+"""Transposed and three-dimensional convolutions (decoders, U-Nets, upsampling audio nets; video and volumetric
+nets), float64: each handler's reading of its layer (a transposed convolution as the stride-1 convolution of a
+spread and padded input; a Conv3d's input rows gathered tap by tap) is the layer itself for every stride, padding,
+output padding, dilation and bias; their sites split exactly (a 3-D depthwise-separable chain included); surgery,
+optimisers, new neurons and resizing follow the transposed (in, out, *kernel) weight layout; and what cannot grow
+is refused by name."""
 
 from __future__ import annotations
 
@@ -29,7 +31,11 @@ LAYERS = {
     "dilated-no-bias": lambda: nn.ConvTranspose2d(3, 5, (3, 2), stride=(3, 2), padding=(2, 1), dilation=2, bias=False),
     "cropping": lambda: nn.ConvTranspose2d(3, 5, 3, padding=3),  # padding > dilation * (kernel - 1): a crop
     "1d": lambda: nn.ConvTranspose1d(3, 5, 4, stride=2, padding=1, output_padding=1),
+    "conv3d": lambda: nn.Conv3d(3, 5, (2, 3, 3), stride=(1, 2, 1), padding=(1, 0, 2), dilation=(1, 1, 2)),
+    "conv3d-replicate": lambda: nn.Conv3d(3, 5, 3, padding=1, padding_mode="replicate", bias=False),
 }
+#: the input's spatial shape for each number of spatial dimensions
+SPATIAL = {1: [6], 2: [7, 6], 3: [4, 7, 6]}
 
 
 @pytest.mark.parametrize("name", LAYERS)
@@ -37,7 +43,7 @@ def test_the_rows_product_and_adjoint_are_the_layer(name: str) -> None:
     """theta^T h_p at every output position, H V^T and its adjoint all reproduce the layer (and each other)."""
     torch.manual_seed(0)
     layer = LAYERS[name]().double()
-    inputs = torch.randn(2, 3, *([7, 6] if isinstance(layer, nn.ConvTranspose2d) else [6]), dtype=torch.float64)
+    inputs = torch.randn(2, 3, *SPATIAL[len(layer.kernel_size)], dtype=torch.float64)
     handler = handler_for(layer)
     expected = layer(inputs)
     prepared = handler.prepare_inputs(layer, inputs)
@@ -49,9 +55,9 @@ def test_the_rows_product_and_adjoint_are_the_layer(name: str) -> None:
     directions, field = torch.randn(3, theta.shape[1], dtype=torch.float64), torch.randn_like(expected[:, :3])
     inner = (handler.apply(layer, prepared, directions) * field).sum()
     torch.testing.assert_close((handler.adjoint(layer, prepared, field) * directions).sum(), inner)
-    # unprepare is the adjoint of prepare_inputs
-    probe = torch.randn_like(prepared)
-    torch.testing.assert_close((prepared * probe).sum(), (inputs * handler.unprepare(layer, probe)).sum())
+    if layer.padding_mode == "zeros":  # unprepare is the adjoint of (zero) prepare_inputs
+        probe = torch.randn_like(prepared)
+        torch.testing.assert_close((prepared * probe).sum(), (inputs * handler.unprepare(layer, probe)).sum())
     rebuilt = handler.parameters_from_theta(layer, theta)
     torch.testing.assert_close(rebuilt["weight"], layer.weight.detach())
 
@@ -181,3 +187,41 @@ def test_a_call_with_an_output_size_that_changes_the_shape_is_refused() -> None:
     assert (
         "called with an output_size that gives (8, 8) where its output_padding gives (7, 7)" in graph.skipped()["conv"]
     )
+
+
+class VideoNet(nn.Module):
+    """A strided 3-D stem, then a depthwise-separable 3-D block (pointwise -> BN -> Softplus -> depthwise -> BN ->
+    SiLU), pooled over time and space."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv3d(3, 4, 3, stride=(1, 2, 2), padding=1)
+        self.pointwise, self.bn1 = nn.Conv3d(4, 6, 1, bias=False), nn.BatchNorm3d(6)
+        self.depthwise, self.bn2 = nn.Conv3d(6, 6, 3, padding=1, groups=6, bias=False), nn.BatchNorm3d(6)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.softplus(self.stem(x))
+        x = F.silu(self.bn2(self.depthwise(F.softplus(self.bn1(self.pointwise(x))))))
+        return self.fc(F.adaptive_avg_pool3d(x, 1).flatten(1))
+
+
+def test_a_video_net_splits_exactly_through_its_3d_convolutions_and_depthwise_chain() -> None:
+    torch.manual_seed(0)
+    model = VideoNet().double().eval()
+    with torch.no_grad():
+        for norm in (model.bn1, model.bn2):
+            norm.running_mean.normal_(0.0, 0.1)
+            norm.running_var.uniform_(0.5, 1.5)
+    clips, labels = torch.randn(2, 3, 3, 4, 4, dtype=torch.float64), torch.randint(0, 3, (2,))
+    graph = ChannelGraph(model, clips)
+    assert (graph.sites["stem"].engine, graph.sites["pointwise"].engine) == ("ridge", "chain")
+    assert graph.sites["pointwise"].neuron_dim == 4 + 27  # the pointwise filter and its depthwise kernel
+    assert_exact_splits(model, clips, labels, ["stem", "pointwise"])
+    dense = SplittableNetwork(copy.deepcopy(model), clips).splitting([(clips, labels)], classification_loss)
+    free = SplittableNetwork(copy.deepcopy(model), clips).splitting(
+        [(clips, labels)], classification_loss, solver="lobpcg", tolerance=1e-8
+    )
+    for name in ("stem", "pointwise"):
+        torch.testing.assert_close(free[name].indexes.min(), dense[name].indexes.min(), rtol=1e-5, atol=1e-10)
+    assert_optimisers_continue(model, clips, labels, "pointwise")
