@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from splitgrow import ChannelGraph, SplittableNetwork
 from splitgrow.firefly import FireflyOptions, new_neuron_candidates
 from splitgrow.graph import GraphError
-from splitgrow.inspection import added_cost
+from splitgrow.inspection import added_cost, layer_flops
 from splitgrow.layers import handler_for
 from splitgrow.surgery import SplitRequest, resize_like
 
@@ -103,6 +103,8 @@ def test_a_decoder_splits_exactly_through_its_transposed_convolutions() -> None:
     graph = ChannelGraph(model, images)
     assert {name: graph.sites[name].engine for name in ("up1", "up2")} == {"up1": "ridge", "up2": "ridge"}
     assert graph.sites["up1"].neuron_dim == 4 * 9 + 1 and graph.sites["up1"].num_neurons == 5
+    # each of the 4 x 4 input positions meets every tap of every filter once (a multiply-add counts 2)
+    assert layer_flops(graph)["up1"] == 2 * (4 * 4) * (4 * 5 * 3 * 3)
     assert graph.coupled_modules("up1") == {"producers": ["up1"], "per_channel": ["bn"], "consumers": ["up2"]}
     assert_exact_splits(model, images, labels, ["down", "up1", "up2"])
     dense = SplittableNetwork(copy.deepcopy(model), images).splitting([(images, labels)], classification_loss)
