@@ -275,7 +275,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         quick_training(args)
-        args.sample_sizes, args.draws, args.adaptive_draws, args.epoch_images = [32, 64], 2, 1, 32
+        args.sample_sizes, args.draws, args.adaptive_draws, args.epoch_images = [16, 32], 2, 1, 32
         args.tolerances, args.max_positions = [ITERATIVE_TOLERANCE], [0, 64]
 
     def measure(name: str, device: torch.device) -> dict[str, Any]:

@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.quick:
-        args.models, args.samples, args.repeats = ["mobilenetv1:2"], 32, 1
+        args.models, args.samples, args.repeats = ["mobilenetv1:2"], 16, 1
     device = torch.device(args.device)
     rows = []
     for spec in args.models:

@@ -372,7 +372,7 @@ def main() -> None:
     if args.quick:
         quick_training(args)
         args.original_samples, args.epoch_images, args.check_exact = 8, 32, True
-        args.fixed_samples, args.max_positions, args.draws = [32, 64], 64, 2
+        args.fixed_samples, args.max_positions, args.draws = [16, 32], 64, 2
     run_models(
         args,
         lambda name, device: benchmark_model(name, args, device),

@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.quick:
-        args.models, args.samples, args.random_data = ["vgg19:2", "mobilenetv1:2"], 64, True
+        args.models, args.samples, args.random_data = ["vgg19:2", "mobilenetv1:2"], 16, True
     device = torch.device(args.device)
     batches = _batches(args.samples, args.random_data)
     rows = []

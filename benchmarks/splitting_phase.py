@@ -305,9 +305,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.channels is None:
         args.channels = [16, 64] if args.quick else [16, 64, 128, 256, 512]
-    if args.quick:
-        args.layer_samples, args.network_samples = 8, 128
-        args.sample_sizes, args.width = [32, 64], 8
+    if args.quick:  # batches of 16, so that the subsamples (1 and 2 batches) and the check (1) are distinct sizes
+        args.layer_samples, args.network_samples, args.batch_size = 8, 64, 16
+        args.sample_sizes, args.start_check_samples, args.width = [16, 32], 16, 8
     device = torch.device(args.device)
     machine = describe_machine(device)
     layers = []

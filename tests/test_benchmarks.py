@@ -7,21 +7,39 @@ reported by the scripts, never tested.
 from __future__ import annotations
 
 import json
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_script(name: str, *args: str) -> None:
-    completed = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True, text=True, check=False
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    """Run ``python benchmarks/NAME ARGS``, from its ``__main__`` block, in this process.
+
+    The same code from the same entry point as the command line, without a fresh interpreter: importing torch and
+    torch._dynamo (which the first optimiser imports) costs a new process several seconds, more than most quick
+    runs. The scripts seed every draw themselves; what a run changes in this process (torch's global random state
+    and thread count, the arguments, the import path, the scripts' shared module ``_common`` and its cached data)
+    is put back afterwards, so that each run starts as the command line would and the tests after it are unaffected.
+    """
+    benchmarks = str(ROOT / "benchmarks")
+    argv, threads = sys.argv, torch.get_num_threads()
+    sys.argv = [str(ROOT / "benchmarks" / name), *args]
+    sys.path.insert(0, benchmarks)  # the scripts import _common from their own directory
+    try:
+        with torch.random.fork_rng(devices=[]):
+            runpy.run_path(sys.argv[0], run_name="__main__")
+    finally:
+        sys.argv = argv
+        sys.path.remove(benchmarks)
+        sys.modules.pop("_common", None)
+        torch.set_num_threads(threads)
 
 
 def test_splitting_phase_quick(tmp_path):
