@@ -7,7 +7,8 @@
 
 The graph of sites is traced again whenever the model's shapes changed (after every split); the model object, its
 parameters and the optimiser keep their identity, so a training loop (and its learning-rate scheduler) simply
-continues.
+continues. A model compiled with ``torch.compile`` may be given as it is: the splits reach the module it compiled,
+whose parameters it shares, and the compiled model recompiles for the new shapes at its next call.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ class SplittableNetwork:
     """A model, its splittable sites, and the operations of Algorithm 1 on it.
 
     Args:
-        model: any ``nn.Module`` that ``torch.fx`` can trace; changed in place by :meth:`split`.
+        model: any ``nn.Module`` that ``torch.fx`` can trace, or that module compiled (``torch.compile``: its
+            ``_orig_mod`` is traced and split); changed in place by :meth:`split`.
         example_inputs: a small input batch of the right shape (a tuple for several positional inputs, which may
             include some without a batch dimension, such as a (T, T) attention mask), used to trace the model.
         exclude: module names (or name prefixes) never to split.
@@ -45,7 +47,9 @@ class SplittableNetwork:
         exclude: Sequence[str] = (),
         relu_surrogate: float | None = None,
     ) -> None:
-        self.model = model
+        # torch.compile's wrapper shares the module's parameters and guards on their shapes: grow the module itself
+        compiled = getattr(model, "_orig_mod", None)
+        self.model = compiled if isinstance(compiled, nn.Module) else model
         self.example_inputs = example_inputs
         self.exclude = tuple(exclude)
         self.relu_surrogate = relu_surrogate

@@ -20,7 +20,9 @@ gradient of each offspring's parameters (member and copied rows) is half the par
 gradient is unchanged. Hence, for duplicated rows, first-moment state (SGD ``momentum_buffer``, Adam ``exp_avg``,
 ...) is halved and second-moment state (Adam ``exp_avg_sq``, Adagrad ``sum``, RMSprop ``square_avg``, ...) is
 quartered, so that Adam's update m / sqrt(v) is unchanged; consumer columns keep their state; step counts are
-unchanged. State splitgrow does not know how to carry is refused before anything changes.
+unchanged. State splitgrow does not know how to carry is refused before anything changes. A gradient left on a
+parameter (``.grad``, e.g. in the middle of a gradient accumulation) follows the first-moment rule: with eps = 0 it is
+then exactly the gradient of the grown network on the same batches, so accumulation may continue across a split.
 
 A split may also have more than two offspring, with weights of either sign (:class:`Offspring`: signed
 splitting): offspring i is theta + eps delta_i and its consumers' columns take the share w_i of the parent's
@@ -351,6 +353,22 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, parameters: list[Tensor])
             _state_scale(key, 0.5)
 
 
+def _check_own_tensors(module_name: str, module: nn.Module, names: Sequence[str]) -> None:
+    """Refuse, before anything changes, a tensor a split would grow that is neither a parameter nor a buffer of its
+    module: one a forward pre-hook recomputes at every call from tensors splitgrow does not know
+    (``torch.nn.utils.weight_norm``, ``spectral_norm``, ``prune``), which would then put back the old shape."""
+    for name in names:
+        if name in module._parameters or name in module._buffers:
+            continue
+        hooks = ", ".join(sorted({type(hook).__name__ for hook in module._forward_pre_hooks.values()}))
+        source = f"recomputed at every call by a forward pre-hook ({hooks})" if hooks else "a plain attribute"
+        raise GraphError(
+            f"'{module_name}.{name}' ({type(module).__name__}) is {source}, not a parameter or buffer: a split "
+            "cannot grow it; remove the hook (torch.nn.utils.remove_weight_norm, remove_spectral_norm, "
+            f"prune.remove) to grow through '{module_name}', or exclude the sites that reach it"
+        )
+
+
 def _same_layout(grown: Tensor, reference: Tensor) -> Tensor:
     """``grown`` (a new tensor) laid out in memory like ``reference``: a channels-last convolution weight (and its
     optimiser state) stays channels-last, as the model it belongs to expects."""
@@ -433,6 +451,7 @@ def split_network(
         module = modules[module_name]
         handler = handler_of(graph, module_name)
         tensors = handler.output_tensors(module) if role == OUTPUTS else handler.input_tensors(module)
+        _check_own_tensors(module_name, module, [name for name, _ in tensors])
         changes.append((module_name, role, module, handler, tensors, units))
     optimizers = optimizer_list(optimizer)
     grown = [getattr(m, name) for _, _, m, _, tensors, _ in changes for name, _ in tensors]
@@ -469,6 +488,7 @@ def split_network(
         order, slots = _new_order(first.shape[tensors[0][1]], units, children)
         weights = {position: float(children[id(unit.request)][copy].weight) for position, (unit, copy) in slots.items()}
         fresh = {position for position, (unit, copy) in slots.items() if is_fresh(unit, copy)}
+        zeros: dict[int, Tensor | float] = dict.fromkeys(fresh, 0.0)  # a new neuron's gradient and state start at 0
         input_dims = dict(handler.input_tensors(module))
         replace: dict[str, dict[int, Tensor | float]] = defaultdict(dict)
         perturb: dict[str, dict[int, Tensor]] = defaultdict(dict)
@@ -509,7 +529,9 @@ def split_network(
                 if isinstance(tensor, nn.Parameter) and tensor in each.state:
                     _grow_state(each.state[tensor], dim, order, state_scale, fresh)
             if isinstance(tensor, nn.Parameter):
-                _replace_data(tensor, new_value)
+                # a gradient scales like the first moment: at eps = 0, the grown network's gradient exactly
+                grad = None if tensor.grad is None else _grow_tensor(tensor.grad, dim, order, state_scale, None, zeros)
+                _replace_data(tensor, new_value, grad)
             else:
                 setattr(module, name, new_value)
         size = len(order)
@@ -601,8 +623,9 @@ def optimizer_list(
     return list(optimizer)
 
 
-def _replace_data(parameter: nn.Parameter, value: Tensor) -> None:
-    """Give ``parameter`` its grown ``value`` in place, without its gradient, and with a fresh gradient accumulator.
+def _replace_data(parameter: nn.Parameter, value: Tensor, grad: Tensor | None = None) -> None:
+    """Give ``parameter`` its grown ``value`` and ``grad`` (None: no gradient) in place, with a fresh gradient
+    accumulator.
 
     Autograd keeps one accumulator node per leaf, with the leaf's shape, for as long as any graph holds it (a
     training loop's last ``loss`` does); ``.data =`` reuses it unless the dtype or device changes, and the next
@@ -612,7 +635,7 @@ def _replace_data(parameter: nn.Parameter, value: Tensor) -> None:
     other = torch.float32 if value.dtype != torch.float32 else torch.float16
     parameter.data = torch.empty(0, dtype=other, device=value.device)
     parameter.data = value
-    parameter.grad = None
+    parameter.grad = grad
 
 
 def _grow_state(state: dict, dim: int, order: Tensor, scaled: dict[int, float], fresh: set[int]) -> None:

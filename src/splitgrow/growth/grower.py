@@ -20,8 +20,9 @@ Every object that holds per-parameter state must follow a split: give the grower
 parameters (``optimizer=[...]``) and every averaged copy of it (``averaged_models=[ema]``, e.g. a
 ``torch.optim.swa_utils.AveragedModel``), which is split the same way; any other (a second optimiser or an EMA the
 grower does not know) keeps the old shapes and fails at its next step. A stage runs in the model's own dtype, outside
-any autocast region, and drops the parameters' gradients (they belong to the old shapes): call it between optimiser
-steps, not in the middle of a gradient accumulation.
+any autocast region. Gradients left on the parameters are carried across the split like momentum (exactly the grown
+network's gradients when eps = 0), so a gradient accumulation may span a stage. A model compiled with ``torch.compile``
+may be given as it is: the grower grows the module it compiled, and the compiled model recompiles for the new shapes.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from torch import Tensor, nn
 from ..artifacts import atomic_write_bytes
 from ..errors import ConfigError, SplitgrowError
 from ..firefly import new_neuron_candidates, select_growth
-from ..graph import model_fingerprint
+from ..graph import GraphError, model_fingerprint
 from ..inspection import added_cost, model_flops, split_costs
 from ..network import SplittableNetwork
 from ..selection import Selection, eligible_neurons, select_splits, select_within_budget
@@ -106,15 +107,19 @@ class GrowthStage:
 
 def averaged_copy(averaged: nn.Module) -> nn.Module:
     """The copy of the model that an averaged model holds: ``AveragedModel`` keeps it in ``.module`` (its counter
-    beside it); an EMA module of the model's own architecture is the copy itself."""
-    return averaged.module if isinstance(averaged, torch.optim.swa_utils.AveragedModel) else averaged
+    beside it); an EMA module of the model's own architecture is the copy itself; the average of a compiled model
+    holds a compiled copy, whose own module is the copy."""
+    copy = averaged.module if isinstance(averaged, torch.optim.swa_utils.AveragedModel) else averaged
+    compiled = getattr(copy, "_orig_mod", None)
+    return compiled if isinstance(compiled, nn.Module) else copy
 
 
 class Grower:
     """Grow ``model`` by splitting steepest descent on a schedule (see the module docstring).
 
     Args:
-        model: any traceable ``nn.Module`` (the inner module of a DDP wrapper); grown in place.
+        model: any traceable ``nn.Module`` (the inner module of a DDP wrapper; a ``torch.compile`` model as it is);
+            grown in place.
         example_inputs: an input batch of the right shape, to trace the model.
         statistics_data: an iterable of batches for the splitting statistics (iterated afresh at every stage).
         policy: when, how much and how to grow.
@@ -150,8 +155,8 @@ class Grower:
     ) -> None:
         if (loss_function is None) == (closure is None):
             raise SplitgrowError("give exactly one of loss_function and closure (how the loss is computed)")
-        self.model = model
         self.net = SplittableNetwork(model, example_inputs, exclude=exclude, relu_surrogate=relu_surrogate)
+        self.model = self.net.model  # a compiled model's own module
         self.statistics_data = statistics_data
         self.policy = policy
         self.loss_function, self.closure, self.reduction = loss_function, closure, reduction
@@ -203,7 +208,7 @@ class Grower:
         """Record the epoch just ended and whether a stage is due (never with ``may_grow`` False: the last epoch of
         ``fit``, which no training would follow). The schedule (its trigger included) is consulted once."""
         self._training_seconds += time.perf_counter() - self._training_started
-        metrics = dict(metrics or {})
+        metrics = _plain_metrics(metrics)
         self.epoch += 1
         self.epochs_since_growth += 1
         self.metrics.append(metrics)
@@ -394,6 +399,13 @@ class Grower:
 
     def _grow(self, metrics: dict[str, float] | None) -> GrowthStage | None:
         started = time.perf_counter()
+        graph = self.net.graph
+        if not graph.splittable_sites():  # not splitting-stable: nothing could ever grow
+            reasons = "; ".join(f"'{name}': {reason}" for name, reason in graph.skipped().items())
+            raise GraphError(
+                f"no layer of {type(self.model).__name__} can grow ({reasons or 'it has no layer splitgrow splits'}); "
+                "Grower.net.graph.describe() lists every layer and why"
+            )
         widths_before = self.net.widths()
         parameters_before = parameter_count(self.model)
         asked = self._asked()
@@ -444,7 +456,7 @@ class Grower:
             samples=results.weight,
             batches=results.batches,
             skipped={**results.skipped, **getattr(selection, "skipped", {})},  # by the statistics and the selection
-            metrics=dict(metrics or {}),
+            metrics=_plain_metrics(metrics),
             shortfall=shortfall,
         )
         self.history.append(stage)
@@ -704,6 +716,25 @@ class Grower:
         """The phase length of a checkpoint that did not record it (written by an earlier version)."""
         length = self.policy.phase_length(len(self.history))
         return 1 if length is None else length
+
+
+def _plain_metrics(metrics: dict[str, Any] | None) -> dict[str, float]:
+    """The metrics as Python floats (a NumPy scalar or a one-element tensor as well), so that the history and the
+    checkpoints hold plain values, which the weights-only loader of :meth:`Grower.fit` reads back.
+
+    Raises:
+        ConfigError: a metric that is not a single number.
+    """
+    plain = {}
+    for name, value in (metrics or {}).items():
+        try:
+            plain[str(name)] = float(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise ConfigError(
+                f"metric {name!r} is not a single number ({type(value).__name__}); give epoch_end (with fit: evaluate "
+                "or train_epoch) numbers only"
+            ) from None
+    return plain
 
 
 def _describe(request: SplitRequest | NewNeuron) -> dict[str, Any]:
