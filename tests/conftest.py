@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
-
-from splitgrow.shallow.network import ShallowNetwork, ShallowRegression
-from splitgrow.shallow.neurons import RidgeNeuron
-
 # The tests use tiny tensors, where a second intra-op thread costs more than it gives (the suite ran about twice as
 # fast with one thread on the 2-core CI machine); the variable carries the choice to the subprocesses tests start.
+# It is set before torch (and numpy's BLAS, which reads it once, when loaded) is imported.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from splitgrow.shallow.network import ShallowNetwork, ShallowRegression  # noqa: E402
+from splitgrow.shallow.neurons import RidgeNeuron  # noqa: E402
+
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 DTYPE = torch.float64
