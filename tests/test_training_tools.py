@@ -310,24 +310,39 @@ def test_a_parametrized_layer_is_left_out_and_the_rest_grows():
 
 
 @pytest.mark.parametrize(
-    ("make", "message"),
+    ("exclude", "message"),
     [
-        (
-            lambda: nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)),
-            r"'0': its activation relu .*relu_surrogate",
-        ),
-        (lambda: nn.SyncBatchNorm.convert_sync_batchnorm(_CNN()), r"'conv': module 'norm' \(SyncBatchNorm\)"),
+        ((), ""),
+        (("2",), r"'2': excluded by the user; '0': its activation relu .*relu_surrogate"),
     ],
-    ids=["relu", "sync-batch-norm"],
+    ids=["relu", "relu-and-excluded"],
 )
-def test_a_model_with_no_layer_that_can_grow_is_an_error_not_splitting_stable(make, message):
+def test_a_model_with_no_layer_that_can_grow_is_an_error_not_splitting_stable(exclude, message):
     torch.manual_seed(0)
-    model = make().double()
-    batches = _mlp_batches() if isinstance(model, nn.Sequential) else _cnn_batches()
-    grower = _grower(model, batches)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 2)).double()
+    batches = _mlp_batches()
+    policy = GrowthPolicy(count=2, epsilon=0.05)
+    grower = Grower(model, batches[0][0], batches, policy=policy, loss_function=F.cross_entropy, exclude=exclude)
+    if not exclude:  # the Tanh layer grows
+        assert grower.grow().splits
+        return
     with pytest.raises(GraphError, match=rf"no layer of \w+ can grow \({message}.*describe\(\) lists"):
         grower.grow()
     assert not grower.stopped
+
+
+def test_sync_batch_norm_grows_as_batch_norm_does():
+    """DDP training converts BatchNorm to SyncBatchNorm; in eval mode (the statistics') it is the same map."""
+    torch.manual_seed(0)
+    plain, batches = _CNN().double(), _cnn_batches()
+    with torch.no_grad():
+        plain.norm.running_var.uniform_(0.5, 1.5)
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(plain))
+    stages = [_grower(model, batches).grow() for model in (plain, synced)]
+    assert stages[0].splits == stages[1].splits and stages[0].splits
+    assert synced.norm.num_features == plain.norm.num_features == plain.conv.out_channels
+    for name, tensor in plain.state_dict().items():
+        torch.testing.assert_close(synced.state_dict()[name], tensor, rtol=0, atol=0)
 
 
 def test_a_grown_model_saves_and_loads_as_a_state_dict_into_a_fresh_model_and_as_a_whole():

@@ -1,4 +1,5 @@
-"""``nn.BatchNorm1d/2d/3d`` in eval mode: a per-channel affine map u = s z + b, s = gamma / sqrt(var + eps).
+"""``nn.BatchNorm1d/2d/3d`` (and ``nn.SyncBatchNorm``, which DDP training uses; in eval mode it is the same map) in
+eval mode: a per-channel affine map u = s z + b, s = gamma / sqrt(var + eps).
 
 Splitting statistics are taken with the model in eval mode, where BatchNorm uses its running statistics; its
 scale s then enters a neuron's splitting matrix as s^2 (MATH.md). A split copies the channel's gamma, beta and
@@ -15,7 +16,7 @@ from .base import PER_CHANNEL, ChannelMap, LayerHandler
 
 
 class BatchNormHandler(LayerHandler):
-    types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
     def channel_map(self, module: nn.Module, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> ChannelMap:
         if not module.track_running_stats:
