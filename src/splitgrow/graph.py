@@ -378,6 +378,16 @@ def _stateful(module: nn.Module) -> bool:
     return any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
 
 
+def _recomputed_tensors(module: nn.Module, handler: LayerHandler) -> list[str]:
+    """The tensors a split would grow that are neither parameters nor buffers of ``module`` but attributes a forward
+    pre-hook sets at every call (the old-style ``weight_norm``, ``spectral_norm``, ``prune``): a split could not
+    grow them, since the hook would put back the old shape."""
+    if not module._forward_pre_hooks:
+        return []
+    names = [name for name, _ in (*handler.output_tensors(module), *handler.input_tensors(module))]
+    return [name for name in dict.fromkeys(names) if name not in module._parameters and name not in module._buffers]
+
+
 def _tied_modules(model: nn.Module) -> dict[str, str]:
     """The modules that share a parameter or buffer with another module (tied weights), each with the refusal: a
     split would resize the shared tensor for both modules at once."""
@@ -628,6 +638,12 @@ class ChannelGraph:
             refusal = (
                 f"module '{name}' has parametrizations (weight_norm, spectral_norm, ...): remove them "
                 "(torch.nn.utils.parametrize.remove_parametrizations) to grow through it"
+            )
+        elif recomputed := _recomputed_tensors(module, handler):
+            refusal = (
+                f"module '{name}': its {', '.join(recomputed)} is recomputed at every call by a forward pre-hook "
+                "(torch.nn.utils.weight_norm, spectral_norm or prune): remove it (remove_weight_norm, "
+                "remove_spectral_norm, prune.remove) to grow through it"
             )
         if refusal is not None:
             self._block_node(node, refusal)
