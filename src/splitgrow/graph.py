@@ -425,15 +425,16 @@ class _Tracer(fx.Tracer):
 
 def trace(model: nn.Module) -> fx.GraphModule:
     """The model as a ``torch.fx.GraphModule`` sharing its submodules (GraphError if it cannot be traced)."""
-    wrapper = None
     if isinstance(getattr(model, "_orig_mod", None), nn.Module):
-        wrapper = ("compiled with torch.compile", "_orig_mod")
-    elif isinstance(model, _PARALLEL_WRAPPERS):
-        wrapper = ("wrapped for data parallelism", "module")
-    if wrapper is not None:
         raise GraphError(
-            f"{type(model).__name__} is the model {wrapper[0]}; give splitgrow the model itself "
-            f"(model.{wrapper[1]}) and wrap it again after each split"
+            f"{type(model).__name__} is the model compiled with torch.compile; give the graph the module it compiled "
+            "(model._orig_mod; SplittableNetwork and Grower take the compiled model and do this themselves): the "
+            "compiled model recompiles for the grown shapes"
+        )
+    if isinstance(model, _PARALLEL_WRAPPERS):
+        raise GraphError(
+            f"{type(model).__name__} is the model wrapped for data parallelism; give splitgrow the model itself "
+            "(model.module) and wrap it again after each split"
         )
     tracer = _Tracer()
     try:
