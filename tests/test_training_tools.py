@@ -16,8 +16,10 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from splitgrow import SplittableNetwork
+from splitgrow.firefly import FireflyOptions, new_neuron_candidates
 from splitgrow.graph import GraphError
 from splitgrow.growth import Grower, GrowthPolicy
+from splitgrow.selection import FROZEN
 from splitgrow.surgery import SplitRequest, resize_like
 
 DTYPE = torch.float64
@@ -231,22 +233,31 @@ def test_schedulers_and_parameter_groups_carry_on_across_splits(name):
     assert all(optimizer.state[p]["momentum_buffer"].shape == p.shape for p in model.parameters())
 
 
-def test_frozen_layers_stay_frozen_and_outside_the_optimiser_after_a_split():
+def test_a_frozen_site_does_not_grow_and_a_frozen_consumer_stays_frozen_outside_the_optimiser():
+    """fc is frozen: its offspring would never train, so it does not grow (the stage says why); fc2 grows, which
+    widens the frozen head's input: the head's grown weight keeps requires_grad=False and stays out of the
+    optimiser, and training leaves it as it is."""
     torch.manual_seed(0)
     model, batches = _MLP().double(), _mlp_batches()
     model.fc.requires_grad_(False)
+    model.head.requires_grad_(False)
     trainable = [{"params": [p for name, p in model.named_parameters() if p.requires_grad], "weight_decay": 0.1}]
     optimizer = torch.optim.AdamW(trainable, lr=0.01, fused=False, foreach=True)
     _train(model, optimizer, batches)
-    stage = _grower(model, batches, optimizer, count=4).grow()
-    assert {split["site"] for split in stage.splits} == {"fc", "fc2"}  # a frozen layer grows too (exclude= stops it)
-    frozen = copy.deepcopy(model.fc)
-    assert not model.fc.weight.requires_grad and not model.fc.bias.requires_grad
-    assert all(p.requires_grad for p in (*model.fc2.parameters(), *model.head.parameters()))
-    assert model.fc.weight not in optimizer.state and len(optimizer.param_groups[0]["params"]) == 4
+    stage = _grower(model, batches, optimizer, count=2).grow()
+    assert {split["site"] for split in stage.splits} == {"fc2"} and len(stage.splits) == 2
+    assert stage.skipped["fc"] == FROZEN and model.fc.out_features == 3
+    head = copy.deepcopy(model.head)
+    assert head.weight.shape == (2, 5) and not model.head.weight.requires_grad and not model.head.bias.requires_grad
+    assert all(p.requires_grad for p in model.fc2.parameters())
+    assert model.head.weight not in optimizer.state and len(optimizer.param_groups[0]["params"]) == 2
     _train(model, optimizer, batches)
-    assert torch.equal(model.fc.weight, frozen.weight) and torch.equal(model.fc.bias, frozen.bias)
-    assert optimizer.state[model.fc2.weight]["exp_avg"].shape == model.fc2.weight.shape == (5, 5)
+    assert torch.equal(model.head.weight, head.weight) and torch.equal(model.head.bias, head.bias)
+    assert optimizer.state[model.fc2.weight]["exp_avg"].shape == model.fc2.weight.shape == (5, 3)
+    # Firefly's new neurons skip the frozen site as well
+    graph = SplittableNetwork(model, batches[0][0]).graph
+    options = FireflyOptions(candidates_per_site=1, steps=1)
+    assert [c.site for c in new_neuron_candidates(model, graph, batches, F.cross_entropy, options=options)] == ["fc2"]
 
 
 def test_gradients_left_on_the_parameters_are_carried_so_that_accumulation_and_clipping_span_a_stage():

@@ -35,6 +35,7 @@ from .selection import (
     choose_within_budget,
     eligible_neurons,
     fit_within_budget,
+    is_frozen,
     validate_selection,
 )
 from .statistics.loss_hessian import _Functional
@@ -153,7 +154,7 @@ def new_neuron_candidates(
     chosen = [
         site
         for site in graph.splittable_sites()
-        if (sites is None or site.name in sites) and (site.exact or allow_inexact)
+        if (sites is None or site.name in sites) and (site.exact or allow_inexact) and not is_frozen(graph, site)
     ]
     parameter = next(model.parameters())
     records = []

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError, SplitgrowError
-from .graph import ChannelGraph
+from .graph import ChannelGraph, Site
 from .surgery import SplitRequest
 
 COST_KINDS = ("parameters", "flops")
@@ -68,6 +68,17 @@ class Selection(list):
         self.skipped = dict(skipped or {})
 
 
+#: why a frozen site does not grow
+FROZEN = "frozen: no parameter of its neurons requires grad (its offspring would never train); unfreeze it to grow it"
+
+
+def is_frozen(graph: ChannelGraph, site: Site) -> bool:
+    """Whether every parameter of the site's neurons (its members' own) has ``requires_grad=False``: a layer the user
+    froze, whose offspring would never train."""
+    parameters = [p for m in site.members for p in graph.modules[m.module].parameters(recurse=False)]
+    return bool(parameters) and not any(p.requires_grad for p in parameters)
+
+
 def eligible_neurons(
     results: Mapping, threshold: float, graph: ChannelGraph | None, allow_inexact: bool
 ) -> tuple[list[tuple[float, str, int]], dict[str, str]]:
@@ -84,6 +95,9 @@ def eligible_neurons(
                 continue
             if not site.exact and not allow_inexact:
                 skipped[name] = f"inexact ({site.inexact_reason}); pass allow_inexact=True to split it"
+                continue
+            if is_frozen(graph, site):
+                skipped[name] = FROZEN
                 continue
         converged = getattr(result, "converged", None)
         converged = None if converged is None else converged.tolist()
