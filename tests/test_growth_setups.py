@@ -108,7 +108,8 @@ def test_an_averaged_model_of_other_shapes_is_refused_before_anything_changes():
     model, batches = _Net().double(), _batches()
     stranger = torch.optim.swa_utils.AveragedModel(nn.Sequential(nn.Linear(4, 2)).double())
     grower = _grower(model, batches, None, averaged_models=[stranger])
-    with pytest.raises(SplitgrowError, match=r"averaged_models\[0\] \(AveragedModel\) does not have the model's"):
+    message = r"averaged_models\[0\] \(AveragedModel\) does not have the parameters .* of the model or of one of its"
+    with pytest.raises(SplitgrowError, match=message):
         grower.grow()
     assert model.fc.out_features == 3
 
@@ -332,6 +333,95 @@ def test_lightning_splits_the_average_of_a_weight_averaging_callback_and_resumes
     assert average.fc.weight.shape == module.fc.weight.shape == (5, 4)
     module, average = fit(3, tmp_path / "last.ckpt")  # the checkpoint's average has the grown shapes too
     assert average.fc.weight.shape == module.fc.weight.shape == (6, 4)
+
+
+class _Outer(nn.Module):
+    """A body whose average is kept, and a head outside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 3), nn.Tanh())
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_an_average_of_a_module_follows_the_splits_inside_it_and_refuses_one_that_reaches_outside():
+    torch.manual_seed(0)
+    batches = _batches()
+    policy = GrowthPolicy(count=1, epsilon=0.05)
+    model = _Outer().double()
+    average = torch.optim.swa_utils.AveragedModel(model.body)
+    grower = Grower(model, batches[0][0], batches, policy=policy, loss_function=F.cross_entropy,
+                    averaged_models=[average], exclude=["body.2"])  # fmt: skip
+    (split,) = grower.grow().splits
+    assert split["site"] == "body.0" and average.module[0].weight.shape == model.body[0].weight.shape == (4, 4)
+    assert average.module[2].weight.shape == (3, 4)  # the consumer inside the body grew too
+    model = _Outer().double()
+    average = torch.optim.swa_utils.AveragedModel(model.body)
+    grower = Grower(model, batches[0][0], batches, policy=policy, loss_function=F.cross_entropy,
+                    averaged_models=[average], exclude=["body.0"])  # fmt: skip
+    with pytest.raises(SplitgrowError, match=r"a split of 'body.2' changes 'head', outside 'body', of which an aver"):
+        grower.grow()
+    assert model.body[2].weight.shape == average.module[2].weight.shape == (3, 3)  # nothing changed
+
+
+def test_lightning_splits_a_modules_own_averaged_copy_and_resumes(tmp_path):
+    """An EMA the LightningModule keeps itself (torch's AveragedModel, updated after every batch) is named to the
+    callback: it grows with the module, keeps averaging, and a resumed run restores it with the grown shapes."""
+    lightning = pytest.importorskip("lightning")
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from splitgrow.growth.lightning import GrowthCallback
+
+    class Module(lightning.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+            self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(0.5), use_buffers=True)
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, index):
+            x, y = batch
+            return F.cross_entropy(self(x), y)
+
+        def on_train_batch_end(self, outputs, batch, index):
+            self.ema.update_parameters(self.net)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.net.parameters(), lr=0.05, momentum=0.9)
+
+    x, y = _batches(torch.float32)[0]
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+
+    def fit(epochs, checkpoint=None):
+        torch.manual_seed(0)
+        policy = GrowthPolicy(first=1, every=1, count=1, epsilon=0.05)
+        growth = GrowthCallback(
+            x[:2], policy=policy, loss_function=F.cross_entropy, averaged_models=lambda module: [module.ema]
+        )
+        module = Module()
+        trainer = lightning.Trainer(
+            max_epochs=epochs,
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+            callbacks=[growth, lightning.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)],
+        )
+        trainer.fit(module, loader, ckpt_path=checkpoint)
+        return module
+
+    module = fit(2)
+    assert module.ema.module[0].weight.shape == module.net[0].weight.shape == (5, 4)
+    assert module.ema.module[2].weight.shape == (2, 5)
+    assert not torch.equal(module.ema.module[0].weight, module.net[0].weight)  # it averaged after the splits too
+    module = fit(3, tmp_path / "last.ckpt")
+    assert module.ema.module[0].weight.shape == module.net[0].weight.shape == (6, 4)
 
 
 def test_a_generator_of_batches_is_refused_before_a_stage_uses_it_up():

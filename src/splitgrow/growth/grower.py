@@ -31,7 +31,7 @@ import io
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +130,8 @@ class Grower:
         optimizer: its state is carried across every split; several optimisers (one per part of the model): a
             sequence of them.
         averaged_models: averaged copies of the model (``torch.optim.swa_utils.AveragedModel``, an EMA module of the
-            same architecture) to split the same way at every stage, so that they keep averaging the grown model.
+            same architecture), or of one of its modules (a LightningModule's ``AveragedModel(self.net)``), to split
+            the same way at every stage, so that they keep averaging the grown model.
         exclude, relu_surrogate: as for :class:`~splitgrow.network.SplittableNetwork`.
         seed: seed of the solvers' random starts.
         on_grow: called with the stage after every split (rebuild a DDP wrapper, log, ...).
@@ -424,12 +425,12 @@ class Grower:
                     f"{self.policy.threshold:g}"
                 )
             return None
-        followers = self._averaged_networks()
+        followers = [(net, _within(prefix, requests, self.net.graph)) for net, prefix in self._averaged_networks()]
         report = self.net.split(
             requests, self.policy.epsilon, optimizer=self.optimizer, allow_inexact=self.policy.allow_inexact
         )
-        for follower in followers:  # the same requests (made for the same shapes), so the same map
-            follower.split(requests, self.policy.epsilon, allow_inexact=self.policy.allow_inexact)
+        for follower, mapped in followers:  # the same requests (made for the same shapes), so the same map
+            follower.split(mapped, self.policy.epsilon, allow_inexact=self.policy.allow_inexact)
         loss_after = self._loss(results.batches) if self.policy.measure else None
         widths_after = self.net.widths()
         added = sum(widths_after.values()) - sum(widths_before.values())
@@ -488,23 +489,57 @@ class Grower:
             f"the cheapest split of a neuron below the threshold adds {cheapest:,.0f}; raise {name}"
         )
 
-    def _averaged_networks(self) -> list[SplittableNetwork]:
-        """The averaged copies, traced, each checked to have the model's parameters (before anything is split)."""
+    def _averaged_networks(self) -> list[tuple[SplittableNetwork, str]]:
+        """The averaged copies, traced, each with the name of the module of the model it copies ('' for the whole
+        model; a LightningModule that keeps an EMA of its inner network, ``AveragedModel(self.net)``, names it),
+        each checked to have that module's parameters and buffers (before anything is split)."""
         networks = []
-        expected = model_fingerprint(self.model)
         for position, averaged in enumerate(self.averaged_models):
             copy = averaged_copy(averaged)
-            if model_fingerprint(copy) != expected:
+            prefix = self._copied_module(copy)
+            if prefix is None:
                 raise SplitgrowError(
-                    f"averaged_models[{position}] ({type(averaged).__name__}) does not have the model's parameters "
-                    "and buffers (names and shapes): give an averaged copy of this model, made before any split or "
-                    "grown by this grower"
+                    f"averaged_models[{position}] ({type(averaged).__name__}) does not have the parameters and buffers "
+                    "(names and shapes) of the model or of one of its modules: give an averaged copy of this model "
+                    "(or of a module of it), made before any split or grown by this grower"
                 )
             device = next(copy.parameters()).device  # an average may be kept on another device
-            inputs = tuple(value.to(device) for value in self.net.graph.example_inputs)
+            inputs = self._inputs_of(prefix)
+            inputs = tuple(value.to(device) if isinstance(value, Tensor) else value for value in inputs)
             options = {"exclude": self.net.exclude, "relu_surrogate": self.net.relu_surrogate}
-            networks.append(SplittableNetwork(copy, inputs, **options))
+            networks.append((SplittableNetwork(copy, inputs, **options), prefix))
         return networks
+
+    def _copied_module(self, copy: nn.Module) -> str | None:
+        """The name of the model's module that ``copy`` has the parameters of: '' for the whole model, else the one
+        module of the same parameters and buffers whose layers the model's forward calls (None: no such module)."""
+        wanted = model_fingerprint(copy)
+        if model_fingerprint(self.model) == wanted:
+            return ""
+        called = {m.module for site in self.net.graph.sites.values() for m in site.members}
+        for name, module in self.model.named_modules():
+            if name and module is not copy and model_fingerprint(module) == wanted:
+                if any(site == name or site.startswith(name + ".") for site in called):
+                    return name
+        return None
+
+    @torch.no_grad()
+    def _inputs_of(self, prefix: str) -> tuple:
+        """The inputs the model's module ``prefix`` receives when the model runs on its example inputs (eval
+        mode, so that no running statistic moves); the example inputs themselves for the whole model."""
+        example = tuple(self.net.graph.example_inputs)
+        if not prefix:
+            return example
+        captured: list[tuple] = []
+        handle = self.model.get_submodule(prefix).register_forward_pre_hook(lambda _, args: captured.append(args))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            self.model(*example)
+        finally:
+            handle.remove()
+            self.model.train(was_training)
+        return captured[0]
 
     @torch.no_grad()
     def _loss(self, batches: int) -> float:
@@ -716,6 +751,32 @@ class Grower:
         """The phase length of a checkpoint that did not record it (written by an earlier version)."""
         length = self.policy.phase_length(len(self.history))
         return 1 if length is None else length
+
+
+def _within(prefix: str, requests: Sequence[SplitRequest | NewNeuron], graph) -> list[SplitRequest | NewNeuron]:
+    """``requests`` for an averaged copy of the model's module ``prefix`` (unchanged for a copy of the whole model):
+    site and consumer names relative to the module.
+
+    Raises:
+        SplitgrowError: a split would change a layer outside the module, which the copy cannot follow.
+    """
+    if not prefix:
+        return list(requests)
+    start = prefix + "."
+    mapped = []
+    for request in requests:
+        changed = [m for modules in graph.coupled_modules(request.site).values() for m in modules]
+        outside = [m for m in changed if not m.startswith(start)]
+        if outside:
+            raise SplitgrowError(
+                f"a split of '{request.site}' changes {', '.join(repr(m) for m in outside)}, outside '{prefix}', of "
+                f"which an averaged copy is kept: average the whole model, or exclude the site"
+            )
+        relative = {"site": request.site[len(start) :], "fingerprint": None}
+        if isinstance(request, NewNeuron) and request.output is not None:
+            relative["output"] = {name[len(start) :]: value for name, value in request.output.items()}
+        mapped.append(replace(request, **relative))
+    return mapped
 
 
 def _plain_metrics(metrics: dict[str, Any] | None) -> dict[str, float]:

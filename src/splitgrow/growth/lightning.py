@@ -56,6 +56,11 @@ class GrowthCallback(Callback):
         statistics_data: batches for the statistics, or a callable ``(trainer) -> batches``; default: the trainer's
             training loader.
         exclude, relu_surrogate, seed: as for :class:`Grower`.
+        averaged_models: averaged copies of the module that the module keeps itself (an EMA or SWA
+            ``AveragedModel`` made in its ``__init__`` or ``setup``), or a callable ``(pl_module) -> copies`` for
+            copies made later; split with the module, like the copy of Lightning's weight-averaging callbacks
+            (which is found without being named). A copy that is a submodule of the module is resized on resume
+            with it; one kept elsewhere is the caller's to restore.
     """
 
     def __init__(
@@ -70,9 +75,11 @@ class GrowthCallback(Callback):
         exclude: Sequence[str] = (),
         relu_surrogate: float | None = None,
         seed: int = 0,
+        averaged_models: Sequence[torch.nn.Module] | Callable[[Any], Sequence[torch.nn.Module]] = (),
     ) -> None:
         super().__init__()
         self.example_inputs = example_inputs
+        self.averaged_models = averaged_models
         self.policy = policy
         self.options = {
             "loss_function": loss_function,
@@ -117,7 +124,8 @@ class GrowthCallback(Callback):
         grower = self.grower
         grower.statistics_data = self._statistics(trainer)
         grower.optimizer = list(trainer.optimizers)  # every one of them holds state of parameters a split grows
-        grower.averaged_models = _averaged_models(trainer)
+        own = self.averaged_models(pl_module) if callable(self.averaged_models) else self.averaged_models
+        grower.averaged_models = [*_averaged_models(trainer), *own]
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if _scalar(value)}
         if grower.epoch_end(metrics) is not None:
             _rebuild_data_parallel(trainer)
