@@ -563,3 +563,13 @@ def test_npm_digits_where_npm_install_leaves_them_and_an_unreadable_tarball(tmp_
     deny(monkeypatch, tarball)
     with pytest.raises(DataError, match=rf"cannot read the data file: Permission denied \({tarball}\): check its"):
         load_npm_digits(tarball)
+
+
+def test_clips_named_in_upper_case_are_clips_too(tmp_path):
+    written = small_tree(tmp_path)
+    file = next(name for name in written if name.startswith("yes/"))
+    (tmp_path / file).rename(tmp_path / file.replace(".wav", ".WAV"))
+    data = load_keyword_data(tmp_path, seed=0)
+    files = {name for part in (data.training, data.validation, data.testing) for name in part.files if name}
+    assert file.replace(".wav", ".WAV") in files and file not in files
+    assert len(files) == len(written)

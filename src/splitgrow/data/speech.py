@@ -197,14 +197,19 @@ def _dataset_folder(root: Path) -> Path:
     return nested[0] if nested else root
 
 
+def _clips(folder: Path) -> list[Path]:
+    """The WAV files of ``folder`` (``.wav`` in any case), without hidden files: macOS leaves ``._<name>.wav``
+    resource forks in archives it makes."""
+    return [path for path in folder.iterdir() if path.suffix.lower() == ".wav" and not path.name.startswith(".")]
+
+
 def _word_files(root: Path) -> dict[str, list[str]]:
     """Relative paths of every clip, per word folder (lower case), in sorted order."""
     words: dict[str, list[str]] = {}
     for folder in sorted(path for path in root.iterdir() if path.is_dir()):
         if folder.name == BACKGROUND_FOLDER or folder.name.startswith("."):
             continue
-        # hidden files are not clips: macOS leaves ._<name>.wav resource forks in archives it makes
-        files = sorted(f"{folder.name}/{wav.name}" for wav in folder.glob("*.wav") if not wav.name.startswith("."))
+        files = sorted(f"{folder.name}/{wav.name}" for wav in _clips(folder))
         if files:
             words.setdefault(folder.name.lower(), []).extend(files)
     if not words:
@@ -275,7 +280,7 @@ def _read_background(root: Path) -> tuple[Tensor, ...]:
     if not folder.is_dir():
         raise DataError(f"{folder} does not exist: silence clips and noise augmentation need it; {_HOW_TO_GET}")
     recordings = []
-    for path in sorted(path for path in folder.glob("*.wav") if not path.name.startswith(".")):
+    for path in sorted(_clips(folder)):
         samples = read_wav(path, SAMPLE_RATE)
         if samples.shape[0] <= CLIP_SAMPLES:
             raise DataError(f"{path} has {samples.shape[0]} samples; background noise must be longer than 1 s")
