@@ -304,6 +304,44 @@ def test_a_gated_ridge_site_is_exact_and_the_gate_kink_is_not_its_own(divide: bo
     assert_exact_splits(model, images, labels, ["conv1", "conv2"])
 
 
+class GateInsideTheSegment(nn.Module):
+    """conv -> SiLU -> x * gate(pool(x)) -> Tanh -> conv: the gate reads the channels after the first activation and
+    before the last one, so each offspring's SiLU curvature reaches the loss through the gate too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.gate, self.conv2 = nn.Conv2d(3, 5, 3, padding=1), LinearGate(5, 3, False), nn.Conv2d(5, 4, 1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = torch.tanh(self.gate(F.silu(self.conv1(x))))
+        return self.fc(F.softplus(self.conv2(hidden)).mean((2, 3)))
+
+
+def test_a_gate_read_inside_the_segment_leaves_the_site_inexact_and_it_is() -> None:
+    """The gate's rows are still copied, but the per-layer S misses the second-order change its input sees: the
+    site is labelled inexact, and a real split's loss change indeed differs from eps^2/2 * lambda."""
+    torch.manual_seed(0)
+    model = GateInsideTheSegment().double().eval()
+    images, labels = _images()
+    net = SplittableNetwork(model, images)
+    site = net.sites["conv1"]
+    assert site.splittable and not site.exact and "'tanh'" in site.inexact_reason
+    results = net.splitting([(images, labels)], classification_loss)
+    channel = int(results["conv1"].indexes.argmin())
+    index = float(results["conv1"].indexes[channel])
+    request = SplitRequest("conv1", channel, results["conv1"].directions[channel], index)
+    loss = float(F.cross_entropy(run_model(model, images), labels))
+    ratios = []
+    for epsilon in (1e-3, 1e-4):
+        twin = copy.deepcopy(model)
+        SplittableNetwork(twin, images).split([request], epsilon, allow_inexact=True)
+        measured = float(F.cross_entropy(run_model(twin, images), labels))
+        ratios.append((measured - loss) / (0.5 * epsilon**2 * index))
+    assert ratios[0] == pytest.approx(ratios[1], rel=1e-2)  # a second-order change, consistently
+    assert abs(ratios[0] - 1.0) > 0.02  # but not the one the per-layer S predicts
+
+
 class GatedLinearUnit(nn.Module):
     """GLU: a(x) * sigmoid(b(x)), both from the same input: each factor depends on the split, neither is a gate."""
 
