@@ -770,7 +770,7 @@ def _within(prefix: str, requests: Sequence[SplitRequest | NewNeuron], graph) ->
         if outside:
             raise SplitgrowError(
                 f"a split of '{request.site}' changes {', '.join(repr(m) for m in outside)}, outside '{prefix}', of "
-                f"which an averaged copy is kept: average the whole model, or exclude the site"
+                "which an averaged copy is kept: average the whole model, or exclude the site"
             )
         relative = {"site": request.site[len(start) :], "fingerprint": None}
         if isinstance(request, NewNeuron) and request.output is not None:
