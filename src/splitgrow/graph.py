@@ -146,6 +146,10 @@ _POOLING = {
     torch.nn.functional.max_pool3d: PIECEWISE_LINEAR,
     torch.nn.functional.adaptive_max_pool3d: PIECEWISE_LINEAR,
 }
+#: broadcasting a tensor to a larger shape (a class token expanded to the batch)
+_BROADCASTS = {torch.broadcast_to}
+_BROADCAST_METHODS = {"expand", "expand_as", "broadcast_to"}
+_PADDINGS = {torch.nn.functional.pad}
 _CONCATENATIONS = {torch.cat, torch.concat}
 _CHUNKS = {torch.chunk}
 _FLATTEN = {torch.flatten}
@@ -447,6 +451,41 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph)
 
 
+def _modes(model: nn.Module) -> dict[nn.Module, bool]:
+    return {module: module.training for module in model.modules()}
+
+
+def _restore(modes: dict[nn.Module, bool]) -> None:
+    """Put every module back into its own mode (a frozen BatchNorm of a model in training mode stays in eval)."""
+    for module, training in modes.items():
+        module.training = training
+
+
+def _stateful_calls(module: fx.GraphModule) -> set[str]:
+    return {
+        node.target
+        for node in module.graph.nodes
+        if node.op == "call_module" and _stateful(module.get_submodule(node.target))
+    }
+
+
+def _trace_for_statistics(model: nn.Module) -> fx.GraphModule:
+    """The model traced in eval mode, as the statistics run it: a forward that branches on ``self.training``
+    (functional dropout, stochastic depth) would otherwise keep its random training form in the traced graph. A
+    model in training mode whose training forward calls layers with parameters that its eval forward does not
+    (auxiliary heads) is traced as it is: those layers read channels that a split must grow too."""
+    modes = _modes(model)
+    model.eval()
+    try:
+        evaluated = trace(model)
+    finally:
+        _restore(modes)
+    if not any(modes.values()):
+        return evaluated
+    as_is = trace(model)
+    return as_is if _stateful_calls(as_is) - _stateful_calls(evaluated) else evaluated
+
+
 # ------------------------------------------------------------------------------------------ the graph
 
 
@@ -482,14 +521,14 @@ class ChannelGraph:
         inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
         #: the example the shapes were recorded with
         self.example_inputs = inputs
-        self.module = trace(model)
-        was_training = model.training
+        self.module = _trace_for_statistics(model)
+        modes = _modes(model)
         model.eval()
         try:
             with torch.no_grad():
                 _ShapeRecorder(self.module).run(*inputs)
         finally:
-            model.train(was_training)
+            _restore(modes)
         self.fingerprint = model_fingerprint(model)
         self.modules = dict(model.named_modules())
         self.nodes = {node.name: node for node in self.module.graph.nodes}
@@ -824,6 +863,12 @@ class ChannelGraph:
         if elementwise is not None and len(sources) == 1:
             self._link_aligned(source, node, elementwise)
             return
+        if (method and target in _BROADCAST_METHODS) or (not method and target in _BROADCASTS):
+            self._link_aligned(source, node)  # a dimension of size 1 that is repeated blocks its space, as for a sum
+            return
+        if not method and target in _PADDINGS:
+            self._pad(node, source)
+            return
         if not method and target in _POOLING:
             out = self.space(node.name, 1)
             self._link(self.space(source.name, 1), out)
@@ -932,6 +977,17 @@ class ChannelGraph:
             for other in range(1, rank):
                 if other != dim:
                     self._link(self.space(part.name, other), self.space(node.name, other))
+
+    def _pad(self, node: fx.Node, source: fx.Node) -> None:
+        """``F.pad`` pads the last len(pad) / 2 dimensions (a U-Net's skip alignment, TensorFlow's "same"
+        padding): every channel is padded on its own, so the other dimensions pass through, and a split channel
+        in a padded dimension is blocked."""
+        rank = len(_shape(source))
+        padded = len(_argument(node, 1, "pad")) // 2
+        followed = set(range(1, rank - padded))
+        for dim in followed:
+            self._link(self.space(source.name, dim), self.space(node.name, dim))
+        self._block_mixed(node, source, followed)
 
     def _reshape(self, node: fx.Node, source: fx.Node) -> None:
         before, after = _shape(source), _shape(node)
@@ -1162,6 +1218,13 @@ class ChannelGraph:
             return members
         first = members[0]
         first_node = self._node_of_module(first.module)
+        if all(m.kind == "depthwise" for m in members):
+            # a depthwise filter grows with its input channel, so some layer must produce that channel
+            source = _tensor_args(first_node)[0].name
+            return (
+                f"'{first.module}' is depthwise: its channels grow with its input's, which come from '{source}' and "
+                "not from a layer splitgrow can grow"
+            )
         copies = sum(1 for m in members if m.module == first.module)
         num_neurons = first.handler.num_neurons(self.modules[first.module]) // copies
         root = (first_node.name, self._maps[first_node.name].output_dim % len(_shape(first_node)))
@@ -1236,6 +1299,12 @@ class ChannelGraph:
                 frontier=frontier,
                 **common,
             )
+            if fed_back := self._fed_back(segment, frontier, members, smooth):
+                site.exact = False
+                site.inexact_reason = (
+                    f"{', '.join(repr(n) for n in fed_back)} feeds both the rest of its segment and layers outside "
+                    "it: the statistics read one loss gradient there for both, so S counts the path inside twice"
+                )
         elif ridge is not None:
             site = self._ridge_site(first, ridge, ridge_nodes, common)
             site.exact = False
@@ -1361,16 +1430,38 @@ class ChannelGraph:
         self, members: list[Member], in_closure: set[str], gate_nodes: set[str] = frozenset()
     ) -> tuple[list[str], list[str], set[str]]:
         """The nodes from the members to the last nonlinearity their channels see separately (those on a path from
-        a member to a smooth node, within the closure, not counting a gate's nodes and product), the frontier
-        (segment nodes whose outputs leave it), and the smooth nodes."""
+        a member to a smooth node or to another member, within the closure, not counting a gate's nodes and
+        product), the frontier (segment nodes whose outputs leave it), and the smooth nodes.
+
+        A later member multiplies what reaches it by its own rows (a depthwise filter), so every node on the way
+        there (a max pooling between the activation and the depthwise filter, as after ShuffleNetV2's stem) is
+        part of the neuron's function."""
         member_nodes = {self._node_of_module(m.module).name for m in members}
         smooth = {n for n in in_closure - gate_nodes if n not in member_nodes and self._nonlinearity(n) == SMOOTH}
         downstream = self._reachable(member_nodes, in_closure, forward=True)
-        upstream = self._reachable(smooth, in_closure, forward=False)
+        upstream = self._reachable(smooth | member_nodes, in_closure, forward=False)
         keep = member_nodes | (downstream & upstream)
         segment = sorted(keep, key=self.order.__getitem__)
         frontier = [n for n in segment if any(user.name not in keep for user in self.nodes[n].users)]
         return segment, frontier, smooth & keep
+
+    def _fed_back(self, segment: list[str], frontier: list[str], members: list[Member], smooth: set[str]) -> list[str]:
+        """The frontier nodes that also feed the rest of the segment and are nonlinear in theta (a smooth node, a
+        member nonlinear in its theta, or two members, such as a filter and the depthwise filter it feeds, before
+        them). The statistics probe the
+        loss gradient at a frontier node through all its users at once, so such a node's curvature would be
+        weighted by the gradient of the path inside as well; a node linear in theta adds no curvature."""
+        inside = set(segment)
+        member_nodes = {self._node_of_module(m.module).name for m in members}
+        nonlinear = {self._node_of_module(m.module).name for m in members if m.handler.nonlinear_in_theta}
+        found = []
+        for name in frontier:
+            if not any(user.name in inside for user in self.nodes[name].users):
+                continue
+            before = self._reachable({name}, inside, forward=False)
+            if before & (smooth | nonlinear) or len(before & member_nodes) > 1:
+                found.append(name)
+        return found
 
     def _reachable(self, starts: set[str], within: set[str], *, forward: bool) -> set[str]:
         """The nodes reached from ``starts`` (included) through users (forward) or inputs, staying in ``within``
