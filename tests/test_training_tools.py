@@ -19,6 +19,7 @@ from splitgrow import SplittableNetwork
 from splitgrow.firefly import FireflyOptions, new_neuron_candidates
 from splitgrow.graph import GraphError
 from splitgrow.growth import Grower, GrowthPolicy
+from splitgrow.inspection import model_flops
 from splitgrow.selection import FROZEN
 from splitgrow.surgery import SplitRequest, resize_like
 
@@ -467,3 +468,17 @@ def test_a_metric_that_is_not_a_number_is_a_config_error_naming_it():
         grower.epoch_end({"loss": 1.0, "curve": [1.0, 0.5]})
     grower.epoch_end({"loss": torch.tensor(0.5), "accuracy": np.float32(0.25)})
     assert grower.metrics[-1] == {"loss": 0.5, "accuracy": 0.25}
+
+
+def test_statistics_tracing_and_measurements_give_every_module_its_own_mode_back():
+    """Fine-tuning keeps a BatchNorm frozen in eval mode inside a model in training mode: a growth stage (tracing,
+    statistics, the measured loss, FLOPs) evaluates the model and must not switch that BatchNorm back to training
+    (``model.train(was_training)`` would), nor leave the rest in eval mode."""
+    torch.manual_seed(0)
+    model, batches = _CNN().double(), _cnn_batches()
+    model.train()
+    model.norm.eval()
+    _grower(model, batches).grow()
+    model_flops(model, batches[0][0])
+    assert not model.norm.training
+    assert all(module.training for name, module in model.named_modules() if name != "norm")

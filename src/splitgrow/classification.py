@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import DivergenceError
+from .modes import evaluating
 
 
 def make_optimizer(
@@ -88,15 +89,13 @@ def evaluate(
 ) -> tuple[float, float]:
     """(accuracy, mean loss) in eval mode; the model's mode is restored. ``reduce`` sums the counts over the
     processes of a data-parallel run, each of which evaluated its shard of ``batches``."""
-    was_training = model.training
-    model.eval()
     correct, total, loss = 0, 0, 0.0
-    for inputs, targets in batches:
-        outputs = model(inputs)
-        loss += float(F.cross_entropy(outputs, targets, reduction="sum"))
-        correct += int((outputs.argmax(1) == targets).sum())
-        total += targets.shape[0]
-    model.train(was_training)
+    with evaluating(model):
+        for inputs, targets in batches:
+            outputs = model(inputs)
+            loss += float(F.cross_entropy(outputs, targets, reduction="sum"))
+            correct += int((outputs.argmax(1) == targets).sum())
+            total += targets.shape[0]
     if reduce is not None:
         correct, total, loss = reduce(torch.tensor([correct, total, loss], dtype=torch.float64)).tolist()
     return correct / max(1, total), loss / max(1, total)

@@ -71,6 +71,7 @@ from .layers import (
 from .layers.activations import modifies_input
 from .layers.normalization import BatchNormHandler
 from .layers.refused import RefusedHandler
+from .modes import evaluating
 
 
 class GraphError(SplitgrowError):
@@ -451,16 +452,6 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph)
 
 
-def _modes(model: nn.Module) -> dict[nn.Module, bool]:
-    return {module: module.training for module in model.modules()}
-
-
-def _restore(modes: dict[nn.Module, bool]) -> None:
-    """Put every module back into its own mode (a frozen BatchNorm of a model in training mode stays in eval)."""
-    for module, training in modes.items():
-        module.training = training
-
-
 def _stateful_calls(module: fx.GraphModule) -> set[str]:
     return {
         node.target
@@ -474,13 +465,9 @@ def _trace_for_statistics(model: nn.Module) -> fx.GraphModule:
     (functional dropout, stochastic depth) would otherwise keep its random training form in the traced graph. A
     model in training mode whose training forward calls layers with parameters that its eval forward does not
     (auxiliary heads) is traced as it is: those layers read channels that a split must grow too."""
-    modes = _modes(model)
-    model.eval()
-    try:
+    with evaluating(model):
         evaluated = trace(model)
-    finally:
-        _restore(modes)
-    if not any(modes.values()):
+    if not any(module.training for module in model.modules()):
         return evaluated
     as_is = trace(model)
     return as_is if _stateful_calls(as_is) - _stateful_calls(evaluated) else evaluated
@@ -522,13 +509,8 @@ class ChannelGraph:
         #: the example the shapes were recorded with
         self.example_inputs = inputs
         self.module = _trace_for_statistics(model)
-        modes = _modes(model)
-        model.eval()
-        try:
-            with torch.no_grad():
-                _ShapeRecorder(self.module).run(*inputs)
-        finally:
-            _restore(modes)
+        with evaluating(model), torch.no_grad():
+            _ShapeRecorder(self.module).run(*inputs)
         self.fingerprint = model_fingerprint(model)
         self.modules = dict(model.named_modules())
         self.nodes = {node.name: node for node in self.module.graph.nodes}

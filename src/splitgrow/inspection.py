@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .graph import ChannelGraph, handler_of
 from .layers import handler_for
+from .modes import evaluating
 from .surgery import INPUTS, OUTPUTS, NewNeuron, SplitRequest, parameter_count, plan_split
 
 
@@ -30,13 +31,8 @@ def model_flops(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tens
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     first = inputs[0] if inputs else None
     batch = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() > 0 and first.shape[0] > 0 else 1
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(*inputs)
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(*inputs)
     return int(counter.get_total_flops()) // batch
 
 

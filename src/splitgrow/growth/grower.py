@@ -43,6 +43,7 @@ from ..errors import ConfigError, SplitgrowError
 from ..firefly import new_neuron_candidates, select_growth
 from ..graph import GraphError, model_fingerprint
 from ..inspection import added_cost, model_flops, split_costs
+from ..modes import evaluating
 from ..network import SplittableNetwork
 from ..selection import Selection, eligible_neurons, select_splits, select_within_budget
 from ..signed import signed_splitting
@@ -532,13 +533,11 @@ class Grower:
             return example
         captured: list[tuple] = []
         handle = self.model.get_submodule(prefix).register_forward_pre_hook(lambda _, args: captured.append(args))
-        was_training = self.model.training
-        self.model.eval()
         try:
-            self.model(*example)
+            with evaluating(self.model):
+                self.model(*example)
         finally:
             handle.remove()
-            self.model.train(was_training)
         return captured[0]
 
     @torch.no_grad()
@@ -546,11 +545,9 @@ class Grower:
         """The mean loss on the statistics batches a stage used (the first ``batches``) as the split model computes
         it (eval mode)."""
         closure = self.closure or closure_from_loss(self.loss_function)
-        was_training = self.model.training
-        self.model.eval()
         device = next(self.model.parameters()).device
         total, weight, used = 0.0, 0.0, 0
-        try:
+        with evaluating(self.model):
             for batch in self.statistics_data:
                 if used == batches:
                     break
@@ -563,8 +560,6 @@ class Grower:
                 scale = float(units) if self._mean() else 1.0
                 total += scale * float(loss)
                 weight += float(units)
-        finally:
-            self.model.train(was_training)
         if dist.active():
             total = float(dist.all_reduce_sum(torch.tensor(total, dtype=torch.float64)))
             weight = float(dist.all_reduce_sum(torch.tensor(weight, dtype=torch.float64)))

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from ..errors import SplitgrowError, SplitgrowWarning
 from ..graph import ChannelGraph, Site
 from ..inspection import non_finite_tensor
+from ..modes import evaluating
 from .distributed import rank
 
 LossFunction = Callable[[Any, Any], Tensor]
@@ -248,12 +249,10 @@ def record_batches(
         from tqdm.auto import tqdm
 
         iterator = tqdm(data, total=batches, desc="splitting statistics", unit="batch", leave=False)
-    was_training = model.training
-    model.eval()
     count = 0
     lockstep = _Lockstep(reduce) if reduce is not None else None
     try:
-        with torch.enable_grad():
+        with evaluating(model), torch.enable_grad():
             for batch in _until_exhausted(iterator, lockstep):
                 if batches is not None and count >= batches:
                     break
@@ -280,7 +279,6 @@ def record_batches(
                 yield BatchRecord(weight, scale, values, gradients, float(loss.detach()), batch, run)
     finally:
         instrumented.take()
-        model.train(was_training)
     if count == 0:
         raise StatisticsError("the data gave no batches (or only empty ones)")
 
