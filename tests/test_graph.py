@@ -72,6 +72,7 @@ def test_residual_streams():
     assert graph.sites["blocks.0.conv1"].exact
     stem = graph.sites["stem.0"]  # the stage-1 stream: the stem and block 0's conv2 summed, then read by block 1
     assert not stem.exact and "residual sum" in stem.inexact_reason
+    assert "('blocks.0.act2')" in stem.inexact_reason  # named as the model names it, not as the traced node
     assert "copied exactly when site 'stem.0' is split" in graph.not_sites["blocks.0.conv2"]
     with pytest.raises(GraphError, match="inexact site"):
         split_network(model, graph, [SplitRequest("stem.0", 0, torch.ones(27))], 0.1)

@@ -1283,18 +1283,20 @@ class ChannelGraph:
             )
             if fed_back := self._fed_back(segment, frontier, members, smooth):
                 site.exact = False
+                named = ", ".join(repr(self._label(n)) for n in fed_back)
                 site.inexact_reason = (
-                    f"{', '.join(repr(n) for n in fed_back)} feeds both the rest of its segment and layers outside "
-                    "it: the statistics read one loss gradient there for both, so S counts the path inside twice"
+                    f"{named} feeds both the rest of its segment and layers outside it: the statistics read one loss "
+                    "gradient there for both, so S counts the path inside twice"
                 )
         elif ridge is not None:
             site = self._ridge_site(first, ridge, ridge_nodes, common)
             site.exact = False
             beyond = [n for n in segment if n not in ridge_nodes and n in smooth] or segment[-1:]
+            named = ", ".join(repr(self._label(n)) for n in beyond)
             site.inexact_reason = (
                 "its channels pass a residual sum or another nonlinearity that the offspring see separately "
-                f"({', '.join(repr(n) for n in beyond)}); its S is the paper's per-layer one and the other layers "
-                "summed into these channels are copied exactly"
+                f"({named}); its S is the paper's per-layer one and the other layers summed into these channels are "
+                "copied exactly"
             )
         else:
             return (
@@ -1307,6 +1309,12 @@ class ChannelGraph:
             site.splittable, site.reason = False, "; ".join(blocked)
         return site
 
+    def _label(self, name: str) -> str:
+        """How a message names a traced node: its module's name for a module call (what the user wrote), else the
+        node's own name."""
+        node = self.nodes[name]
+        return node.target if node.op == "call_module" else name
+
     def _kinks(self, closure: dict[SpaceKey, list[int]], site: Site, gate_nodes: set[str] = frozenset()) -> str:
         """The kinks the group's channels pass on their way to the consumers (none for a surrogate activation;
         a gate's kinks are none either, since both offspring see the same gate value)."""
@@ -1314,7 +1322,7 @@ class ChannelGraph:
         for name in sorted({key[0] for key in closure} - gate_nodes, key=self.order.__getitem__):
             activation = self._activation_of(name)
             node = self.nodes[name]
-            label = node.target if node.op == "call_module" else name
+            label = self._label(name)
             if activation is not None:
                 if activation.surrogate is None and not activation.exact:
                     found.append(f"'{label}' ({activation.inexact_reason})")
