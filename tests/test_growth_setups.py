@@ -35,6 +35,22 @@ def _batches(dtype=torch.float64):
     return [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]
 
 
+def _quiet_trainer(lightning, tmp_path, epochs: int, callbacks: list, *, checkpoints: bool = True):
+    """A CPU Trainer without logger, progress bar or summary; ``checkpoints`` adds one that keeps ``last.ckpt``."""
+    if checkpoints:
+        callbacks = [*callbacks, lightning.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)]
+    return lightning.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=checkpoints,
+        default_root_dir=tmp_path,
+        callbacks=callbacks,
+    )
+
+
 def _grower(model, batches, optimizer, policy=None, **options) -> Grower:
     policy = policy or GrowthPolicy(first=1, every=1, count=1, max_stages=2, epsilon=0.05)
     return Grower(
@@ -237,16 +253,7 @@ def test_lightning_grows_with_two_optimisers(tmp_path):
     policy = GrowthPolicy(first=1, every=1, count=1, epsilon=0.05)
     callback = GrowthCallback(x[:2], policy=policy, loss_function=F.cross_entropy)
     module = TwoOptimisers()
-    trainer = lightning.Trainer(
-        max_epochs=3,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        callbacks=[callback],
-    )
+    trainer = _quiet_trainer(lightning, tmp_path, 3, [callback], checkpoints=False)
     trainer.fit(module, loader)
     assert len(callback.history) == 3 and module.head.in_features == 6
     assert trainer.optimizers[1].state[module.head.weight]["exp_avg"].shape == (2, 6)
@@ -317,15 +324,7 @@ def test_lightning_splits_the_average_of_a_weight_averaging_callback_and_resumes
         growth = GrowthCallback(x[:2], policy=policy, loss_function=F.cross_entropy)
         average = callbacks.EMAWeightAveraging(decay=0.9)
         module = Module()
-        trainer = lightning.Trainer(
-            max_epochs=epochs,
-            accelerator="cpu",
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
-            callbacks=[average, growth, callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)],
-        )
+        trainer = _quiet_trainer(lightning, tmp_path, epochs, [average, growth])
         trainer.fit(module, loader, ckpt_path=checkpoint)
         return module, average._average_model.module
 
@@ -404,15 +403,7 @@ def test_lightning_splits_a_modules_own_averaged_copy_and_resumes(tmp_path):
             x[:2], policy=policy, loss_function=F.cross_entropy, averaged_models=lambda module: [module.ema]
         )
         module = Module()
-        trainer = lightning.Trainer(
-            max_epochs=epochs,
-            accelerator="cpu",
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
-            callbacks=[growth, lightning.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)],
-        )
+        trainer = _quiet_trainer(lightning, tmp_path, epochs, [growth])
         trainer.fit(module, loader, ckpt_path=checkpoint)
         return module
 
