@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 import torch.nn.functional as F
-from deep_helpers import randomise_batch_norms
+from deep_helpers import assert_exact_splits, randomise_batch_norms
 from torch import Tensor, nn
 
 from splitgrow import ChannelGraph, SplittableNetwork
@@ -1108,40 +1108,19 @@ def test_shufflenet_stem_reaches_the_depthwise_branch_through_max_pooling_and_is
     assert not site.exact and "'maxpool' feeds both the rest of its segment" in site.inexact_reason
 
 
-def _assert_splits_as_predicted(
-    model: nn.Module, inputs: Tensor, targets: Tensor, sites: list[str], loss_function=F.cross_entropy
-) -> None:
-    """For the most negative index of each site: eps = 0 keeps the outputs, and the loss changes by
-    eps^2/2 * index at eps = 1e-3 and 1e-4 (a site's kinks, max pooling or Hardswish, are not crossed at steps
-    this small)."""
-    net = SplittableNetwork(model, inputs)
-    results = net.splitting([(inputs, targets)], loss_function)
-    with torch.no_grad():
-        outputs = model(inputs)
-        loss = float(loss_function(outputs, targets))
-    for site in sites:
-        assert net.sites[site].splittable and net.sites[site].exact, (site, net.sites[site].inexact_reason)
-        channel = int(results[site].indexes.argmin())
-        index = float(results[site].indexes[channel])
-        assert index < -1e-6, (site, index)
-        request = SplitRequest(site, channel, results[site].directions[channel], index)
-        for epsilon in (0.0, 1e-3, 1e-4):
-            twin = copy.deepcopy(model)
-            SplittableNetwork(twin, inputs).split([request], epsilon)
-            with torch.no_grad():
-                grown = twin(inputs)
-            if epsilon == 0.0:
-                torch.testing.assert_close(grown, outputs, rtol=0, atol=1e-12)
-            else:
-                measured = float(loss_function(grown, targets)) - loss
-                assert measured / (0.5 * epsilon**2 * index) == pytest.approx(1.0, abs=1e-2), (site, epsilon)
-
-
 @pytest.mark.parametrize("name", [name for name, reference in MODELS.items() if reference.exact])
 def test_a_split_of_each_kind_of_site_changes_the_loss_by_half_eps_squared_times_its_index(name: str) -> None:
     reference = MODELS[name]
     model = _model(name, smooth=reference.relu)
-    _assert_splits_as_predicted(model, _inputs(name, 6), reference.targets(6), reference.exact, reference.loss)
+    assert_exact_splits(
+        model,
+        _inputs(name, 6),
+        reference.targets(6),
+        reference.exact,
+        loss_function=reference.loss,
+        allow_kinks=True,
+        index_below=-1e-6,
+    )
 
 
 @pytest.mark.parametrize("name", ["googlenet", "m5"])
@@ -1293,7 +1272,7 @@ def test_pad_passes_each_channel_and_blocks_a_padded_channel_dimension() -> None
     images, labels = torch.randn(4, 3, 7, 7, dtype=torch.float64), torch.randint(0, 3, (4,))
     graph = ChannelGraph(model, images)
     assert graph.sites["up"].engine == "ridge" and graph.coupled_modules("up")["consumers"] == ["conv"]
-    _assert_splits_as_predicted(model, images, labels, ["down", "up", "conv"])
+    assert_exact_splits(model, images, labels, ["down", "up", "conv"], allow_kinks=True, index_below=-1e-6)
     padded = ChannelGraph(PaddedDecoder(pad_channels=True), images.float())
     assert "'pad' mixes the positions of dimension 1 of its input" in padded.skipped()["up"]
 
