@@ -353,22 +353,6 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, parameters: list[Tensor])
             _state_scale(key, 0.5)
 
 
-def _check_own_tensors(module_name: str, module: nn.Module, names: Sequence[str]) -> None:
-    """Refuse, before anything changes, a tensor a split would grow that is neither a parameter nor a buffer of its
-    module: one a forward pre-hook recomputes at every call from tensors splitgrow does not know
-    (``torch.nn.utils.weight_norm``, ``spectral_norm``, ``prune``), which would then put back the old shape."""
-    for name in names:
-        if name in module._parameters or name in module._buffers:
-            continue
-        hooks = ", ".join(sorted({type(hook).__name__ for hook in module._forward_pre_hooks.values()}))
-        source = f"recomputed at every call by a forward pre-hook ({hooks})" if hooks else "a plain attribute"
-        raise GraphError(
-            f"'{module_name}.{name}' ({type(module).__name__}) is {source}, not a parameter or buffer: a split "
-            "cannot grow it; remove the hook (torch.nn.utils.remove_weight_norm, remove_spectral_norm, "
-            f"prune.remove) to grow through '{module_name}', or exclude the sites that reach it"
-        )
-
-
 def _same_layout(grown: Tensor, reference: Tensor) -> Tensor:
     """``grown`` (a new tensor) laid out in memory like ``reference``: a channels-last convolution weight (and its
     optimiser state) stays channels-last, as the model it belongs to expects."""
@@ -451,7 +435,6 @@ def split_network(
         module = modules[module_name]
         handler = handler_of(graph, module_name)
         tensors = handler.output_tensors(module) if role == OUTPUTS else handler.input_tensors(module)
-        _check_own_tensors(module_name, module, [name for name, _ in tensors])
         changes.append((module_name, role, module, handler, tensors, units))
     optimizers = optimizer_list(optimizer)
     grown = [getattr(m, name) for _, _, m, _, tensors, _ in changes for name, _ in tensors]
