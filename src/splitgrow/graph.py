@@ -95,10 +95,11 @@ _BINARY = {
     torch.div,
 }
 _BINARY_METHODS = {"add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_"}
-_PRODUCTS = {operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul, torch.div}
-_PRODUCT_METHODS = {"mul", "div", "mul_", "div_"}
-_GATE_PRODUCTS = {operator.mul, operator.imul, torch.mul}
-_GATE_DIVISIONS = {operator.truediv, operator.itruediv, torch.div}
+_MULTIPLICATIONS = {operator.mul, operator.imul, torch.mul}
+_DIVISIONS = {operator.truediv, operator.itruediv, torch.div}
+_PRODUCTS = _MULTIPLICATIONS | _DIVISIONS
+_MULTIPLICATION_METHODS, _DIVISION_METHODS = {"mul", "mul_"}, {"div", "div_"}
+_PRODUCT_METHODS = _MULTIPLICATION_METHODS | _DIVISION_METHODS
 #: elementwise operations other than activations, by how the offspring of a split pass through them
 _ELEMENTWISE = {
     operator.neg: LINEAR,
@@ -1396,12 +1397,9 @@ class ChannelGraph:
                 continue
             product = next(iter(current.users))
             operands = [a for a in _tensor_args(product) if a.name in in_closure]
-            multiply = product.target in _GATE_PRODUCTS or (
-                product.op == "call_method" and product.target in ("mul", "mul_")
-            )
-            divide = product.target in _GATE_DIVISIONS or (
-                product.op == "call_method" and product.target in ("div", "div_")
-            )
+            method = product.op == "call_method"
+            multiply = product.target in (_MULTIPLICATION_METHODS if method else _MULTIPLICATIONS)
+            divide = product.target in (_DIVISION_METHODS if method else _DIVISIONS)
             if len(operands) != 2 or not (multiply or (divide and operands[1] is current)):
                 continue
             other = operands[0] if operands[1] is current else operands[1]
