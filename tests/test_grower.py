@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from deep_helpers import zoo_model
 from torch import nn
 
+from splitgrow.errors import ConfigError
 from splitgrow.graph import ChannelGraph
 from splitgrow.growth import Grower, GrowthPolicy
 from splitgrow.statistics.adaptive import AdaptiveStatistics, adaptive_splitting, compare_selections, top_fraction
@@ -228,6 +229,23 @@ def test_policies_refuse_bad_settings():
         GrowthPolicy(count=2, epsilon=math.nan)
     with pytest.raises(Exception, match="when to grow"):
         GrowthPolicy(count=2, every=None)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"threshold": None}, r"threshold \(lambda_\*\) must be a number <= 0, got None"),
+        ({"epsilon": "0.01"}, r"epsilon .* must be a finite number >= 0, got '0.01'"),
+        ({"fraction": True}, "fraction must be a finite number > 0, got True"),
+        ({"statistics_batches": 2.5}, "statistics_batches must be an integer >= 1"),
+        ({"weight_bound": None}, "weight_bound"),
+    ],
+)
+def test_a_setting_of_the_wrong_type_is_a_config_error_naming_it(setting, message):
+    """None, strings and bools (a YAML value or a typo) name the setting, rather than a TypeError inside math."""
+    amount = {} if "fraction" in setting else {"count": 2}
+    with pytest.raises(ConfigError, match=message):
+        GrowthPolicy(**amount, **setting)
 
 
 def test_a_splitting_stable_network_stops_the_grower():

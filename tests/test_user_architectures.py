@@ -133,7 +133,8 @@ def test_a_grower_grows_a_masked_block_and_counts_its_flops_per_sample() -> None
 
 
 class TorchEncoderClassifier(nn.Module):
-    """torch's own TransformerEncoderLayer (fused fast path in eval mode) between an embedding and an MLP head."""
+    """torch's own TransformerEncoderLayer (fused fast path in eval mode; tests/test_torch_transformers.py has more)
+    between an embedding and an MLP head."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -145,16 +146,18 @@ class TorchEncoderClassifier(nn.Module):
         return self.fc2(self.act2(self.fc1(self.encoder(self.act(self.embed(x))).mean(dim=1))))
 
 
-def test_torch_transformer_encoder_layer_is_refused_by_name_and_the_head_splits_exactly() -> None:
+def test_torch_transformer_encoder_layer_grows_its_feed_forward_units_and_the_head_splits_exactly() -> None:
     torch.manual_seed(0)
     model = TorchEncoderClassifier().double().eval()
     tokens, targets = torch.randn(4, 5, 4, dtype=torch.float64), torch.randint(0, 3, (4,))
     graph = ChannelGraph(model, tokens)
     assert not graph.sites["embed"].splittable
-    assert graph.sites["embed"].reason.startswith("'encoder': TransformerEncoderLayer: torch's fused transformer")
-    assert "inside module 'encoder' (TransformerEncoderLayer)" in graph.skipped()["encoder.linear1"]
+    assert "'encoder.self_attn': MultiheadAttention: attention heads" in graph.sites["embed"].reason
+    assert "inside module 'encoder.self_attn' (MultiheadAttention)" in graph.skipped()["encoder.self_attn.out_proj"]
     with pytest.raises(GraphError, match="cannot split"):
         SplittableNetwork(model, tokens).split([SplitRequest("embed", 0, None)], 0.0)
+    # torch's default ReLU in the layer's feed-forward block: its units are a site with the surrogate only
+    assert "encoder.linear1" not in [name for name, site in graph.sites.items() if site.splittable]
     assert_exact_splits(model, tokens, targets, ["fc1"])
 
 

@@ -42,9 +42,10 @@ explicit graph with recorded shapes gives exact index maps and errors that name 
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,7 @@ from .layers import (
     activation_of_call,
     handler_for,
     is_registered_leaf,
+    traced_form,
 )
 from .layers.activations import modifies_input
 from .layers.normalization import BatchNormHandler
@@ -426,7 +428,15 @@ class _Tracer(fx.Tracer):
     """torch.fx's tracer, keeping user-registered layer types as single calls."""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        if traced_form(module) is not None:
+            return False
         return is_registered_leaf(module) or super().is_leaf_module(module, qualified_name)
+
+    def call_module(self, module: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        form = traced_form(module)
+        if form is not None:  # torch's transformer modules: their training arithmetic, not their fast-path tests
+            forward = functools.partial(form, module)
+        return super().call_module(module, forward, args, kwargs)
 
 
 def trace(model: nn.Module) -> fx.GraphModule:

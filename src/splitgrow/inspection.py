@@ -8,8 +8,9 @@ the members' and copied rows, the per-channel entries and the consumers' columns
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +32,25 @@ def model_flops(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tens
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     first = inputs[0] if inputs else None
     batch = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() > 0 and first.shape[0] > 0 else 1
-    with evaluating(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with evaluating(model), torch.no_grad(), _unfused_attention(), FlopCounterMode(display=False) as counter:
         model(*inputs)
     return int(counter.get_total_flops()) // batch
+
+
+@contextlib.contextmanager
+def _unfused_attention() -> Iterator[None]:
+    """torch's attention and transformer layers, run as they train: in eval mode without gradients they take a
+    fused kernel whose FLOPs the counter does not see (a transformer layer's MLP would count as nothing)."""
+    backend = getattr(torch.backends, "mha", None)
+    if backend is None:
+        yield
+        return
+    enabled = backend.get_fastpath_enabled()
+    backend.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        backend.set_fastpath_enabled(enabled)
 
 
 def non_finite_tensor(model: nn.Module) -> str | None:

@@ -139,7 +139,7 @@ class GrowthPolicy:
             raise ConfigError(f"count must be an integer >= 1, got {self.count!r}")
         for name in ("fraction", "parameter_ratio", "flops_ratio"):
             value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
+            if value is not None and not (_is_number(value) and value > 0):
                 raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
         if self.every == "auto":
             self.every = 1 if self.plateau_patience is None and self.trigger is None else None
@@ -151,7 +151,7 @@ class GrowthPolicy:
             raise ConfigError("give every, plateau_patience or trigger: when to grow")
         if self.plateau_patience is not None and not _is_count(self.plateau_patience, 1):
             raise ConfigError(f"plateau_patience must be an integer >= 1, got {self.plateau_patience!r}")
-        if not (math.isfinite(self.plateau_delta) and self.plateau_delta >= 0):
+        if not (_is_number(self.plateau_delta) and self.plateau_delta >= 0):
             raise ConfigError(f"plateau_delta must be a finite number >= 0, got {self.plateau_delta!r}")
         if self.mode not in MODES:
             raise ConfigError(
@@ -161,22 +161,24 @@ class GrowthPolicy:
             value = getattr(self, name)
             if value is not None and not _is_count(value, 0):
                 raise ConfigError(f"{name} must be an integer >= 0 (or None), got {value!r}")
-        if not (math.isfinite(self.epsilon) and self.epsilon >= 0):
+        if not (_is_number(self.epsilon) and self.epsilon >= 0):
             raise ConfigError(f"epsilon (the split step size) must be a finite number >= 0, got {self.epsilon!r}")
-        if not (math.isfinite(self.threshold) and self.threshold <= 0):
-            raise ConfigError(f"threshold (lambda_*) must be <= 0, got {self.threshold!r}")
+        if not (_is_number(self.threshold) and self.threshold <= 0):
+            raise ConfigError(f"threshold (lambda_*) must be a number <= 0, got {self.threshold!r}")
         if self.solver not in SOLVERS:
             raise ConfigError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if not (math.isfinite(self.weight_bound) and self.weight_bound >= 1):
+        if not (_is_number(self.weight_bound) and self.weight_bound >= 1):
             raise ConfigError(
                 f"weight_bound (c, signed splitting) must be a finite number >= 1, got {self.weight_bound!r}"
             )
         if self.method == "signed" and self.solver == "rayleigh":
             raise ConfigError("signed splitting needs lambda_max too: use the dense, lobpcg or auto solver")
-        if self.statistics_batches is not None and self.statistics_batches < 1:
-            raise ConfigError(f"statistics_batches must be >= 1 (or None: all), got {self.statistics_batches}")
+        if self.statistics_batches is not None and not _is_count(self.statistics_batches, 1):
+            raise ConfigError(
+                f"statistics_batches must be an integer >= 1 (or None: all), got {self.statistics_batches!r}"
+            )
 
     def improved(self, value: float, best: float | None) -> bool:
         """Whether a monitored ``value`` improves on the ``best`` so far (None: no best yet) by the plateau rule."""
@@ -204,6 +206,11 @@ class GrowthPolicy:
         if self.every is None:
             return None
         return self.first if stage == 0 else self.every
+
+
+def _is_number(value: Any) -> bool:
+    """Whether ``value`` is a finite real number (a numpy one too; not a bool, not None, not a string)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_count(value: Any, least: int) -> bool:

@@ -3,6 +3,7 @@
 * :mod:`.base`: the handler interface (graph, surgery, cost, statistics);
 * :mod:`.linear`, :mod:`.conv`, :mod:`.conv1d`, :mod:`.conv3d`, :mod:`.conv_transpose`, :mod:`.normalization`,
   :mod:`.instance_norm`, :mod:`.per_channel`, :mod:`.prelu`, :mod:`.refused`: the built-in handlers, one idea each;
+* :mod:`.transformer`: the forms the tracer follows through torch's transformer modules;
 * :mod:`.activations`: activation modules, functions and methods with phi, phi', phi'' and their exactness;
 * :mod:`.registry`: lookup by module type, and :func:`register_layer` for your own layers.
 """
@@ -19,7 +20,7 @@ from .base import (
     LayerHandler,
     NeuronHandler,
 )
-from .registry import handler_for, is_registered_leaf, register_layer
+from .registry import handler_for, is_registered_leaf, register_layer, traced_form
 
 __all__ = [
     "LINEAR",
@@ -37,4 +38,5 @@ __all__ = [
     "is_registered_leaf",
     "register_activation",
     "register_layer",
+    "traced_form",
 ]

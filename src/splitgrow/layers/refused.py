@@ -14,8 +14,14 @@ _REASONS: dict[tuple[type[nn.Module], ...], str] = {
         "attention heads are not growable by splitting (a head is not a neuron with one output channel); "
         "grow the MLP blocks and keep attention as it is"
     ),
-    (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.Transformer): (
-        "torch's fused transformer layers hide their MLP; write the block with Linear layers to grow its MLP"
+    # torch's own classes are traced through (layers/transformer.py); a subclass with its own forward is not
+    (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder, nn.TransformerDecoder): (
+        "a subclass of torch's transformer module with its own forward, traced as one call: keep torch's forward "
+        "or write the block with Linear layers to grow its MLP"
+    ),
+    (nn.Transformer,): (
+        "a subclass of nn.Transformer with its own forward, traced as one call: keep torch's forward or write the "
+        "blocks with Linear layers to grow their MLPs"
     ),
     (nn.Embedding, nn.EmbeddingBag): "embedding rows are not neurons (no activation follows them)",
     (nn.RNNBase,): "recurrent layers are not supported",

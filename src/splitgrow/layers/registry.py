@@ -22,6 +22,7 @@ from .normalization import BatchNormHandler
 from .per_channel import ActivationHandler, PerChannelHandler
 from .prelu import PReLUHandler
 from .refused import RefusedHandler
+from .transformer import TRACED_FORMS, TracedForm
 
 _HANDLERS: dict[type[nn.Module], LayerHandler] = {}
 _ACTIVATION_HANDLER = ActivationHandler()
@@ -56,8 +57,21 @@ def handler_for(module: nn.Module) -> LayerHandler | None:
 
 def is_registered_leaf(module: nn.Module) -> bool:
     """Whether this module is traced as one call: a user registered its type as a layer, or as an activation
-    (whose registered phi, phi', phi'' would otherwise be bypassed by tracing into its forward)."""
+    (whose registered phi, phi', phi'' would otherwise be bypassed by tracing into its forward), or it subclasses
+    one of torch's transformer modules with a forward of its own (refused by name, not traced into)."""
+    if isinstance(module, tuple(TRACED_FORMS)) and traced_form(module) is None:
+        return True  # a subclass of torch's transformer modules with its own forward: refused as one call
     return any(cls in _USER_TYPES for cls in type(module).__mro__) or activation_of_module(module) is not None
+
+
+def traced_form(module: nn.Module) -> TracedForm | None:
+    """The form the tracer follows in place of ``module``'s forward (torch's transformer modules, whose own
+    forward decides on a fast path with tests that cannot be traced), or None to trace or keep it as usual. A
+    subclass that overrides ``forward`` has none: its forward is not the one the form copies."""
+    for cls in type(module).__mro__:
+        if cls in TRACED_FORMS:
+            return TRACED_FORMS[cls] if type(module).forward is cls.forward else None
+    return None
 
 
 for _handler in (
