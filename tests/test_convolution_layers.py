@@ -31,11 +31,13 @@ LAYERS = {
     "dilated-no-bias": lambda: nn.ConvTranspose2d(3, 5, (3, 2), stride=(3, 2), padding=(2, 1), dilation=2, bias=False),
     "cropping": lambda: nn.ConvTranspose2d(3, 5, 3, padding=3),  # padding > dilation * (kernel - 1): a crop
     "1d": lambda: nn.ConvTranspose1d(3, 5, 4, stride=2, padding=1, output_padding=1),
+    "3d": lambda: nn.ConvTranspose3d(3, 5, (2, 3, 2), stride=(1, 2, 2), padding=(0, 1, 1), output_padding=(0, 1, 0)),
+    "3d-dilated-cropping": lambda: nn.ConvTranspose3d(3, 5, 2, stride=2, padding=(3, 1, 0), dilation=2, bias=False),
     "conv3d": lambda: nn.Conv3d(3, 5, (2, 3, 3), stride=(1, 2, 1), padding=(1, 0, 2), dilation=(1, 1, 2)),
     "conv3d-replicate": lambda: nn.Conv3d(3, 5, 3, padding=1, padding_mode="replicate", bias=False),
 }
 #: the input's spatial shape for each number of spatial dimensions
-SPATIAL = {1: [6], 2: [7, 6], 3: [4, 7, 6]}
+SPATIAL = {1: [6], 2: [7, 6], 3: [4, 5, 6]}
 
 
 @pytest.mark.parametrize("name", LAYERS)
@@ -163,6 +165,40 @@ def test_a_new_neuron_of_a_transposed_convolution_keeps_the_function() -> None:
     assert grown.up1.weight.shape == (4, 6, 3, 3)
     torch.testing.assert_close(grown.up1.weight[:, -1].flatten(), candidates[0].parameters[:-1])
     torch.testing.assert_close(run_model(grown, images), run_model(model, images))
+
+
+class VolumeDecoder(nn.Module):
+    """A 3-D transposed convolution upsampling a volume, through InstanceNorm with running statistics."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up1 = nn.ConvTranspose3d(2, 4, 3, stride=2, padding=1, output_padding=1)
+        self.norm = nn.InstanceNorm3d(4, affine=True)
+        self.up2 = nn.ConvTranspose3d(4, 3, (1, 2, 2), stride=(1, 2, 2))
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.up2(F.silu(self.norm(self.up1(x))))
+        return self.fc(torch.tanh(x).mean((2, 3, 4)))
+
+
+def test_a_volume_decoder_splits_exactly_through_its_3d_transposed_convolutions() -> None:
+    torch.manual_seed(0)
+    model = VolumeDecoder().double().eval()
+    volumes, labels = torch.randn(3, 2, 2, 3, 3, dtype=torch.float64), torch.randint(0, 3, (3,))
+    graph = ChannelGraph(model, volumes)
+    assert graph.sites["up1"].neuron_dim == 2 * 27 + 1 and graph.sites["up2"].engine == "ridge"
+    # each input position meets every tap of every filter once (a multiply-add counts 2)
+    assert layer_flops(graph)["up1"] == 2 * (2 * 3 * 3) * (2 * 4 * 27)
+    assert_exact_splits(model, volumes, labels, ["up1", "up2"])
+    assert_optimisers_continue(model, volumes, labels, "up1")
+    grown = copy.deepcopy(model)
+    SplittableNetwork(grown, volumes).split([SplitRequest("up1", 1, None)], 1e-2)
+    assert (grown.up1.weight.shape, grown.norm.num_features, grown.up2.weight.shape[0]) == ((2, 5, 3, 3, 3), 5, 5)
+    rebuilt = VolumeDecoder().double().eval()
+    assert set(resize_like(rebuilt, grown.state_dict())) >= {"up1", "norm", "up2"}
+    rebuilt.load_state_dict(grown.state_dict())
+    torch.testing.assert_close(run_model(rebuilt, volumes), run_model(grown, volumes))
 
 
 def test_a_grouped_transposed_convolution_is_refused_by_name() -> None:

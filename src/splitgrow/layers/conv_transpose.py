@@ -1,4 +1,4 @@
-"""``nn.ConvTranspose1d`` and ``nn.ConvTranspose2d`` (decoders, U-Nets, upsampling audio nets): output channels are
+"""``nn.ConvTranspose1d/2d/3d`` (decoders, U-Nets, upsampling audio nets, volumetric decoders): output channels are
 neurons, as for a convolution, but the weight is laid out (in, out, *kernel): neuron j is ``weight[:, j]``
 (flattened), then ``bias[j]``, and the layer consumes its input channels along the weight's first dimension.
 
@@ -19,13 +19,18 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.grad import conv1d_weight, conv2d_weight
+from torch.nn.grad import conv1d_weight, conv2d_weight, conv3d_weight
 
 from .base import PRODUCE, ChannelMap, NeuronHandler
+from .conv import _tap_slices
+
+#: the stride-1 convolution and its weight gradient, by the number of spatial dimensions
+_CONVOLUTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_WEIGHT_GRADIENTS = {1: conv1d_weight, 2: conv2d_weight, 3: conv3d_weight}
 
 
 class ConvTransposeHandler(NeuronHandler):
-    types = (nn.ConvTranspose1d, nn.ConvTranspose2d)
+    types = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
     output_channel_dim = 1
 
     def channel_map(self, module: nn.Module, input_shape: tuple[int, ...], output_shape: tuple[int, ...]) -> ChannelMap:
@@ -129,18 +134,25 @@ class ConvTransposeHandler(NeuronHandler):
         return weights.reshape(directions.shape[0], module.weight.shape[0], *module.weight.shape[2:]), bias
 
     def _convolve(self, module: nn.Module, prepared: Tensor, filters: Tensor, bias: Tensor | None) -> Tensor:
-        convolution = F.conv1d if prepared.dim() == 3 else F.conv2d
+        convolution = _CONVOLUTIONS[prepared.dim() - 2]
         return convolution(prepared, filters, bias, stride=1, padding=0, dilation=module.dilation)
 
     def rows(self, module: nn.Module, inputs: Tensor) -> Tensor:
         """(P, 1, d): the equivalent convolution's patches, in theta's (unflipped) kernel order."""
         prepared = self.prepare_inputs(module, inputs)
         kernel, dilation = tuple(module.kernel_size), tuple(module.dilation)
-        if prepared.dim() == 3:  # one-dimensional: a height-1 image
-            prepared, kernel, dilation = prepared.unsqueeze(2), (1, *kernel), (1, *dilation)
-        patches = F.unfold(prepared, kernel, dilation=dilation)  # (N, in * taps, P)
+        if prepared.dim() == 5:  # three-dimensional: no unfold in torch, so the rows are gathered tap by tap
+            out = tuple(size - d * (k - 1) for size, k, d in zip(prepared.shape[2:], kernel, dilation))
+            slices = _tap_slices(kernel, (1,) * 3, dilation, out)
+            patches = torch.stack([prepared[(slice(None), slice(None), *at)] for _, at in slices], dim=2)
+            patches = patches.flatten(3).flatten(1, 2)  # (N, in * taps, P), channel-major as unfold's
+        else:
+            if prepared.dim() == 3:  # one-dimensional: a height-1 image
+                prepared, kernel, dilation = prepared.unsqueeze(2), (1, *kernel), (1, *dilation)
+            patches = F.unfold(prepared, kernel, dilation=dilation)  # (N, in * taps, P)
         batch, _, positions = patches.shape
-        patches = patches.reshape(batch, module.weight.shape[0], *kernel, positions).flip((2, 3))
+        spatial = tuple(range(2, 2 + len(kernel)))
+        patches = patches.reshape(batch, module.weight.shape[0], *kernel, positions).flip(spatial)
         rows = patches.reshape(batch, -1, positions).transpose(1, 2).reshape(batch * positions, 1, -1)
         if self.has_bias(module):
             rows = torch.cat([rows, torch.ones_like(rows[..., :1])], dim=2)
@@ -156,7 +168,7 @@ class ConvTransposeHandler(NeuronHandler):
     def adjoint(self, module: nn.Module, inputs: Tensor, field: Tensor) -> Tensor:
         count = field.shape[1]
         shape = (count, module.weight.shape[0], *module.weight.shape[2:])
-        gradient = conv1d_weight if inputs.dim() == 3 else conv2d_weight
+        gradient = _WEIGHT_GRADIENTS[inputs.dim() - 2]
         filters = gradient(inputs, shape, field, stride=1, padding=0, dilation=module.dilation)
         parts = [self._flipped(module, filters).flatten(1)]
         if self.has_bias(module):

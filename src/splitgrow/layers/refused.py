@@ -25,7 +25,6 @@ _REASONS: dict[tuple[type[nn.Module], ...], str] = {
     ),
     (nn.Embedding, nn.EmbeddingBag): "embedding rows are not neurons (no activation follows them)",
     (nn.RNNBase,): "recurrent layers are not supported",
-    (nn.ConvTranspose3d,): "is not supported yet (Conv1d/2d/3d and ConvTranspose1d/2d are)",
 }
 if hasattr(nn, "RMSNorm"):
     _REASONS[(nn.RMSNorm,)] = _REASONS[(nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)]
