@@ -248,6 +248,50 @@ def test_optimizer_state_follows_the_documented_rule(make_optimizer, first, seco
     assert optimizer.param_groups[0]["lr"] == pytest.approx(optimizer.defaults["lr"] * 0.1)
 
 
+def test_rprop_step_sizes_are_copied_and_its_last_gradient_halved():
+    """Rprop keeps the last gradient (a first moment: halved for each offspring) and per-entry step sizes in the
+    parameters' units (copied, a new neuron's included: a zero step size would never grow again)."""
+    from splitgrow.surgery import NewNeuron
+
+    model, inputs, targets = zoo_model("mlp")
+    model.train()
+    optimizer = torch.optim.Rprop(model.parameters(), lr=0.01)
+    for _ in range(3):  # step sizes move away from lr, differently per entry
+        optimizer.zero_grad()
+        F.cross_entropy(model(inputs), targets).backward()
+        optimizer.step()
+    weight = model.hidden[3].weight
+    old = {key: optimizer.state[weight][key].clone() for key in ("prev", "step_size")}
+    assert old["step_size"].unique().numel() > 1
+    graph = ChannelGraph(model, inputs)
+    direction = torch.randn(graph.sites["hidden.3"].neuron_dim, dtype=torch.float64)
+    requests = [SplitRequest("hidden.3", 1, direction), NewNeuron("hidden.3", direction)]
+    split_network(model, graph, requests, 0.0, optimizer=optimizer)
+    state = optimizer.state[weight]
+    assert weight.shape[0] == 6 and state["step_size"].shape == weight.shape
+    torch.testing.assert_close(state["prev"][[1, 2]], 0.5 * old["prev"][[1, 1]])
+    torch.testing.assert_close(state["step_size"][[1, 2]], old["step_size"][[1, 1]])
+    assert bool((state["prev"][-1] == 0).all()) and bool((state["step_size"][-1] > 0).all())
+    before = float(F.cross_entropy(model(inputs), targets).detach())
+    optimizer.zero_grad()
+    F.cross_entropy(model(inputs), targets).backward()
+    optimizer.step()
+    assert float(F.cross_entropy(model(inputs), targets).detach()) < before
+
+
+@pytest.mark.parametrize("make_optimizer", [torch.optim.ASGD, torch.optim.Adafactor])
+def test_state_splitgrow_cannot_carry_is_refused_naming_it(make_optimizer):
+    model, inputs, targets = zoo_model("mlp")
+    model.train()
+    optimizer = make_optimizer(model.parameters(), lr=0.01)
+    F.cross_entropy(model(inputs), targets).backward()
+    optimizer.step()
+    graph = ChannelGraph(model, inputs)
+    with pytest.raises(GraphError, match="rebuild the optimiser after the split"):
+        split_network(model, graph, [SplitRequest("hidden.3", 0)], 0.0, optimizer=optimizer)
+    assert model.hidden[3].out_features == 4
+
+
 def test_unknown_optimizer_state_is_refused_before_any_change():
     model, inputs, targets = zoo_model("mlp")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -19,8 +19,9 @@ state follows the same map, with a rule that keeps it consistent with the new pa
 gradient of each offspring's parameters (member and copied rows) is half the parent's, while a consumer column's
 gradient is unchanged. Hence, for duplicated rows, first-moment state (SGD ``momentum_buffer``, Adam ``exp_avg``,
 ...) is halved and second-moment state (Adam ``exp_avg_sq``, Adagrad ``sum``, RMSprop ``square_avg``, ...) is
-quartered, so that Adam's update m / sqrt(v) is unchanged; consumer columns keep their state; step counts are
-unchanged. State splitgrow does not know how to carry is refused before anything changes. A gradient left on a
+quartered, so that Adam's update m / sqrt(v) is unchanged; state in the parameters' own units (Rprop's step sizes)
+is copied; consumer columns keep their state; step counts are unchanged. State splitgrow does not know how to carry
+(ASGD's parameter average, Adafactor's factored moments) is refused before anything changes. A gradient left on a
 parameter (``.grad``, e.g. in the middle of a gradient accumulation) follows the first-moment rule: with eps = 0 it is
 then exactly the gradient of the grown network on the same batches, so accumulation may continue across a split.
 
@@ -44,10 +45,13 @@ from torch import Tensor, nn
 
 from .graph import ChannelGraph, GraphError, Member, handler_of
 
-#: optimiser state entries that scale like the gradient
-FIRST_MOMENT_STATES = frozenset({"momentum_buffer", "exp_avg", "grad_avg", "exp_inf"})
+#: optimiser state entries that scale like the gradient (Rprop's ``prev`` is the last gradient)
+FIRST_MOMENT_STATES = frozenset({"momentum_buffer", "exp_avg", "grad_avg", "exp_inf", "prev"})
 #: optimiser state entries that scale like the squared gradient
 SECOND_MOMENT_STATES = frozenset({"exp_avg_sq", "max_exp_avg_sq", "sum", "square_avg", "acc_delta"})
+#: optimiser state entries in the parameters' own units, whatever the gradient's scale (Rprop's per-entry step
+#: sizes): each offspring keeps its parent's, as it keeps its parent's parameters
+COPIED_STATES = frozenset({"step_size"})
 
 OUTPUTS, INPUTS = "outputs", "inputs"
 
@@ -320,10 +324,12 @@ def _state_scale(key: str, weight: float) -> float:
         return weight
     if key in SECOND_MOMENT_STATES:
         return weight * weight
+    if key in COPIED_STATES:
+        return 1.0
     raise GraphError(
         f"splitgrow does not know how to carry the optimiser state {key!r} across a split (known: "
-        f"{', '.join(sorted(FIRST_MOMENT_STATES | SECOND_MOMENT_STATES))}); rebuild the optimiser after the split "
-        "instead"
+        f"{', '.join(sorted(FIRST_MOMENT_STATES | SECOND_MOMENT_STATES | COPIED_STATES))}); rebuild the optimiser "
+        "after the split instead"
     )
 
 
@@ -623,12 +629,14 @@ def _replace_data(parameter: nn.Parameter, value: Tensor, grad: Tensor | None = 
 
 def _grow_state(state: dict, dim: int, order: Tensor, scaled: dict[int, float], fresh: set[int]) -> None:
     """Carry one parameter's optimiser state: rows scaled by their offspring's share (first moments) or its
-    square (second moments), new neurons' rows and columns zero."""
+    square (second moments), new neurons' rows and columns zero (step sizes: their parent's, since a zero step size
+    would never grow again)."""
     for key, value in list(state.items()):
         if not isinstance(value, Tensor) or value.dim() == 0:
             continue
         factors = {position: _state_scale(key, weight) for position, weight in scaled.items()}
-        state[key] = _grow_tensor(value, dim, order, factors, replace={position: 0.0 for position in fresh})
+        zeros = {} if key in COPIED_STATES else {position: 0.0 for position in fresh}
+        state[key] = _grow_tensor(value, dim, order, factors, replace=zeros)
 
 
 def resize_like(model: nn.Module, state_dict: dict[str, Tensor]) -> list[str]:
