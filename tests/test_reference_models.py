@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from splitgrow import ChannelGraph, SplittableNetwork
 from splitgrow.graph import GraphError
 from splitgrow.growth import Grower, GrowthPolicy
+from splitgrow.statistics.recording import record_batches
 from splitgrow.surgery import SplitRequest, resize_like
 
 pytestmark = pytest.mark.filterwarnings("ignore::splitgrow.errors.SplitgrowWarning")
@@ -1098,14 +1099,19 @@ def test_squeeze_excitation_gates_are_copied_and_the_expansion_is_a_chain_site()
         assert [m.module for m in site.members] == [f"{block}.block.0.0", f"{block}.block.1.0"]
 
 
-def test_shufflenet_stem_reaches_the_depthwise_branch_through_max_pooling_and_is_inexact() -> None:
+def test_shufflenet_stem_reaches_the_depthwise_branch_through_max_pooling_and_splits_exactly() -> None:
     """The stem's neuron is its filter and the first branch's depthwise filter, with the max pooling between them
-    in the segment; the pooling also feeds the other branch, so the statistics (one gradient for both users)
-    would count the depthwise path twice: the site says so and needs allow_inexact."""
+    in the segment; the pooling also feeds the other branch, so the statistics read its loss gradient through that
+    branch alone (the path through the depthwise filter is part of the neuron): the site is exact (it was labelled
+    inexact, and before that counted the depthwise path twice)."""
     site = _graph("shufflenet_v2").sites["conv1.0"]
     assert [m.module for m in site.members] == ["conv1.0", "stage2.0.branch1.0"]
     assert "maxpool" in site.segment and site.kinks == "'maxpool' (MaxPool2d)"
-    assert not site.exact and "'maxpool' feeds both the rest of its segment" in site.inexact_reason
+    assert site.exact and site.fed_back == ["maxpool"]
+    model = _model("shufflenet_v2", smooth=MODELS["shufflenet_v2"].relu)
+    assert_exact_splits(
+        model, _inputs("shufflenet_v2", 6), MODELS["shufflenet_v2"].targets(6), ["conv1.0"], allow_kinks=True
+    )
 
 
 @pytest.mark.parametrize("name", [name for name, reference in MODELS.items() if reference.exact])
@@ -1221,27 +1227,31 @@ class Branches(nn.Module):
         return self.first(hidden) + self.second(torch.sin(hidden))
 
 
-def test_a_nonlinear_frontier_that_feeds_its_own_segment_makes_the_site_inexact() -> None:
-    """The statistics read one loss gradient at tanh for both of its users, counting the path through sin twice:
-    the split's loss change is not eps^2/2 * index (it was labelled exact)."""
+def test_a_nonlinear_frontier_that_feeds_its_own_segment_reads_its_outside_gradient_and_splits_exactly() -> None:
+    """tanh feeds ``first`` (outside the segment) and sin (inside): the statistics read its loss gradient through
+    ``first`` alone, since the path through sin is part of the neuron's function (one gradient for both users
+    counted that path twice, off by more than 5%). The gradient through all users is still read for other sites."""
     torch.manual_seed(0)
     model = Branches().double()
     inputs, targets = torch.randn(16, 5, dtype=torch.float64), torch.randint(0, 3, (16,))
     net = SplittableNetwork(model, inputs)
     site = net.sites["fc"]
     assert (site.engine, site.segment, site.frontier) == ("segment", ["fc", "tanh", "sin"], ["tanh", "sin"])
-    assert not site.exact and site.inexact_reason.startswith("'tanh' feeds both the rest of its segment")
-    results = net.splitting([(inputs, targets)], F.cross_entropy)
-    channel = int(results["fc"].indexes.argmin())
-    index = float(results["fc"].indexes[channel])
-    request = SplitRequest("fc", channel, results["fc"].directions[channel], index)
-    with pytest.raises(GraphError, match="pass allow_inexact=True"):
-        SplittableNetwork(copy.deepcopy(model), inputs).split([request], 1e-4)
-    twin = copy.deepcopy(model)
-    SplittableNetwork(twin, inputs).split([request], 1e-4, allow_inexact=True)
-    with torch.no_grad():
-        measured = float(F.cross_entropy(twin(inputs), targets) - F.cross_entropy(model(inputs), targets))
-    assert abs(measured / (0.5 * 1e-8 * index) - 1) > 0.05  # the reason the label is right
+    assert site.exact and site.fed_back == ["tanh"] and site.gradient_key("tanh") == "tanh@fc"
+    assert site.gradient_key("sin") == "sin"
+    assert_exact_splits(model, inputs, targets, ["fc"])
+    # what the two probes read at tanh: the gradient through ``first`` alone, and through both users
+    records = list(record_batches(model, net.graph, [(inputs, targets)], [site], loss_function=F.cross_entropy))
+    hidden = torch.tanh(model.fc(inputs)).detach().requires_grad_(True)
+    outside = torch.autograd.grad(
+        F.cross_entropy(model.first(hidden) + model.second(torch.sin(hidden.detach())), targets), hidden
+    )[0]
+    both = torch.autograd.grad(F.cross_entropy(model.first(hidden) + model.second(torch.sin(hidden)), targets), hidden)[
+        0
+    ]
+    torch.testing.assert_close(records[0].gradients["tanh@fc"], outside, rtol=0, atol=1e-14)
+    torch.testing.assert_close(records[0].gradients["tanh"], both, rtol=0, atol=1e-14)
+    assert float((outside - both).abs().max()) > 1e-3
 
 
 class PaddedDecoder(nn.Module):

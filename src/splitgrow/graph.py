@@ -283,6 +283,9 @@ class Site:
         splittable: False when a split would touch something splitgrow cannot grow; ``reason`` says why.
         space: the space of the first member's output channels.
         segment: the traced nodes of the segment, in order; ``frontier``: those whose outputs leave it.
+        fed_back: the frontier nodes that also feed the rest of the segment, curved in theta: their loss gradient
+            is read through their users outside the segment alone (:meth:`gradient_key`), since the path inside is
+            part of the neuron's function.
         producer_node, activation_node: of a ridge or chain site (the first activation for a chain).
         chain: the rest of a chain site's nodes.
         gates: the producers whose channels only gate the group's (squeeze-and-excitation): their rows are copied
@@ -310,10 +313,16 @@ class Site:
     branches: list[tuple[str, str | None]] = field(default_factory=list)
     chain: Chain | None = None
     gates: list[str] = field(default_factory=list)
+    fed_back: list[str] = field(default_factory=list)
 
     @property
     def surrogate(self) -> str | None:
         return None if self.activation is None else self.activation.surrogate
+
+    def gradient_key(self, node: str) -> str:
+        """The key of the loss gradient the statistics read at frontier ``node``: the node's own (through all its
+        users), or for a fed-back node this site's (through its users outside the segment only)."""
+        return f"{node}@{self.name}" if node in self.fed_back else node
 
     def member_slices(self) -> list[tuple[Member, slice]]:
         """Each member with the slice of theta (and of a direction) that is its row."""
@@ -1292,13 +1301,7 @@ class ChannelGraph:
                 frontier=frontier,
                 **common,
             )
-            if fed_back := self._fed_back(segment, frontier, members, smooth):
-                site.exact = False
-                named = ", ".join(repr(self._label(n)) for n in fed_back)
-                site.inexact_reason = (
-                    f"{named} feeds both the rest of its segment and layers outside it: the statistics read one loss "
-                    "gradient there for both, so S counts the path inside twice"
-                )
+            site.fed_back = self._fed_back(segment, frontier, members, smooth)
         elif ridge is not None:
             site = self._ridge_site(first, ridge, ridge_nodes, common)
             site.exact = False
@@ -1446,9 +1449,9 @@ class ChannelGraph:
     def _fed_back(self, segment: list[str], frontier: list[str], members: list[Member], smooth: set[str]) -> list[str]:
         """The frontier nodes that also feed the rest of the segment and are nonlinear in theta (a smooth node, a
         member nonlinear in its theta, or two members, such as a filter and the depthwise filter it feeds, before
-        them). The statistics probe the
-        loss gradient at a frontier node through all its users at once, so such a node's curvature would be
-        weighted by the gradient of the path inside as well; a node linear in theta adds no curvature."""
+        them). The loss gradient at such a node through all its users would weight its curvature by the gradient
+        of the path inside as well, which the segment's own function already counts: the statistics read it
+        through the outside users alone. A node linear in theta adds no curvature, so any gradient will do."""
         inside = set(segment)
         member_nodes = {self._node_of_module(m.module).name for m in members}
         nonlinear = {self._node_of_module(m.module).name for m in members if m.handler.nonlinear_in_theta}

@@ -85,15 +85,17 @@ class _Keep(nn.Module):
 
 
 class _Probe(nn.Module):
-    """A probe: returns value + p with p a zero tensor requiring grad, so dL/dp = dL/d(value)."""
+    """A probe: returns value + p with p a zero tensor requiring grad, so dL/dp = dL/d(value). A key met again in
+    the same pass adds the same p (a site's outside users of one node): dL/dp sums the gradients through them."""
 
     def __init__(self) -> None:
         super().__init__()
         self.probes: dict[str, Tensor] = {}
 
     def forward(self, key: str, value: Tensor) -> Tensor:
-        probe = torch.zeros_like(value, requires_grad=True)
-        self.probes[key] = probe
+        probe = self.probes.get(key)
+        if probe is None:
+            probe = self.probes[key] = torch.zeros_like(value, requires_grad=True)
         return value + probe
 
 
@@ -118,7 +120,9 @@ def recorded_inputs(graph: ChannelGraph, site: Site) -> list[str]:
 
 
 class Instrumented:
-    """The model's traced graph with records and probes for a set of sites."""
+    """The model's traced graph with records and probes for a set of sites: a probe after every frontier node
+    (its gradient through all users), and for a site's fed-back frontier node one more on each edge to a user
+    outside the site's segment (its gradient through those alone, under the site's :meth:`Site.gradient_key`)."""
 
     def __init__(self, graph: ChannelGraph, sites: Iterable[Site]) -> None:
         sites = list(sites)
@@ -140,9 +144,22 @@ class Instrumented:
             with module.graph.inserting_after(node):
                 probe = module.graph.call_module("splitgrow_probe", (name, node))
             node.replace_all_uses_with(probe, delete_user_cb=lambda user, probe=probe: user is not probe)
+        outside_keys = set()
+        for site in sites:
+            inside = set(site.segment)
+            for name in site.fed_back:
+                key = site.gradient_key(name)
+                outside_keys.add(key)
+                for user in _model_users(nodes[name]):
+                    if user.name in inside:
+                        continue
+                    for source in {arg for arg in user.all_input_nodes if _carries(arg, name)}:
+                        with module.graph.inserting_before(user):
+                            probe = module.graph.call_module("splitgrow_probe", (key, source))
+                        user.replace_input_with(source, probe)
         module.recompile()
         self.module = module
-        self.probed = sorted(probed)
+        self.probed = sorted(probed | outside_keys)
 
     def take(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """The values recorded and the probes of the last forward pass (and forget them)."""
@@ -150,6 +167,27 @@ class Instrumented:
         self.keep.values.clear()
         self.probe.probes.clear()
         return values, probes
+
+
+def _is_ours(node: fx.Node) -> bool:
+    return node.op == "call_module" and str(node.target).startswith("splitgrow_")
+
+
+def _carries(node: fx.Node, name: str) -> bool:
+    """Whether ``node`` is the traced node ``name`` or a probe chain on it (the value a user reads of it)."""
+    while _is_ours(node):
+        node = node.args[1]
+    return node.name == name
+
+
+def _model_users(node: fx.Node) -> list[fx.Node]:
+    """The model's own nodes that read ``node``'s value, looking through the probes on the way."""
+    found = []
+    for user in node.users:
+        if user.op == "call_module" and user.target == "splitgrow_keep":
+            continue
+        found.extend(_model_users(user) if _is_ours(user) else [user])
+    return found
 
 
 def closure_from_loss(loss_function: LossFunction) -> LossClosure:

@@ -134,7 +134,7 @@ class SegmentProgram:
             env[node.name] = result
         total = theta.new_zeros(())
         for name in self.site.frontier:
-            total = total + (env[name] * record.gradients[name].to(env[name])).sum()
+            total = total + (env[name] * record.gradients[self.site.gradient_key(name)].to(env[name])).sum()
         return total
 
 
@@ -154,7 +154,8 @@ class SegmentOperator(CachedBatchOperator):
 
     def _cache(self, record: BatchRecord) -> BatchRecord:
         cast = {name: value.to(self.dtype) for name, value in record.values.items() if name in self.program.inputs}
-        gradients = {name: record.gradients[name].to(self.dtype) for name in self.program.site.frontier}
+        keys = [self.program.site.gradient_key(name) for name in self.program.site.frontier]
+        gradients = {key: record.gradients[key].to(self.dtype) for key in keys}
         return BatchRecord(record.weight, record.scale, cast, gradients)
 
     @property
