@@ -161,6 +161,64 @@ def test_torch_transformer_encoder_layer_grows_its_feed_forward_units_and_the_he
     assert_exact_splits(model, tokens, targets, ["fc1"])
 
 
+class TokensOnAGrid(nn.Module):
+    """A hybrid: conv stem -> tokens (N, HW, C) -> token MLP -> back onto the 4 x 4 grid by an unflatten of the
+    token dimension (one of four spellings) -> conv -> head."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling = spelling
+        self.conv1, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.fc1, self.fc2, self.grid = nn.Linear(4, 6), nn.Linear(6, 5), nn.Unflatten(2, (4, 4))
+        self.conv2, self.head = nn.Conv2d(5, 3, 3, padding=1), nn.Linear(3, 3)
+
+    def forward(self, images: Tensor) -> Tensor:
+        tokens = F.silu(self.bn(self.conv1(images))).flatten(2).transpose(1, 2)
+        features = self.fc2(F.gelu(self.fc1(tokens))).transpose(1, 2)  # (N, 5, 16)
+        grid = {
+            "method": lambda: features.unflatten(2, (4, 4)),
+            "module": lambda: self.grid(features),
+            "function": lambda: torch.unflatten(features, 2, (4, 4)),
+            "reshape": lambda: features.reshape(features.shape[0], features.shape[1], 4, 4),
+        }[self.spelling]()
+        return self.head(torch.tanh(self.conv2(torch.tanh(grid))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("spelling", ["method", "module", "function", "reshape"])
+def test_tokens_put_back_onto_a_grid_keep_their_channels_and_split_exactly(spelling: str) -> None:
+    """An unflatten of the token dimension was refused as a reshape, and with it every channel through it."""
+    torch.manual_seed(0)
+    model = TokensOnAGrid(spelling).double().eval()
+    randomise_batch_norms(model, torch.Generator().manual_seed(1))
+    images, labels = _images(size=4)
+    graph = ChannelGraph(model, images)
+    assert {name: site.engine for name, site in graph.sites.items() if site.splittable} == {
+        "conv1": "ridge",
+        "fc1": "ridge",
+        "fc2": "segment",  # its activation comes after the unflatten
+        "conv2": "ridge",
+    }
+    assert_exact_splits(model, images, labels, ["conv1", "fc1", "fc2", "conv2"])
+    assert_optimisers_continue(model, images, labels, "fc2")
+
+
+class ChannelsFlattenedAndBack(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.head = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 3, 3), nn.Linear(3, 3)
+
+    def forward(self, images: Tensor) -> Tensor:
+        flat = torch.tanh(self.conv1(images)).flatten(1)
+        return self.head(torch.tanh(self.conv2(flat.view(flat.shape[0], 4, 4, 4))).mean((2, 3)))
+
+
+def test_an_unflatten_of_channels_is_refused_even_after_a_flatten() -> None:
+    """Channels flattened into the features and unflattened back cannot follow a split (their block would move)."""
+    graph = ChannelGraph(ChannelsFlattenedAndBack(), torch.randn(2, 3, 4, 4))
+    assert graph.skipped()["conv1"] == "'view' reshapes (2, 64) to (2, 4, 4, 4)"
+    assert graph.sites["conv2"].splittable
+
+
 # ---------------------------------------------------------------------------------------------- convolutional
 
 

@@ -43,6 +43,7 @@ explicit graph with recorded shapes gives exact index maps and errors that name 
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -157,7 +158,7 @@ _PADDINGS = {torch.nn.functional.pad}
 _CONCATENATIONS = {torch.cat, torch.concat}
 _CHUNKS = {torch.chunk}
 _FLATTEN = {torch.flatten}
-_RESHAPE_METHODS = {"flatten", "view", "reshape"}
+_RESHAPES = {torch.reshape, torch.unflatten}
 _PERMUTATIONS = {torch.permute, torch.transpose, torch.swapaxes, torch.movedim}
 _PERMUTATION_METHODS = {"permute", "transpose", "swapaxes", "movedim"}
 _REDUCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
@@ -542,6 +543,7 @@ class ChannelGraph:
         self.has_in_place = False
         self._maps: dict[str, ChannelMap] = {}
         self._pending_flattens: list[tuple[fx.Node, fx.Node, int, int]] = []
+        self._pending_unflattens: list[tuple[fx.Node, fx.Node, int, int]] = []
         self._refusals: dict[str, str] = {}
         self._calls: dict[str, int] = {}
         self._tied = _tied_modules(model)
@@ -662,6 +664,9 @@ class ChannelGraph:
             return
         if isinstance(module, nn.Flatten):
             self._flatten(node, node.args[0], module.start_dim, module.end_dim)
+            return
+        if isinstance(module, nn.Unflatten):
+            self._reshape(node, node.args[0])
             return
         handler = handler_for(module)
         if handler is None:
@@ -822,6 +827,20 @@ class ChannelGraph:
                         outer=outer,
                         inner=inner,
                     )
+        self._add_unflattens()
+
+    def _add_unflattens(self) -> None:
+        """Link the dimensions an unflatten keeps to their places; the dimension it splits must hold no channels
+        (tokens put back onto an image grid): its parts are positions, linked to nothing, as a flatten's spatial
+        dimensions are. Decided after the flattens' links, so that channels flattened away and back are seen."""
+        channel_dims = self._channel_dims()
+        for node, source, split, added in self._pending_unflattens:
+            if (source.name, split) in channel_dims:
+                self._block_node(node, f"'{node.name}' reshapes {_shape(source)} to {_shape(node)}")
+                continue
+            for dim in range(1, len(_shape(source))):
+                if dim != split:
+                    self._link(self.space(source.name, dim), self.space(node.name, dim if dim < split else dim + added))
 
     def _function_edges(self, node: fx.Node) -> None:
         target, op = node.target, node.op
@@ -886,7 +905,7 @@ class ChannelGraph:
             end = _argument(node, 2, "end_dim", -1)
             self._flatten(node, source, start, end)
             return
-        if method and target in ("view", "reshape"):
+        if (not method and target in _RESHAPES) or (method and target in ("view", "reshape", "unflatten")):
             self._reshape(node, source)
             return
         if (not method and target in _PERMUTATIONS) or (method and target in _PERMUTATION_METHODS):
@@ -996,6 +1015,17 @@ class ChannelGraph:
         if before == after:
             self._link_aligned(source, node)
             return
+        # a reshape that splits one dimension into consecutive ones is an unflatten (tokens back onto a grid)
+        if before[0] == after[0] and len(after) > len(before):
+            added = len(after) - len(before)
+            for dim in range(1, len(before)):
+                if (
+                    before[:dim] == after[:dim]
+                    and before[dim + 1 :] == after[dim + 1 + added :]
+                    and math.prod(after[dim : dim + 1 + added]) == before[dim]
+                ):
+                    self._pending_unflattens.append((node, source, dim, added))
+                    return
         # a reshape that merges consecutive dimensions is a flatten
         if before[0] == after[0] and len(after) < len(before):
             for start in range(1, len(before)):
