@@ -179,7 +179,7 @@ def test_a_wav_clip_of_no_samples_says_why(tmp_path):
         writer.setsampwidth(2)
         writer.setframerate(16000)
     (tmp_path / "yes" / "empty.wav").write_bytes(buffer.getvalue())
-    with pytest.raises(DataError, match=r"empty.wav is a WAV file of no samples .*; replace it or delete it"):
+    with pytest.raises(DataError, match=r"a WAV file of no samples .* \(.*empty.wav\): replace it or delete it"):
         load_keyword_data(tmp_path)
 
 

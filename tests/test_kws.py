@@ -151,7 +151,7 @@ def test_missing_tools_are_one_line_naming_the_apt_packages(tmp_path, monkeypatc
         (["--set", "steps=[10, 10]"], "learning_rates and steps must list the same number"),
         (["--set", "dataset=synthetic", "--data-root", "/data"], "dataset synthetic is built in"),
         (["--set", "activation=relu"], "activation must be one of softplus"),
-        (["--data-root", "/nonexistent/speech"], "/nonexistent/speech does not exist"),
+        (["--data-root", "/nonexistent/speech"], "the keyword data folder does not exist (/nonexistent/speech)"),
     ],
 )
 def test_command_line_errors(tmp_path, args, message):

@@ -245,6 +245,21 @@ def require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+#: the largest split step size a setting may give: the predicted loss change is eps^2 / 2 times an index, and the
+#: square of a float above 1.3e154 overflows (an OverflowError deep in a run, not a message)
+MAX_STEP_SIZE = 1e150
+
+
+def require_step_size(value: float, name: str = "epsilon") -> None:
+    """Refuse a split step size below 0 or above :data:`MAX_STEP_SIZE` (for the configs' ``validate`` methods)."""
+    require(value >= 0, f"{name} (the split step size) must be >= 0, got {value}")
+    require(
+        value <= MAX_STEP_SIZE,
+        f"{name} (the split step size) must be at most {MAX_STEP_SIZE:g}, got {value:g}: its square, in the "
+        "predicted loss change eps^2/2 * index, overflows (a split step is small: 0.01 to 0.1)",
+    )
+
+
 def require_folder_or_none(value: str | None, name: str) -> None:
     """Refuse an empty folder setting (for the configs' ``validate`` methods): ``Path("")`` is the current folder,
     which an empty value does not mean; null is the setting's default place."""

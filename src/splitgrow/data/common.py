@@ -22,23 +22,26 @@ def read_archive_members(
     raw: bytes, path: Path, members: Sequence[str], *, kind: str, missing: str, fix: str
 ) -> list[bytes]:
     """The bytes of each of ``members`` of the gzipped tar archive ``raw`` (the file ``path``, a ``kind`` archive
-    such as ".tgz"), in order, without writing anything.
+    such as ".tgz"), in order, without writing anything. The archive is decompressed once, in one pass, whatever
+    order its members are in (looking members up by name would decompress it again from the start for each one
+    that lies before the last one read).
 
     Raises:
-        DataError: the archive is truncated or corrupt, or a member is missing (``missing``, a message with
-            ``{member}``); both with ``fix``.
+        DataError: the archive is truncated or corrupt, or a member is missing or not a regular file (``missing``,
+            a message with ``{member}``); both with ``fix``.
     """
-    found = []
+    wanted = set(members)
+    found: dict[str, bytes] = {}
     try:
-        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as archive:
-            for member in members:
-                try:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r|gz") as archive:
+            for member in archive:
+                if member.name in wanted and member.isfile():
                     stream = archive.extractfile(member)
-                except KeyError:
-                    stream = None
-                if stream is None:
-                    raise DataError(missing.format(member=member), path, fix)
-                found.append(stream.read())
+                    if stream is not None:
+                        found[member.name] = stream.read()  # a name given twice: the last, as tar extracts it
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
         raise DataError(f"not a readable {kind} archive ({error}): truncated or corrupt", path, fix) from None
-    return found
+    for member in members:
+        if member not in found:
+            raise DataError(missing.format(member=member), path, fix)
+    return [found[member] for member in members]

@@ -379,22 +379,30 @@ def _cifar_source(root: Path, split: str) -> Path:
     raise DataError(f"cifar10: no {missing[0]} (nor {_CIFAR_ARCHIVE})", folder, _HOW_TO_GET["cifar10"])
 
 
-def _read_cifar_archive(archive: Path, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The batches of ``split`` read from the packed archive (nothing is written)."""
+def _read_cifar_archive(archive: Path, splits: tuple[str, ...]) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """The batches of each of ``splits`` read from the packed archive in one pass (nothing is written)."""
     fix = f"replace it (a fresh copy, or --download), or unpack it (`tar xzf {_CIFAR_ARCHIVE}`)"
-    members = [f"{_CIFAR_FOLDER}/{file}" for file in _CIFAR_FILES[split]]
+    files = [file for split in splits for file in _CIFAR_FILES[split]]
+    members = [f"{_CIFAR_FOLDER}/{file}" for file in files]
     found = read_archive_members(
         _read(archive), archive, members, kind=".tar.gz", missing="cifar10: no {member} in the archive", fix=fix
     )
-    return [_parse_cifar_batch(raw, f"{archive}:{member}") for raw, member in zip(found, members)]
+    batches = dict(zip(files, found))
+    return {
+        split: [_parse_cifar_batch(batches[file], f"{archive}:{_CIFAR_FOLDER}/{file}") for file in _CIFAR_FILES[split]]
+        for split in splits
+    }
 
 
-def _load_cifar_split(root: Path, split: str) -> ImageDataset:
+def _load_cifar_split(
+    root: Path, split: str, packed: list[tuple[np.ndarray, np.ndarray]] | None = None
+) -> ImageDataset:
+    """One split of CIFAR-10 from its batch files, or from the archive (``packed``: its batches, already read)."""
     source = _cifar_source(root, split)
     if source.is_dir():
         parts = [read_cifar_batch(source / file) for file in _CIFAR_FILES[split]]
     else:
-        parts = _read_cifar_archive(source, split)
+        parts = packed if packed is not None else _read_cifar_archive(source, (split,))[split]
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     _require_images("cifar10", split, images.shape[0], source)
@@ -407,12 +415,10 @@ def _require_images(name: str, split: str, count: int, where: Path) -> None:
         raise DataError(f"{name}: the {split} files hold 0 images", where, _REPLACE)
 
 
-def load_dataset(name: str, split: str, root: Path | None = None, *, download: bool = False) -> ImageDataset:
-    """Load the ``split`` ("train" or "test") of ``name`` (fashion-mnist, mnist, cifar10)."""
+def _dataset_root(name: str, root: Path | None, download: bool) -> Path:
+    """The folder of ``name`` (``root``, or its default place), downloaded first with ``download``."""
     if name not in DATASETS:
         raise DataError("unknown dataset", name, f"choose one of {', '.join(DATASETS)}")
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     root = Path(root) if root is not None else default_root(name)
     if root.exists() and not root.is_dir():
         raise DataError(
@@ -422,9 +428,32 @@ def load_dataset(name: str, split: str, root: Path | None = None, *, download: b
         fetch(name, root)
     if not root.is_dir():
         raise DataError(f"the data folder {root} does not exist", name, _HOW_TO_GET[name])
+    return root
+
+
+def load_dataset(name: str, split: str, root: Path | None = None, *, download: bool = False) -> ImageDataset:
+    """Load the ``split`` ("train" or "test") of ``name`` (fashion-mnist, mnist, cifar10).
+
+    To load both splits, :func:`load_splits` reads a packed CIFAR-10 archive once rather than once per split.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = _dataset_root(name, root, download)
     if name == "cifar10":
         return _load_cifar_split(root, split)
     return _load_idx_split(root, name, split)
+
+
+def load_splits(name: str, root: Path | None = None, *, download: bool = False) -> tuple[ImageDataset, ImageDataset]:
+    """The train and test splits of ``name``, as :func:`load_dataset` gives them; CIFAR-10's packed archive
+    (``cifar-10-python.tar.gz``, 170 MB) is decompressed once for the two, not once per split."""
+    root = _dataset_root(name, root, download)
+    if name != "cifar10":
+        return _load_idx_split(root, name, "train"), _load_idx_split(root, name, "test")
+    sources = {split: _cifar_source(root, split) for split in ("train", "test")}
+    packed = tuple(split for split, source in sources.items() if not source.is_dir())
+    batches = _read_cifar_archive(sources[packed[0]], packed) if packed else {}
+    return _load_cifar_split(root, "train", batches.get("train")), _load_cifar_split(root, "test", batches.get("test"))
 
 
 def _on_disk(name: str, root: Path) -> bool:

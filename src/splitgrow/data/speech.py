@@ -191,8 +191,9 @@ def _dataset_folder(root: Path) -> Path:
     nested = [root / name for name in _NESTED_FOLDERS if (root / name).is_dir()]
     if len(nested) > 1:
         raise DataError(
-            f"{root} holds several versions of Speech Commands ({', '.join(str(n) for n in nested)}); pass "
-            "--data-root to the one to use"
+            f"several versions of Speech Commands: {', '.join(str(n.relative_to(root)) for n in nested)}",
+            root,
+            "pass --data-root to the one to use",
         )
     return nested[0] if nested else root
 
@@ -213,12 +214,13 @@ def _word_files(root: Path) -> dict[str, list[str]]:
         if files:
             words.setdefault(folder.name.lower(), []).extend(files)
     if not words:
-        raise DataError(f"no <word>/*.wav clips in {root}; {_HOW_TO_GET}")
+        raise DataError("no <word>/*.wav clips: not Speech Commands' layout", root, _HOW_TO_GET)
     missing = [word for word in KEYWORDS if word not in words]
     if missing:
         raise DataError(
-            f"{root} has no folder of clips for {', '.join(missing)} (missing, or empty); is it Speech Commands? "
-            f"{_HOW_TO_GET}"
+            f"no folder of clips for {', '.join(missing)} (missing, or empty): is it Speech Commands?",
+            root,
+            _HOW_TO_GET,
         )
     return words
 
@@ -226,12 +228,16 @@ def _word_files(root: Path) -> dict[str, list[str]]:
 def _read_list(root: Path, partition: str) -> set[str]:
     path = root / LIST_FILES[partition]
     if not path.is_file():
-        raise DataError(f"split='lists' needs {path}; it is missing (use split='hash', TensorFlow's split)")
+        raise DataError(
+            f"split='lists' needs the list file {path.name}, which is missing",
+            path,
+            "restore it, or use split='hash' (TensorFlow's split)",
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise DataError(
-            f"{path} is not a text file of clip names; replace it with the dataset's own, or use split='hash'"
+            "not a text file of clip names", path, "replace it with the dataset's own, or use split='hash'"
         ) from None
     return {line.strip() for line in text.splitlines() if line.strip()}
 
@@ -246,14 +252,17 @@ def _assign(
         for name, listed in lists.items():
             if unknown := sorted(listed - clips):
                 raise DataError(
-                    f"{root / LIST_FILES[name]} names {len(unknown)} clip(s) that are not in {root}, the first "
-                    f"{unknown[0]!r}: the list of another version of the dataset, or clips deleted; restore them, "
-                    "remove them from the list, or use split='hash'"
+                    f"the list names {len(unknown)} clip(s) that are not in the dataset folder, the first "
+                    f"{unknown[0]!r}: the list of another version of the dataset, or clips deleted",
+                    root / LIST_FILES[name],
+                    "restore them, remove them from the list, or use split='hash'",
                 )
         if both := sorted(lists["validation"] & lists["testing"]):
             raise DataError(
-                f"{len(both)} clip(s) are in both {LIST_FILES['validation']} and {LIST_FILES['testing']} of {root}, "
-                f"the first {both[0]!r}; remove them from one list, or use split='hash'"
+                f"{len(both)} clip(s) are in both {LIST_FILES['validation']} and {LIST_FILES['testing']}, the first "
+                f"{both[0]!r}",
+                root,
+                "remove them from one list, or use split='hash'",
             )
     result: dict[str, tuple[list[str], list[str]]] = {name: ([], []) for name in PARTITIONS}
     for word, files in words.items():
@@ -271,22 +280,30 @@ def _read_clip(path: Path) -> np.ndarray:
     labelled as its word (as an empty file is refused, whose header is cut short too)."""
     samples = read_wav(path, SAMPLE_RATE)[:CLIP_SAMPLES]
     if not samples.shape[0]:
-        raise DataError(f"{path} is a WAV file of no samples (a header without audio); replace it or delete it")
+        raise DataError("a WAV file of no samples (a header without audio)", path, "replace it or delete it")
     return np.pad(samples, (0, CLIP_SAMPLES - samples.shape[0]))
 
 
 def _read_background(root: Path) -> tuple[Tensor, ...]:
     folder = root / BACKGROUND_FOLDER
     if not folder.is_dir():
-        raise DataError(f"{folder} does not exist: silence clips and noise augmentation need it; {_HOW_TO_GET}")
+        raise DataError(
+            f"no {BACKGROUND_FOLDER} folder: silence clips and noise augmentation need it", folder, _HOW_TO_GET
+        )
     recordings = []
     for path in sorted(_clips(folder)):
         samples = read_wav(path, SAMPLE_RATE)
         if samples.shape[0] <= CLIP_SAMPLES:
-            raise DataError(f"{path} has {samples.shape[0]} samples; background noise must be longer than 1 s")
+            raise DataError(
+                f"{samples.shape[0]} samples: a background noise recording must be longer than 1 s",
+                path,
+                "replace it with a longer recording, or delete it",
+            )
         recordings.append(torch.from_numpy(samples.astype(np.float32) / 32768.0))
     if not recordings:
-        raise DataError(f"{folder} has no .wav recordings; silence clips need background noise")
+        raise DataError(
+            "no .wav recordings: silence clips need background noise", folder, "restore the dataset's recordings"
+        )
     return tuple(recordings)
 
 
@@ -317,12 +334,18 @@ def load_keyword_data(
             or one at another sample rate.
     """
     if split not in SPLITS:
-        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        raise DataError(
+            f"split must be one of {', '.join(SPLITS)}, got {split!r}",
+            "split",
+            "hash is TensorFlow's split by speaker, lists the dataset's list files",
+        )
     root = _dataset_folder(Path(root) if root is not None else default_speech_root())
+    if root.exists() and not root.is_dir():
+        raise DataError("a file, not the folder of the dataset", root, f"give --data-root a folder; {_HOW_TO_GET}")
     if download:
         fetch_speech_commands(root)
     if not root.is_dir():
-        raise DataError(f"the keyword data folder {root} does not exist; {_HOW_TO_GET}")
+        raise DataError("the keyword data folder does not exist", root, _HOW_TO_GET)
     words = _word_files(root)
     background = _read_background(root)
     assigned = _assign(words, split, root, validation_percentage, testing_percentage)
@@ -372,9 +395,9 @@ def _synthetic_description(root: Path) -> dict[str, Any]:
     try:
         description = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise DataError(f"{path} is corrupt, not valid JSON; {fix}") from None
+        raise DataError("corrupt description of the synthetic set, not valid JSON", path, fix) from None
     if not isinstance(description, dict) or not description:
-        raise DataError(f"{path} is not the description of a synthetic set (a JSON object); {fix}")
+        raise DataError("not the description of a synthetic set (a JSON object)", path, fix)
     return description
 
 
@@ -393,7 +416,11 @@ def _extract(archive_path: Path, destination: Path) -> None:
         for member in archive.getmembers():
             path = PurePosixPath(member.name)
             if path.is_absolute() or ".." in path.parts:
-                raise DataError(f"{archive_path} has an unsafe member {member.name!r}: not extracted")
+                raise DataError(
+                    f"an unsafe member {member.name!r} (outside the folder): not extracted",
+                    archive_path,
+                    "download the archive from its official address",
+                )
             if member.isfile() or member.isdir():
                 members.append(member)
         # Python >= 3.12 (and 3.10.12, 3.11.4) filters members itself and warns without a filter
@@ -405,34 +432,72 @@ def fetch_speech_commands(root: Path, *, opener: Callable[..., Any] = urllib.req
     """Download and unpack Speech Commands v0.01 into ``root`` unless it is already there.
 
     The archive is streamed to a temporary file beside ``root`` and its SHA-256 checked; it is unpacked into a
-    temporary folder that is renamed to ``root`` at the end, so ``root`` is complete or absent.
+    temporary folder that is renamed to ``root`` at the end, so ``root`` is complete or absent. A download that
+    fails leaves nothing behind: not the temporary files, nor the folders above ``root`` it created for them.
 
     Raises:
         DataError: ``root`` holds other files, the download fails, or the checksum differs.
+        OSError: the archive cannot be written beside ``root`` (a full disk, no permission), naming ``root``.
     """
     root = Path(root)
     if _is_complete(root):
         return
     if root.exists() and any(root.iterdir()):
-        raise DataError(f"--download needs a new or empty folder; {root} holds other files (choose another one)")
+        raise DataError(
+            "--download needs a new or empty folder, and this one holds other files",
+            root,
+            "leave out --download to read what is there, or choose another --data-root",
+        )
+    created = []  # the folders above root that do not exist yet, deepest first: made here, removed on failure
+    folder = root.parent
+    while not folder.exists() and folder != folder.parent:
+        created.append(folder)
+        folder = folder.parent
     root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _download_and_unpack(root, opener)
+    except BaseException:
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:  # no longer empty: something else was put there meanwhile
+                break
+        raise
+
+
+def _download_and_unpack(root: Path, opener: Callable[..., Any]) -> None:
+    """The body of :func:`fetch_speech_commands`, once the folder that holds ``root`` exists."""
     url, checksum = _ARCHIVE
+    by_hand = (
+        f"check the connection, or download it by hand, unpack it into {root} (`mkdir -p {root} && tar xzf "
+        f"{PurePosixPath(url).name} -C {root}`) and run again without --download"
+    )
     digest = hashlib.sha256()
     with tempfile.NamedTemporaryFile(dir=root.parent, prefix=f".{root.name}.", suffix=".tar.gz") as archive:
         try:
-            with opener(url, timeout=60) as response:
-                while chunk := response.read(1 << 20):
-                    digest.update(chunk)
+            response = opener(url, timeout=60)
+        except (OSError, http.client.HTTPException) as error:
+            raise DataError(f"could not download {url}: {error}", root, by_hand) from None
+        with response:
+            while True:
+                try:
+                    chunk = response.read(1 << 20)
+                except (OSError, http.client.HTTPException) as error:  # IncompleteRead: the connection dropped
+                    raise DataError(f"could not download {url}: {error}", root, by_hand) from None
+                if not chunk:
+                    break
+                digest.update(chunk)
+                try:
                     archive.write(chunk)
-        except (OSError, http.client.HTTPException) as error:  # IncompleteRead: the connection dropped mid-file
-            raise DataError(
-                f"could not download {url}: {error}; check the connection, or download it by hand, unpack it into "
-                f"{root} (`mkdir -p {root} && tar xzf {PurePosixPath(url).name} -C {root}`) and run again without "
-                "--download"
-            ) from None
+                except OSError as error:  # a full disk is not the connection's fault: the file system's own error
+                    raise OSError(error.errno, error.strerror, str(root)) from None
         archive.flush()
         if digest.hexdigest() != checksum:
-            raise DataError(f"{url} has SHA-256 {digest.hexdigest()}, expected {checksum}: not unpacked")
+            raise DataError(
+                f"{url} has SHA-256 {digest.hexdigest()}, expected {checksum}: not unpacked",
+                root,
+                "try again later (a mirror or proxy may have changed it), or download it by hand",
+            )
         staging = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.", suffix=".partial"))
         try:
             _extract(Path(archive.name), staging)

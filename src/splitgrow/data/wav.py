@@ -21,6 +21,8 @@ from scipy.io import wavfile
 from ..artifacts import atomic_write_bytes
 from .common import DataError
 
+#: what fixes a damaged file
+_REPLACE = "replace it or delete it"
 #: a chunk size that streaming writers (and RF64 files) leave when they cannot seek back to fill it in
 _UNKNOWN_SIZE = 0xFFFFFFFF
 
@@ -47,8 +49,10 @@ def _check_complete(raw: bytes, path: Path) -> None:
     offset, size = chunks[b"data"]
     if size != _UNKNOWN_SIZE and frame_bytes and len(raw) - offset < size:
         raise DataError(
-            f"{path} is truncated: its header announces {size // frame_bytes} samples, it holds "
-            f"{(len(raw) - offset) // frame_bytes}; replace it or delete it"
+            f"truncated WAV file: its header announces {size // frame_bytes} samples, it holds "
+            f"{(len(raw) - offset) // frame_bytes}",
+            path,
+            _REPLACE,
         )
 
 
@@ -64,7 +68,7 @@ def _to_int16(samples: np.ndarray, path: Path) -> np.ndarray:
         scaled = samples / float(2 ** (8 * samples.dtype.itemsize - 16))
     else:
         if not np.isfinite(samples).all():
-            raise DataError(f"{path} holds NaN or infinite samples; replace it or delete it")
+            raise DataError("a WAV file of NaN or infinite samples", path, _REPLACE)
         scaled = samples.astype(np.float64) * 32768.0
     return np.clip(np.rint(scaled), -32768, 32767).astype(np.int16)
 
@@ -82,9 +86,11 @@ def read_wav(path: Path, sample_rate: int) -> np.ndarray:
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
-        raise DataError(f"{path} does not exist") from None
+        raise DataError("no such WAV file", path, "check the path, or restore the file") from None
     except OSError as error:  # no permission, a folder of that name, ...
-        raise DataError(f"{path} cannot be read ({error.strerror}); check its permissions or replace it") from None
+        raise DataError(
+            f"cannot read the WAV file ({error.strerror})", path, "check its permissions, or replace it"
+        ) from None
     _check_complete(raw, path)
     try:
         with warnings.catch_warnings():
@@ -94,14 +100,17 @@ def read_wav(path: Path, sample_rate: int) -> np.ndarray:
         reason = str(error) if raw else ""
         # scipy's words for a format it does not decode (A-law, mu-law, ADPCM, 12-bit float, ...)
         foreign = reason.startswith(("Unknown wave file format", "Unsupported bit depth"))
-        fix = "convert it to PCM (e.g. `sox IN -e signed -b 16 OUT`)" if foreign else "replace it or delete it"
-        raise DataError(f"{path} is not a readable WAV file ({reason or 'empty or cut short'}); {fix}") from None
+        fix = "convert it to PCM (e.g. `sox IN -e signed -b 16 OUT`)" if foreign else _REPLACE
+        raise DataError(f"not a readable WAV file ({reason or 'empty or cut short'})", path, fix) from None
     if samples.ndim != 1:
-        raise DataError(f"{path} has {samples.shape[1]} channels; expected mono (mix it down, e.g. `sox IN -c 1 OUT`)")
+        raise DataError(
+            f"a WAV file of {samples.shape[1]} channels, expected mono", path, "mix it down, e.g. `sox IN -c 1 OUT`"
+        )
     if rate != sample_rate:
         raise DataError(
-            f"{path} is sampled at {rate} Hz, expected {sample_rate} Hz (resample it, e.g. `sox IN -r {sample_rate} "
-            f"OUT`)"
+            f"a WAV file sampled at {rate} Hz, expected {sample_rate} Hz",
+            path,
+            f"resample it, e.g. `sox IN -r {sample_rate} OUT`",
         )
     return _to_int16(samples, path)
 

@@ -295,10 +295,20 @@ def _recorded_settings(out_dir: Path) -> dict[str, Any] | None:
     return settings
 
 
-def _check_same_settings(out_dir: Path, config_dict: dict[str, Any], free_keys: frozenset[str], resume: bool) -> None:
+def _check_same_settings(out_dir: Path, config_dict: dict[str, Any], experiment: Experiment, resume: bool) -> None:
     """A run folder belongs to one configuration: refuse to run or resume other settings into it, which would mix
     its results with results computed differently."""
+    free_keys = experiment.resume_free_keys
     recorded = _recorded_settings(out_dir)
+    foreign = [] if recorded is None else [str(key) for key in recorded if key not in config_dict]
+    if foreign:  # every setting would differ: say what the folder holds instead
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise RunFolderError(
+            f"the folder holds a run of another experiment (or of another version of splitgrow): its config.yaml "
+            f"sets {shown}, which {experiment.name} has no setting for",
+            out_dir,
+            "choose another folder with --out",
+        )
     changed = [] if recorded is None else _changed_settings(recorded, config_dict, free_keys)
     if not changed:
         return
@@ -328,8 +338,27 @@ def _read_results(path: Path) -> dict[str, Any]:
     except RecursionError:
         raise RunFolderError("corrupt results, lists nested too deeply", path, fix) from None
     required = ("experiment", "seed", "config", "metadata", "wall_time_s")
-    if not isinstance(results, dict) or any(key not in results for key in required):
-        raise RunFolderError(f"not the results of a splitgrow run (no {', '.join(required)})", path, fix)
+    if not isinstance(results, dict):
+        raise RunFolderError(f"not the results of a splitgrow run (a {type(results).__name__})", path, fix)
+    missing = [key for key in required if key not in results]
+    if missing:
+        raise RunFolderError(f"not the results of a splitgrow run (no {', '.join(missing)})", path, fix)
+    # what a summary reads of every seed, checked here: a hand-edited value would fail there, as a traceback
+    kinds = {"experiment": str, "seed": int, "config": dict, "metadata": dict, "wall_time_s": (int, float)}
+    wrong = [
+        f"{key} {results[key]!r}"
+        for key, kind in kinds.items()
+        if not isinstance(results[key], kind) or isinstance(results[key], bool)
+    ]
+    if wrong:
+        raise RunFolderError(f"not the results of a splitgrow run (its {', '.join(wrong)})", path, fix)
+    folder_seed = int(path.parent.name.removeprefix("seed-")) if re.fullmatch(r"seed-\d+", path.parent.name) else None
+    if folder_seed is not None and results["seed"] != folder_seed:
+        raise RunFolderError(
+            f"the results of seed {results['seed']} in the folder of seed {folder_seed} (moved, or edited)",
+            path,
+            f"move them to seed-{results['seed']}, or {fix}",
+        )
     return results
 
 
@@ -391,7 +420,7 @@ def run_experiment(
     In a data-parallel run (``torchrun``) every process runs every seed and rank 0 alone writes the files.
     """
     config_dict = config_to_dict(config)
-    _check_same_settings(out_dir, config_dict, experiment.resume_free_keys, resume)
+    _check_same_settings(out_dir, config_dict, experiment, resume)
     created = _missing_folders(out_dir)
     had_settings = (out_dir / "config.yaml").exists()
     before = {} if had_settings else _file_states(out_dir)  # only needed to take back a config.yaml it writes
@@ -432,15 +461,7 @@ def _run_seeds(
         for seed in seeds:
             path = out_dir / f"seed-{seed}" / "results.json"
             if path.is_file():
-                done[seed] = _read_results(path)
-                changed = _changed_settings(done[seed]["config"], config_dict, experiment.resume_free_keys)
-                if changed:
-                    changes = _describe_changes(done[seed]["config"], config_dict, changed)
-                    raise RunFolderError(
-                        f"cannot resume: this seed was run with other settings ({changes})",
-                        path,
-                        "choose another --out for these settings",
-                    )
+                done[seed] = _check_resumed_results(experiment, config_dict, _read_results(path), path)
                 reporter.message(f"seed {seed}: already finished in {path.parent}")
     pending = [seed for seed in seeds if seed not in done]
     if jobs > 1 and len(pending) > 1:
@@ -473,6 +494,37 @@ def _run_seeds(
     )
     atomic_write_text(out_dir / "summary.md", table + "\n")
     return summary, table
+
+
+def _check_resumed_results(
+    experiment: Experiment, config_dict: dict[str, Any], results: dict[str, Any], path: Path
+) -> dict[str, Any]:
+    """The finished results of a seed that ``--resume`` keeps, refused if they are another experiment's, of other
+    settings, or if the summary at the end could not use them (edited): now, not after the other seeds have run,
+    as a traceback."""
+    fix = f"delete {path.parent} to run that seed again (--resume keeps the others), or choose another --out"
+    if results["experiment"] != experiment.name:
+        raise RunFolderError(
+            f"cannot resume: the results of the {results['experiment']} experiment, not {experiment.name}", path, fix
+        )
+    changed = _changed_settings(results["config"], config_dict, experiment.resume_free_keys)
+    if changed:
+        changes = _describe_changes(results["config"], config_dict, changed)
+        raise RunFolderError(
+            f"cannot resume: this seed was run with other settings ({changes})",
+            path,
+            "choose another --out for these settings",
+        )
+    try:
+        experiment.summarize([results])
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+        raise RunFolderError(
+            f"cannot resume: results that are not those of a {experiment.name} run ({type(error).__name__}: "
+            f"{error}): edited, or written by another version of splitgrow",
+            path,
+            fix,
+        ) from None
+    return results
 
 
 def report_experiment(out_dir: Path) -> tuple[dict[str, Any], str]:
@@ -511,7 +563,7 @@ def report_experiment(out_dir: Path) -> tuple[dict[str, Any], str]:
         for results, path in zip(all_results, paths):
             experiment.plot(results, path.parent)
         summary, table = experiment.summarize(all_results)
-    except (KeyError, IndexError, TypeError, ValueError) as error:
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
         # the results files are the user's: one that lacks what its experiment's runs record cannot be drawn
         raise RunFolderError(
             f"results that are not those of a {experiment.name} run ({type(error).__name__}: {error}): edited, or "

@@ -41,8 +41,8 @@ from ..classification import (
     restart_learning_rate,
     train_epoch,
 )
-from ..config import require, require_folder_or_none
-from ..data import DATASETS, Batches, ImageDataset, load_dataset
+from ..config import require, require_folder_or_none, require_step_size
+from ..data import DATASETS, Batches, ImageDataset, load_splits
 from ..errors import ConfigError, DivergenceError, SplitgrowError
 from ..firefly import FireflyOptions
 from ..growth import Grower, GrowthPolicy
@@ -188,7 +188,7 @@ class ImagesConfig:
         require(self.stages >= 0, "stages must be >= 0")
         require(self.growth_ratio > 0, "growth_ratio must be > 0")
         require(self.parameter_budget >= 0, "parameter_budget must be >= 0")
-        require(self.epsilon >= 0, f"epsilon (the split step size) must be >= 0, got {self.epsilon}")
+        require_step_size(self.epsilon)
         require(self.threshold <= 0, f"threshold (lambda_*) must be <= 0, got {self.threshold}")
         require(self.solver in SOLVERS, f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         require(self.split_batches >= 1, "split_batches must be >= 1")
@@ -617,8 +617,7 @@ def run_seed(
         )
     root = Path(config.data_root) if config.data_root else None
     with parallel.main_first(config.download):  # one process downloads, the others read its files
-        train = load_dataset(config.dataset, "train", root, download=config.download)
-        test = load_dataset(config.dataset, "test", root)
+        train, test = load_splits(config.dataset, root, download=config.download)
     largest = max(*train.images.shape[-2:], *test.images.shape[-2:])
     if largest > config.image_size:  # images are zero-padded to image_size, never cropped
         raise ConfigError(

@@ -40,7 +40,7 @@ from torch import Tensor
 from ..artifacts import new_figure, save_figure
 from ..checkpoints import Checkpoint
 from ..classification import evaluate, train_epoch
-from ..config import require, require_folder_or_none
+from ..config import require, require_folder_or_none, require_step_size
 from ..data import DataError, KeywordData, load_keyword_data, precompute_features, synthesize_keywords
 from ..data.speech import SPLITS
 from ..errors import ConfigError, SplitgrowError
@@ -141,6 +141,8 @@ class KwsConfig:
             "dataset synthetic is built in ~/.cache/splitgrow: leave out data_root and download (or use dataset "
             "auto to read a folder)",
         )
+        # numpy's generators, which draw the set's voices and unknown clips, take no negative seed
+        require(self.data_seed >= 0, f"data_seed must be >= 0, got {self.data_seed}")
         require(self.synthetic_clips_per_word >= 5, "synthetic_clips_per_word must be >= 5")
         require(self.split in SPLITS, f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         require(
@@ -162,7 +164,7 @@ class KwsConfig:
         require(self.growth_ratio > 0, "growth_ratio must be > 0")
         require(self.max_parameters >= 1, "max_parameters must be >= 1")
         require(self.max_stages is None or self.max_stages >= 0, "max_stages must be >= 0 (or null: no limit)")
-        require(self.epsilon >= 0, f"epsilon (the split step size) must be >= 0, got {self.epsilon}")
+        require_step_size(self.epsilon)
         require(self.threshold <= 0, f"threshold (lambda_*) must be <= 0, got {self.threshold}")
         require(self.solver in SOLVERS, f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         require(self.split_batches >= 1, "split_batches must be >= 1")
@@ -219,8 +221,9 @@ def load_data(config: KwsConfig, reporter: Reporter) -> KeywordData:
     for partition in ("training", "validation", "testing"):
         if len(data.partition(partition)) == 0:
             raise DataError(
-                f"the {partition} partition of {data.root} is empty; a keyword set needs speakers in every partition "
-                "(raise synthetic_clips_per_word, or check the folder)"
+                f"the {partition} partition is empty: a keyword set needs speakers in every partition",
+                data.root,
+                "raise synthetic_clips_per_word, or check the folder",
             )
     return data
 

