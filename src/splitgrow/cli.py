@@ -135,6 +135,19 @@ _FILE_SYSTEM_ERRORS = {
 
 
 _SMALLER = "use smaller settings (batch size, widths, samples)"
+#: the largest whole number an option takes: torch and numpy take 64-bit integers (as the settings do, see
+#: :mod:`splitgrow.config`); a larger one would overflow inside them, as a traceback
+_LARGEST = 2**63 - 1
+
+
+def _check_counts(**options: tuple[int, int]) -> None:
+    """Refuse an integer option outside ``least`` .. 2^63 - 1, given as ``--name=(value, least)``."""
+    for name, (value, least) in options.items():
+        option = "--" + name.replace("_", "-")
+        if not least <= value <= _LARGEST:
+            if value < least:
+                fail(f"{option} must be >= {least}", f"{option} {value}", f"give a number >= {least}")
+            fail(f"{option} must be below 2^63", f"{option} {value}", "give a 64-bit integer (a smaller number)")
 
 
 def fail(problem: str, where: object | None = None, fix: str | None = None, *, every_process: bool = True) -> NoReturn:
@@ -332,9 +345,7 @@ def run(
     known = experiments()
     if experiment not in known:
         fail(f"unknown experiment {experiment!r}", "splitgrow run", f"choose one of {', '.join(known)}")
-    for option, value, least in (("--seeds", seeds, 1), ("--seed", seed, 0), ("--jobs", jobs, 1)):
-        if value < least:
-            fail(f"{option} must be >= {least}", f"{option} {value}", f"give a number >= {least}")
+    _check_counts(seeds=(seeds, 1), seed=(seed, 0), jobs=(jobs, 1))
     if out is not None and not out.strip():
         fail("empty --out", "--out ''", "give --out a folder (without --out, results go to runs/EXPERIMENT)")
     if config is not None and not config.strip():  # as a Path, the current folder
@@ -433,12 +444,52 @@ def report(
     typer.echo(table)
 
 
+def _example_of(network: Any, shape: tuple[int, ...], spec: str) -> tuple[Any, int | None]:
+    """A random example batch of 2 samples for a model of your own (in its parameters' dtype), and its number of
+    classes when its output is (batch, classes) logits (None otherwise)."""
+    import torch
+
+    from .errors import ConfigError
+    from .modes import evaluating
+
+    parameter = next(network.parameters(), None)
+    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
+    example = torch.randn((2, *shape), dtype=dtype)
+    try:
+        with evaluating(network), torch.no_grad():
+            output = network(example)
+    except Exception as error:  # noqa: BLE001 - the user's model on the user's shape: say which, once
+        raise ConfigError(
+            f"the model fails on a random input of shape {tuple(example.shape)} ({type(error).__name__}: {error})",
+            f"--model {spec}",
+            "check --input-shape: one sample's shape, without the batch dimension",
+        ) from None
+    is_logits = isinstance(output, torch.Tensor) and output.dim() == 2 and output.is_floating_point()
+    return example, int(output.shape[1]) if is_logits else None
+
+
 @app.command(cls=_Command)
 def inspect(
     model: Annotated[
-        str, typer.Option("--model", help="Zoo model: mlp, vgg19, mobilenetv1, dscnn, dscnn-l, resnet, concat.")
+        str,
+        typer.Option(
+            "--model",
+            help="Zoo model: mlp, vgg19, mobilenetv1, dscnn, dscnn-l, resnet, concat. Or your own, with "
+            "--input-shape: FILE.py:NAME or MODULE:NAME (a module, an nn.Module class or a factory, called without "
+            "arguments).",
+        ),
     ],
-    width: Annotated[int, typer.Option("--width", help="Width of every layer (see splitgrow.models).")] = 16,
+    width: Annotated[
+        int | None, typer.Option("--width", help="Zoo model: width of every layer (see splitgrow.models).")
+    ] = None,
+    input_shape: Annotated[
+        str | None,
+        typer.Option("--input-shape", help="Your own model: one sample's shape, e.g. 3,32,32 (no batch dimension)."),
+    ] = None,
+    relu_surrogate: Annotated[
+        float | None,
+        typer.Option("--relu-surrogate", help="Give ReLU-like activations softplus(beta)'s curvature (beta > 0)."),
+    ] = None,
     data: Annotated[
         str | None,
         typer.Option("--data", help="Also compute splitting indexes on data: 'random' (random inputs and labels)."),
@@ -454,23 +505,42 @@ def inspect(
         "parameters"
     ),
     seed: Annotated[int, typer.Option("--seed", help="Seed of the weights and the random data.")] = 0,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the table as JSON.")] = None,
+    # a string, as run's --out: an empty one is refused, not read as the current folder
+    json_path: Annotated[str | None, typer.Option("--json", help="Also write the table as JSON.")] = None,
 ) -> None:
-    """Print a zoo model's splittable sites: neurons, parameters, FLOPs, split costs and (with --data) indexes."""
+    """Print a model's splittable sites, and why other layers are not: neurons, parameters, FLOPs, split costs
+    and (with --data) indexes. The model is one of the zoo's, or your own (``--model my_nets.py:Net
+    --input-shape 3,32,32``)."""
     import torch
 
     from .artifacts import atomic_write_json
     from .experiments.common import format_number, markdown_table
     from .inspection import site_table
+    from .model_import import import_model, is_model_spec, parse_input_shape
     from .models import build_model, uniform_widths
     from .network import SplittableNetwork
 
-    if width < 1:
+    own = is_model_spec(model)
+    if own and width is not None:
+        fail(
+            "--width sizes a zoo model",
+            f"--width {width}",
+            f"leave it out for {model} (build it at the width you want)",
+        )
+    if not own and input_shape is not None:
+        fail("--input-shape is for a model of your own", f"--input-shape {input_shape}", f"{model} knows its input")
+    if own and input_shape is None:
+        fail("a model of your own needs --input-shape", f"--model {model}", "give one sample's shape, e.g. 3,32,32")
+    if relu_surrogate is not None and not relu_surrogate > 0:  # not > 0: NaN too
+        fail("--relu-surrogate must be > 0", f"--relu-surrogate {relu_surrogate:g}", "give softplus's beta, e.g. 4")
+    width = 16 if width is None and not own else width
+    if width is not None and width < 1:
         fail("--width must be >= 1", f"--width {width}", "give a width >= 1")
     if data not in (None, "random"):
         fail("--data must be 'random'", f"--data {data}", "real datasets come with `splitgrow run images`")
     if samples < 1 or batch_size < 1:
         fail("--samples and --batch-size must be >= 1", f"--samples {samples} --batch-size {batch_size}", "raise them")
+    _check_counts(width=(width or 1, 1), samples=(samples, 1), batch_size=(batch_size, 1), seed=(seed, 0))
     from .selection import COST_KINDS
     from .statistics import SOLVERS
 
@@ -482,18 +552,29 @@ def inspect(
             f"--budget-kind {budget_kind}",
             f"--budget-kind must be one of {', '.join(COST_KINDS)}",
         )
-    if budget is not None and (data is None or budget < 0):
+    if budget is not None and (data is None or not budget >= 0):  # not >= 0: NaN too
         fail("--budget needs --data and a value >= 0", f"--budget {budget:g}", "add --data random, or drop --budget")
+    if json_path is not None and not json_path.strip():
+        fail("empty --json", "--json ''", "give --json a file name, or leave it out")
     with _one_line_errors("choose another --json path"):
         torch.manual_seed(seed)
-        network = build_model(model, **uniform_widths(model, width))
-        example = network.example_input(2)
-        net = SplittableNetwork(network, example)
+        if own:
+            network = import_model(model)
+            example, classes = _example_of(network, parse_input_shape(input_shape), model)
+        else:
+            network = build_model(model, **uniform_widths(model, width))
+            example, classes = network.example_input(2), network.config()["num_classes"]
+        net = SplittableNetwork(network, example, relu_surrogate=relu_surrogate)
         results = None
         if data == "random":
             generator = torch.Generator().manual_seed(seed)
-            classes = network.config()["num_classes"]
-            inputs = torch.randn((samples, *example.shape[1:]), generator=generator)
+            if classes is None:
+                fail(
+                    "--data random needs a classifier: logits of shape (batch, classes)",
+                    f"--model {model}",
+                    "leave --data out to list the sites alone",
+                )
+            inputs = torch.randn((samples, *example.shape[1:]), generator=generator, dtype=example.dtype)
             targets = torch.randint(0, classes, (samples,), generator=generator)
             batches = [(inputs[i : i + batch_size], targets[i : i + batch_size]) for i in range(0, samples, batch_size)]
             results = net.splitting(batches, torch.nn.functional.cross_entropy, solver=solver, progress=True)
@@ -530,7 +611,8 @@ def inspect(
         table_rows.append(cells)
     typer.echo(markdown_table(headers, table_rows))
     typer.echo(
-        f"\n{model} at width {width}: {len(net.sites)} sites, {sum(net.widths().values())} neurons, "
+        f"\n{model}{'' if own else f' at width {width}'}: {len(net.sites)} sites, "
+        f"{sum(net.widths().values())} neurons, "
         f"{totals['parameters']:,} parameters, {totals['flops']:,} FLOPs per sample"
     )
     chosen = None
@@ -551,7 +633,7 @@ def inspect(
     if json_path is not None:
         with _one_line_errors("choose another --json path"):
             atomic_write_json(
-                json_path,
+                Path(json_path),
                 {"model": model, "width": width, "sites": rows, "totals": totals, "budget_selection": chosen},
             )
 
