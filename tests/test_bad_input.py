@@ -227,6 +227,16 @@ def test_json_nested_too_deeply_is_a_one_line_error(tmp_path):
     assert_one_line_error(invoke("report", str(tmp_path)), "corrupt results, lists nested too deeply")
 
 
+def test_divergence_within_an_epoch_names_the_seed_task_and_batch_and_the_setting(mnist_root, tmp_path):
+    """train_epoch's own check (a non-finite loss before a step) said "batch 3: lower the learning rate", naming
+    neither the seed nor the task nor the setting."""
+    out = tmp_path / "out"
+    command = images_command(mnist_root, tmp_path / "tiny.yaml", out, "--set", "learning_rate=1e12")
+    result = invoke(*command, "--set", "batch_size=2")
+    line = assert_one_line_error(result, "the training loss became", "(seed 0, splitting, epoch 1, batch ")
+    assert line.rstrip().endswith("): lower learning_rate") and not out.exists()
+
+
 def test_divergence_in_the_last_step_of_an_epoch_blames_the_learning_rate(mnist_root, tmp_path):
     """With 2 batches an epoch, a huge learning rate leaves infinite BatchNorm statistics after the epoch's last
     step, whose loss nobody checks: the splitting statistics met them and blamed 'the data and the model's state'."""

@@ -53,10 +53,14 @@ def train_epoch(
     *,
     sparsity: float = 0.0,
     on_batch: Callable[[float], None] | None = None,
+    where: str = "",
+    learning_rate: str = "the learning rate",
 ) -> float:
-    """One pass of training; returns the mean training loss. Raises DivergenceError on a NaN or infinite loss."""
+    """One pass of training; returns the mean training loss. Raises DivergenceError on a NaN or infinite loss,
+    naming ``where`` it happened (e.g. the seed, task and epoch) and the ``learning_rate`` setting to lower."""
     model.train()
     total, count = 0.0, 0
+    context = f"{where}, " if where else ""
     for index, (inputs, targets) in enumerate(batches):
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(inputs), targets)
@@ -65,11 +69,13 @@ def train_epoch(
             if index == 0:
                 raise DivergenceError(
                     f"the training loss was {value} before the epoch's first step",
-                    "its first batch",
+                    f"{context}its first batch",
                     "the weights the epoch starts from or the data give a non-finite loss: check the "
-                    "initialisation and the data (if earlier epochs ran, lower the learning rate)",
+                    f"initialisation and the data (if earlier epochs ran, lower {learning_rate})",
                 )
-            raise DivergenceError(f"the training loss became {value}", f"batch {index}", "lower the learning rate")
+            raise DivergenceError(
+                f"the training loss became {value}", f"{context}batch {index}", f"lower {learning_rate}"
+            )
         loss.backward()
         if sparsity:
             add_batch_norm_sparsity(model, sparsity)

@@ -361,7 +361,13 @@ class _Trainer:
             description = f"seed {context.seed} {self.task} phase {phase} epoch {epoch + 1}/{epochs}"
             with context.reporter.bar(len(train_batches), description) as bar:
                 loss = train_epoch(
-                    self.trained, train_batches, self.optimizer, sparsity=self.sparsity, on_batch=lambda _: bar.update()
+                    self.trained,
+                    train_batches,
+                    self.optimizer,
+                    sparsity=self.sparsity,
+                    on_batch=lambda _: bar.update(),
+                    where=f"seed {context.seed}, {self.task}, phase {phase}, epoch {epoch + 1}",
+                    learning_rate="learning_rate",
                 )
             parallel.broadcast_buffers(self.model)
             _check_finite_state(self.model, f"seed {context.seed}, {self.task}, epoch {epoch + 1}")
@@ -478,7 +484,14 @@ def _task_splitting(context: _Context, resume: bool, method: str = "splitting") 
         if not trained:  # made here, not earlier: resuming resizes the model first
             trained.append(parallel.wrap(model))
         with context.reporter.bar(len(train_batches), description) as bar:
-            loss = train_epoch(trained[0], train_batches, optimizer, on_batch=lambda _: bar.update())
+            loss = train_epoch(
+                trained[0],
+                train_batches,
+                optimizer,
+                on_batch=lambda _: bar.update(),
+                where=f"seed {context.seed}, {method}, epoch {epoch + 1}",
+                learning_rate="learning_rate",
+            )
         parallel.broadcast_buffers(model)  # first: every process then checks the same state, and stops alike
         _check_finite_state(model, f"seed {context.seed}, {method}, epoch {epoch + 1}")
         return parallel.mean(loss)

@@ -383,6 +383,8 @@ def _train_schedule(
                 optimizer,
                 sparsity=sparsity,
                 on_batch=lambda _: bar.update(),
+                where=f"seed {context.seed}, {task}, steps {start + 1}-{end}",
+                learning_rate="learning_rates",
             )
             accuracy, validation_loss = evaluate(model, context.evaluation_batches("validation"))
             progress.position = end
