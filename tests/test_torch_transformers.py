@@ -174,11 +174,18 @@ class CustomLayer(nn.TransformerEncoderLayer):
         return super().forward(src * 2.0, *args, **kwargs)
 
 
+class GatedFeedForward(nn.TransformerEncoderLayer):
+    """A subclass that keeps torch's forward but replaces the feed-forward block it calls."""
+
+    def _ff_block(self, x: Tensor) -> Tensor:
+        return self.dropout2(self.linear2(F.silu(self.linear1(x)) * x.mean(-1, keepdim=True)))
+
+
 class RenamedLayer(nn.TransformerEncoderLayer):
     """A subclass that keeps torch's forward is traced through like torch's class."""
 
 
-@pytest.mark.parametrize("layer_type", [CustomLayer, RenamedLayer])
+@pytest.mark.parametrize("layer_type", [CustomLayer, GatedFeedForward, RenamedLayer])
 def test_a_subclass_is_traced_through_only_with_torchs_forward(layer_type) -> None:
     model = nn.Sequential(
         nn.Linear(4, D_MODEL),
@@ -191,9 +198,13 @@ def test_a_subclass_is_traced_through_only_with_torchs_forward(layer_type) -> No
     if layer_type is RenamedLayer:
         assert graph.sites["1.linear1"].splittable and graph.sites["1.linear1"].exact
         return
+    name = layer_type.__name__
     assert "1.linear1" not in graph.sites
-    assert "'1': CustomLayer: a subclass of torch's transformer module with its own forward" in graph.skipped()["0"]
-    assert "inside module '1' (CustomLayer)" in graph.skipped()["1.linear1"]
+    assert (
+        f"'1': {name}: a subclass of torch's transformer module with its own forward (or blocks)"
+        in graph.skipped()["0"]
+    )
+    assert f"inside module '1' ({name})" in graph.skipped()["1.linear1"]
 
 
 def test_the_traced_form_computes_what_torchs_forward_computes_in_training() -> None:

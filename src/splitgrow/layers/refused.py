@@ -16,8 +16,8 @@ _REASONS: dict[tuple[type[nn.Module], ...], str] = {
     ),
     # torch's own classes are traced through (layers/transformer.py); a subclass with its own forward is not
     (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder, nn.TransformerDecoder): (
-        "a subclass of torch's transformer module with its own forward, traced as one call: keep torch's forward "
-        "or write the block with Linear layers to grow its MLP"
+        "a subclass of torch's transformer module with its own forward (or blocks), traced as one call: keep torch's "
+        "forward or write the block with Linear layers to grow its MLP"
     ),
     (nn.Transformer,): (
         "a subclass of nn.Transformer with its own forward, traced as one call: keep torch's forward or write the "

@@ -22,7 +22,7 @@ from .normalization import BatchNormHandler
 from .per_channel import ActivationHandler, PerChannelHandler
 from .prelu import PReLUHandler
 from .refused import RefusedHandler
-from .transformer import TRACED_FORMS, TracedForm
+from .transformer import FORM_METHODS, TRACED_FORMS, TracedForm
 
 _HANDLERS: dict[type[nn.Module], LayerHandler] = {}
 _ACTIVATION_HANDLER = ActivationHandler()
@@ -67,10 +67,12 @@ def is_registered_leaf(module: nn.Module) -> bool:
 def traced_form(module: nn.Module) -> TracedForm | None:
     """The form the tracer follows in place of ``module``'s forward (torch's transformer modules, whose own
     forward decides on a fast path with tests that cannot be traced), or None to trace or keep it as usual. A
-    subclass that overrides ``forward`` has none: its forward is not the one the form copies."""
+    subclass that overrides ``forward`` or a block it calls (``_ff_block``, ...) has none: the form copies
+    torch's."""
     for cls in type(module).__mro__:
         if cls in TRACED_FORMS:
-            return TRACED_FORMS[cls] if type(module).forward is cls.forward else None
+            same = all(getattr(type(module), name, None) is getattr(cls, name, None) for name in FORM_METHODS)
+            return TRACED_FORMS[cls] if same else None
     return None
 
 

@@ -10,8 +10,8 @@ residual stream does not grow either, like every stream under a LayerNorm), and 
 
 Masks go to ``nn.MultiheadAttention`` as given, which brings them to one form itself; ``is_causal`` is passed on as
 the hint it is (``None`` as ``False``: a causal mask given explicitly is applied either way). A subclass that
-overrides ``forward`` keeps its own forward: it is traced as one call and refused, since only the forward of
-torch's own classes is known here.
+overrides ``forward`` or one of the blocks it calls keeps its own forward: it is traced as one call and refused,
+since only the arithmetic of torch's own classes is known here.
 """
 
 from __future__ import annotations
@@ -155,6 +155,10 @@ def transformer(
         memory_is_causal=memory_is_causal,
     )
 
+
+#: the methods a form copies: a subclass that overrides one of them computes something else (a SwiGLU
+#: ``_ff_block``), so it keeps its own forward and is refused as one call
+FORM_METHODS = ("forward", "_sa_block", "_mha_block", "_ff_block")
 
 #: torch's classes and their traced forms
 TRACED_FORMS: dict[type[nn.Module], TracedForm] = {
