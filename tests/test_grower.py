@@ -14,6 +14,7 @@ from deep_helpers import zoo_model
 from torch import nn
 
 from splitgrow.errors import ConfigError
+from splitgrow.firefly import FireflyOptions
 from splitgrow.graph import ChannelGraph
 from splitgrow.growth import Grower, GrowthPolicy
 from splitgrow.statistics.adaptive import AdaptiveStatistics, adaptive_splitting, compare_selections, top_fraction
@@ -246,6 +247,24 @@ def test_a_setting_of_the_wrong_type_is_a_config_error_naming_it(setting, messag
     amount = {} if "fraction" in setting else {"count": 2}
     with pytest.raises(ConfigError, match=message):
         GrowthPolicy(**amount, **setting)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: AdaptiveStatistics(tolerance=None), r"tolerance must be in \[0, 1\), got None"),
+        (lambda: AdaptiveStatistics(growth="2"), "growth .* must be > 1, got '2'"),
+        (lambda: AdaptiveStatistics(max_batches=2.5), "min_batches and max_batches must be integers"),
+        (lambda: FireflyOptions(steps=None), "steps an integer >= 0, got 4, None"),
+        (lambda: FireflyOptions(candidates_per_site="2"), "candidates_per_site must be an integer >= 1"),
+        (lambda: FireflyOptions(steps=1.5), "steps an integer >= 0"),
+        (lambda: FireflyOptions(step_size=math.inf), "step_size must be a finite number > 0"),
+        (lambda: FireflyOptions(score_batches=0), "score_batches must be an integer >= 1"),
+    ],
+)
+def test_adaptive_and_firefly_settings_of_the_wrong_type_are_config_errors(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()
 
 
 def test_a_splitting_stable_network_stops_the_grower():

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .checks import is_count, is_number
+from .errors import ConfigError
 from .graph import ChannelGraph, GraphError, Site
 from .selection import (
     Selection,
@@ -71,12 +73,17 @@ class FireflyOptions:
     new_step: float | None = None
 
     def __post_init__(self) -> None:
-        if self.candidates_per_site < 1 or self.steps < 0 or not self.step_size > 0:
-            raise ValueError("candidates_per_site must be >= 1, steps >= 0 and step_size > 0")
-        if self.score_batches is not None and self.score_batches < 1:
-            raise ValueError(f"score_batches must be >= 1 (or None: all), got {self.score_batches}")
-        if self.new_step is not None and not (math.isfinite(self.new_step) and self.new_step >= 0):
-            raise ValueError(f"new_step must be a finite number >= 0, got {self.new_step!r}")
+        if not (is_count(self.candidates_per_site, 1) and is_count(self.steps, 0)):
+            raise ConfigError(
+                f"candidates_per_site must be an integer >= 1 and steps an integer >= 0, got "
+                f"{self.candidates_per_site!r}, {self.steps!r}"
+            )
+        if not (is_number(self.step_size) and self.step_size > 0):
+            raise ConfigError(f"step_size must be a finite number > 0, got {self.step_size!r}")
+        if self.score_batches is not None and not is_count(self.score_batches, 1):
+            raise ConfigError(f"score_batches must be an integer >= 1 (or None: all), got {self.score_batches!r}")
+        if self.new_step is not None and not (is_number(self.new_step) and self.new_step >= 0):
+            raise ConfigError(f"new_step must be a finite number >= 0, got {self.new_step!r}")
 
     def output_step(self, epsilon: float) -> float:
         return 0.5 * epsilon**2 if self.new_step is None else self.new_step

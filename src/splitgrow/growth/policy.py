@@ -19,11 +19,11 @@ splits); the budgets, too, count every added neuron.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..checks import is_count, is_number
 from ..errors import ConfigError
 from ..firefly import FireflyOptions
 from ..statistics import SOLVERS
@@ -135,23 +135,23 @@ class GrowthPolicy:
             raise ConfigError(
                 "give exactly one of count, fraction, parameter_ratio and flops_ratio (how much a stage grows)"
             )
-        if self.count is not None and not _is_count(self.count, 1):
+        if self.count is not None and not is_count(self.count, 1):
             raise ConfigError(f"count must be an integer >= 1, got {self.count!r}")
         for name in ("fraction", "parameter_ratio", "flops_ratio"):
             value = getattr(self, name)
-            if value is not None and not (_is_number(value) and value > 0):
+            if value is not None and not (is_number(value) and value > 0):
                 raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
         if self.every == "auto":
             self.every = 1 if self.plateau_patience is None and self.trigger is None else None
-        if not _is_count(self.first, 0) or not (self.every is None or _is_count(self.every, 1)):
+        if not is_count(self.first, 0) or not (self.every is None or is_count(self.every, 1)):
             raise ConfigError(
                 f"first must be an integer >= 0 and every an integer >= 1 (or None), got {self.first!r}, {self.every!r}"
             )
         if self.every is None and self.plateau_patience is None and self.trigger is None:
             raise ConfigError("give every, plateau_patience or trigger: when to grow")
-        if self.plateau_patience is not None and not _is_count(self.plateau_patience, 1):
+        if self.plateau_patience is not None and not is_count(self.plateau_patience, 1):
             raise ConfigError(f"plateau_patience must be an integer >= 1, got {self.plateau_patience!r}")
-        if not (_is_number(self.plateau_delta) and self.plateau_delta >= 0):
+        if not (is_number(self.plateau_delta) and self.plateau_delta >= 0):
             raise ConfigError(f"plateau_delta must be a finite number >= 0, got {self.plateau_delta!r}")
         if self.mode not in MODES:
             raise ConfigError(
@@ -159,23 +159,23 @@ class GrowthPolicy:
             )
         for name in ("max_stages", "max_parameters", "max_flops"):
             value = getattr(self, name)
-            if value is not None and not _is_count(value, 0):
+            if value is not None and not is_count(value, 0):
                 raise ConfigError(f"{name} must be an integer >= 0 (or None), got {value!r}")
-        if not (_is_number(self.epsilon) and self.epsilon >= 0):
+        if not (is_number(self.epsilon) and self.epsilon >= 0):
             raise ConfigError(f"epsilon (the split step size) must be a finite number >= 0, got {self.epsilon!r}")
-        if not (_is_number(self.threshold) and self.threshold <= 0):
+        if not (is_number(self.threshold) and self.threshold <= 0):
             raise ConfigError(f"threshold (lambda_*) must be a number <= 0, got {self.threshold!r}")
         if self.solver not in SOLVERS:
             raise ConfigError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if not (_is_number(self.weight_bound) and self.weight_bound >= 1):
+        if not (is_number(self.weight_bound) and self.weight_bound >= 1):
             raise ConfigError(
                 f"weight_bound (c, signed splitting) must be a finite number >= 1, got {self.weight_bound!r}"
             )
         if self.method == "signed" and self.solver == "rayleigh":
             raise ConfigError("signed splitting needs lambda_max too: use the dense, lobpcg or auto solver")
-        if self.statistics_batches is not None and not _is_count(self.statistics_batches, 1):
+        if self.statistics_batches is not None and not is_count(self.statistics_batches, 1):
             raise ConfigError(
                 f"statistics_batches must be an integer >= 1 (or None: all), got {self.statistics_batches!r}"
             )
@@ -206,13 +206,3 @@ class GrowthPolicy:
         if self.every is None:
             return None
         return self.first if stage == 0 else self.every
-
-
-def _is_number(value: Any) -> bool:
-    """Whether ``value`` is a finite real number (a numpy one too; not a bool, not None, not a string)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_count(value: Any, least: int) -> bool:
-    """Whether ``value`` is an integer (a numpy one too; not a bool) >= ``least``."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import is_count, is_number
 from ..errors import ConfigError
 from ..graph import ChannelGraph
 from .recording import LossClosure, LossFunction, record_batches
@@ -55,7 +56,7 @@ class AdaptiveStatistics:
 
     def __post_init__(self) -> None:
         integers = (self.min_batches, 1 if self.max_batches is None else self.max_batches)
-        if not all(isinstance(n, int) and not isinstance(n, bool) for n in integers):
+        if not all(is_count(n, -(2**63)) for n in integers):
             raise ConfigError(
                 f"min_batches and max_batches must be integers, got {self.min_batches!r}, {self.max_batches!r}"
             )
@@ -64,9 +65,9 @@ class AdaptiveStatistics:
                 f"adaptive statistics need 1 <= min_batches <= max_batches (or max_batches None), got "
                 f"min_batches={self.min_batches}, max_batches={self.max_batches}"
             )
-        if not self.growth > 1:
+        if not (is_number(self.growth) and self.growth > 1):
             raise ConfigError(f"growth (of the batch count between checks) must be > 1, got {self.growth!r}")
-        if not 0 <= self.tolerance < 1:
+        if not (is_number(self.tolerance) and 0 <= self.tolerance < 1):
             raise ConfigError(f"tolerance must be in [0, 1), got {self.tolerance!r}")
 
     def checkpoints(self) -> Iterable[int]:
