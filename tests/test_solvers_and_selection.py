@@ -97,3 +97,42 @@ def test_selection_rejects_bad_parameters(max_count, threshold, message):
     # a user's setting: the error the command line reports in one line (a ConfigError is also a ValueError)
     with pytest.raises(ConfigError, match=message):
         select_neurons(torch.zeros(3), max_count, threshold)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"solver": "eig"}, "solver must be one of dense, lobpcg, rayleigh, auto, got 'eig'"),
+        ({"tolerance": "1e-3"}, "tolerance must be a finite number > 0, got '1e-3'"),
+        ({"tolerance": 0.0}, "tolerance must be a finite number > 0"),
+        ({"max_iterations": None}, "max_iterations must be an integer >= 1, got None"),
+        ({"subspace_dim": 2.5}, "subspace_dim must be an integer >= 0"),
+        ({"dtype": "float64"}, "dtype must be a floating-point torch.dtype"),
+        ({"operator_dtype": torch.int64}, "operator_dtype must be a floating-point torch.dtype"),
+        ({"max_positions": 0}, "max_positions must be an integer >= 1"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+    ],
+)
+def test_solver_options_of_the_wrong_type_or_range_are_config_errors(options, message):
+    """Settings given in code (or through GrowthPolicy(options=...)) are checked when the options are made, not met
+    as a TypeError inside LOBPCG."""
+    from splitgrow.statistics.splitting import SolverOptions
+
+    with pytest.raises(ConfigError, match=message):
+        SolverOptions(**options)
+
+
+def test_the_statistics_refuse_a_batch_count_that_is_not_a_positive_integer():
+    import torch.nn.functional as F
+    from torch import nn
+
+    from splitgrow import SplittableNetwork
+    from splitgrow.statistics.recording import StatisticsError
+
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    inputs, targets = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    net = SplittableNetwork(model, inputs[:2])
+    for batches in (0, "2", 1.5):
+        with pytest.raises(StatisticsError, match=r"batches must be an integer >= 1 \(or None: every batch\)"):
+            net.splitting([(inputs, targets)], F.cross_entropy, batches=batches)
+    assert net.splitting([(inputs, targets)], F.cross_entropy, batches=1)["0"].indexes.shape == (6,)

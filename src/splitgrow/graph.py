@@ -56,6 +56,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .activations import Activation, with_kink_surrogate
+from .checks import is_number
 from .errors import SplitgrowError
 from .layers import (
     LINEAR,
@@ -519,7 +520,7 @@ class ChannelGraph:
         exclude: Sequence[str] = (),
         relu_surrogate: float | None = None,
     ) -> None:
-        if relu_surrogate is not None and not relu_surrogate > 0:
+        if relu_surrogate is not None and not (is_number(relu_surrogate) and relu_surrogate > 0):
             raise GraphError(f"relu_surrogate (the surrogate's beta) must be > 0, got {relu_surrogate!r}")
         self.model = model
         self.exclude = tuple(exclude)

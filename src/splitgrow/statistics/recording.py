@@ -32,6 +32,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from ..checks import is_count
 from ..errors import SplitgrowError, SplitgrowWarning
 from ..graph import ChannelGraph, Site
 from ..inspection import non_finite_tensor
@@ -272,6 +273,8 @@ def record_batches(
     """
     if (loss_function is None) == (closure is None):
         raise StatisticsError("give exactly one of loss_function (outputs, targets) and closure (model, batch)")
+    if batches is not None and not is_count(batches, 1):
+        raise StatisticsError(f"batches must be an integer >= 1 (or None: every batch), got {batches!r}")
     if torch.is_inference_mode_enabled():
         raise StatisticsError(
             "splitting statistics need autograd, which torch.inference_mode() turns off; call it outside that block"

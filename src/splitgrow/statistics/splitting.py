@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import SplitgrowWarning
+from ..checks import is_count, is_number
+from ..errors import ConfigError, SplitgrowWarning
 from ..graph import ChannelGraph, GraphError, Site
 from ..solvers import dense_eigenpairs, lobpcg_smallest, rayleigh_quotient_descent
 from .chain import ChainOperator, chain_dense
@@ -484,13 +485,28 @@ class SolverOptions:
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+            raise ConfigError(f"solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         if self.largest and self.solver == "rayleigh":
-            raise ValueError("the largest eigenpairs (signed splitting) need the dense or the lobpcg solver")
+            raise ConfigError("the largest eigenpairs (signed splitting) need the dense or the lobpcg solver")
         if self.start not in STARTS:
-            raise ValueError(f"start must be one of {', '.join(STARTS)}, got {self.start!r}")
-        if self.max_positions is not None and self.max_positions < 1:
-            raise ValueError(f"max_positions must be at least 1 (or None: every position), got {self.max_positions}")
+            raise ConfigError(f"start must be one of {', '.join(STARTS)}, got {self.start!r}")
+        if self.max_positions is not None and not is_count(self.max_positions, 1):
+            raise ConfigError(
+                f"max_positions must be an integer >= 1 (or None: every position), got {self.max_positions!r}"
+            )
+        for name in ("dtype", "operator_dtype"):
+            value = getattr(self, name)
+            if not (isinstance(value, torch.dtype) and value.is_floating_point):
+                raise ConfigError(f"{name} must be a floating-point torch.dtype (torch.float64, ...), got {value!r}")
+        for name, least in (("max_iterations", 1), ("rayleigh_epochs", 1), ("subspace_dim", 0), ("seed", 0)):
+            if not is_count(getattr(self, name), least):
+                raise ConfigError(f"{name} must be an integer >= {least}, got {getattr(self, name)!r}")
+        for name, least in (("dense_bytes", 0), ("max_temporary_elements", 1)):
+            if not is_count(getattr(self, name), least):
+                raise ConfigError(f"{name} must be an integer >= {least}, got {getattr(self, name)!r}")
+        for name in ("tolerance", "rayleigh_learning_rate"):
+            if not (is_number(getattr(self, name)) and getattr(self, name) > 0):
+                raise ConfigError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
 
     def method(self, graph: ChannelGraph, site: Site) -> str:
         """The solver of one site ("auto": dense for small neurons whose matrices fit in ``dense_bytes``)."""
