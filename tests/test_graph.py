@@ -264,3 +264,18 @@ def test_parametrized_layers_are_refused_instead_of_resized_behind_their_back():
     parametrizations.weight_norm(model[0])
     graph = ChannelGraph(model, torch.randn(2, 3))
     assert "parametrizations" in graph.skipped()["0"]
+
+
+def test_an_exclude_entry_that_names_no_module_is_an_error_with_the_closest_names():
+    """A typo in exclude let the layer it meant grow, silently."""
+    from splitgrow import SplittableNetwork
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
+    inputs = torch.randn(2, 4)
+    with pytest.raises(
+        GraphError, match=r"exclude names '00', which is no module of Sequential \(did you mean '0'\?\)"
+    ):
+        SplittableNetwork(model, inputs, exclude=["00"])
+    with pytest.raises(GraphError, match=r"exclude must be a list of module names, got the string '0'"):
+        ChannelGraph(model, inputs, exclude="0")
+    assert not ChannelGraph(model, inputs, exclude=["0"]).sites["0"].splittable

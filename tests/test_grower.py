@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from deep_helpers import zoo_model
 from torch import nn
 
-from splitgrow.errors import ConfigError
+from splitgrow.errors import ConfigError, SplitgrowWarning
 from splitgrow.firefly import FireflyOptions
 from splitgrow.graph import ChannelGraph
 from splitgrow.growth import Grower, GrowthPolicy
@@ -145,6 +145,28 @@ def test_a_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
     ]
     for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_resuming_a_checkpoint_past_the_epochs_asked_for_warns_and_keeps_its_model(tmp_path):
+    def fit(epochs):
+        model, batches, optimizer = _setup(2)
+        policy = GrowthPolicy(first=1, every=1, count=1, max_stages=2)
+        grower = Grower(
+            model, batches[0][0], batches, policy=policy, loss_function=F.cross_entropy, optimizer=optimizer
+        )
+        grower.fit(
+            _train(model, batches, optimizer, torch.Generator().manual_seed(5)),
+            epochs,
+            checkpoint=tmp_path / "run.pt",
+            resume=True,
+        )
+        return model, grower
+
+    longer, _ = fit(4)
+    with pytest.warns(SplitgrowWarning, match=r"is of epoch 4, past the 2 asked for: the model stays as it was"):
+        again, grower = fit(2)
+    assert grower.epoch == 4 and len(grower.history) == 2
+    assert all(torch.equal(a, b) for a, b in zip(longer.state_dict().values(), again.state_dict().values()))
 
 
 @pytest.mark.parametrize("architecture", ["mobilenetv1", "dscnn"])

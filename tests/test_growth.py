@@ -196,7 +196,10 @@ def test_run_growth_stops_when_splitting_declines(generator):
         generator=generator,
         max_size=10,
     )
-    assert run.sizes == [2] and "threshold" in run.stop_reason
+    assert (
+        run.sizes == [2]
+        and run.stop_reason == "splitting-stable: no splitting index below the threshold lambda_* = -1e+09"
+    )
 
 
 def test_divergence_is_reported_with_its_context(generator):

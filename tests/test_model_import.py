@@ -46,7 +46,17 @@ def not_a_model():
 
 
 instance = SmallNet(width=6)
+
+
+class TokenClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.fc, self.head = nn.Embedding(20, 4), nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, ids):
+        return self.head(torch.tanh(self.fc(self.embed(ids))).mean(1))
 VERSION = "1.0"
+COUNT = 3
 """
 
 
@@ -72,11 +82,12 @@ def test_an_importable_module_names_a_model_too() -> None:
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("Missing", r"has no 'Missing'.*models defined there: NeedsArguments, SmallNet, instance"),
+        ("Missing", r"has no 'Missing'.*models defined there: NeedsArguments, SmallNet, TokenClassifier, instance"),
         ("NeedsArguments", r"NeedsArguments cannot be called without arguments.*name a factory function"),
         ("broken", r"building broken failed: TypeError: .* at .*my_nets.py:\d+.*fix that code"),
         ("not_a_model", r"not_a_model gave a str, not an nn.Module"),
         ("VERSION", r"'VERSION' is a str, not a model"),
+        ("COUNT", r"'COUNT' is an int, not a model"),
     ],
 )
 def test_a_wrong_name_says_what_to_change(nets: Path, name: str, message: str) -> None:
@@ -84,11 +95,20 @@ def test_a_wrong_name_says_what_to_change(nets: Path, name: str, message: str) -
         import_model(f"{nets}:{name}")
 
 
+def test_a_file_without_a_name_lists_its_models_and_a_syntax_error_names_its_line(nets: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"name the model in the file .*:NAME \(models defined there: NeedsArg"):
+        import_model(str(nets))
+    broken = tmp_path / "broken.py"
+    broken.write_text("import torch\n\nclass Net(:\n    pass\n")
+    with pytest.raises(ConfigError, match=r"SyntaxError: .* at .*broken.py:3"):
+        import_model(f"{broken}:Net")
+
+
 def test_a_wrong_place_says_what_to_change(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         import_model(f"{tmp_path / 'absent.py'}:Net")
     with pytest.raises(ConfigError, match="give MODULE:NAME"):
-        import_model("my_nets.py")
+        import_model(":Net")
     with pytest.raises(ConfigError, match="no module named 'no_such_package_here.*give the path of a .py file"):
         import_model("no_such_package_here.nets:Net")
     failing = tmp_path / "failing.py"
@@ -105,7 +125,7 @@ def test_a_wrong_place_says_what_to_change(tmp_path: Path) -> None:
 def test_input_shapes_and_specs_are_read_or_refused() -> None:
     assert parse_input_shape("3,32,32") == (3, 32, 32) and parse_input_shape("3x8x8") == (3, 8, 8)
     assert parse_input_shape("16000") == (16000,)
-    for text in ("", "3,,32", "3,-1", "a,b", "0"):
+    for text in ("", "3,,32", "3,-1", "a,b", "0", "3_2,32", "+3"):
         with pytest.raises(ConfigError, match="one sample's shape without the batch dimension"):
             parse_input_shape(text)
     assert is_model_spec("my_nets.py:SmallNet") and not is_model_spec("vgg19")
@@ -127,11 +147,24 @@ def test_inspect_lists_the_sites_and_indexes_of_a_model_of_your_own(nets: Path, 
     assert result.exit_code == 0, result.output
     row = next(line for line in result.stdout.splitlines() if line.startswith("| fc "))
     assert "| linear |" in row and "| 7 " in row  # 7 hidden units (the class's default width)
-    assert f"{nets}:SmallNet: 1 sites, 7 neurons" in result.stdout
+    assert f"{nets}:SmallNet: 1 site, 7 neurons" in result.stdout
     import json
 
     saved = json.loads(table.read_text())
     assert saved["model"] == f"{nets}:SmallNet" and saved["sites"][0]["min_index"] < 0
+    recorded = (saved["input_shape"], saved["vocab_size"], saved["sites"][0]["activation"])
+    assert recorded == ([4], None, "softplus(beta=1)")
+
+
+def test_inspect_feeds_token_ids_to_a_model_that_reads_them(nets: Path) -> None:
+    result = _inspect("--model", f"{nets}:TokenClassifier", "--input-shape", "6")
+    assert result.exit_code == 2 and "give --vocab-size N if the model reads token ids" in result.stderr
+    result = _inspect(
+        "--model", f"{nets}:TokenClassifier", "--input-shape", "6", "--vocab-size", "20", "--data", "random"
+    )
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| fc "))
+    assert "| tanh " in row and "| 5 " in row and "| 100% " in row
 
 
 @pytest.mark.parametrize(
@@ -144,6 +177,9 @@ def test_inspect_lists_the_sites_and_indexes_of_a_model_of_your_own(nets: Path, 
         (["{nets}:Missing", "--input-shape", "4"], "has no 'Missing'"),
         (["{nets}:SmallNet", "--input-shape", "4", "--relu-surrogate", "0"], "--relu-surrogate must be > 0"),
         (["mlp", "--relu-surrogate", "nan"], "--relu-surrogate must be > 0"),
+        (["mlp", "--vocab-size", "20"], "--vocab-size is for a model of your own"),
+        (["{nets}", "--input-shape", "4"], "name the model in the file"),
+        (["lenet"], "or name your own as FILE.py:NAME with --input-shape"),
     ],
 )
 def test_inspect_refuses_a_wrongly_given_model_in_one_line(nets: Path, args: list[str], message: str) -> None:

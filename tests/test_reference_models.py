@@ -875,7 +875,7 @@ MODELS = {
         reasons={
             "features.1.conv.1": NO_CURVATURE,  # the linear bottlenecks
             "features.3.conv.2": NO_CURVATURE,
-            "classifier.1": "'classifier_1' reaches the model output",
+            "classifier.1": "'classifier.1' reaches the model output",
         },
         exact=["features.0.0", "features.2.conv.0.0", "features.4.conv.0.0", "features.5.0"],
     ),

@@ -223,3 +223,22 @@ def test_the_traced_form_computes_what_torchs_forward_computes_in_training() -> 
         expected = padded(tokens, padding)
     torch.testing.assert_close(graph.module(tokens, padding), expected, rtol=0, atol=1e-12)
     assert SplittableNetwork(padded, (tokens, padding)).widths()["encoder.layers.1.linear1"] == HIDDEN
+
+
+class SelfAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(D_MODEL, 2, batch_first=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.attention(x, x, x, need_weights=False)[0]
+
+
+def test_model_flops_count_attention_itself_not_only_its_projections() -> None:
+    """On the CPU, scaled_dot_product_attention's fused kernel counted as 0 FLOPs: Q K^T and the weighted sum of V,
+    which grow with the square of the sequence, were missing from a transformer's count."""
+    tokens = 10
+    flops = model_flops(SelfAttention().eval(), torch.randn(3, tokens, D_MODEL))
+    projections = tokens * (3 * D_MODEL * D_MODEL + D_MODEL * D_MODEL)  # in_proj (q, k, v) and out_proj
+    attention = 2 * tokens * tokens * D_MODEL  # Q K^T and A V, summed over the heads
+    assert flops == 2 * (projections + attention)  # a multiply-add counts 2

@@ -444,9 +444,12 @@ def report(
     typer.echo(table)
 
 
-def _example_of(network: Any, shape: tuple[int, ...], spec: str) -> tuple[Any, int | None]:
-    """A random example batch of 2 samples for a model of your own (in its parameters' dtype), and its number of
-    classes when its output is (batch, classes) logits (None otherwise)."""
+def _example_of(
+    network: Any, shape: tuple[int, ...], spec: str, vocab_size: int | None = None
+) -> tuple[Any, int | None]:
+    """A random example batch of 2 samples for a model of your own (in its parameters' dtype; token ids in
+    [0, vocab_size) with a vocabulary), and its number of classes when its output is (batch, classes) logits (None
+    otherwise)."""
     import torch
 
     from .errors import ConfigError
@@ -454,7 +457,10 @@ def _example_of(network: Any, shape: tuple[int, ...], spec: str) -> tuple[Any, i
 
     parameter = next(network.parameters(), None)
     dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
-    example = torch.randn((2, *shape), dtype=dtype)
+    if vocab_size is None:
+        example = torch.randn((2, *shape), dtype=dtype)
+    else:
+        example = torch.randint(0, vocab_size, (2, *shape), generator=torch.Generator().manual_seed(0))
     try:
         with evaluating(network), torch.no_grad():
             output = network(example)
@@ -462,7 +468,8 @@ def _example_of(network: Any, shape: tuple[int, ...], spec: str) -> tuple[Any, i
         raise ConfigError(
             f"the model fails on a random input of shape {tuple(example.shape)} ({type(error).__name__}: {error})",
             f"--model {spec}",
-            "check --input-shape: one sample's shape, without the batch dimension",
+            "check --input-shape (one sample's shape, without the batch dimension), and give --vocab-size N if "
+            "the model reads token ids",
         ) from None
     is_logits = isinstance(output, torch.Tensor) and output.dim() == 2 and output.is_floating_point()
     return example, int(output.shape[1]) if is_logits else None
@@ -485,6 +492,14 @@ def inspect(
     input_shape: Annotated[
         str | None,
         typer.Option("--input-shape", help="Your own model: one sample's shape, e.g. 3,32,32 (no batch dimension)."),
+    ] = None,
+    vocab_size: Annotated[
+        int | None,
+        typer.Option(
+            "--vocab-size",
+            help="Your own model reads token ids: its random inputs are integers in [0, N) (N: its nn.Embedding's "
+            "num_embeddings), not Gaussian numbers.",
+        ),
     ] = None,
     relu_surrogate: Annotated[
         float | None,
@@ -517,10 +532,21 @@ def inspect(
     from .experiments.common import format_number, markdown_table
     from .inspection import site_table
     from .model_import import import_model, is_model_spec, parse_input_shape
-    from .models import build_model, uniform_widths
+    from .models import MODELS, build_model, uniform_widths
     from .network import SplittableNetwork
 
     own = is_model_spec(model)
+    if own and ":" not in model:  # a file alone: the error lists the models it defines
+        with _one_line_errors("choose another --json path"):
+            import_model(model)
+    if not own and model not in MODELS:
+        fail(
+            f"unknown model {model!r}",
+            "--model",
+            f"choose one of {', '.join(MODELS)}, or name your own as FILE.py:NAME with --input-shape",
+        )
+    if not own and vocab_size is not None:
+        fail("--vocab-size is for a model of your own", f"--vocab-size {vocab_size}", f"{model} knows its input")
     if own and width is not None:
         fail(
             "--width sizes a zoo model",
@@ -540,7 +566,13 @@ def inspect(
         fail("--data must be 'random'", f"--data {data}", "real datasets come with `splitgrow run images`")
     if samples < 1 or batch_size < 1:
         fail("--samples and --batch-size must be >= 1", f"--samples {samples} --batch-size {batch_size}", "raise them")
-    _check_counts(width=(width or 1, 1), samples=(samples, 1), batch_size=(batch_size, 1), seed=(seed, 0))
+    _check_counts(
+        width=(width or 1, 1),
+        samples=(samples, 1),
+        batch_size=(batch_size, 1),
+        seed=(seed, 0),
+        vocab_size=(vocab_size or 1, 1),
+    )
     from .selection import COST_KINDS
     from .statistics import SOLVERS
 
@@ -560,7 +592,7 @@ def inspect(
         torch.manual_seed(seed)
         if own:
             network = import_model(model)
-            example, classes = _example_of(network, parse_input_shape(input_shape), model)
+            example, classes = _example_of(network, parse_input_shape(input_shape), model, vocab_size)
         else:
             network = build_model(model, **uniform_widths(model, width))
             example, classes = network.example_input(2), network.config()["num_classes"]
@@ -574,7 +606,11 @@ def inspect(
                     f"--model {model}",
                     "leave --data out to list the sites alone",
                 )
-            inputs = torch.randn((samples, *example.shape[1:]), generator=generator, dtype=example.dtype)
+            shape = (samples, *example.shape[1:])
+            if vocab_size is None:
+                inputs = torch.randn(shape, generator=generator, dtype=example.dtype)
+            else:
+                inputs = torch.randint(0, vocab_size, shape, generator=generator)
             targets = torch.randint(0, classes, (samples,), generator=generator)
             batches = [(inputs[i : i + batch_size], targets[i : i + batch_size]) for i in range(0, samples, batch_size)]
             results = net.splitting(batches, torch.nn.functional.cross_entropy, solver=solver, progress=True)
@@ -586,8 +622,10 @@ def inspect(
 
             costs = split_costs(net.graph, budget_kind)
             selection = select_within_budget(results, costs, budget, graph=net.graph)
-    headers = ["site", "kind", "neurons", "d", "params", "FLOPs", "split +params", "split +FLOPs", "exact"]
-    keys = ["site", "kind", "neurons", "neuron_dim", "parameters", "flops", "split_parameters", "split_flops", "exact"]
+    headers = ["site", "kind", "activation", "neurons", "d", "params", "FLOPs", "split +params", "split +FLOPs"]
+    headers.append("exact")
+    keys = ["site", "kind", "activation", "neurons", "neuron_dim", "parameters", "flops", "split_parameters"]
+    keys += ["split_flops", "exact"]
     if results is not None:
         headers += ["min index", "negative", "solver", "converged"]
         keys += ["min_index", "negative", "solver", "converged"]
@@ -606,13 +644,15 @@ def inspect(
                 cells.append(f"{value:.0%}")
             elif isinstance(value, bool):
                 cells.append("yes" if value else "no")
+            elif key == "note":  # the graph's advice names the Python argument; here it is an option
+                cells.append(str(value).replace("pass relu_surrogate=beta", "pass --relu-surrogate BETA"))
             else:
                 cells.append(str(value))
         table_rows.append(cells)
     typer.echo(markdown_table(headers, table_rows))
     typer.echo(
-        f"\n{model}{'' if own else f' at width {width}'}: {len(net.sites)} sites, "
-        f"{sum(net.widths().values())} neurons, "
+        f"\n{model}{'' if own else f' at width {width}'}: {len(net.sites)} site{'' if len(net.sites) == 1 else 's'}, "
+        f"{sum(net.widths().values()):,} neurons, "
         f"{totals['parameters']:,} parameters, {totals['flops']:,} FLOPs per sample"
     )
     chosen = None
@@ -634,7 +674,16 @@ def inspect(
         with _one_line_errors("choose another --json path"):
             atomic_write_json(
                 Path(json_path),
-                {"model": model, "width": width, "sites": rows, "totals": totals, "budget_selection": chosen},
+                {
+                    "model": model,
+                    "width": width,
+                    "input_shape": None if input_shape is None else list(example.shape[1:]),
+                    "vocab_size": vocab_size,
+                    "relu_surrogate": relu_surrogate,
+                    "sites": rows,
+                    "totals": totals,
+                    "budget_selection": chosen,
+                },
             )
 
 

@@ -42,6 +42,7 @@ explicit graph with recorded shapes gives exact index maps and errors that name 
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import operator
@@ -495,6 +496,23 @@ def _trace_for_statistics(model: nn.Module) -> fx.GraphModule:
     return as_is if _stateful_calls(as_is) - _stateful_calls(evaluated) else evaluated
 
 
+def check_excluded(model: nn.Module, exclude: Sequence[str]) -> tuple[str, ...]:
+    """``exclude`` as a tuple, refused (GraphError) if an entry names no module of ``model``: a typo would
+    otherwise let the layer it meant grow, silently."""
+    if isinstance(exclude, str):
+        raise GraphError(f"exclude must be a list of module names, got the string {exclude!r}: write [{exclude!r}]")
+    names = [name for name, _ in model.named_modules() if name]
+    unknown = [p for p in exclude if not any(n == p or n.startswith(p + ".") for n in names)]
+    if unknown:
+        close = [match for p in unknown for match in difflib.get_close_matches(str(p), names, n=3)]
+        hint = f" (did you mean {', '.join(repr(n) for n in close)}?)" if close else ""
+        raise GraphError(
+            f"exclude names {', '.join(repr(p) for p in unknown)}, which is no module of {type(model).__name__}"
+            f"{hint}: give qualified module names (or prefixes), as model.named_modules() lists them"
+        )
+    return tuple(exclude)
+
+
 # ------------------------------------------------------------------------------------------ the graph
 
 
@@ -523,7 +541,7 @@ class ChannelGraph:
         if relu_surrogate is not None and not (is_number(relu_surrogate) and relu_surrogate > 0):
             raise GraphError(f"relu_surrogate (the surrogate's beta) must be > 0, got {relu_surrogate!r}")
         self.model = model
-        self.exclude = tuple(exclude)
+        self.exclude = check_excluded(model, exclude)
         self.relu_surrogate = relu_surrogate
         # the shapes are recorded on the example as given: which dimension of a second input is the batch's (if
         # any) is the model's business, and cutting an input that has none (a (T, T) mask) would break it
@@ -645,7 +663,7 @@ class ChannelGraph:
                 self._block_node(node, f"'{node.name}' is a model input")
             elif node.op == "output":
                 for arg in _tensor_args(node):
-                    self._block(self._spaces_of(arg), f"'{arg.name}' reaches the model output")
+                    self._block(self._spaces_of(arg), f"'{self._label(arg.name)}' reaches the model output")
             elif node.op == "get_attr":
                 self._block_node(node, f"'{node.target}' is a tensor attribute of the model")
             elif node.op == "call_module":

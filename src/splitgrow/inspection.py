@@ -2,7 +2,8 @@
 
 FLOPs of each layer come from its handler (a multiply-add counts 2) on the shapes recorded when the graph was
 traced; the whole model's FLOPs from ``torch.utils.flop_counter`` on one sample, which also counts functional
-operations (attention, matmuls) that are no layer. The cost of a split is read off the same plan the surgery uses:
+operations (attention, matmuls) that are no layer, with attention on its unfused path (the fused kernels count
+as nothing). The cost of a split is read off the same plan the surgery uses:
 the members' and copied rows, the per-channel entries and the consumers' columns.
 """
 
@@ -39,18 +40,23 @@ def model_flops(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tens
 
 @contextlib.contextmanager
 def _unfused_attention() -> Iterator[None]:
-    """torch's attention and transformer layers, run as they train: in eval mode without gradients they take a
-    fused kernel whose FLOPs the counter does not see (a transformer layer's MLP would count as nothing)."""
+    """torch's attention and transformer layers, run so that the counter sees every multiply: in eval mode without
+    gradients they take a fused kernel it does not see (a transformer layer's MLP would count as nothing), and
+    ``scaled_dot_product_attention``'s flash and memory-efficient kernels count as 0 on the CPU (Q K^T and the
+    weighted sum of V grow with the square of the sequence): its math backend is counted."""
     backend = getattr(torch.backends, "mha", None)
-    if backend is None:
+    with contextlib.ExitStack() as stack:
+        if backend is not None:
+            enabled = backend.get_fastpath_enabled()
+            backend.set_fastpath_enabled(False)
+            stack.callback(backend.set_fastpath_enabled, enabled)
+        try:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+        except ImportError:  # torch < 2.3: its attention runs unfused already
+            pass
+        else:
+            stack.enter_context(sdpa_kernel(SDPBackend.MATH))
         yield
-        return
-    enabled = backend.get_fastpath_enabled()
-    backend.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        backend.set_fastpath_enabled(enabled)
 
 
 def non_finite_tensor(model: nn.Module) -> str | None:
@@ -192,6 +198,7 @@ def site_table(
             "neurons": site.num_neurons,
             "neuron_dim": site.neuron_dim,
             "engine": site.engine,
+            "activation": None if site.activation is None else site.activation.name,
             "parameters": sum(parameter_count(modules[m], recurse=False) for m in dict.fromkeys(members)),
             "flops": sum(flops.get(m, 0) for m in dict.fromkeys(members)),
             "split_parameters": None if cost is None else cost.parameters,

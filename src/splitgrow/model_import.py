@@ -25,30 +25,26 @@ _FORM = "give MODULE:NAME (an importable module) or FILE.py:NAME, e.g. my_nets.p
 
 
 def is_model_spec(text: str) -> bool:
-    """Whether ``text`` names a model of your own (it has a ':'), rather than one of the zoo's."""
-    return ":" in text
+    """Whether ``text`` names a model of your own (``WHERE:NAME``, or a ``.py`` file whose model is still to be
+    named), rather than one of the zoo's."""
+    return ":" in text or text.endswith(".py")
 
 
 def import_model(spec: str) -> nn.Module:
     """The ``nn.Module`` that ``spec`` names (see the module docstring)."""
+    if ":" not in spec:  # a file alone: say which models it holds
+        module = _load_file(spec, spec)
+        raise ConfigError("name the model in the file", spec, f"give {spec}:NAME ({_models_in(module)})")
     source, _, name = spec.rpartition(":")
     if not source or not name or not name.isidentifier():
         raise ConfigError("a model of your own is named by where it is and what it is called", spec, _FORM)
     module = _load_file(source, spec) if source.endswith(".py") else _load_module(source, spec)
     if not hasattr(module, name):
-        found = sorted(
-            key
-            for key, value in vars(module).items()
-            if not key.startswith("_")
-            and (isinstance(value, nn.Module) or (inspect.isclass(value) and issubclass(value, nn.Module)))
-            and getattr(value, "__module__", module.__name__) == module.__name__
-        )
-        listed = f"models defined there: {', '.join(found)}" if found else "it defines no nn.Module"
-        raise ConfigError(f"{source} has no {name!r}", spec, listed)
+        raise ConfigError(f"{source} has no {name!r}", spec, _models_in(module))
     value = getattr(module, name)
     if not isinstance(value, nn.Module):
         if not callable(value):
-            raise ConfigError(f"{name!r} is a {type(value).__name__}, not a model", spec, _FORM)
+            raise ConfigError(f"{name!r} is {_a(type(value).__name__)}, not a model", spec, _FORM)
         try:
             inspect.signature(value).bind()
         except TypeError as error:
@@ -64,17 +60,31 @@ def import_model(spec: str) -> nn.Module:
         except Exception as error:  # noqa: BLE001 - the user's own code: report where it failed, once
             raise ConfigError(f"building {name} failed: {_user_failure(error)}", spec, "fix that code") from None
     if not isinstance(value, nn.Module):
-        raise ConfigError(f"{name} gave a {type(value).__name__}, not an nn.Module", spec, _FORM)
+        raise ConfigError(f"{name} gave {_a(type(value).__name__)}, not an nn.Module", spec, _FORM)
     return value
+
+
+def _models_in(module: ModuleType) -> str:
+    """The models a user's module defines (module instances and nn.Module classes), for a message."""
+    found = sorted(
+        key
+        for key, value in vars(module).items()
+        if not key.startswith("_")
+        and (isinstance(value, nn.Module) or (inspect.isclass(value) and issubclass(value, nn.Module)))
+        and getattr(value, "__module__", module.__name__) == module.__name__
+    )
+    return f"models defined there: {', '.join(found)}" if found else "it defines no nn.Module"
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
     """One sample's shape from ``"3,32,32"`` (or ``"3x32x32"``): the batch dimension is left out."""
     parts = text.replace("x", ",").split(",")
-    try:
-        shape = tuple(int(part) for part in parts)
-    except ValueError:
-        shape = ()
+    digits = all(part.strip().isdigit() for part in parts)  # not int(): it reads "3_2" as 32 and "+3" as 3
+    shape = tuple(int(part) for part in parts) if digits else ()
     if not shape or any(size < 1 for size in shape):
         raise ConfigError(
             "the input shape must be positive integers separated by commas",
@@ -124,6 +134,8 @@ def _load_module(source: str, spec: str) -> ModuleType:
 
 def _user_failure(error: BaseException) -> str:
     """The error and the line of the user's code it came from: enough to find it without a traceback."""
+    if isinstance(error, SyntaxError):  # raised by the compiler: the user's line is in the error, not the frames
+        return f"SyntaxError: {error.msg} at {error.filename}:{error.lineno}"
     frames = traceback.extract_tb(error.__traceback__)
     own = [frame for frame in frames if "importlib" not in frame.filename]
     where = f" at {own[-1].filename}:{own[-1].lineno}" if own else ""

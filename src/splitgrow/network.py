@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .graph import ChannelGraph, Site, model_fingerprint
+from .graph import ChannelGraph, Site, check_excluded, model_fingerprint
 from .selection import Selection, select_splits
 from .statistics import LossClosure, LossFunction, SplittingResults, splitting_eigenpairs
 from .statistics.splitting import report_skipped
@@ -51,7 +51,7 @@ class SplittableNetwork:
         compiled = getattr(model, "_orig_mod", None)
         self.model = compiled if isinstance(compiled, nn.Module) else model
         self.example_inputs = example_inputs
-        self.exclude = tuple(exclude)
+        self.exclude = check_excluded(self.model, exclude)
         self.relu_surrogate = relu_surrogate
         self._graph: ChannelGraph | None = None
 

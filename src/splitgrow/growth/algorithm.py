@@ -470,7 +470,9 @@ def run_growth(
             count = min(max_per_step, max_size - problem.size)
         event = method.grow(problem, count, generator) if count > 0 else None
         if event is None and count > 0:
-            run.stop_reason = "no splitting index below the threshold lambda_*"
+            threshold = getattr(method, "threshold", None)
+            shown = "" if threshold is None else f" = {threshold:g}"
+            run.stop_reason = f"splitting-stable: no splitting index below the threshold lambda_*{shown}"
             break
         if event is not None:
             run.events.append(dataclasses.replace(event, step=step))

@@ -30,6 +30,7 @@ from __future__ import annotations
 import io
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -39,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from ..artifacts import atomic_write_bytes
-from ..errors import ConfigError, SplitgrowError
+from ..errors import ConfigError, SplitgrowError, SplitgrowWarning
 from ..firefly import new_neuron_candidates, select_growth
 from ..graph import GraphError, model_fingerprint
 from ..inspection import added_cost, model_flops, split_costs
@@ -507,7 +508,10 @@ class Grower:
             device = next(copy.parameters()).device  # an average may be kept on another device
             inputs = self._inputs_of(prefix)
             inputs = tuple(value.to(device) if isinstance(value, Tensor) else value for value in inputs)
-            options = {"exclude": self.net.exclude, "relu_surrogate": self.net.relu_surrogate}
+            options = {
+                "exclude": _excluded_within(self.net.exclude, prefix, copy),
+                "relu_surrogate": self.net.relu_surrogate,
+            }
             networks.append((SplittableNetwork(copy, inputs, **options), prefix))
         return networks
 
@@ -638,6 +642,13 @@ class Grower:
         path = None if checkpoint is None else Path(checkpoint)
         if resume and path is not None and path.is_file():
             scheduler = self._restore(path, scheduler_factory, extra_state)
+            if self.epoch > epochs:  # the model is that of the checkpoint's later epoch, not of epoch `epochs`
+                warnings.warn(
+                    f"the checkpoint {path} is of epoch {self.epoch}, past the {epochs} asked for: the model stays "
+                    "as it was then (nothing is trained)",
+                    SplitgrowWarning,
+                    stacklevel=2,
+                )
         elif scheduler_factory is not None:
             scheduler = self._make_scheduler(scheduler_factory, epochs)
         self._training_started = time.perf_counter()
@@ -801,3 +812,13 @@ def _describe(request: SplitRequest | NewNeuron) -> dict[str, Any]:
     if request.offspring is not None:
         found["weights"] = [child.weight for child in request.offspring]
     return found
+
+
+def _excluded_within(exclude: tuple[str, ...], prefix: str, copy: nn.Module) -> tuple[str, ...]:
+    """The model's ``exclude`` entries as names in the averaged ``copy`` of its module ``prefix`` ('' for the whole
+    model): those inside it, without the prefix; one naming the module itself excludes all of the copy."""
+    if not prefix:
+        return exclude
+    if any(prefix == name or prefix.startswith(name + ".") for name in exclude):
+        return tuple(name for name, _ in copy.named_children())
+    return tuple(name[len(prefix) + 1 :] for name in exclude if name.startswith(prefix + "."))
