@@ -242,3 +242,28 @@ def test_model_flops_count_attention_itself_not_only_its_projections() -> None:
     projections = tokens * (3 * D_MODEL * D_MODEL + D_MODEL * D_MODEL)  # in_proj (q, k, v) and out_proj
     attention = 2 * tokens * tokens * D_MODEL  # Q K^T and A V, summed over the heads
     assert flops == 2 * (projections + attention)  # a multiply-add counts 2
+
+
+class RegisteredLayer(nn.TransformerEncoderLayer):
+    """A subclass the user registered a handler for: the registration decides, not the traced form."""
+
+
+def test_a_registered_handler_for_a_transformer_subclass_is_used_as_registered() -> None:
+    from splitgrow.layers import ChannelMap, LayerHandler, register_layer
+
+    class OwnReason(LayerHandler):
+        types = (RegisteredLayer,)
+
+        def channel_map(self, module, input_shape, output_shape):
+            return ChannelMap.refuse("RegisteredLayer: the user's own handler")
+
+    register_layer(OwnReason())
+    model = nn.Sequential(
+        nn.Linear(4, D_MODEL),
+        RegisteredLayer(D_MODEL, 2, HIDDEN, dropout=0.0, activation="gelu", batch_first=True),
+        nn.Flatten(),
+        nn.Linear(D_MODEL * TOKENS, 3),
+    )
+    graph = ChannelGraph(model, torch.randn(2, TOKENS, 4))
+    assert "1.linear1" not in graph.sites
+    assert "RegisteredLayer: the user's own handler" in graph.skipped()["0"]

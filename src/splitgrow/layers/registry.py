@@ -69,6 +69,8 @@ def traced_form(module: nn.Module) -> TracedForm | None:
     forward decides on a fast path with tests that cannot be traced), or None to trace or keep it as usual. A
     subclass that overrides ``forward`` or a block it calls (``_ff_block``, ...) has none: the form copies
     torch's."""
+    if any(cls in _USER_TYPES for cls in type(module).__mro__):
+        return None  # a handler of the user's own for this type: it is one call, as registered
     for cls in type(module).__mro__:
         if cls in TRACED_FORMS:
             same = all(getattr(type(module), name, None) is getattr(cls, name, None) for name in FORM_METHODS)
