@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .graph import ChannelGraph, handler_of
+from .errors import ConfigError
+from .graph import ChannelGraph, GraphError, handler_of
 from .layers import handler_for
 from .modes import evaluating
 from .surgery import INPUTS, OUTPUTS, NewNeuron, SplitRequest, parameter_count, plan_split
@@ -30,11 +31,26 @@ def model_flops(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tens
     batch, or a tuple of the model's positional inputs): the count on the whole example divided by the first
     input's batch size. The inputs are not cut to one row, since a second input may have no batch dimension (an
     attention mask of shape (T, T))."""
-    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-    first = inputs[0] if inputs else None
-    batch = first.shape[0] if isinstance(first, torch.Tensor) and first.dim() > 0 and first.shape[0] > 0 else 1
-    with evaluating(model), torch.no_grad(), _unfused_attention(), FlopCounterMode(display=False) as counter:
-        model(*inputs)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
+    # a list is several positional inputs, as SplittableNetwork's example inputs
+    inputs = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+    if not inputs or not isinstance(inputs[0], torch.Tensor):
+        raise ConfigError(
+            f"the example input must be a batch (a tensor, or a tuple of the model's positional inputs), got "
+            f"{type(example_input).__name__}"
+        )
+    first = inputs[0]
+    batch = first.shape[0] if first.dim() > 0 and first.shape[0] > 0 else 1
+    try:
+        with evaluating(model), torch.no_grad(), _unfused_attention(), FlopCounterMode(display=False) as counter:
+            model(*inputs)
+    except Exception as error:  # the user's model refusing the user's input: name it, whatever torch raised
+        raise GraphError(
+            f"the example input does not run through the model ({type(error).__name__}: {error})",
+            fix="pass an input batch (a tuple for several inputs) that the model accepts, on its device and in its "
+            "dtype",
+        ) from error
     return int(counter.get_total_flops()) // batch
 
 
@@ -68,8 +84,14 @@ def non_finite_tensor(model: nn.Module) -> str | None:
     return None
 
 
+def _check_graph(graph: object) -> None:
+    if not isinstance(graph, ChannelGraph):
+        raise ConfigError(f"graph must be a ChannelGraph (SplittableNetwork.graph), got {type(graph).__name__}")
+
+
 def layer_flops(graph: ChannelGraph) -> dict[str, int]:
     """FLOPs per sample of every layer with a handler (all its calls), from the traced shapes."""
+    _check_graph(graph)
     flops: dict[str, int] = {}
     for node in graph.module.graph.nodes:
         if node.op != "call_module":
@@ -131,6 +153,8 @@ def added_cost(
     Raises:
         GraphError: as :func:`~splitgrow.surgery.plan_split` (inexact sites are allowed here).
     """
+    if kind not in ("parameters", "flops"):
+        raise ConfigError(f"cost kind must be one of parameters, flops, got {kind!r}")
     flops = layer_flops(graph) if flops is None and kind == "flops" else flops
     requests = [r.as_request(graph) if isinstance(r, NewNeuron) else r for r in requests]
     plan = plan_split(graph, requests, allow_inexact=True)
@@ -170,8 +194,9 @@ def split_costs(graph: ChannelGraph, kind: str = "parameters") -> dict[str, floa
     """The cost of splitting one neuron of each splittable site: added parameters, or added FLOPs per sample."""
     from .selection import COST_KINDS
 
+    _check_graph(graph)
     if kind not in COST_KINDS:
-        raise ValueError(f"cost kind must be one of {', '.join(COST_KINDS)}, got {kind!r}")
+        raise ConfigError(f"cost kind must be one of {', '.join(COST_KINDS)}, got {kind!r}")
     flops = layer_flops(graph)
     costs = {}
     for name, site in graph.sites.items():
@@ -184,7 +209,17 @@ def split_costs(graph: ChannelGraph, kind: str = "parameters") -> dict[str, floa
 def site_table(
     graph: ChannelGraph, example_input: torch.Tensor, results: dict[str, Any] | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """One row per site (and per layer that is not a site), plus the model's totals."""
+    """One row per site (and per layer that is not a site), plus the model's totals.
+
+    Raises:
+        ConfigError: ``results`` that are not splitting results; GraphError: results of the model before a split,
+            or an example input the model does not take.
+    """
+    from .selection import check_results
+
+    _check_graph(graph)
+    if results is not None:
+        check_results(results, graph)
     flops = layer_flops(graph)
     modules = graph.modules
     rows = []

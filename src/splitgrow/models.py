@@ -15,6 +15,7 @@ pickling modules (:func:`save_model`, :func:`load_model`).
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import pickle
@@ -27,7 +28,8 @@ import torch
 from torch import nn
 
 from .artifacts import atomic_write_bytes, atomic_write_json
-from .errors import SplitgrowError
+from .checks import is_count
+from .errors import ConfigError, SplitgrowError
 
 _ACTIVATIONS = {"softplus": nn.Softplus, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "sigmoid": nn.Sigmoid}
 
@@ -44,13 +46,15 @@ def _activation(name: str) -> nn.Module:
     try:
         return _ACTIVATIONS[name]()
     except KeyError:
-        raise ValueError(f"unknown activation {name!r}; choose from {', '.join(_ACTIVATIONS)}") from None
+        raise ConfigError(f"unknown activation {name!r}; choose from {', '.join(_ACTIVATIONS)}") from None
 
 
 def _check_widths(widths: Sequence[int], count: int, model: str) -> list[int]:
+    if isinstance(widths, (str, bytes)) or not all(is_count(w, 1) for w in widths):
+        raise ConfigError(f"{model}'s widths must be a list of positive integers, got {widths!r}")
     widths = [int(w) for w in widths]
-    if len(widths) != count or any(w < 1 for w in widths):
-        raise ValueError(f"{model} needs {count} positive widths, got {widths}")
+    if len(widths) != count:
+        raise ConfigError(f"{model} needs {count} positive widths, got {widths}")
     return widths
 
 
@@ -258,7 +262,7 @@ def _dscnn_layout(layout: str) -> _DSCNNLayout:
     try:
         return _DSCNN_LAYOUTS[layout]
     except KeyError:
-        raise ValueError(f"unknown DSCNN layout {layout!r}; choose one of {', '.join(DSCNN_LAYOUTS)}") from None
+        raise ConfigError(f"unknown DSCNN layout {layout!r}; choose one of {', '.join(DSCNN_LAYOUTS)}") from None
 
 
 def dscnn_cost(
@@ -517,8 +521,14 @@ def build_model(architecture: str, **config: Any) -> ZooModel:
     """A zoo model by name (``mlp``, ``vgg19``, ``mobilenetv1``, ``dscnn``, ``dscnn-l``, ``resnet``, ``concat``)."""
     try:
         cls = MODELS[architecture]
-    except KeyError:
+    except (KeyError, TypeError):
         raise SplitgrowError(f"unknown model {architecture!r}; choose one of: {', '.join(MODELS)}") from None
+    known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ConfigError(
+            f"{cls.__name__} has no setting {', '.join(map(repr, unknown))}; its settings: {', '.join(sorted(known))}"
+        )
     return cls(**config)
 
 
@@ -547,25 +557,37 @@ def save_model(path: Path, model: nn.Module, history: list[dict[str, Any]] | Non
     A zoo model is rebuilt from its architecture and config alone; any other model from its constructor and the
     recorded shapes (see :func:`load_model`).
     """
+    from . import __version__
+
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
+    if history is not None and not (isinstance(history, list) and all(isinstance(s, dict) for s in history)):
+        raise ConfigError(
+            f"history must be a list of dicts (e.g. [stage.to_dict() for stage in grower.history]), got "
+            f"{type(history).__name__}"
+        )
     path = Path(path)
     state = model.state_dict()
+    zoo = isinstance(model, ZooModel)
+    description = {
+        "architecture": model.architecture if zoo else None,
+        "config": model.config() if zoo else None,
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "shapes": {name: list(tensor.shape) for name, tensor in state.items()},
+        "history": history or [],
+        "splitgrow": __version__,
+    }
+    try:  # before anything is written: a history that JSON cannot hold must not leave a .pt without its .json
+        json.dumps(description, allow_nan=True)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(
+            f"the history cannot be written as JSON ({error})",
+            fix="give plain values (numbers, strings, lists, dicts): GrowthStage.to_dict() has them",
+        ) from None
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path.with_suffix(".pt"), buffer.getvalue())
-    from . import __version__
-
-    zoo = isinstance(model, ZooModel)
-    atomic_write_json(
-        path.with_suffix(".json"),
-        {
-            "architecture": model.architecture if zoo else None,
-            "config": model.config() if zoo else None,
-            "class": f"{type(model).__module__}.{type(model).__qualname__}",
-            "shapes": {name: list(tensor.shape) for name, tensor in state.items()},
-            "history": history or [],
-            "splitgrow": __version__,
-        },
-    )
+    atomic_write_json(path.with_suffix(".json"), description)
 
 
 def load_model(
@@ -585,6 +607,8 @@ def load_model(
     """
     from .surgery import resize_like
 
+    if model is not None and not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a fresh instance of the saved model's class (an nn.Module), got {model!r}")
     path = Path(path)
     description_path, weights_path = path.with_suffix(".json"), path.with_suffix(".pt")
     for required in (description_path, weights_path):
@@ -593,6 +617,8 @@ def load_model(
     try:
         description = json.loads(description_path.read_text())
         state = torch.load(weights_path, map_location=map_location, weights_only=True)
+        if not isinstance(description, dict) or not isinstance(state, dict):
+            raise TypeError(f"it holds a {type(description).__name__} and a {type(state).__name__}, not two dicts")
         if model is None:
             if description.get("architecture") is None:
                 raise SplitgrowError(
@@ -602,6 +628,8 @@ def load_model(
             model = build_model(description["architecture"], **description["config"])
         resize_like(model, state)
         model.load_state_dict(state)
-    except (json.JSONDecodeError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+    except (ValueError, KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        if isinstance(error, SplitgrowError):  # a config of the zoo's model that it refuses, named as such
+            raise SplitgrowError(f"{path}: not a valid saved splitgrow model ({error})") from None
         raise SplitgrowError(f"{path}: not a valid saved splitgrow model ({type(error).__name__}: {error})") from None
     return model.to(map_location), description.get("history", [])

@@ -13,15 +13,20 @@ whose parameters it shares, and the compiled model recompiles for the new shapes
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import inspect
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .errors import ConfigError, SplitgrowError
 from .graph import ChannelGraph, Site, check_excluded, model_fingerprint
+from .modes import evaluating
 from .selection import Selection, select_splits
-from .statistics import LossClosure, LossFunction, SplittingResults, splitting_eigenpairs
+from .statistics import LossClosure, LossFunction, SplittingResults, StatisticsError, splitting_eigenpairs
+from .statistics.recording import batch_to_device, closure_from_loss
 from .statistics.splitting import report_skipped
 from .surgery import NewNeuron, SplitReport, SplitRequest, split_network
 
@@ -47,6 +52,8 @@ class SplittableNetwork:
         exclude: Sequence[str] = (),
         relu_surrogate: float | None = None,
     ) -> None:
+        check_model(model)
+        check_example_inputs(example_inputs)
         # torch.compile's wrapper shares the module's parameters and guards on their shapes: grow the module itself
         compiled = getattr(model, "_orig_mod", None)
         self.model = compiled if isinstance(compiled, nn.Module) else model
@@ -107,21 +114,39 @@ class SplittableNetwork:
         ``"rayleigh"`` or ``"auto"``; ``options`` go to :func:`splitgrow.statistics.splitting_eigenpairs`
         (dtype, tolerance, max_iterations, warm_start, keep_matrices, ...). Layers that will not grow are listed in
         the result's ``skipped`` and in a warning (an error with ``strict``).
+
+        Raises:
+            StatisticsError: a batch the model or the loss cannot take (its error is named), a loss that is not a
+                finite scalar, no batches.
+            ConfigError: an option that :func:`splitgrow.statistics.splitting_eigenpairs` does not have.
         """
-        return splitting_eigenpairs(
-            self.model,
-            self.graph,
-            data,
-            loss_function,
-            closure=closure,
-            reduction=reduction,
-            sites=sites,
-            batches=batches,
-            solver=solver,
-            progress=progress,
-            strict=strict,
-            **options,
-        )
+        check_loss_contract(loss_function, closure)
+        check_data(data, "data")
+        unknown = sorted(set(options) - SPLITTING_OPTIONS)
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) of the splitting statistics: {', '.join(unknown)}; known: "
+                f"{', '.join(sorted(SPLITTING_OPTIONS))}"
+            )
+        graph = self.graph
+        tracked = TrackedData(data)
+        with diagnosed(self.model, tracked, loss_function, closure):
+            results = splitting_eigenpairs(
+                self.model,
+                graph,
+                tracked,
+                loss_function,
+                closure=closure,
+                reduction=reduction,
+                sites=sites,
+                batches=batches,
+                solver=solver,
+                progress=progress,
+                strict=strict,
+                **options,
+            )
+        results.fingerprint = graph.fingerprint  # the selection refuses results of the model before a split
+        return results
 
     def select(
         self,
@@ -157,3 +182,147 @@ class SplittableNetwork:
         )
         self._graph = None
         return report
+
+
+#: the keyword options :meth:`SplittableNetwork.splitting` passes on to ``splitting_eigenpairs``
+SPLITTING_OPTIONS = frozenset(inspect.signature(splitting_eigenpairs).parameters) - {
+    "model",
+    "graph",
+    "data",
+    "loss_function",
+    "closure",
+    "reduction",
+    "sites",
+    "batches",
+    "solver",
+    "progress",
+    "strict",
+}
+
+
+def check_model(model: Any) -> None:
+    """Refuse what cannot be grown before anything is traced: not a module, or a module whose parameters hold no
+    values (on the ``meta`` device).
+
+    Raises:
+        ConfigError: naming the problem and the fix.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
+    meta = next((name for name, p in model.named_parameters() if p.is_meta), None)
+    if meta is not None:
+        raise ConfigError(
+            f"the model's parameter '{meta}' is on the meta device (it has no values)",
+            fix="materialise the model first (model.to_empty(device=...) and load its weights)",
+        )
+
+
+def check_example_inputs(example_inputs: Any) -> None:
+    """An example batch is a tensor or a non-empty tuple or list of the model's positional inputs."""
+    if isinstance(example_inputs, Tensor):
+        return
+    if isinstance(example_inputs, (tuple, list)) and example_inputs:
+        return
+    raise ConfigError(
+        f"example_inputs must be an input batch (a tensor, or a tuple of the model's positional inputs), got "
+        f"{type(example_inputs).__name__ if not isinstance(example_inputs, (tuple, list)) else 'an empty sequence'}"
+    )
+
+
+def check_loss_contract(loss_function: Any, closure: Any) -> None:
+    """Exactly one of ``loss_function`` and ``closure``, and it callable."""
+    if (loss_function is None) == (closure is None):
+        raise ConfigError("give exactly one of loss_function and closure (how the loss is computed)")
+    name, given = ("loss_function", loss_function) if closure is None else ("closure", closure)
+    if not callable(given):
+        expected = "(outputs, targets) -> loss" if closure is None else "(model, batch) -> (loss, batch_size)"
+        raise ConfigError(f"{name} must be callable ({expected}), got {type(given).__name__}")
+
+
+def check_data(data: Any, name: str) -> None:
+    """Statistics data must be iterable (a list of batches, a DataLoader)."""
+    if data is None or isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
+        raise ConfigError(f"{name} must be an iterable of batches (a list, a DataLoader), got {type(data).__name__}")
+
+
+_NO_BATCH = object()
+
+
+class TrackedData:
+    """Statistics data that remembers the last batch each pass gave, so that an error raised while the statistics
+    use it can be traced to that batch (see :func:`diagnosed`)."""
+
+    def __init__(self, data: Iterable) -> None:
+        self.data = data
+        self.last: Any = _NO_BATCH
+        self.given = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        self.last, self.given = _NO_BATCH, 0
+        for batch in self.data:
+            self.last, self.given = batch, self.given + 1
+            yield batch
+
+
+@contextlib.contextmanager
+def diagnosed(
+    model: nn.Module, tracked: TrackedData, loss_function: LossFunction | None, closure: LossClosure | None
+) -> Iterator[None]:
+    """Turn an error from deep inside torch while the statistics run on ``tracked`` into a
+    :class:`~splitgrow.statistics.StatisticsError` naming the batch, when the last batch given also fails through the
+    plain model and loss (the user's data, model or loss); any other error is splitgrow's own and keeps its type."""
+    try:
+        yield
+    except SplitgrowError:
+        raise
+    except Exception as error:
+        memory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+        if isinstance(error, memory) or tracked.last is _NO_BATCH:
+            raise
+        fault = batch_fault(model, tracked.last, loss_function, closure)
+        if fault is None:
+            raise
+        raise StatisticsError(
+            f"batch {tracked.given - 1} of the statistics data does not run through the model and the loss ({fault})",
+            fix="give batches as in training: "
+            + (
+                "(inputs, targets) with inputs the model accepts and targets its loss accepts"
+                if closure is None
+                else "ones the closure can run, returning (loss, batch_size)"
+            ),
+        ) from error
+
+
+def batch_fault(
+    model: nn.Module, batch: Any, loss_function: LossFunction | None, closure: LossClosure | None
+) -> str | None:
+    """What goes wrong when ``batch`` runs through the plain ``model`` and its loss as the statistics run it (eval
+    mode, on the model's device, outside autocast); None when nothing does."""
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    run = closure if closure is not None else closure_from_loss(loss_function)
+    try:
+        with evaluating(model), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            run(model, batch_to_device(batch, device))
+    except Exception as error:
+        fault = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        floats = sorted({str(t.dtype) for t in _tensors(batch) if t.is_floating_point()})
+        if parameter is not None and floats and floats != [str(parameter.dtype)]:
+            # the usual cause: data of one precision for a model of another (a stage runs outside autocast)
+            fault += (
+                f"; its floating-point tensors are {', '.join(floats)}, the model's parameters {parameter.dtype} (a "
+                "stage runs in the model's dtype, outside autocast)"
+            )
+        return fault
+    return None
+
+
+def _tensors(batch: Any) -> Iterator[Tensor]:
+    if isinstance(batch, Tensor):
+        yield batch
+    elif isinstance(batch, dict):
+        for value in batch.values():
+            yield from _tensors(value)
+    elif isinstance(batch, (tuple, list)):
+        for value in batch:
+            yield from _tensors(value)

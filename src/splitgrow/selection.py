@@ -10,7 +10,7 @@ loss most is a 0/1 knapsack, solved exactly as an integer program by HiGHS (``sc
 
 from __future__ import annotations
 
-import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checks import is_count, is_number
 from .errors import ConfigError, SplitgrowError
-from .graph import ChannelGraph, Site
+from .graph import ChannelGraph, GraphError, Site
 from .surgery import SplitRequest
 
 COST_KINDS = ("parameters", "flops")
@@ -30,9 +31,9 @@ BUDGET_REFITS = 8
 def validate_selection(max_count: int, threshold: float) -> None:
     """Raise :class:`~splitgrow.errors.ConfigError` (a ValueError) unless m_* >= 1 and lambda_* <= 0 (the two rules
     of Algorithm 1): both are the user's settings."""
-    if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 1:
+    if not is_count(max_count, 1):
         raise ConfigError(f"m_* (the most neurons split per step) must be an integer >= 1, got {max_count!r}")
-    if not isinstance(threshold, (int, float)) or math.isnan(threshold) or threshold > 0:
+    if not is_number(threshold) or threshold > 0:
         raise ConfigError(
             f"lambda_* (the splitting-index threshold) must be <= 0, got {threshold!r}: a neuron with a "
             "non-negative index cannot lower the loss by splitting"
@@ -79,10 +80,52 @@ def is_frozen(graph: ChannelGraph, site: Site) -> bool:
     return bool(parameters) and not any(p.requires_grad for p in parameters)
 
 
+def check_results(results: object, graph: ChannelGraph | None) -> None:
+    """Refuse what is not splitting results (a mapping of site names to results with ``indexes``), and results of
+    the model before a split (they would name neurons that have moved).
+
+    Raises:
+        ConfigError: not splitting results.
+        GraphError: results computed for another shape of the model.
+    """
+    if not isinstance(results, Mapping):
+        raise ConfigError(
+            f"results must be the splitting results (SplittableNetwork.splitting returns them), got "
+            f"{type(results).__name__}"
+        )
+    for name, result in results.items():
+        indexes = getattr(result, "indexes", None)
+        if not isinstance(indexes, Tensor) or indexes.dim() != 1:
+            raise ConfigError(
+                f"results['{name}'] is a {type(result).__name__}, not a site's splitting result (with 1-D indexes): "
+                "pass what SplittableNetwork.splitting returns"
+            )
+    if graph is None:
+        return
+    if not isinstance(graph, ChannelGraph):
+        raise ConfigError(f"graph must be a ChannelGraph (SplittableNetwork.graph), got {type(graph).__name__}")
+    stale = GraphError(
+        "the splitting results were computed for the model before a later change (a split): their neurons have "
+        "moved; compute the splitting statistics again and select from them"
+    )
+    fingerprint = getattr(results, "fingerprint", None)
+    if fingerprint is not None and fingerprint != graph.fingerprint:
+        raise stale
+    for name, result in results.items():
+        site = graph.sites.get(name)
+        if site is None:
+            continue
+        directions = getattr(result, "directions", None)
+        wrong_directions = isinstance(directions, Tensor) and tuple(directions.shape[-1:]) != (site.neuron_dim,)
+        if len(result.indexes) != site.num_neurons or wrong_directions:
+            raise stale
+
+
 def eligible_neurons(
     results: Mapping, threshold: float, graph: ChannelGraph | None, allow_inexact: bool
 ) -> tuple[list[tuple[float, str, int]], dict[str, str]]:
     """(index, site, channel) of every eligible neuron, and the sites left out with the reason."""
+    check_results(results, graph)
     candidates, skipped = [], {}
     for name, result in results.items():
         if graph is not None:
@@ -152,13 +195,14 @@ def select_splits(
     so no two candidates conflict.
     """
     validate_selection(max_count, threshold)
+    if max_added is not None and not is_count(max_added, 1):
+        raise ConfigError(f"max_added (the most neurons the splits add) must be an integer >= 1, got {max_added!r}")
+    check_results(results, graph)
     if graph is not None:
         graph.check_current()
     candidates, skipped = eligible_neurons(results, threshold, graph, allow_inexact)
     candidates.sort()
     if max_added is not None:
-        if isinstance(max_added, bool) or not isinstance(max_added, int) or max_added < 1:
-            raise ValueError(f"max_added (the most neurons the splits add) must be an integer >= 1, got {max_added!r}")
         return Selection(_adding_at_most(results, candidates[:max_count], max_added, threshold, graph), skipped)
     chosen = [_request(results, name, channel, index, graph) for index, name, channel in candidates[:max_count]]
     return Selection(chosen, skipped)
@@ -263,8 +307,8 @@ def select_within_budget(
     Returns:
         Split requests sorted by increasing index; empty when nothing fits.
     """
-    if not budget >= 0:
-        raise ValueError(f"budget must be >= 0, got {budget}")
+    validate_budget(budget, costs, threshold, max_count)
+    check_results(results, graph)
     if graph is not None:
         graph.check_current()
     candidates, skipped = eligible_neurons(results, threshold, graph, allow_inexact)
@@ -305,6 +349,26 @@ def select_within_budget(
         exact_cost,
         least_valuable=lambda picked: max(picked, key=lambda i: items[i][0]),
     )
+
+
+def validate_budget(budget: object, costs: object, threshold: object, max_count: object) -> None:
+    """Raise :class:`~splitgrow.errors.ConfigError` unless the budget is a number >= 0 (inf: no limit), every cost a
+    finite number >= 0, lambda_* a finite number and m_* None or an integer >= 1."""
+    number = isinstance(budget, numbers.Real) and not isinstance(budget, bool)
+    if not (number and budget >= 0):  # NaN fails the comparison too
+        raise ConfigError(f"the budget must be a number >= 0 (inf: no limit), got {budget!r}")
+    if not isinstance(costs, Mapping):
+        raise ConfigError(
+            f"costs must map each site to the cost of one added neuron (splitgrow.inspection.split_costs), got "
+            f"{type(costs).__name__}"
+        )
+    for name, cost in costs.items():
+        if not (is_number(cost) and cost >= 0):
+            raise ConfigError(f"the cost of a neuron of '{name}' must be a finite number >= 0, got {cost!r}")
+    if not is_number(threshold):  # a positive one only adds candidates the knapsack never takes: allowed
+        raise ConfigError(f"lambda_* (the splitting-index threshold) must be a finite number, got {threshold!r}")
+    if max_count is not None and not is_count(max_count, 1):
+        raise ConfigError(f"max_count (the most splits) must be an integer >= 1 (or None), got {max_count!r}")
 
 
 def fit_within_budget(

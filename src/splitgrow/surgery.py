@@ -36,13 +36,15 @@ weight 0): zero output columns and fresh optimiser state.
 from __future__ import annotations
 
 import math
+import numbers
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from .errors import ConfigError
 from .graph import ChannelGraph, GraphError, Member, handler_of
 
 #: optimiser state entries that scale like the gradient (Rprop's ``prev`` is the last gradient)
@@ -204,8 +206,16 @@ def _check_request(graph: ChannelGraph, request: SplitRequest, allow_inexact: bo
         raise GraphError(
             f"'{site.name}' is an inexact site ({site.inexact_reason}); pass allow_inexact=True to split it"
         )
+    index = request.index
+    if index is not None and not (
+        isinstance(index, numbers.Real) and not isinstance(index, bool) and math.isfinite(index)
+    ):
+        raise GraphError(
+            f"the index of the split request for '{site.name}' channel {request.channel} must be a finite number "
+            f"(or None), got {index!r}"
+        )
     if request.direction is not None:
-        direction = torch.as_tensor(request.direction)
+        direction = _numeric(request.direction, f"the direction for '{site.name}' channel {request.channel}")
         if direction.numel() != site.neuron_dim:
             raise GraphError(
                 f"the direction for '{site.name}' has {direction.numel()} entries; its neurons have "
@@ -217,6 +227,18 @@ def _check_request(graph: ChannelGraph, request: SplitRequest, allow_inexact: bo
             raise GraphError(f"the direction for '{site.name}' channel {request.channel} is zero; pass None to copy")
     if request.offspring is not None:
         _check_offspring(site, request)
+
+
+def _numeric(value: object, what: str) -> Tensor:
+    """``value`` (a tensor, an array, a list of numbers) as a floating-point tensor; GraphError naming ``what``
+    otherwise."""
+    try:
+        tensor = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise GraphError(f"{what} must be a tensor of numbers, got {type(value).__name__}") from None
+    if tensor.dtype == torch.bool or tensor.is_complex():
+        raise GraphError(f"{what} must be a tensor of real numbers, got one of {tensor.dtype}")
+    return tensor if tensor.is_floating_point() else tensor.to(torch.float64)
 
 
 def _check_offspring(site, request: SplitRequest) -> None:
@@ -421,6 +443,9 @@ def split_network(
     """
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < 0:
         raise GraphError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
+    requests = check_requests(requests)
+    optimizers = optimizer_list(optimizer)
+    check_optimizers_hold(optimizers, model)
     additions: dict[int, NewNeuron] = {}
     proxies = []
     for request in requests:
@@ -442,7 +467,6 @@ def split_network(
         handler = handler_of(graph, module_name)
         tensors = handler.output_tensors(module) if role == OUTPUTS else handler.input_tensors(module)
         changes.append((module_name, role, module, handler, tensors, units))
-    optimizers = optimizer_list(optimizer)
     grown = [getattr(m, name) for _, _, m, _, tensors, _ in changes for name, _ in tensors]
     for each in optimizers:
         _check_optimizer(each, [p for p in grown if isinstance(p, nn.Parameter)])
@@ -601,15 +625,72 @@ def _member_rows(module: nn.Module, handler, unit: _Unit, shift: Tensor, epsilon
     return _rows_of(module, handler, part)
 
 
+def check_requests(requests: object) -> list[SplitRequest | NewNeuron]:
+    """``requests`` as a list, each a :class:`SplitRequest` or :class:`NewNeuron`.
+
+    Raises:
+        GraphError: a single request not in a list, or anything that is not a request.
+    """
+    if isinstance(requests, (SplitRequest, NewNeuron)):
+        raise GraphError("requests must be a list of split requests, got a single one: pass [request]")
+    if isinstance(requests, (str, bytes, Mapping)) or not isinstance(requests, Iterable):
+        raise GraphError(
+            f"requests must be a list of SplitRequest (or NewNeuron), as SplittableNetwork.select returns, got "
+            f"{type(requests).__name__}"
+        )
+    listed = list(requests)
+    for position, request in enumerate(listed):
+        if not isinstance(request, (SplitRequest, NewNeuron)):
+            raise GraphError(
+                f"requests[{position}] is a {type(request).__name__}, not a SplitRequest or NewNeuron: write "
+                "SplitRequest(site, channel, direction) (or use the requests SplittableNetwork.select returns)"
+            )
+    return listed
+
+
 def optimizer_list(
     optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None,
 ) -> list[torch.optim.Optimizer]:
-    """The optimisers whose state a split carries (none, one, or several)."""
+    """The optimisers whose state a split carries (none, one, or several).
+
+    Raises:
+        ConfigError: something that is not a ``torch.optim.Optimizer`` (or a list of them).
+    """
     if optimizer is None:
         return []
     if isinstance(optimizer, torch.optim.Optimizer):
         return [optimizer]
-    return list(optimizer)
+    if isinstance(optimizer, (str, bytes, Mapping)) or not isinstance(optimizer, Iterable):
+        raise ConfigError(
+            f"optimizer must be a torch.optim.Optimizer or a list of them, got {type(optimizer).__name__}",
+            fix="give the optimiser(s) whose state the split must carry, or None",
+        )
+    optimizers = list(optimizer)
+    for position, each in enumerate(optimizers):
+        if not isinstance(each, torch.optim.Optimizer):
+            raise ConfigError(
+                f"optimizer[{position}] is a {type(each).__name__}, not a torch.optim.Optimizer",
+                fix="list only the optimisers of the model's parameters",
+            )
+    return optimizers
+
+
+def check_optimizers_hold(optimizers: Sequence[torch.optim.Optimizer], model: nn.Module) -> None:
+    """Refuse an optimiser that holds none of ``model``'s parameters (one of another model, or made before the model
+    was rebuilt): the split would leave it with its old state while the model it is meant for grows.
+
+    Raises:
+        ConfigError: naming the optimiser.
+    """
+    own = {id(parameter) for parameter in model.parameters()}
+    for position, each in enumerate(optimizers):
+        if not any(id(parameter) in own for group in each.param_groups for parameter in group["params"]):
+            where = "the optimizer" if len(optimizers) == 1 else f"optimizer[{position}]"
+            raise ConfigError(
+                f"{where} ({type(each).__name__}) holds none of the model's parameters",
+                fix="give the optimiser made from this model's parameters (e.g. model.parameters()), whose state a "
+                "split must carry",
+            )
 
 
 def _replace_data(parameter: nn.Parameter, value: Tensor, grad: Tensor | None = None) -> None:
@@ -648,11 +729,19 @@ def resize_like(model: nn.Module, state_dict: dict[str, Tensor]) -> list[str]:
     the state_dict).
 
     Raises:
-        GraphError: a tensor of another shape in a module splitgrow cannot resize, or a missing tensor.
+        GraphError: a tensor of another shape in a module splitgrow cannot resize, a missing tensor, tensors of one
+            module that disagree on its channels; checked before any layer is resized.
     """
     from .layers import handler_for
 
-    resized = []
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(state_dict, Mapping):
+        raise GraphError(
+            f"the saved state must be a state_dict (a mapping of names to tensors), got {type(state_dict).__name__}"
+        )
+    # every check first, so that a state of another architecture leaves the model as it was
+    plans = []
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
         own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
@@ -661,7 +750,14 @@ def resize_like(model: nn.Module, state_dict: dict[str, Tensor]) -> list[str]:
             saved = state_dict.get(prefix + name)
             if saved is None:
                 raise GraphError(f"the saved state has no '{prefix + name}': it is not a state of this architecture")
+            if not isinstance(saved, Tensor):
+                raise GraphError(f"the saved state's '{prefix + name}' is a {type(saved).__name__}, not a tensor")
             if tuple(saved.shape) != tuple(tensor.shape):
+                if saved.dim() != tensor.dim():
+                    raise GraphError(
+                        f"the saved state's '{prefix + name}' has shape {tuple(saved.shape)}, the model's "
+                        f"{tuple(tensor.shape)}: it is not a state of this architecture"
+                    )
                 changed[name] = tuple(saved.shape)
         if not changed:
             continue
@@ -671,6 +767,18 @@ def resize_like(model: nn.Module, state_dict: dict[str, Tensor]) -> list[str]:
                 f"'{module_name}' ({type(module).__name__}) has tensors of other shapes in the saved state and "
                 "splitgrow cannot resize it"
             )
+        sizes, resized_roles = {}, set()
+        for role, tensors in ((OUTPUTS, handler.output_tensors(module)), (INPUTS, handler.input_tensors(module))):
+            for name, dim in tensors:
+                size = changed.get(name, tuple(getattr(module, name).shape))[dim]
+                resized_roles.update([role] if name in changed else [])
+                if sizes.setdefault(role, size) != size:
+                    raise GraphError(
+                        f"the saved state of '{module_name}' gives its {role} {sizes[role]} and {size} channels in "
+                        "different tensors: it is not a state splitgrow grew from this model"
+                    )
+        plans.append((module_name, module, handler, changed, {r: n for r, n in sizes.items() if r in resized_roles}))
+    for _, module, handler, changed, sizes in plans:
         for name, shape in changed.items():
             tensor = getattr(module, name)
             new = torch.empty(shape, dtype=tensor.dtype, device=tensor.device)
@@ -678,11 +786,5 @@ def resize_like(model: nn.Module, state_dict: dict[str, Tensor]) -> list[str]:
                 _replace_data(tensor, new)  # the same Parameter object: an optimiser built on the model keeps working
             else:
                 setattr(module, name, new)
-        sizes = {}
-        for role, tensors in ((OUTPUTS, handler.output_tensors(module)), (INPUTS, handler.input_tensors(module))):
-            for name, dim in tensors:
-                if name in changed:
-                    sizes[role] = changed[name][dim]
         handler.resize(module, **sizes)
-        resized.append(module_name)
-    return resized
+    return [module_name for module_name, *_ in plans]

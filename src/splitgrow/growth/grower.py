@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
+import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from copy import deepcopy
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,20 +43,28 @@ import torch
 from torch import Tensor, nn
 
 from ..artifacts import atomic_write_bytes
-from ..errors import ConfigError, SplitgrowError, SplitgrowWarning
+from ..checks import is_count
+from ..errors import CheckpointError, ConfigError, DivergenceError, SplitgrowError, SplitgrowWarning
 from ..firefly import new_neuron_candidates, select_growth
 from ..graph import GraphError, model_fingerprint
-from ..inspection import added_cost, model_flops, split_costs
+from ..inspection import added_cost, model_flops, non_finite_tensor, split_costs
 from ..modes import evaluating
-from ..network import SplittableNetwork
+from ..network import SplittableNetwork, TrackedData, check_data, check_loss_contract, diagnosed
 from ..selection import Selection, eligible_neurons, select_splits, select_within_budget
 from ..signed import signed_splitting
-from ..statistics import LossClosure, LossFunction, SplittingResults
+from ..statistics import LossClosure, LossFunction, SplittingResults, StatisticsError
 from ..statistics import distributed as dist
 from ..statistics.adaptive import adaptive_splitting
 from ..statistics.recording import batch_to_device, batch_units, closure_from_loss
 from ..statistics.splitting import SolverOptions, solve
-from ..surgery import NewNeuron, SplitRequest, optimizer_list, parameter_count, resize_like
+from ..surgery import (
+    NewNeuron,
+    SplitRequest,
+    check_optimizers_hold,
+    optimizer_list,
+    parameter_count,
+    resize_like,
+)
 from .policy import GrowthPolicy, GrowthState
 
 
@@ -156,15 +167,26 @@ class Grower:
         seed: int = 0,
         on_grow: Callable[[GrowthStage], None] | None = None,
     ) -> None:
-        if (loss_function is None) == (closure is None):
-            raise SplitgrowError("give exactly one of loss_function and closure (how the loss is computed)")
+        # every setting is checked here, before the first stage could change anything
+        check_loss_contract(loss_function, closure)
+        if not isinstance(policy, GrowthPolicy):
+            raise ConfigError(
+                f"policy must be a GrowthPolicy, got {type(policy).__name__}",
+                fix="e.g. policy=GrowthPolicy(every=2, count=4)",
+            )
+        if not is_count(seed, 0):
+            raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+        if on_grow is not None and not callable(on_grow):
+            raise ConfigError(f"on_grow must be callable (it is called with each stage), got {type(on_grow).__name__}")
         self.net = SplittableNetwork(model, example_inputs, exclude=exclude, relu_surrogate=relu_surrogate)
         self.model = self.net.model  # a compiled model's own module
+        if next(self.model.parameters(), None) is None:
+            raise ConfigError(f"{type(self.model).__name__} has no parameters: there is nothing to grow")
         self.statistics_data = statistics_data
         self.policy = policy
         self.loss_function, self.closure, self.reduction = loss_function, closure, reduction
         self.optimizer = optimizer
-        self.averaged_models = list(averaged_models)
+        self.averaged_models = averaged_models
         self.seed = seed
         self.on_grow = on_grow
         self.history: list[GrowthStage] = []
@@ -188,12 +210,46 @@ class Grower:
 
     @statistics_data.setter
     def statistics_data(self, data: Iterable) -> None:
+        check_data(data, "statistics_data")
         if isinstance(data, Iterator):  # a generator: the first stage would use it up and the next find nothing
             raise ConfigError(
                 f"statistics_data is an iterator ({type(data).__name__}), which one stage would use up: give "
                 "batches that can be iterated again at every stage (a list, a DataLoader)"
             )
         self._statistics_data = data
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | list[torch.optim.Optimizer] | None:
+        """The optimiser(s) whose state every split carries; each must hold parameters of the model."""
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None) -> None:
+        check_optimizers_hold(optimizer_list(optimizer), self.model)
+        self._optimizer = (
+            optimizer if optimizer is None or isinstance(optimizer, torch.optim.Optimizer) else list(optimizer)
+        )
+
+    @property
+    def averaged_models(self) -> list[nn.Module]:
+        """The averaged copies split with the model at every stage."""
+        return self._averaged_models
+
+    @averaged_models.setter
+    def averaged_models(self, models: Sequence[nn.Module]) -> None:
+        if isinstance(models, nn.Module) or isinstance(models, (str, bytes)) or not isinstance(models, Iterable):
+            raise ConfigError(
+                f"averaged_models must be a list of modules, got {type(models).__name__}",
+                fix="write averaged_models=[ema]" if isinstance(models, nn.Module) else None,
+            )
+        models = list(models)
+        for position, averaged in enumerate(models):
+            if not isinstance(averaged, nn.Module):
+                raise ConfigError(
+                    f"averaged_models[{position}] is a {type(averaged).__name__}, not a module: give averaged copies "
+                    "of the model (torch.optim.swa_utils.AveragedModel, an EMA module)"
+                )
+        self._averaged_models = models
 
     def epoch_end(self, metrics: dict[str, float] | None = None) -> GrowthStage | None:
         """Record that an epoch ended (with its metrics, e.g. the validation loss the plateau rule monitors) and
@@ -264,11 +320,12 @@ class Grower:
 
     # ---------------------------------------------------------------------------------------- one stage
 
-    def _data(self) -> Iterable:
+    def _data(self, data: Iterable | None = None) -> Iterable:
+        data = self.statistics_data if data is None else data
         batches = self.policy.statistics_batches
         if batches is None or self.policy.adaptive is not None:
-            return self.statistics_data
-        return (batch for _, batch in zip(range(batches), self.statistics_data))
+            return data
+        return (batch for _, batch in zip(range(batches), data))
 
     def _options(self) -> SolverOptions:
         return SolverOptions(
@@ -279,15 +336,36 @@ class Grower:
         )
 
     def statistics(self) -> SplittingResults:
-        """The splitting indexes of the current model on the statistics data (summed over processes)."""
+        """The splitting indexes of the current model on the statistics data (summed over processes).
+
+        Raises:
+            StatisticsError: a batch the model or the loss cannot take (its error named), a loss that is not a
+                finite scalar, or no batches (data that a stage used up, too).
+        """
         graph = self.net.graph
+        tracked = TrackedData(self.statistics_data)
+        try:
+            with diagnosed(self.model, tracked, self.loss_function, self.closure):
+                results = self._statistics(graph, tracked)
+        except StatisticsError as error:
+            if tracked.given == 0 and self.history:
+                raise StatisticsError(
+                    f"statistics_data gave no batches at stage {len(self.history) + 1}, although it gave them "
+                    f"before: it can be iterated only once",
+                    fix="give batches that can be iterated again at every stage (a list, a DataLoader)",
+                ) from error
+            raise
+        results.fingerprint = graph.fingerprint
+        return results
+
+    def _statistics(self, graph, data: Iterable) -> SplittingResults:
         contract = {"loss_function": self.loss_function, "closure": self.closure, "reduction": self.reduction}
         reduce = dist.reducer()
         if self.policy.adaptive is not None:
             return adaptive_splitting(
                 self.model,
                 graph,
-                self.statistics_data,
+                data,
                 lambda results: [(r.site, r.channel, r.index) for r in self._select_splits(results)],
                 adaptive=self.policy.adaptive,
                 options=self._options(),
@@ -304,7 +382,7 @@ class Grower:
         options = self._options()
         accumulator = options.accumulator(graph, chosen)
         if chosen:
-            for record in record_batches(self.model, graph, self._data(), chosen, reduce=reduce, **contract):
+            for record in record_batches(self.model, graph, self._data(data), chosen, reduce=reduce, **contract):
                 accumulator.add(record)
         return solve(accumulator, options, skipped=skipped, reduce=reduce)
 
@@ -395,7 +473,7 @@ class Grower:
         """One growth stage now, whatever the schedule. None when it split nothing: the grower then stops when no
         neuron has an index below the threshold (with ``policy.stop_when_stable``; "splitting-stable") and when
         neurons do but no split of them fits what a stage may add (a budget too small, whatever the setting)."""
-        device = next(self.model.parameters()).device
+        device = next(self.model.parameters()).device  # the constructor refused a model without parameters
         # statistics in the model's dtype whatever region the caller is in (autocast would round them to bf16)
         with torch.autocast(device.type, enabled=False):
             return self._grow(metrics)
@@ -545,9 +623,10 @@ class Grower:
         return captured[0]
 
     @torch.no_grad()
-    def _loss(self, batches: int) -> float:
+    def _loss(self, batches: int) -> float | None:
         """The mean loss on the statistics batches a stage used (the first ``batches``) as the split model computes
-        it (eval mode)."""
+        it (eval mode); None, with a warning, when the data gives no batch a second time (the split is made: a stage
+        must not fail after it)."""
         closure = self.closure or closure_from_loss(self.loss_function)
         device = next(self.model.parameters()).device
         total, weight, used = 0.0, 0.0, 0
@@ -567,6 +646,15 @@ class Grower:
         if dist.active():
             total = float(dist.all_reduce_sum(torch.tensor(total, dtype=torch.float64)))
             weight = float(dist.all_reduce_sum(torch.tensor(weight, dtype=torch.float64)))
+        if weight == 0:
+            warnings.warn(
+                "statistics_data gave no batches when iterated again to measure the loss after the split (loss_after "
+                "is None): it can be iterated only once, and the next stage will find no batches; give batches that "
+                "can be iterated again at every stage (a list, a DataLoader)",
+                SplitgrowWarning,
+                stacklevel=4,
+            )
+            return None
         return total / weight
 
     def _mean(self) -> bool:
@@ -591,14 +679,31 @@ class Grower:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch = int(state["epoch"])
-        self.epochs_since_growth = int(state["epochs_since_growth"])
-        self.stopped, self.stop_reason = bool(state["stopped"]), str(state["stop_reason"])
-        self._best, self._stale = state["best"], int(state["stale"])
-        self._training_seconds = float(state.get("training_seconds", 0.0))  # absent from earlier checkpoints
-        self.metrics = [dict(m) for m in state["metrics"]]
-        fields = {f for f in GrowthStage.__dataclass_fields__}
-        self.history = [GrowthStage(**{k: v for k, v in stage.items() if k in fields}) for stage in state["history"]]
+        """Restore what :meth:`state_dict` returned (all of it, or nothing: a state that does not parse leaves the
+        grower as it was).
+
+        Raises:
+            CheckpointError: not a grower's state.
+        """
+        try:
+            epoch = int(state["epoch"])
+            epochs_since_growth = int(state["epochs_since_growth"])
+            stopped, stop_reason = bool(state["stopped"]), str(state["stop_reason"])
+            best, stale = state["best"], int(state["stale"])
+            training_seconds = float(state.get("training_seconds", 0.0))  # absent from earlier checkpoints
+            metrics = [dict(m) for m in state["metrics"]]
+            fields = set(GrowthStage.__dataclass_fields__)
+            history = [GrowthStage(**{k: v for k, v in stage.items() if k in fields}) for stage in state["history"]]
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise CheckpointError(
+                f"not the state of a Grower ({type(error).__name__}: {error})",
+                fix="pass what Grower.state_dict() returned",
+            ) from None
+        self.epoch, self.epochs_since_growth = epoch, epochs_since_growth
+        self.stopped, self.stop_reason = stopped, stop_reason
+        self._best, self._stale = best, stale
+        self._training_seconds = training_seconds
+        self.metrics, self.history = metrics, history
 
     # ---------------------------------------------------------------------------------------- the driver
 
@@ -637,9 +742,13 @@ class Grower:
                 "a scheduler_factory needs the grower's optimizer, a single one; with several optimisers, make and "
                 "step their schedulers in train_epoch"
             )
+        path = _check_fit(train_epoch, epochs, evaluate, scheduler_factory, on_phase_end, on_epoch_end, checkpoint)
+        if extra_state is not None and not (
+            isinstance(extra_state, tuple) and len(extra_state) == 2 and all(callable(f) for f in extra_state)
+        ):
+            raise ConfigError("extra_state must be a tuple (get, set) of two callables")
         self.phase_metrics: list[dict[str, float]] = []
         scheduler = None
-        path = None if checkpoint is None else Path(checkpoint)
         if resume and path is not None and path.is_file():
             scheduler = self._restore(path, scheduler_factory, extra_state)
             if self.epoch > epochs:  # the model is that of the checkpoint's later epoch, not of epoch `epochs`
@@ -655,11 +764,25 @@ class Grower:
         while self.epoch < epochs:
             epoch = self.epoch
             returned = train_epoch(epoch)
-            metrics = dict(evaluate()) if evaluate is not None else {}
-            if isinstance(returned, dict):
+            broken = non_finite_tensor(self.model)
+            if broken is not None:  # before the checkpoint: the last one written stays that of finite weights
+                raise DivergenceError(
+                    f"training diverged in epoch {epoch}: the model's '{broken}' is not finite (NaN or infinite)",
+                    fix="lower the learning rate (or clip the gradients) and resume from the last checkpoint",
+                )
+            evaluated = evaluate() if evaluate is not None else {}
+            if not isinstance(evaluated, Mapping):
+                raise ConfigError(f"evaluate must return a dict of metrics, got {type(evaluated).__name__}")
+            metrics = dict(evaluated)
+            if isinstance(returned, Mapping):
                 metrics = {**returned, **metrics}
             elif returned is not None:
-                metrics.setdefault("train_loss", float(returned))
+                if not (isinstance(returned, (numbers.Real, Tensor)) and not isinstance(returned, bool)):
+                    raise ConfigError(
+                        f"train_epoch must return its loss (a number), a dict of metrics or None, got "
+                        f"{type(returned).__name__}"
+                    )
+                metrics.setdefault("train_loss", returned)  # checked (a single number) with the other metrics
             if scheduler is not None:
                 self._step_scheduler(scheduler, metrics)
             stage = None
@@ -685,7 +808,7 @@ class Grower:
     def _make_scheduler(self, scheduler_factory: Callable[[torch.optim.Optimizer, int], Any], epochs: int) -> Any:
         """The next phase's scheduler; its length is checkpointed, so that a resumed run makes the same one."""
         self._phase_epochs_made = self._phase_epochs(epochs)
-        return scheduler_factory(self.optimizer, self._phase_epochs_made)
+        return _checked_scheduler(scheduler_factory(self.optimizer, self._phase_epochs_made))
 
     def _step_scheduler(self, scheduler: Any, metrics: dict[str, float]) -> None:
         if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -726,9 +849,104 @@ class Grower:
         atomic_write_bytes(path, buffer.getvalue())
 
     def _restore(self, path: Path, scheduler_factory, extra_state) -> Any:
+        """Continue from the checkpoint at ``path``: everything, or nothing (a checkpoint of another model,
+        optimiser or averaged models raises before, or is rolled back).
+
+        Raises:
+            CheckpointError: a damaged file, or a checkpoint that does not fit this run.
+        """
         from ..checkpoints import load_tensors
 
         state = load_tensors(path)
+        self._check_checkpoint(path, state)
+        backup = (
+            deepcopy(self.model.state_dict()),
+            [deepcopy(optimizer.state_dict()) for optimizer in optimizer_list(self.optimizer)],
+            [deepcopy(averaged.state_dict()) for averaged in self.averaged_models],
+            self.state_dict(),
+            torch.get_rng_state(),
+        )
+        try:
+            return self._apply_checkpoint(state, scheduler_factory, extra_state)
+        except Exception as error:
+            model_state, optimizer_states, averaged_states, grower_state, rng = backup
+            resize_like(self.model, model_state)
+            self.model.load_state_dict(model_state)
+            for optimizer, saved in zip(optimizer_list(self.optimizer), optimizer_states):
+                optimizer.load_state_dict(saved)
+            for averaged, saved in zip(self.averaged_models, averaged_states):
+                resize_like(averaged, saved)
+                averaged.load_state_dict(saved)
+            self.load_state_dict(grower_state)
+            torch.set_rng_state(rng)
+            if isinstance(error, SplitgrowError):
+                raise
+            raise CheckpointError(
+                f"the checkpoint does not fit this run ({type(error).__name__}: {error})",
+                path,
+                "resume with the model, optimisers, scheduler and averaged models it was written with, or delete it "
+                "to start again",
+            ) from error
+
+    def _check_checkpoint(self, path: Path, state: Any) -> None:
+        """Refuse, before anything changes, a file that is not a checkpoint of :meth:`fit` or one written with other
+        tensors, optimisers or averaged models than this run has."""
+        keys = ("model", "optimizer", "grower", "rng")
+
+        def refuse(problem: str) -> CheckpointError:
+            return CheckpointError(
+                problem,
+                path,
+                "resume with the model, optimisers and averaged models it was written with, or delete it to start "
+                "again",
+            )
+
+        if not isinstance(state, dict) or any(key not in state for key in keys):
+            raise CheckpointError(
+                "not a checkpoint of Grower.fit (it lacks the model, optimiser or grower state)",
+                path,
+                "give fit a checkpoint path of its own (it writes the file), or delete this one to start again",
+            )
+        saved_model = state["model"]
+        if not isinstance(saved_model, Mapping) or set(saved_model) != set(self.model.state_dict()):
+            names = set(saved_model) if isinstance(saved_model, Mapping) else set()
+            missing = sorted(set(self.model.state_dict()) - names)[:3]
+            extra = sorted(names - set(self.model.state_dict()))[:3]
+            raise refuse(
+                f"the checkpoint holds the state of another model (missing: {', '.join(missing) or 'none'}; not in "
+                f"this model: {', '.join(extra) or 'none'})"
+            )
+        saved_optimizers = state["optimizer"]
+        if isinstance(saved_optimizers, dict):  # a checkpoint of one optimiser, written before several were allowed
+            saved_optimizers = [saved_optimizers]
+        optimizers = optimizer_list(self.optimizer)
+        if len(saved_optimizers or []) != len(optimizers):
+            raise refuse(
+                f"the checkpoint holds the state of {len(saved_optimizers or [])} optimiser(s), this run has "
+                f"{len(optimizers)}"
+            )
+        for position, (optimizer, saved) in enumerate(zip(optimizers, saved_optimizers)):
+            groups = saved.get("param_groups") if isinstance(saved, dict) else None
+            own = optimizer.state_dict()["param_groups"]
+            if not isinstance(groups, list) or len(groups) != len(own):
+                raise refuse(f"optimiser {position} of the checkpoint has other parameter groups than this run's")
+            for saved_group, group in zip(groups, own):
+                # a scheduler adds settings of its own (initial_lr): only the optimiser's own must all be there
+                missing = sorted(set(optimizer.defaults) - set(saved_group))
+                if missing or len(saved_group.get("params", ())) != len(group["params"]):
+                    raise refuse(
+                        f"optimiser {position} of the checkpoint is not this run's {type(optimizer).__name__} of the "
+                        f"same parameters (its settings lack {', '.join(missing) or 'none'}; parameters: "
+                        f"{len(saved_group.get('params', ()))} saved, {len(group['params'])} here)"
+                    )
+        saved_averaged = state.get("averaged_models") or []
+        if len(saved_averaged) != len(self.averaged_models):
+            raise refuse(
+                f"the checkpoint holds {len(saved_averaged)} averaged model(s), this run has "
+                f"{len(self.averaged_models)}"
+            )
+
+    def _apply_checkpoint(self, state: dict[str, Any], scheduler_factory, extra_state) -> Any:
         resize_like(self.model, state["model"])
         self.model.load_state_dict(state["model"])
         self.load_state_dict(state["grower"])
@@ -739,7 +957,7 @@ class Grower:
         scheduler = None
         if scheduler_factory is not None:
             self._phase_epochs_made = state.get("phase_epochs") or self._phase_epochs_at_restore()
-            scheduler = scheduler_factory(self.optimizer, self._phase_epochs_made)
+            scheduler = _checked_scheduler(scheduler_factory(self.optimizer, self._phase_epochs_made))
         saved_optimizers = state["optimizer"]
         if isinstance(saved_optimizers, dict):  # a checkpoint of one optimiser, written before several were allowed
             saved_optimizers = [saved_optimizers]
@@ -757,6 +975,59 @@ class Grower:
         """The phase length of a checkpoint that did not record it (written by an earlier version)."""
         length = self.policy.phase_length(len(self.history))
         return 1 if length is None else length
+
+
+def _check_fit(
+    train_epoch: Any,
+    epochs: Any,
+    evaluate: Any,
+    scheduler_factory: Any,
+    on_phase_end: Any,
+    on_epoch_end: Any,
+    checkpoint: Any,
+) -> Path | None:
+    """Refuse :meth:`Grower.fit` arguments of the wrong type or value before any epoch runs; the checkpoint's
+    path.
+
+    Raises:
+        ConfigError: naming the argument.
+    """
+    if not callable(train_epoch):
+        raise ConfigError(f"train_epoch must be callable (train_epoch(epoch) trains one epoch), got {train_epoch!r}")
+    if not is_count(epochs, 0):
+        raise ConfigError(f"epochs must be an integer >= 0 (the epochs in all), got {epochs!r}")
+    for name, value in (
+        ("evaluate", evaluate),
+        ("scheduler_factory", scheduler_factory),
+        ("on_phase_end", on_phase_end),
+        ("on_epoch_end", on_epoch_end),
+    ):
+        if value is not None and not callable(value):
+            raise ConfigError(f"{name} must be callable (or None), got {type(value).__name__}")
+    if checkpoint is None:
+        return None
+    if not isinstance(checkpoint, (str, os.PathLike)) or not str(checkpoint):
+        raise ConfigError(f"checkpoint must be a file path, got {checkpoint!r}")
+    path = Path(checkpoint)
+    if path.is_dir():
+        raise ConfigError(
+            f"the checkpoint {path} is a folder", fix="give the path of a file in it, e.g. checkpoint='run/grow.pt'"
+        )
+    blocking = next((parent for parent in path.parents if parent.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ConfigError(f"the checkpoint's folder {blocking} is a file", fix="give a path in a folder")
+    return path
+
+
+def _checked_scheduler(scheduler: Any) -> Any:
+    """What a ``scheduler_factory`` made, refused unless it can be stepped and checkpointed."""
+    if not all(callable(getattr(scheduler, name, None)) for name in ("step", "state_dict", "load_state_dict")):
+        raise ConfigError(
+            f"scheduler_factory must return a learning-rate scheduler (with step and state_dict), got "
+            f"{type(scheduler).__name__}",
+            fix="return the scheduler it makes, e.g. lambda optimizer, epochs: CosineAnnealingLR(optimizer, epochs)",
+        )
+    return scheduler
 
 
 def _within(prefix: str, requests: Sequence[SplitRequest | NewNeuron], graph) -> list[SplitRequest | NewNeuron]:
@@ -792,6 +1063,10 @@ def _plain_metrics(metrics: dict[str, Any] | None) -> dict[str, float]:
     Raises:
         ConfigError: a metric that is not a single number.
     """
+    if metrics is not None and not isinstance(metrics, Mapping):
+        raise ConfigError(
+            f"metrics must be a dict of numbers (e.g. {{'loss': validation_loss}}), got {type(metrics).__name__}"
+        )
     plain = {}
     for name, value in (metrics or {}).items():
         try:
