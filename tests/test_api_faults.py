@@ -4,9 +4,11 @@ the model, the optimiser or any file changes (never a bare TypeError from deep i
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -455,3 +457,29 @@ def test_a_growth_callback_is_refused_for_a_second_module_and_misconfigured_at_c
         with pytest.raises(ConfigError, match=r"^this GrowthCallback grows another module \(_Net\).*new GrowthCallba"):
             callback.setup(trainer, second, "fit")
     assert callback.grower.model is first
+
+
+@pytest.mark.parametrize(
+    ("returned", "message"),
+    [
+        (lambda loss: (loss,), "the closure returned a tuple of 1 for batch 0"),
+        (lambda loss: (loss, 8, 1), "the closure returned a tuple of 3 for batch 0"),
+        (lambda loss: (loss, "w"), "the closure's weight for batch 0 is 'w'"),
+        (lambda loss: (loss, -1.0), "the closure's weight for batch 0 is -1.0"),
+        (lambda loss: (loss, float("nan")), "the closure's weight for batch 0 is nan"),
+        (lambda loss: (loss, torch.ones(2)), "the closure's weight for batch 0 is tensor"),
+    ],
+)
+def test_a_closure_that_returns_no_loss_and_weight_is_refused_naming_the_batch(returned, message):
+    """(loss, -1) flipped the sign of the batch's matrices and (loss, nan) reached the solver."""
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    inputs, targets = torch.randn(8, 4), torch.randint(0, 3, (8,))
+
+    def closure(model, batch):
+        return returned(F.cross_entropy(model(batch[0]), batch[1]))
+
+    net = SplittableNetwork(model, inputs[:2])
+    with pytest.raises(StatisticsError, match=re.escape(message)):
+        net.splitting([(inputs, targets)], closure=closure)
+    results = net.splitting([(inputs, targets)], closure=lambda m, b: (F.cross_entropy(m(b[0]), b[1]), np.int64(8)))
+    assert results["0"].indexes.shape == (6,)

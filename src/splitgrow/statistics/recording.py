@@ -32,7 +32,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from ..checks import is_count
+from ..checks import is_count, is_number
 from ..errors import SplitgrowError, SplitgrowWarning
 from ..graph import ChannelGraph, Site
 from ..inspection import non_finite_tensor
@@ -299,8 +299,8 @@ def record_batches(
                     break
                 batch = batch_to_device(batch, device)
                 returned = run(instrumented.module, batch)
-                loss, weight = returned if isinstance(returned, tuple) else (returned, batch_units(batch))
-                if float(weight) == 0:  # an empty batch (a process's empty shard): nothing to add, its mean is NaN
+                loss, weight = _loss_and_weight(returned, batch, count)
+                if weight == 0:  # an empty batch (a process's empty shard): nothing to add, its mean is NaN
                     instrumented.take()
                     continue
                 _check_loss(loss, count, model)
@@ -360,6 +360,29 @@ def _until_exhausted(iterator: Iterable, lockstep: _Lockstep | None) -> Iterator
 
 
 _END = object()
+
+
+def _loss_and_weight(returned: Any, batch: Any, index: int) -> tuple[Any, float]:
+    """A closure's ``loss`` or ``(loss, weight)``, the weight a finite number >= 0 (the units the loss averages
+    over: a negative one would flip the sign of the batch's matrices, a NaN would reach the solver)."""
+    if not isinstance(returned, tuple):
+        return returned, batch_units(batch)
+    if len(returned) != 2:
+        raise StatisticsError(
+            f"the closure returned a tuple of {len(returned)} for batch {index}",
+            fix="return the loss, or (loss, weight) with weight the number of samples or tokens it averages over",
+        )
+    loss, weight = returned
+    if isinstance(weight, torch.Tensor):
+        value = float(weight) if weight.numel() == 1 and not weight.dtype == torch.bool else None
+    else:
+        value = float(weight) if is_number(weight) else None
+    if value is None or not math.isfinite(value) or value < 0:
+        raise StatisticsError(
+            f"the closure's weight for batch {index} is {weight!r}",
+            fix="return (loss, weight) with weight a finite number >= 0: the samples or tokens the loss averages over",
+        )
+    return loss, value
 
 
 def _check_loss(loss: Any, index: int, model: nn.Module) -> None:
