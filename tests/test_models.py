@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,3 +105,16 @@ def test_a_grown_custom_model_reloads_from_its_constructor(tmp_path):
     rebuilt.eval()
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), model(x), rtol=0, atol=0)
+
+
+def test_a_saved_models_name_keeps_its_dots(tmp_path):
+    """save_model("run.v2") wrote run.pt and run.json (the '.v2' taken for a suffix), beside any run.* already there."""
+    from splitgrow.models import saved_model_paths
+
+    model = build_model("mlp", in_features=2, widths=[3])
+    save_model(tmp_path / "run.v2", model)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.v2.json", "run.v2.pt"]
+    loaded, _ = load_model(tmp_path / "run.v2")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    assert saved_model_paths(tmp_path / "model.pt") == (tmp_path / "model.json", tmp_path / "model.pt")
+    assert saved_model_paths("model") == (Path("model.json"), Path("model.pt"))

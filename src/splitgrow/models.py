@@ -586,8 +586,17 @@ def save_model(path: Path, model: nn.Module, history: list[dict[str, Any]] | Non
         ) from None
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write_bytes(path.with_suffix(".pt"), buffer.getvalue())
-    atomic_write_json(path.with_suffix(".json"), description)
+    description_path, weights_path = saved_model_paths(path)
+    atomic_write_bytes(weights_path, buffer.getvalue())
+    atomic_write_json(description_path, description)
+
+
+def saved_model_paths(path: Path | str) -> tuple[Path, Path]:
+    """The ``.json`` and ``.pt`` files of a saved model at ``path``: its suffixes appended (``run.v2`` is
+    ``run.v2.json`` and ``run.v2.pt``), or replaced when ``path`` already names one of the two files."""
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix in (".json", ".pt") else path
+    return stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".pt")
 
 
 def load_model(
@@ -596,7 +605,7 @@ def load_model(
     """Rebuild a model saved by :func:`save_model` (nothing is unpickled: weights-only loading).
 
     Args:
-        path: the saved model's path without suffix (``path``.json and ``path``.pt).
+        path: the saved model's path without suffix (``path``.json and ``path``.pt; see :func:`saved_model_paths`).
         map_location: where the tensors go.
         model: for a model that is not from the zoo, a fresh instance built by its own constructor as it was
             before growth: every layer is resized to the saved shapes (:func:`splitgrow.surgery.resize_like`), then
@@ -610,7 +619,7 @@ def load_model(
     if model is not None and not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a fresh instance of the saved model's class (an nn.Module), got {model!r}")
     path = Path(path)
-    description_path, weights_path = path.with_suffix(".json"), path.with_suffix(".pt")
+    description_path, weights_path = saved_model_paths(path)
     for required in (description_path, weights_path):
         if not required.is_file():
             raise SplitgrowError(f"missing {required}: a saved model is a .json and a .pt file side by side")
