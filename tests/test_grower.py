@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -167,6 +168,29 @@ def test_resuming_a_checkpoint_past_the_epochs_asked_for_warns_and_keeps_its_mod
         again, grower = fit(2)
     assert grower.epoch == 4 and len(grower.history) == 2
     assert all(torch.equal(a, b) for a, b in zip(longer.state_dict().values(), again.state_dict().values()))
+
+
+def test_resuming_under_another_policy_says_which_settings_changed(tmp_path):
+    def fit(policy, epochs):
+        model, batches, optimizer = _setup(2)
+        grower = Grower(
+            model, batches[0][0], batches, policy=policy, loss_function=F.cross_entropy, optimizer=optimizer
+        )
+        grower.fit(
+            _train(model, batches, optimizer, torch.Generator().manual_seed(5)),
+            epochs,
+            checkpoint=tmp_path / "run.pt",
+            resume=True,
+        )
+        return grower
+
+    fit(GrowthPolicy(first=1, every=1, count=1, max_stages=1), 2)
+    with pytest.warns(SplitgrowWarning, match=r"another growth policy \(max_stages 1 -> 2\)"):
+        grower = fit(GrowthPolicy(first=1, every=1, count=1, max_stages=2), 4)
+    assert len(grower.history) == 2 and grower.stop_reason == "reached max_stages = 2"  # the raised limit applies
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SplitgrowWarning)
+        fit(GrowthPolicy(first=1, every=1, count=1, max_stages=2), 4)  # the same policy: no warning
 
 
 @pytest.mark.parametrize("architecture", ["mobilenetv1", "dscnn"])

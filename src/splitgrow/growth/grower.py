@@ -27,6 +27,7 @@ may be given as it is: the grower grows the module it compiled, and the compiled
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import numbers
@@ -837,6 +838,7 @@ class Grower:
             "averaged_models": [averaged.state_dict() for averaged in self.averaged_models],
             "scheduler": None if scheduler is None else scheduler.state_dict(),
             "phase_epochs": self._phase_epochs_made,
+            "policy": _policy_settings(self.policy),
             "grower": self.state_dict(),
             "phase_metrics": self.phase_metrics,
             "rng": torch.get_rng_state(),
@@ -859,6 +861,21 @@ class Grower:
 
         state = load_tensors(path)
         self._check_checkpoint(path, state)
+        saved_policy, policy = state.get("policy"), _policy_settings(self.policy)
+        if isinstance(saved_policy, dict):  # absent from earlier checkpoints
+            changed = [
+                f"{name} {saved_policy[name]!r} -> {value!r}"
+                for name, value in policy.items()
+                if name in saved_policy and saved_policy[name] != value
+            ]
+            if changed:  # may be meant (more stages); said, since the schedule so far followed the other policy
+                warnings.warn(
+                    f"resuming {path} under another growth policy ({'; '.join(changed)}): the stages so far followed "
+                    "the checkpoint's",
+                    SplitgrowWarning,
+                    stacklevel=3,
+                )
+        restarts = isinstance(saved_policy, dict) and saved_policy != policy
         backup = (
             deepcopy(self.model.state_dict()),
             [deepcopy(optimizer.state_dict()) for optimizer in optimizer_list(self.optimizer)],
@@ -867,7 +884,7 @@ class Grower:
             torch.get_rng_state(),
         )
         try:
-            return self._apply_checkpoint(state, scheduler_factory, extra_state)
+            scheduler = self._apply_checkpoint(state, scheduler_factory, extra_state)
         except Exception as error:
             model_state, optimizer_states, averaged_states, grower_state, rng = backup
             resize_like(self.model, model_state)
@@ -887,6 +904,10 @@ class Grower:
                 "resume with the model, optimisers, scheduler and averaged models it was written with, or delete it "
                 "to start again",
             ) from error
+        # a run stopped by a limit the new policy raised goes on growing (a limit it still meets stops it again)
+        if restarts and self.stopped and self.stop_reason.startswith("reached ") and self._limit_reached() is None:
+            self.stopped, self.stop_reason = False, ""
+        return scheduler
 
     def _check_checkpoint(self, path: Path, state: Any) -> None:
         """Refuse, before anything changes, a file that is not a checkpoint of :meth:`fit` or one written with other
@@ -1097,3 +1118,16 @@ def _excluded_within(exclude: tuple[str, ...], prefix: str, copy: nn.Module) -> 
     if any(prefix == name or prefix.startswith(name + ".") for name in exclude):
         return tuple(name for name, _ in copy.named_children())
     return tuple(name[len(prefix) + 1 :] for name in exclude if name.startswith(prefix + "."))
+
+
+def _policy_settings(policy: GrowthPolicy) -> dict[str, Any]:
+    """A policy's settings as plain values, to compare a resumed run's with its checkpoint's (a trigger, a
+    callable, is left out: two equal ones need not compare equal)."""
+    settings: dict[str, Any] = {}
+    for setting in dataclasses.fields(policy):
+        value = getattr(policy, setting.name)
+        if value is None or isinstance(value, (bool, int, float, str)):
+            settings[setting.name] = value
+        elif dataclasses.is_dataclass(value) or isinstance(value, dict):
+            settings[setting.name] = repr(value)
+    return settings
