@@ -483,3 +483,82 @@ def test_a_closure_that_returns_no_loss_and_weight_is_refused_naming_the_batch(r
         net.splitting([(inputs, targets)], closure=closure)
     results = net.splitting([(inputs, targets)], closure=lambda m, b: (F.cross_entropy(m(b[0]), b[1]), np.int64(8)))
     assert results["0"].indexes.shape == (6,)
+
+
+def test_a_closure_that_runs_the_model_twice_reads_its_last_run():
+    """The probes were shared across forward passes: a reference pass on one sample before the real one broadcast
+    its (1, ...) probe over the batch and gave other indexes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    inputs, targets = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    net = SplittableNetwork(model, inputs[:2])
+
+    def twice(model, batch):
+        reference = model(batch[0][:1])
+        return F.cross_entropy(model(batch[0]), batch[1]) + 0.0 * reference.sum()
+
+    once = net.splitting([(inputs, targets)], F.cross_entropy)["0"].indexes
+    torch.testing.assert_close(net.splitting([(inputs, targets)], closure=twice)["0"].indexes, once)
+
+
+class _Masked(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+        self.register_buffer("mask", torch.full((3, 3), float("-inf")).triu(1))  # a causal mask, infinite by design
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def test_fit_takes_a_buffer_infinite_by_design_for_no_divergence_but_one_that_becomes_so():
+    torch.manual_seed(0)
+    model = _Masked()
+    inputs, targets = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    policy = GrowthPolicy(first=1, every=1, count=1, max_stages=1)
+    grower = Grower(model, inputs[:2], [(inputs, targets)], policy=policy, loss_function=F.cross_entropy,
+                    optimizer=optimizer)  # fmt: skip
+
+    def train(epoch):
+        optimizer.zero_grad()
+        F.cross_entropy(model(inputs), targets).backward()
+        optimizer.step()
+        if epoch == 2:
+            model.a.bias.data[0] = float("inf")
+
+    with pytest.raises(DivergenceError, match="training diverged in epoch 2: the model's 'a.bias' is not finite"):
+        grower.fit(train, 4)
+    assert len(grower.history) == 1
+
+
+def test_exclude_given_as_a_generator_still_excludes_and_non_names_are_refused():
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    net = SplittableNetwork(
+        model, torch.randn(2, 4), exclude=(name for name, _ in model.named_modules() if name == "0")
+    )
+    assert net.exclude == ("0",) and not net.graph.sites["0"].splittable
+    with pytest.raises(GraphError, match="exclude must list module names .strings., got 1"):
+        SplittableNetwork(model, torch.randn(2, 4), exclude=[1])
+
+
+def test_a_request_made_from_a_results_entries_as_they_are_is_accepted():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    inputs, targets = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    net = SplittableNetwork(model, inputs[:2])
+    result = net.splitting([(inputs, targets)], F.cross_entropy)["0"]
+    channel = int(result.indexes.argmin())
+    report = net.split([SplitRequest("0", channel, result.directions[channel], result.indexes[channel])], 0.01)
+    assert model[0].out_features == 7
+    assert report.predicted_change == pytest.approx(0.5 * 0.01**2 * float(result.indexes[channel]))
+
+
+@pytest.mark.parametrize("epsilon", [1e200, 10**400])
+def test_a_step_size_whose_square_overflows_is_refused_everywhere(epsilon):
+    with pytest.raises(ConfigError, match=r"epsilon \(the split step size\) must be a number in \[0, 1e\+150\]"):
+        GrowthPolicy(count=1, epsilon=epsilon)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    with pytest.raises(GraphError, match="epsilon must be a finite number >= 0 .at most 1e.150."):
+        SplittableNetwork(model, torch.randn(2, 4)).split([SplitRequest("0", 0)], epsilon)
+    assert model[0].out_features == 6

@@ -95,6 +95,22 @@ def test_a_wrong_name_says_what_to_change(nets: Path, name: str, message: str) -
         import_model(f"{nets}:{name}")
 
 
+def test_an_instance_is_listed_whatever_its_class_and_a_failure_names_the_users_line(tmp_path: Path) -> None:
+    """An nn.Sequential made in the file was not listed (its class is torch's); a constructor that fails inside
+    torch was located at torch's line, not the user's."""
+    path = tmp_path / "plain.py"
+    path.write_text(
+        "from torch import nn\n"
+        "model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))\n"
+        "def broken():\n"
+        "    return nn.Linear(4, -3)\n"
+    )
+    with pytest.raises(ConfigError, match=r"models defined there: model\)"):
+        import_model(str(path))
+    with pytest.raises(ConfigError, match=r"building broken failed: RuntimeError: .* at .*plain.py:4 "):
+        import_model(f"{path}:broken")
+
+
 def test_a_file_without_a_name_lists_its_models_and_a_syntax_error_names_its_line(nets: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"name the model in the file .*:NAME \(models defined there: NeedsArg"):
         import_model(str(nets))

@@ -267,3 +267,11 @@ def test_a_registered_handler_for_a_transformer_subclass_is_used_as_registered()
     graph = ChannelGraph(model, torch.randn(2, TOKENS, 4))
     assert "1.linear1" not in graph.sites
     assert "RegisteredLayer: the user's own handler" in graph.skipped()["0"]
+
+
+def test_a_transformer_module_as_the_whole_model_is_refused_with_what_to_do() -> None:
+    from splitgrow.graph import GraphError
+
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(D_MODEL, 2, HIDDEN, batch_first=True), 1)
+    with pytest.raises(GraphError, match="TransformerEncoder is the whole model: .* wrap it in a module of your own"):
+        ChannelGraph(encoder, torch.randn(2, TOKENS, D_MODEL))

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .checks import MAX_STEP_SIZE
 from .errors import ConfigError
 
 T = TypeVar("T")
@@ -243,11 +244,6 @@ def require(condition: bool, message: str) -> None:
     """Raise ConfigError(message) unless condition holds (for the configs' ``validate`` methods)."""
     if not condition:
         raise ConfigError(message)
-
-
-#: the largest split step size a setting may give: the predicted loss change is eps^2 / 2 times an index, and the
-#: square of a float above 1.3e154 overflows (an OverflowError deep in a run, not a message)
-MAX_STEP_SIZE = 1e150
 
 
 def require_step_size(value: float, name: str = "epsilon") -> None:

@@ -370,6 +370,16 @@ def _shape(node: fx.Node) -> tuple[int, ...] | None:
     return None if meta is None else meta.shape
 
 
+def _value_users(node: fx.Node) -> list[fx.Node]:
+    """The users of ``node`` that read its values, not only its shape (``x.shape``, ``x.size()``: the sizes a
+    ``view`` is given)."""
+    return [
+        user
+        for user in node.users
+        if not (user.target is getattr or (user.op == "call_method" and user.target in _IGNORED_METHODS))
+    ]
+
+
 def _tensor_args(node: fx.Node) -> list[fx.Node]:
     found: list[fx.Node] = []
 
@@ -459,6 +469,12 @@ def trace(model: nn.Module) -> fx.GraphModule:
             "(model._orig_mod; SplittableNetwork and Grower take the compiled model and do this themselves): the "
             "compiled model recompiles for the grown shapes"
         )
+    if traced_form(model) is not None:  # fx traces a root's own forward, with the fast-path tests it cannot follow
+        raise GraphError(
+            f"{type(model).__name__} is the whole model: splitgrow follows torch's transformer modules inside a model "
+            "(its forward's inputs and outputs are the model's), so wrap it in a module of your own, with the layers "
+            "that feed it and read it"
+        )
     if isinstance(model, _PARALLEL_WRAPPERS):
         raise GraphError(
             f"{type(model).__name__} is the model wrapped for data parallelism; give splitgrow the model itself "
@@ -501,6 +517,10 @@ def check_excluded(model: nn.Module, exclude: Sequence[str]) -> tuple[str, ...]:
     otherwise let the layer it meant grow, silently."""
     if isinstance(exclude, str):
         raise GraphError(f"exclude must be a list of module names, got the string {exclude!r}: write [{exclude!r}]")
+    exclude = tuple(exclude)  # once: a generator would be used up by the check
+    wrong = [entry for entry in exclude if not isinstance(entry, str)]
+    if wrong:
+        raise GraphError(f"exclude must list module names (strings), got {wrong[0]!r}")
     names = [name for name, _ in model.named_modules() if name]
     unknown = [p for p in exclude if not any(n == p or n.startswith(p + ".") for n in names)]
     if unknown:
@@ -510,7 +530,7 @@ def check_excluded(model: nn.Module, exclude: Sequence[str]) -> tuple[str, ...]:
             f"exclude names {', '.join(repr(p) for p in unknown)}, which is no module of {type(model).__name__}"
             f"{hint}: give qualified module names (or prefixes), as model.named_modules() lists them"
         )
-    return tuple(exclude)
+    return exclude
 
 
 # ------------------------------------------------------------------------------------------ the graph
@@ -562,7 +582,7 @@ class ChannelGraph:
         self.has_in_place = False
         self._maps: dict[str, ChannelMap] = {}
         self._pending_flattens: list[tuple[fx.Node, fx.Node, int, int]] = []
-        self._pending_unflattens: list[tuple[fx.Node, fx.Node, int, int]] = []
+        self._pending_unflattens: list[tuple[fx.Node, fx.Node, int, int, int | None]] = []
         self._refusals: dict[str, str] = {}
         self._calls: dict[str, int] = {}
         self._tied = _tied_modules(model)
@@ -670,7 +690,7 @@ class ChannelGraph:
                 self._module_edges(node)
             elif node.op in ("call_function", "call_method"):
                 self._function_edges(node)
-        self._add_flattens()
+        self._add_reshapes()
 
     def _module_edges(self, node: fx.Node) -> None:
         name = node.target
@@ -813,6 +833,18 @@ class ChannelGraph:
                         queue.append(edge.other)
         return {key for key, label in component.items() if label in capable}
 
+    def _add_reshapes(self) -> None:
+        """The links of flattens and unflattens, added once every other edge is known: first the dimensions an
+        unflatten keeps (identity links, right whatever the split dimension holds), so that the flattens and the
+        unflattens after them see which dimensions hold channels; then the flattens; then each unflatten's split,
+        refused where it splits channels."""
+        for node, source, split, added, _ in self._pending_unflattens:
+            for dim in range(1, len(_shape(source))):
+                if dim != split:
+                    self._link(self.space(source.name, dim), self.space(node.name, dim if dim < split else dim + added))
+        self._add_flattens()
+        self._add_unflattens()
+
     def _add_flattens(self) -> None:
         """Link each flattened dimension that holds channels to the merged dimension: channel c becomes the
         positions o * (size * inner) + c * inner + r. Dimensions that hold no channels (spatial ones) are not
@@ -846,20 +878,18 @@ class ChannelGraph:
                         outer=outer,
                         inner=inner,
                     )
-        self._add_unflattens()
 
     def _add_unflattens(self) -> None:
-        """Link the dimensions an unflatten keeps to their places; the dimension it splits must hold no channels
-        (tokens put back onto an image grid): its parts are positions, linked to nothing, as a flatten's spatial
-        dimensions are. Decided after the flattens' links, so that channels flattened away and back are seen."""
+        """The dimension an unflatten splits: one that keeps its size beside dimensions of size 1 (``view(N, C, 1,
+        1)``, a squeeze-and-excitation gate) is linked to that part; one truly split must hold no channels (tokens
+        put back onto an image grid): its parts are positions, linked to nothing, as a flatten's spatial dimensions
+        are. Decided after every other link, so that channels flattened away and back, or split twice, are seen."""
         channel_dims = self._channel_dims()
-        for node, source, split, added in self._pending_unflattens:
-            if (source.name, split) in channel_dims:
+        for node, source, split, _, kept in self._pending_unflattens:
+            if kept is not None:
+                self._link(self.space(source.name, split), self.space(node.name, kept))
+            elif (source.name, split) in channel_dims:
                 self._block_node(node, f"'{node.name}' reshapes {_shape(source)} to {_shape(node)}")
-                continue
-            for dim in range(1, len(_shape(source))):
-                if dim != split:
-                    self._link(self.space(source.name, dim), self.space(node.name, dim if dim < split else dim + added))
 
     def _function_edges(self, node: fx.Node) -> None:
         target, op = node.target, node.op
@@ -1043,7 +1073,12 @@ class ChannelGraph:
                     and before[dim + 1 :] == after[dim + 1 + added :]
                     and math.prod(after[dim : dim + 1 + added]) == before[dim]
                 ):
-                    self._pending_unflattens.append((node, source, dim, added))
+                    parts = after[dim : dim + 1 + added]
+                    # all parts 1 but one of the whole size: no split, dimensions of size 1 inserted beside it
+                    kept = next((dim + i for i, size in enumerate(parts) if size == before[dim]), None)
+                    if kept is not None and sorted(parts)[:-1] != [1] * added:
+                        kept = None
+                    self._pending_unflattens.append((node, source, dim, added, kept))
                     return
         # a reshape that merges consecutive dimensions is a flatten
         if before[0] == after[0] and len(after) < len(before):
@@ -1449,15 +1484,15 @@ class ChannelGraph:
         for member in members:
             start = self._node_of_module(member.module)
             path, current = [start.name], start
-            while len(current.users) == 1:
-                user = next(iter(current.users))
+            while len(_value_users(current)) == 1:
+                (user,) = _value_users(current)
                 if [a for a in _tensor_args(user) if a.name in in_closure] != [current] or user.name not in in_closure:
                     break
                 path.append(user.name)
                 current = user
-            if len(current.users) != 1:
+            if len(_value_users(current)) != 1:
                 continue
-            product = next(iter(current.users))
+            (product,) = _value_users(current)
             operands = [a for a in _tensor_args(product) if a.name in in_closure]
             method = product.op == "call_method"
             multiply = product.target in (_MULTIPLICATION_METHODS if method else _MULTIPLICATIONS)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,13 +75,20 @@ def _unfused_attention() -> Iterator[None]:
         yield
 
 
-def non_finite_tensor(model: nn.Module) -> str | None:
+def non_finite_tensor(model: nn.Module, buffers: Container[str] | None = None) -> str | None:
     """The name of the first parameter or buffer of ``model`` with a NaN or infinite entry (what a diverged
-    training step leaves, in the weights or the BatchNorm statistics), or None when all are finite."""
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+    training step leaves, in the weights or the BatchNorm statistics), or None when all are finite. ``buffers``:
+    the buffers to look at (None: all; a model may hold infinite ones by design, such as a causal mask)."""
+    chosen = [(n, b) for n, b in model.named_buffers() if buffers is None or n in buffers]
+    for name, tensor in [*model.named_parameters(), *chosen]:
+        if not finite(tensor):
             return name
     return None
+
+
+def finite(tensor: torch.Tensor) -> bool:
+    """Whether every entry of ``tensor`` is finite (integer tensors always are)."""
+    return not tensor.is_floating_point() or bool(torch.isfinite(tensor.detach()).all())
 
 
 def _check_graph(graph: object) -> None:

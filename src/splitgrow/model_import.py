@@ -70,8 +70,10 @@ def _models_in(module: ModuleType) -> str:
         key
         for key, value in vars(module).items()
         if not key.startswith("_")
-        and (isinstance(value, nn.Module) or (inspect.isclass(value) and issubclass(value, nn.Module)))
-        and getattr(value, "__module__", module.__name__) == module.__name__
+        and (
+            isinstance(value, nn.Module)  # an instance made there, whatever its class (nn.Sequential, ...)
+            or (inspect.isclass(value) and issubclass(value, nn.Module) and value.__module__ == module.__name__)
+        )
     )
     return f"models defined there: {', '.join(found)}" if found else "it defines no nn.Module"
 
@@ -137,6 +139,9 @@ def _user_failure(error: BaseException) -> str:
     if isinstance(error, SyntaxError):  # raised by the compiler: the user's line is in the error, not the frames
         return f"SyntaxError: {error.msg} at {error.filename}:{error.lineno}"
     frames = traceback.extract_tb(error.__traceback__)
-    own = [frame for frame in frames if "importlib" not in frame.filename]
-    where = f" at {own[-1].filename}:{own[-1].lineno}" if own else ""
+    # the last line of the user's own code: not importlib's, splitgrow's or an installed library's (torch's)
+    library = (str(Path(__file__).resolve().parent), *(p for p in sys.path if "-packages" in p), "<frozen ")
+    own = [frame for frame in frames if not frame.filename.startswith(library) and "importlib" not in frame.filename]
+    last = own[-1] if own else (frames[-1] if frames else None)
+    where = f" at {last.filename}:{last.lineno}" if last is not None else ""
     return f"{type(error).__name__}: {error}{where}"

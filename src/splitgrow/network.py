@@ -263,6 +263,10 @@ class TrackedData:
             self.last, self.given = batch, self.given + 1
             yield batch
 
+    def __len__(self) -> int:
+        """The data's own length (a progress bar's total); a TypeError where it has none, as for the data."""
+        return len(self.data)  # type: ignore[arg-type]
+
 
 @contextlib.contextmanager
 def diagnosed(

@@ -36,7 +36,6 @@ weight 0): zero output columns and fresh optimiser state.
 from __future__ import annotations
 
 import math
-import numbers
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .checks import MAX_STEP_SIZE, is_number, is_step_size
 from .errors import ConfigError
 from .graph import ChannelGraph, GraphError, Member, handler_of
 
@@ -207,9 +207,9 @@ def _check_request(graph: ChannelGraph, request: SplitRequest, allow_inexact: bo
             f"'{site.name}' is an inexact site ({site.inexact_reason}); pass allow_inexact=True to split it"
         )
     index = request.index
-    if index is not None and not (
-        isinstance(index, numbers.Real) and not isinstance(index, bool) and math.isfinite(index)
-    ):
+    if isinstance(index, Tensor) and index.numel() == 1 and index.is_floating_point():
+        index = index.item()  # an entry of a result's indexes, as given
+    if index is not None and not is_number(index):
         raise GraphError(
             f"the index of the split request for '{site.name}' channel {request.channel} must be a finite number "
             f"(or None), got {index!r}"
@@ -441,8 +441,8 @@ def split_network(
     Returns:
         A :class:`SplitReport`. Nothing is changed if any check fails.
     """
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < 0:
-        raise GraphError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
+    if not is_step_size(epsilon):
+        raise GraphError(f"epsilon must be a finite number >= 0 (at most {MAX_STEP_SIZE:g}), got {epsilon!r}")
     requests = check_requests(requests)
     optimizers = optimizer_list(optimizer)
     check_optimizers_hold(optimizers, model)

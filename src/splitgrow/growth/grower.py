@@ -48,7 +48,7 @@ from ..checks import is_count
 from ..errors import CheckpointError, ConfigError, DivergenceError, SplitgrowError, SplitgrowWarning
 from ..firefly import new_neuron_candidates, select_growth
 from ..graph import GraphError, model_fingerprint
-from ..inspection import added_cost, model_flops, non_finite_tensor, split_costs
+from ..inspection import added_cost, finite, model_flops, non_finite_tensor, split_costs
 from ..modes import evaluating
 from ..network import SplittableNetwork, TrackedData, check_data, check_loss_contract, diagnosed
 from ..selection import Selection, eligible_neurons, select_splits, select_within_budget
@@ -80,7 +80,8 @@ class GrowthStage:
         predicted_change: the loss change the splits predict (eps^2/2 * the sum of their indexes for two-way
             splits), from the split's report.
         loss_before, loss_after: the mean loss on the statistics batches the stage used, in eval mode, before and
-            after the split (``loss_after`` None unless the policy measures).
+            after the split (``loss_after`` None unless the policy measures, or when the statistics data gave no
+            batch a second time).
         parameters_before, parameters_after: the model's parameters.
         flops_after: FLOPs per sample of the grown model (:func:`splitgrow.inspection.model_flops` on the example).
         seconds: the stage's own time (statistics, selection, split, measurement); training_seconds: the
@@ -762,10 +763,12 @@ class Grower:
         elif scheduler_factory is not None:
             scheduler = self._make_scheduler(scheduler_factory, epochs)
         self._training_started = time.perf_counter()
+        # buffers infinite by design (a causal mask of -inf) are no sign of divergence: only those finite now are
+        finite_buffers = {name for name, buffer in self.model.named_buffers() if finite(buffer)}
         while self.epoch < epochs:
             epoch = self.epoch
             returned = train_epoch(epoch)
-            broken = non_finite_tensor(self.model)
+            broken = non_finite_tensor(self.model, finite_buffers)
             if broken is not None:  # before the checkpoint: the last one written stays that of finite weights
                 raise DivergenceError(
                     f"training diverged in epoch {epoch}: the model's '{broken}' is not finite (NaN or infinite)",
@@ -877,9 +880,9 @@ class Grower:
                 )
         restarts = isinstance(saved_policy, dict) and saved_policy != policy
         backup = (
-            deepcopy(self.model.state_dict()),
-            [deepcopy(optimizer.state_dict()) for optimizer in optimizer_list(self.optimizer)],
-            [deepcopy(averaged.state_dict()) for averaged in self.averaged_models],
+            _on_cpu(self.model.state_dict()),  # a copy on the CPU: a resume must not double the GPU's memory
+            [_on_cpu(optimizer.state_dict()) for optimizer in optimizer_list(self.optimizer)],
+            [_on_cpu(averaged.state_dict()) for averaged in self.averaged_models],
             self.state_dict(),
             torch.get_rng_state(),
         )
@@ -1131,3 +1134,14 @@ def _policy_settings(policy: GrowthPolicy) -> dict[str, Any]:
         elif dataclasses.is_dataclass(value) or isinstance(value, dict):
             settings[setting.name] = repr(value)
     return settings
+
+
+def _on_cpu(state: Any) -> Any:
+    """A deep copy of a (nested) state with every tensor on the CPU; ``load_state_dict`` moves them back."""
+    if isinstance(state, Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, Mapping):
+        return {key: _on_cpu(value) for key, value in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_on_cpu(value) for value in state)
+    return deepcopy(state)

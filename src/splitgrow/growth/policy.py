@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..checks import is_count, is_number
+from ..checks import MAX_STEP_SIZE, is_count, is_number, is_step_size
 from ..errors import ConfigError
 from ..firefly import FireflyOptions
 from ..statistics import SOLVERS
@@ -161,8 +161,10 @@ class GrowthPolicy:
             value = getattr(self, name)
             if value is not None and not is_count(value, 0):
                 raise ConfigError(f"{name} must be an integer >= 0 (or None), got {value!r}")
-        if not (is_number(self.epsilon) and self.epsilon >= 0):
-            raise ConfigError(f"epsilon (the split step size) must be a finite number >= 0, got {self.epsilon!r}")
+        if not is_step_size(self.epsilon):
+            raise ConfigError(
+                f"epsilon (the split step size) must be a number in [0, {MAX_STEP_SIZE:g}], got {self.epsilon!r}"
+            )
         if not (is_number(self.threshold) and self.threshold <= 0):
             raise ConfigError(f"threshold (lambda_*) must be a number <= 0, got {self.threshold!r}")
         if self.solver not in SOLVERS:

@@ -3,8 +3,9 @@
 ``nn.TransformerEncoderLayer`` and its relatives check, at the top of ``forward``, whether a fused fast path applies
 (tensor shapes, dtypes, ``torch.is_grad_enabled()``): Python decisions on tensor properties that ``torch.fx`` cannot
 trace, and that would hide ``linear1``/``linear2`` inside one opaque call if it could. The tracer uses instead the
-layer's own arithmetic as it runs in training (the path torch takes whenever gradients are on, and whose outputs
-the fast path equals): attention blocks stay single calls to ``nn.MultiheadAttention`` (not growable, so the
+layer's own arithmetic as it runs in training (the path torch takes whenever gradients are on, as the statistics
+run; the fast path gives the same outputs, but at padded positions of an encoder that packs its input into nested
+tensors, which it leaves at zero): attention blocks stay single calls to ``nn.MultiheadAttention`` (not growable, so the
 residual stream does not grow either, like every stream under a LayerNorm), and the feed-forward block
 ``linear2(dropout(activation(linear1(x))))`` is an ordinary site: its hidden units split as any MLP's do.
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checks import is_count, is_number
+from ..checks import is_integer, is_number
 from ..errors import ConfigError
 from ..graph import ChannelGraph
 from .recording import LossClosure, LossFunction, record_batches
@@ -56,7 +56,7 @@ class AdaptiveStatistics:
 
     def __post_init__(self) -> None:
         integers = (self.min_batches, 1 if self.max_batches is None else self.max_batches)
-        if not all(is_count(n, -(2**63)) for n in integers):
+        if not all(is_integer(n) for n in integers):
             raise ConfigError(
                 f"min_batches and max_batches must be integers, got {self.min_batches!r}, {self.max_batches!r}"
             )

@@ -86,14 +86,23 @@ class _Keep(nn.Module):
 
 
 class _Probe(nn.Module):
-    """A probe: returns value + p with p a zero tensor requiring grad, so dL/dp = dL/d(value). A key met again in
-    the same pass adds the same p (a site's outside users of one node): dL/dp sums the gradients through them."""
+    """A probe: returns value + p with p a zero tensor requiring grad, so dL/dp = dL/d(value).
+
+    A node's own probe (key ``name``) is new at every call, so a closure that runs the model twice reads the last
+    run, as it always did. A site's probe on the outside users of a fed-back node (key ``name@site``) is met once
+    per such user: those calls share one p, so dL/dp sums the gradients through them; the node's own probe, which
+    runs first, starts them afresh for each forward pass."""
 
     def __init__(self) -> None:
         super().__init__()
         self.probes: dict[str, Tensor] = {}
 
     def forward(self, key: str, value: Tensor) -> Tensor:
+        if "@" not in key:
+            for stale in [k for k in self.probes if k.startswith(key + "@")]:
+                del self.probes[stale]
+            probe = self.probes[key] = torch.zeros_like(value, requires_grad=True)
+            return value + probe
         probe = self.probes.get(key)
         if probe is None:
             probe = self.probes[key] = torch.zeros_like(value, requires_grad=True)

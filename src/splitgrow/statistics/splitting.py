@@ -498,10 +498,8 @@ class SolverOptions:
             value = getattr(self, name)
             if not (isinstance(value, torch.dtype) and value.is_floating_point):
                 raise ConfigError(f"{name} must be a floating-point torch.dtype (torch.float64, ...), got {value!r}")
-        for name, least in (("max_iterations", 1), ("rayleigh_epochs", 1), ("subspace_dim", 0), ("seed", 0)):
-            if not is_count(getattr(self, name), least):
-                raise ConfigError(f"{name} must be an integer >= {least}, got {getattr(self, name)!r}")
-        for name, least in (("dense_bytes", 0), ("max_temporary_elements", 1)):
+        counts = {"max_iterations": 1, "rayleigh_epochs": 1, "subspace_dim": 0, "seed": 0, "dense_bytes": 0}
+        for name, least in {**counts, "max_temporary_elements": 1}.items():
             if not is_count(getattr(self, name), least):
                 raise ConfigError(f"{name} must be an integer >= {least}, got {getattr(self, name)!r}")
         for name in ("tolerance", "rayleigh_learning_rate"):
