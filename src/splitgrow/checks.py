@@ -7,9 +7,19 @@ import math
 import numbers
 from typing import Any
 
+from torch import nn
+
+from .errors import ConfigError
+
 #: the largest split step size: the predicted loss change is eps^2 / 2 times an index, and the square of a float
 #: above 1.3e154 overflows (an OverflowError deep in a stage, not a message)
 MAX_STEP_SIZE = 1e150
+
+
+def check_model_type(model: Any) -> None:
+    """Refuse (ConfigError) a model that is not a ``torch.nn.Module``."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
 
 
 def is_number(value: Any) -> bool:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .checks import check_model_type
 from .errors import ConfigError
 from .graph import ChannelGraph, GraphError, handler_of
 from .layers import handler_for
@@ -31,8 +32,7 @@ def model_flops(model: nn.Module, example_input: torch.Tensor | tuple[torch.Tens
     batch, or a tuple of the model's positional inputs): the count on the whole example divided by the first
     input's batch size. The inputs are not cut to one row, since a second input may have no batch dimension (an
     attention mask of shape (T, T))."""
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model_type(model)
     # a list is several positional inputs, as SplittableNetwork's example inputs
     inputs = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
     if not inputs or not isinstance(inputs[0], torch.Tensor):

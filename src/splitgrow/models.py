@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .artifacts import atomic_write_bytes, atomic_write_json
-from .checks import is_count
+from .checks import check_model_type, is_count
 from .errors import ConfigError, SplitgrowError
 
 _ACTIVATIONS = {"softplus": nn.Softplus, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "sigmoid": nn.Sigmoid}
@@ -559,8 +559,7 @@ def save_model(path: Path, model: nn.Module, history: list[dict[str, Any]] | Non
     """
     from . import __version__
 
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model_type(model)
     if history is not None and not (isinstance(history, list) and all(isinstance(s, dict) for s in history)):
         raise ConfigError(
             f"history must be a list of dicts (e.g. [stage.to_dict() for stage in grower.history]), got "

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .checks import check_model_type
 from .errors import ConfigError, SplitgrowError
 from .graph import ChannelGraph, Site, check_excluded, model_fingerprint
 from .modes import evaluating
@@ -207,8 +208,7 @@ def check_model(model: Any) -> None:
     Raises:
         ConfigError: naming the problem and the fix.
     """
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model_type(model)
     meta = next((name for name, p in model.named_parameters() if p.is_meta), None)
     if meta is not None:
         raise ConfigError(

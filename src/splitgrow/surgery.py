@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .checks import MAX_STEP_SIZE, is_number, is_step_size
+from .checks import MAX_STEP_SIZE, check_model_type, is_number, is_step_size
 from .errors import ConfigError
 from .graph import ChannelGraph, GraphError, Member, handler_of
 
@@ -734,8 +734,7 @@ def resize_like(model: nn.Module, state_dict: dict[str, Tensor]) -> list[str]:
     """
     from .layers import handler_for
 
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
+    check_model_type(model)
     if not isinstance(state_dict, Mapping):
         raise GraphError(
             f"the saved state must be a state_dict (a mapping of names to tensors), got {type(state_dict).__name__}"
