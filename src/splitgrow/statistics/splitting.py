@@ -100,6 +100,8 @@ class SplittingResults(dict):
         batches: the number of batches used.
         adaptive: for adaptive statistics, how many batches and samples they drew and why they stopped.
         loss: the mean loss over the data used (the loss before a split).
+        fingerprint: the shapes of the model the results are of (set by SplittableNetwork and Grower): a selection
+            from results of the model before a split is refused, since its neuron numbers have moved.
     """
 
     def __init__(self, *args, skipped: dict[str, str] | None = None, weight: float = 0.0, batches: int = 0) -> None:
@@ -109,6 +111,7 @@ class SplittingResults(dict):
         self.batches = batches
         self.adaptive: dict | None = None
         self.loss = float("nan")
+        self.fingerprint: tuple | None = None
 
 
 def report_skipped(graph: ChannelGraph, skipped: dict[str, str], *, strict: bool, what: str) -> None:
