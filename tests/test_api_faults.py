@@ -562,3 +562,25 @@ def test_a_step_size_whose_square_overflows_is_refused_everywhere(epsilon):
     with pytest.raises(GraphError, match="epsilon must be a finite number >= 0 .at most 1e.150."):
         SplittableNetwork(model, torch.randn(2, 4)).split([SplitRequest("0", 0)], epsilon)
     assert model[0].out_features == 6
+
+
+class _IndexedBatches:
+    """Batches that Python iterates by index (``__getitem__`` alone), as older data containers do."""
+
+    def __init__(self, batches: list) -> None:
+        self.batches = batches
+
+    def __getitem__(self, index: int):
+        return self.batches[index]
+
+
+def test_batches_iterable_by_index_alone_are_statistics_data():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    inputs, targets = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    net = SplittableNetwork(model, inputs[:2])
+    expected = net.splitting([(inputs, targets)], F.cross_entropy)["0"].indexes
+    found = net.splitting(_IndexedBatches([(inputs, targets)]), F.cross_entropy)["0"].indexes
+    torch.testing.assert_close(found, expected)
+    with pytest.raises(ConfigError, match="data must be an iterable of batches"):
+        net.splitting(3, F.cross_entropy)

@@ -240,8 +240,10 @@ def check_loss_contract(loss_function: Any, closure: Any) -> None:
 
 
 def check_data(data: Any, name: str) -> None:
-    """Statistics data must be iterable (a list of batches, a DataLoader)."""
-    if data is None or isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
+    """Statistics data must be iterable (a list of batches, a DataLoader, or a class with ``__getitem__`` that
+    Python iterates by index; not called here: iterating a DataLoader starts its workers)."""
+    iterable = isinstance(data, Iterable) or hasattr(type(data), "__getitem__")
+    if data is None or isinstance(data, (str, bytes)) or not iterable:
         raise ConfigError(f"{name} must be an iterable of batches (a list, a DataLoader), got {type(data).__name__}")
 
 

@@ -46,7 +46,7 @@ def pad_inputs(module: nn.Module, inputs: Tensor) -> Tensor:
     return F.pad(inputs, padding, mode=mode)
 
 
-def _tap_slices(
+def tap_slices(
     kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...], out: tuple[int, ...]
 ) -> list[tuple[int, tuple[slice, ...]]]:
     """For each kernel tap (flat index), the slice of the padded input that it multiplies, over the output grid."""
@@ -70,7 +70,7 @@ def depthwise_forward(padded: Tensor, kernels: Tensor, module: nn.Module) -> Ten
     out = _output_size(padded.shape[2:], module)
     result = padded.new_zeros((padded.shape[0], padded.shape[1], *out))
     shape = (1, -1) + (1,) * len(out)
-    for flat, slices in _tap_slices(module.kernel_size, module.stride, module.dilation, out):
+    for flat, slices in tap_slices(module.kernel_size, module.stride, module.dilation, out):
         result += padded[(slice(None), slice(None), *slices)] * kernels[:, flat].reshape(shape)
     return result
 
@@ -81,7 +81,7 @@ def depthwise_weight_adjoint(padded: Tensor, field: Tensor, module: nn.Module) -
     dims = (0, *range(2, field.dim()))
     columns = [
         (padded[(slice(None), slice(None), *slices)] * field).sum(dims)
-        for _, slices in _tap_slices(module.kernel_size, module.stride, module.dilation, out)
+        for _, slices in tap_slices(module.kernel_size, module.stride, module.dilation, out)
     ]
     return torch.stack(columns, dim=1)
 
@@ -91,7 +91,7 @@ def depthwise_input_adjoint(field: Tensor, kernels: Tensor, padded_shape: torch.
     out = field.shape[2:]
     result = field.new_zeros(padded_shape)
     shape = (1, -1) + (1,) * len(out)
-    for flat, slices in _tap_slices(module.kernel_size, module.stride, module.dilation, out):
+    for flat, slices in tap_slices(module.kernel_size, module.stride, module.dilation, out):
         result[(slice(None), slice(None), *slices)] += field * kernels[:, flat].reshape(shape)
     return result
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.grad import conv3d_input, conv3d_weight
 
-from .conv import Conv2dHandler, _output_size, _tap_slices
+from .conv import Conv2dHandler, _output_size, tap_slices
 
 
 class Conv3dHandler(Conv2dHandler):
@@ -24,7 +24,7 @@ class Conv3dHandler(Conv2dHandler):
         out = _output_size(padded.shape[2:], module)
         taps = [
             padded[(slice(None), slice(None), *slices)]
-            for _, slices in _tap_slices(module.kernel_size, module.stride, module.dilation, out)
+            for _, slices in tap_slices(module.kernel_size, module.stride, module.dilation, out)
         ]
         # (N, C, taps, positions): unfold's layout, channel-major within a patch as the weight (C, kD, kH, kW)
         patches = torch.stack(taps, dim=2).flatten(3).flatten(1, 2)

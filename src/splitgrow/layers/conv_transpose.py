@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.grad import conv1d_weight, conv2d_weight, conv3d_weight
 
 from .base import PRODUCE, ChannelMap, NeuronHandler
-from .conv import _tap_slices
+from .conv import tap_slices
 
 #: the stride-1 convolution and its weight gradient, by the number of spatial dimensions
 _CONVOLUTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -143,7 +143,7 @@ class ConvTransposeHandler(NeuronHandler):
         kernel, dilation = tuple(module.kernel_size), tuple(module.dilation)
         if prepared.dim() == 5:  # three-dimensional: no unfold in torch, so the rows are gathered tap by tap
             out = tuple(size - d * (k - 1) for size, k, d in zip(prepared.shape[2:], kernel, dilation))
-            slices = _tap_slices(kernel, (1,) * 3, dilation, out)
+            slices = tap_slices(kernel, (1,) * 3, dilation, out)
             patches = torch.stack([prepared[(slice(None), slice(None), *at)] for _, at in slices], dim=2)
             patches = patches.flatten(3).flatten(1, 2)  # (N, in * taps, P), channel-major as unfold's
         else:
