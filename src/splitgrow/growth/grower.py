@@ -171,11 +171,7 @@ class Grower:
     ) -> None:
         # every setting is checked here, before the first stage could change anything
         check_loss_contract(loss_function, closure)
-        if not isinstance(policy, GrowthPolicy):
-            raise ConfigError(
-                f"policy must be a GrowthPolicy, got {type(policy).__name__}",
-                fix="e.g. policy=GrowthPolicy(every=2, count=4)",
-            )
+        check_policy(policy)
         if not is_count(seed, 0):
             raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
         if on_grow is not None and not callable(on_grow):
@@ -239,19 +235,7 @@ class Grower:
 
     @averaged_models.setter
     def averaged_models(self, models: Sequence[nn.Module]) -> None:
-        if isinstance(models, nn.Module) or isinstance(models, (str, bytes)) or not isinstance(models, Iterable):
-            raise ConfigError(
-                f"averaged_models must be a list of modules, got {type(models).__name__}",
-                fix="write averaged_models=[ema]" if isinstance(models, nn.Module) else None,
-            )
-        models = list(models)
-        for position, averaged in enumerate(models):
-            if not isinstance(averaged, nn.Module):
-                raise ConfigError(
-                    f"averaged_models[{position}] is a {type(averaged).__name__}, not a module: give averaged copies "
-                    "of the model (torch.optim.swa_utils.AveragedModel, an EMA module)"
-                )
-        self._averaged_models = models
+        self._averaged_models = averaged_model_list(models)
 
     def epoch_end(self, metrics: dict[str, float] | None = None) -> GrowthStage | None:
         """Record that an epoch ended (with its metrics, e.g. the validation loss the plateau rule monitors) and
@@ -1145,3 +1129,31 @@ def _on_cpu(state: Any) -> Any:
     if isinstance(state, (list, tuple)):
         return type(state)(_on_cpu(value) for value in state)
     return deepcopy(state)
+
+
+def check_policy(policy: Any) -> None:
+    """Refuse (ConfigError) a ``policy`` that is not a :class:`GrowthPolicy`."""
+    if not isinstance(policy, GrowthPolicy):
+        raise ConfigError(
+            f"policy must be a GrowthPolicy, got {type(policy).__name__}",
+            fix="e.g. policy=GrowthPolicy(every=2, count=4)",
+        )
+
+
+def averaged_model_list(models: Any, *, or_callable: bool = False) -> list[nn.Module]:
+    """Averaged copies of the model as a list of modules, or a ConfigError naming what is wrong (``or_callable``:
+    the Lightning callback also takes a callable (pl_module) -> list, which its message says)."""
+    if isinstance(models, nn.Module) or isinstance(models, (str, bytes)) or not isinstance(models, Iterable):
+        what = "a list of modules" + (" or a callable (pl_module) -> list of modules" if or_callable else "")
+        fix = None
+        if isinstance(models, nn.Module):
+            fix = "write averaged_models=lambda module: [module.ema]" if or_callable else "write averaged_models=[ema]"
+        raise ConfigError(f"averaged_models must be {what}, got {type(models).__name__}", fix=fix)
+    models = list(models)
+    for position, averaged in enumerate(models):
+        if not isinstance(averaged, nn.Module):
+            raise ConfigError(
+                f"averaged_models[{position}] is a {type(averaged).__name__}, not a module: give averaged copies "
+                "of the model (torch.optim.swa_utils.AveragedModel, an EMA module)"
+            )
+    return models

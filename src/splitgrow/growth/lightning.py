@@ -41,7 +41,7 @@ except ImportError as error:  # pragma: no cover - the extra is not installed
 from ..errors import ConfigError, SplitgrowError
 from ..statistics import LossClosure, LossFunction
 from ..surgery import resize_like
-from .grower import Grower, GrowthStage, averaged_copy
+from .grower import Grower, GrowthStage, averaged_copy, averaged_model_list, check_policy
 from .policy import GrowthPolicy
 
 
@@ -79,13 +79,9 @@ class GrowthCallback(Callback):
     ) -> None:
         super().__init__()
         # the settings a Grower would refuse at set-up, refused here where the user wrote them
-        if not isinstance(policy, GrowthPolicy):
-            raise ConfigError(
-                f"policy must be a GrowthPolicy, got {type(policy).__name__}",
-                fix="e.g. GrowthCallback(example, policy=GrowthPolicy(every=2, count=4), ...)",
-            )
+        check_policy(policy)
         if not callable(averaged_models):
-            _check_averaged(averaged_models)
+            averaged_model_list(averaged_models, or_callable=True)
         if statistics_data is not None and not callable(statistics_data) and not isinstance(statistics_data, Iterable):
             raise ConfigError(
                 f"statistics_data must be batches, a callable (trainer) -> batches, or None (the training loader), got "
@@ -144,7 +140,7 @@ class GrowthCallback(Callback):
         grower.statistics_data = self._statistics(trainer)
         grower.optimizer = list(trainer.optimizers)  # every one of them holds state of parameters a split grows
         own = self.averaged_models(pl_module) if callable(self.averaged_models) else self.averaged_models
-        grower.averaged_models = [*_averaged_models(trainer), *_check_averaged(own)]
+        grower.averaged_models = [*_averaged_models(trainer), *averaged_model_list(own, or_callable=True)]
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if _scalar(value)}
         if grower.epoch_end(metrics) is not None:
             _rebuild_data_parallel(trainer)
@@ -159,21 +155,6 @@ class GrowthCallback(Callback):
             self._pending_state = state_dict
         else:
             self.grower.load_state_dict(state_dict)
-
-
-def _check_averaged(models: Any) -> list[torch.nn.Module]:
-    """Averaged copies as a list of modules (what a callable ``averaged_models`` returns too), or a ConfigError."""
-    if isinstance(models, torch.nn.Module) or isinstance(models, (str, bytes)) or not isinstance(models, Iterable):
-        raise ConfigError(
-            f"averaged_models must be a list of modules or a callable (pl_module) -> list of modules, got "
-            f"{type(models).__name__}",
-            fix="write averaged_models=lambda module: [module.ema]" if isinstance(models, torch.nn.Module) else None,
-        )
-    models = list(models)
-    for position, model in enumerate(models):
-        if not isinstance(model, torch.nn.Module):
-            raise ConfigError(f"averaged_models[{position}] is a {type(model).__name__}, not a module")
-    return models
 
 
 def _resize_before_loading(pl_module: torch.nn.Module) -> None:
