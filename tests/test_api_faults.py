@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_grower import DTYPE, _Net
+from test_grower import _setup as _grower_setup
 from torch import nn
 
 from splitgrow import SplittableNetwork
@@ -24,33 +26,13 @@ from splitgrow.selection import select_splits, select_within_budget
 from splitgrow.statistics import StatisticsError
 from splitgrow.surgery import SplitRequest, resize_like
 
-DTYPE = torch.float64
-
-
-class _Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(4, 3)
-        self.act = nn.Tanh()
-        self.fc2 = nn.Linear(3, 3)
-        self.act2 = nn.Softplus()
-        self.head = nn.Linear(3, 2)
-
-    def forward(self, x):
-        return self.head(self.act2(self.fc2(self.act(self.fc(x)))))
-
 
 def _setup(seed: int = 0):
-    """A float64 model after one SGD step (so that its optimiser holds momentum), and its batches."""
-    torch.manual_seed(seed)
-    model = _Net().to(DTYPE)
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(64, 4, generator=generator, dtype=DTYPE)
-    y = (x[:, 0] * x[:, 1] > 0).long()
-    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    """test_grower's float64 model and batches, after one SGD step (so that its optimiser holds momentum)."""
+    model, batches, optimizer = _grower_setup(seed)
     optimizer.zero_grad()
-    F.cross_entropy(model(x), y).backward()
+    inputs, targets = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    F.cross_entropy(model(inputs), targets).backward()
     optimizer.step()
     return model, batches, optimizer
 

@@ -148,49 +148,33 @@ def test_a_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
         assert torch.equal(a, b), name
 
 
-def test_resuming_a_checkpoint_past_the_epochs_asked_for_warns_and_keeps_its_model(tmp_path):
-    def fit(epochs):
-        model, batches, optimizer = _setup(2)
-        policy = GrowthPolicy(first=1, every=1, count=1, max_stages=2)
-        grower = Grower(
-            model, batches[0][0], batches, policy=policy, loss_function=F.cross_entropy, optimizer=optimizer
-        )
-        grower.fit(
-            _train(model, batches, optimizer, torch.Generator().manual_seed(5)),
-            epochs,
-            checkpoint=tmp_path / "run.pt",
-            resume=True,
-        )
-        return model, grower
+def _fit_resumed(path, policy, epochs):
+    """A fresh model and grower fitted for ``epochs`` from the checkpoint at ``path`` (if any)."""
+    model, batches, optimizer = _setup(2)
+    grower = Grower(model, batches[0][0], batches, policy=policy, loss_function=F.cross_entropy, optimizer=optimizer)
+    generator = torch.Generator().manual_seed(5)
+    grower.fit(_train(model, batches, optimizer, generator), epochs, checkpoint=path, resume=True)
+    return model, grower
 
-    longer, _ = fit(4)
+
+def test_resuming_a_checkpoint_past_the_epochs_asked_for_warns_and_keeps_its_model(tmp_path):
+    policy = GrowthPolicy(first=1, every=1, count=1, max_stages=2)
+    longer, _ = _fit_resumed(tmp_path / "run.pt", policy, 4)
     with pytest.warns(SplitgrowWarning, match=r"is of epoch 4, past the 2 asked for: the model stays as it was"):
-        again, grower = fit(2)
+        again, grower = _fit_resumed(tmp_path / "run.pt", policy, 2)
     assert grower.epoch == 4 and len(grower.history) == 2
     assert all(torch.equal(a, b) for a, b in zip(longer.state_dict().values(), again.state_dict().values()))
 
 
 def test_resuming_under_another_policy_says_which_settings_changed(tmp_path):
-    def fit(policy, epochs):
-        model, batches, optimizer = _setup(2)
-        grower = Grower(
-            model, batches[0][0], batches, policy=policy, loss_function=F.cross_entropy, optimizer=optimizer
-        )
-        grower.fit(
-            _train(model, batches, optimizer, torch.Generator().manual_seed(5)),
-            epochs,
-            checkpoint=tmp_path / "run.pt",
-            resume=True,
-        )
-        return grower
-
-    fit(GrowthPolicy(first=1, every=1, count=1, max_stages=1), 2)
+    path = tmp_path / "run.pt"
+    _fit_resumed(path, GrowthPolicy(first=1, every=1, count=1, max_stages=1), 2)
     with pytest.warns(SplitgrowWarning, match=r"another growth policy \(max_stages 1 -> 2\)"):
-        grower = fit(GrowthPolicy(first=1, every=1, count=1, max_stages=2), 4)
+        _, grower = _fit_resumed(path, GrowthPolicy(first=1, every=1, count=1, max_stages=2), 4)
     assert len(grower.history) == 2 and grower.stop_reason == "reached max_stages = 2"  # the raised limit applies
     with warnings.catch_warnings():
         warnings.simplefilter("error", SplitgrowWarning)
-        fit(GrowthPolicy(first=1, every=1, count=1, max_stages=2), 4)  # the same policy: no warning
+        _fit_resumed(path, GrowthPolicy(first=1, every=1, count=1, max_stages=2), 4)  # the same policy: no warning
 
 
 @pytest.mark.parametrize("architecture", ["mobilenetv1", "dscnn"])

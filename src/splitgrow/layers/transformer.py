@@ -37,6 +37,21 @@ def _feed_forward(layer: nn.Module, x: Tensor, dropout_out: nn.Module) -> Tensor
     return dropout_out(layer.linear2(layer.dropout(layer.activation(layer.linear1(x)))))
 
 
+def _sublayers(layer: nn.Module, x: Tensor, blocks: list[tuple[nn.Module, Callable[[Tensor], Tensor]]]) -> Tensor:
+    """Each (norm, block) as a residual sublayer: ``x + block(norm(x))`` with ``norm_first`` (pre-LN), else
+    ``norm(x + block(x))`` (post-LN), in turn."""
+    for norm, block in blocks:
+        x = x + block(norm(x)) if layer.norm_first else norm(x + block(x))
+    return x
+
+
+def _stacked(stack: nn.Module, x: Tensor, call: Callable[[nn.Module, Tensor], Tensor]) -> Tensor:
+    """A stack's layers in turn (each call traced again, through its own form), then its norm if it has one."""
+    for layer in stack.layers:
+        x = call(layer, x)
+    return x if stack.norm is None else stack.norm(x)
+
+
 def encoder_layer(
     layer: nn.TransformerEncoderLayer,
     src: Tensor,
@@ -45,12 +60,14 @@ def encoder_layer(
     is_causal: bool = False,
 ) -> Tensor:
     """``nn.TransformerEncoderLayer.forward`` as it runs with gradients on."""
-    x = src
-    if layer.norm_first:
-        x = x + _self_attention(layer, layer.norm1(x), src_mask, src_key_padding_mask, is_causal)
-        return x + _feed_forward(layer, layer.norm2(x), layer.dropout2)
-    x = layer.norm1(x + _self_attention(layer, x, src_mask, src_key_padding_mask, is_causal))
-    return layer.norm2(x + _feed_forward(layer, x, layer.dropout2))
+    return _sublayers(
+        layer,
+        src,
+        [
+            (layer.norm1, lambda x: _self_attention(layer, x, src_mask, src_key_padding_mask, is_causal)),
+            (layer.norm2, lambda x: _feed_forward(layer, x, layer.dropout2)),
+        ],
+    )
 
 
 def decoder_layer(
@@ -78,14 +95,15 @@ def decoder_layer(
         )[0]
         return layer.dropout2(out)
 
-    x = tgt
-    if layer.norm_first:
-        x = x + _self_attention(layer, layer.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal)
-        x = x + cross_attention(layer.norm2(x))
-        return x + _feed_forward(layer, layer.norm3(x), layer.dropout3)
-    x = layer.norm1(x + _self_attention(layer, x, tgt_mask, tgt_key_padding_mask, tgt_is_causal))
-    x = layer.norm2(x + cross_attention(x))
-    return layer.norm3(x + _feed_forward(layer, x, layer.dropout3))
+    return _sublayers(
+        layer,
+        tgt,
+        [
+            (layer.norm1, lambda x: _self_attention(layer, x, tgt_mask, tgt_key_padding_mask, tgt_is_causal)),
+            (layer.norm2, cross_attention),
+            (layer.norm3, lambda x: _feed_forward(layer, x, layer.dropout3)),
+        ],
+    )
 
 
 def encoder(
@@ -95,11 +113,12 @@ def encoder(
     src_key_padding_mask: Tensor | None = None,
     is_causal: bool | None = None,
 ) -> Tensor:
-    """``nn.TransformerEncoder.forward``: its layers in turn, then its norm (each layer call is traced again)."""
-    out = src
-    for layer in stack.layers:
-        out = layer(out, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal))
-    return out if stack.norm is None else stack.norm(out)
+    """``nn.TransformerEncoder.forward``: its layers in turn, then its norm."""
+    return _stacked(
+        stack,
+        src,
+        lambda layer, x: layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal)),
+    )
 
 
 def decoder(
@@ -114,19 +133,15 @@ def decoder(
     memory_is_causal: bool = False,
 ) -> Tensor:
     """``nn.TransformerDecoder.forward``."""
-    out = tgt
-    for layer in stack.layers:
-        out = layer(
-            out,
-            memory,
-            tgt_mask=tgt_mask,
-            memory_mask=memory_mask,
-            tgt_key_padding_mask=tgt_key_padding_mask,
-            memory_key_padding_mask=memory_key_padding_mask,
-            tgt_is_causal=bool(tgt_is_causal),
-            memory_is_causal=memory_is_causal,
-        )
-    return out if stack.norm is None else stack.norm(out)
+    options = {
+        "tgt_mask": tgt_mask,
+        "memory_mask": memory_mask,
+        "tgt_key_padding_mask": tgt_key_padding_mask,
+        "memory_key_padding_mask": memory_key_padding_mask,
+        "tgt_is_causal": bool(tgt_is_causal),
+        "memory_is_causal": memory_is_causal,
+    }
+    return _stacked(stack, tgt, lambda layer, x: layer(x, memory, **options))
 
 
 def transformer(
