@@ -22,7 +22,7 @@ import yaml
 from test_cli import invoke, tiny_config
 from test_data import cifar_batch
 from test_faults import MICRO_RBF, assert_one_line_error, make_rbf_folder, snapshot
-from test_speech_data import _Response, archive_of, speakers_in, write_tree
+from test_speech_data import _Response, served_archive, speakers_in, write_tree
 
 from splitgrow.config import MAX_STEP_SIZE, build_config, load_config
 from splitgrow.data import DataError, load_dataset, load_keyword_data, load_splits, read_wav, speech, write_wav
@@ -207,30 +207,26 @@ def test_a_file_as_the_keyword_data_folder_is_named_even_with_download(tmp_path)
     assert not out.exists() and blocker.read_bytes() == b"not a folder"
 
 
-def silent_wav() -> bytes:
+def mono_or_stereo_wav(channels: int, frames: int) -> bytes:
+    """A 16 kHz, 16-bit WAV file of ``channels`` channels and ``frames`` frames of silence."""
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as writer:
-        writer.setnchannels(1)
+        writer.setnchannels(channels)
         writer.setsampwidth(2)
         writer.setframerate(16000)
-    return buffer.getvalue()
-
-
-def stereo_wav() -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as writer:
-        writer.setnchannels(2)
-        writer.setsampwidth(2)
-        writer.setframerate(16000)
-        writer.writeframes(np.zeros(8, "<i2").tobytes())
+        writer.writeframes(np.zeros(channels * frames, "<i2").tobytes())
     return buffer.getvalue()
 
 
 SPEECH_FAULTS = {
     "truncated clip": ("yes/cut.wav", lambda p: p.write_bytes(p.read_bytes()[:2000]), "truncated WAV file"),
     "not a WAV file": ("no/text.wav", lambda p: p.write_bytes(b"hello"), "not a readable WAV file"),
-    "no samples": ("up/empty.wav", lambda p: p.write_bytes(silent_wav()), "a WAV file of no samples"),
-    "stereo": ("go/two.wav", lambda p: p.write_bytes(stereo_wav()), "a WAV file of 2 channels, expected mono"),
+    "no samples": ("up/empty.wav", lambda p: p.write_bytes(mono_or_stereo_wav(1, 0)), "a WAV file of no samples"),
+    "stereo": (
+        "go/two.wav",
+        lambda p: p.write_bytes(mono_or_stereo_wav(2, 4)),
+        "a WAV file of 2 channels, expected mono",
+    ),
     "short noise": (
         "_background_noise_/noise0.wav",
         lambda p: write_wav(p, np.zeros(16000, np.int16), 16000),  # exactly 1 s
@@ -285,14 +281,7 @@ def test_a_damaged_clip_at_the_command_line(tmp_path):
 @pytest.fixture
 def small_archive(tmp_path, monkeypatch):
     """A Speech Commands archive of one speaker, as the official address would serve it (checksum patched)."""
-    source = tmp_path / "source"
-    write_tree(source, speakers=speakers_in("training", 1), unknown_words=())
-    for name in ("validation_list.txt", "testing_list.txt"):
-        (source / name).write_text("")
-    payload = archive_of(source)
-    url = "https://example.invalid/speech_commands_v0.01.tar.gz"
-    monkeypatch.setattr(speech, "_ARCHIVE", (url, speech.hashlib.sha256(payload).hexdigest()))
-    return payload
+    return served_archive(tmp_path, monkeypatch)[1]
 
 
 def test_a_failed_download_leaves_no_folder_behind(tmp_path, small_archive):

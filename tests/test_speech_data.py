@@ -9,6 +9,7 @@ import math
 import re
 import tarfile
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -281,7 +282,9 @@ def archive_of(tree, extra=None):
     return buffer.getvalue()
 
 
-def test_download_is_verified_and_atomic(tmp_path, monkeypatch):
+def served_archive(tmp_path: Path, monkeypatch) -> tuple[str, bytes]:
+    """A Speech Commands archive of one speaker, as the official address would serve it (its checksum patched in):
+    the address and the bytes."""
     source = tmp_path / "source"
     write_tree(source, speakers=speakers_in("training", 1), unknown_words=())
     for name in ("validation_list.txt", "testing_list.txt"):
@@ -289,6 +292,11 @@ def test_download_is_verified_and_atomic(tmp_path, monkeypatch):
     payload = archive_of(source)
     url = "https://example.invalid/speech_commands_v0.01.tar.gz"
     monkeypatch.setattr(speech, "_ARCHIVE", (url, hashlib.sha256(payload).hexdigest()))
+    return url, payload
+
+
+def test_download_is_verified_and_atomic(tmp_path, monkeypatch):
+    url, payload = served_archive(tmp_path, monkeypatch)
     target = tmp_path / "cache" / "speech"
     fetch_speech_commands(target, opener=lambda url, timeout: _Response(payload))
     data = load_keyword_data(target)
@@ -299,7 +307,7 @@ def test_download_is_verified_and_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(speech, "_ARCHIVE", (url, "0" * 64))
     with pytest.raises(DataError, match="has SHA-256 .* expected 0{64}: not unpacked"):
         fetch_speech_commands(tmp_path / "other", opener=lambda url, timeout: _Response(payload))
-    unsafe = archive_of(source, extra="../escape.txt")
+    unsafe = archive_of(tmp_path / "source", extra="../escape.txt")
     monkeypatch.setattr(speech, "_ARCHIVE", (url, hashlib.sha256(unsafe).hexdigest()))
     with pytest.raises(DataError, match="unsafe member '../escape.txt'"):
         fetch_speech_commands(tmp_path / "other", opener=lambda url, timeout: _Response(unsafe))
