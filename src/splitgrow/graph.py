@@ -370,14 +370,14 @@ def _shape(node: fx.Node) -> tuple[int, ...] | None:
     return None if meta is None else meta.shape
 
 
+def _is_shape_query(node: fx.Node) -> bool:
+    """Whether ``node`` reads only a tensor's shape (``x.shape``, ``x.size()``, ``x.dim()``), not its values."""
+    return node.target is getattr or (node.op == "call_method" and node.target in _IGNORED_METHODS)
+
+
 def _value_users(node: fx.Node) -> list[fx.Node]:
-    """The users of ``node`` that read its values, not only its shape (``x.shape``, ``x.size()``: the sizes a
-    ``view`` is given)."""
-    return [
-        user
-        for user in node.users
-        if not (user.target is getattr or (user.op == "call_method" and user.target in _IGNORED_METHODS))
-    ]
+    """The users of ``node`` that read its values, not only its shape (the sizes a ``view`` is given)."""
+    return [user for user in node.users if not _is_shape_query(user)]
 
 
 def _tensor_args(node: fx.Node) -> list[fx.Node]:
@@ -512,6 +512,11 @@ def _trace_for_statistics(model: nn.Module) -> fx.GraphModule:
     return as_is if _stateful_calls(as_is) - _stateful_calls(evaluated) else evaluated
 
 
+def is_within(name: str, module: str) -> bool:
+    """Whether the qualified module ``name`` is ``module`` or inside it."""
+    return name == module or name.startswith(module + ".")
+
+
 def check_excluded(model: nn.Module, exclude: Sequence[str]) -> tuple[str, ...]:
     """``exclude`` as a tuple, refused (GraphError) if an entry names no module of ``model``: a typo would
     otherwise let the layer it meant grow, silently."""
@@ -522,7 +527,7 @@ def check_excluded(model: nn.Module, exclude: Sequence[str]) -> tuple[str, ...]:
     if wrong:
         raise GraphError(f"exclude must list module names (strings), got {wrong[0]!r}")
     names = [name for name, _ in model.named_modules() if name]
-    unknown = [p for p in exclude if not any(n == p or n.startswith(p + ".") for n in names)]
+    unknown = [p for p in exclude if not any(is_within(n, p) for n in names)]
     if unknown:
         close = [match for p in unknown for match in difflib.get_close_matches(str(p), names, n=3)]
         hint = f" (did you mean {', '.join(repr(n) for n in close)}?)" if close else ""
@@ -902,7 +907,7 @@ class ChannelGraph:
             self._getitem(node)
             return
         if out_shape is None:
-            if (method and target in _IGNORED_METHODS) or target is getattr:
+            if _is_shape_query(node):
                 return
             if (method and target == "chunk") or target in _CHUNKS:
                 return  # handled by the getitem nodes that pick the parts
@@ -1257,7 +1262,7 @@ class ChannelGraph:
                 for producer in producers:
                     self.not_sites.setdefault(producer, site)
                 continue
-            if any(m == prefix or m.startswith(prefix + ".") for m in producers for prefix in self.exclude):
+            if any(is_within(m, prefix) for m in producers for prefix in self.exclude):
                 site.splittable, site.reason = False, "excluded by the user"
             self.sites[site.name] = site
         for name, module in self.modules.items():

@@ -47,7 +47,7 @@ from ..artifacts import atomic_write_bytes
 from ..checks import is_count
 from ..errors import CheckpointError, ConfigError, DivergenceError, SplitgrowError, SplitgrowWarning
 from ..firefly import new_neuron_candidates, select_growth
-from ..graph import GraphError, model_fingerprint
+from ..graph import GraphError, is_within, model_fingerprint
 from ..inspection import added_cost, finite, model_flops, non_finite_tensor, split_costs
 from ..modes import evaluating
 from ..network import SplittableNetwork, TrackedData, check_data, check_loss_contract, diagnosed
@@ -588,7 +588,7 @@ class Grower:
         called = {m.module for site in self.net.graph.sites.values() for m in site.members}
         for name, module in self.model.named_modules():
             if name and module is not copy and model_fingerprint(module) == wanted:
-                if any(site == name or site.startswith(name + ".") for site in called):
+                if any(is_within(site, name) for site in called):
                     return name
         return None
 
@@ -1102,7 +1102,7 @@ def _excluded_within(exclude: tuple[str, ...], prefix: str, copy: nn.Module) -> 
     model): those inside it, without the prefix; one naming the module itself excludes all of the copy."""
     if not prefix:
         return exclude
-    if any(prefix == name or prefix.startswith(name + ".") for name in exclude):
+    if any(is_within(prefix, name) for name in exclude):
         return tuple(name for name, _ in copy.named_children())
     return tuple(name[len(prefix) + 1 :] for name in exclude if name.startswith(prefix + "."))
 
