@@ -279,3 +279,9 @@ def test_an_exclude_entry_that_names_no_module_is_an_error_with_the_closest_name
     with pytest.raises(GraphError, match=r"exclude must be a list of module names, got the string '0'"):
         ChannelGraph(model, inputs, exclude="0")
     assert not ChannelGraph(model, inputs, exclude=["0"]).sites["0"].splittable
+
+
+def test_a_relu_site_says_how_to_give_it_curvature_in_python_and_on_the_command_line():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    reason = ChannelGraph(model, torch.randn(2, 4)).skipped()["0"]
+    assert "every splitting index is 0; pass relu_surrogate=beta (splitgrow inspect: --relu-surrogate BETA)" in reason

@@ -644,8 +644,6 @@ def inspect(
                 cells.append(f"{value:.0%}")
             elif isinstance(value, bool):
                 cells.append("yes" if value else "no")
-            elif key == "note":  # the graph's advice names the Python argument; here it is an option
-                cells.append(str(value).replace("pass relu_surrogate=beta", "pass --relu-surrogate BETA"))
             else:
                 cells.append(str(value))
         table_rows.append(cells)

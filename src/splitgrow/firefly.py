@@ -48,6 +48,7 @@ from .statistics.recording import (
     _check_loss,
     batch_to_device,
     batch_units,
+    check_loss_contract,
     closure_from_loss,
     resolve_reduction,
 )
@@ -154,8 +155,7 @@ def new_neuron_candidates(
         The candidates, in site order.
     """
     graph.check_current()
-    if (loss_function is None) == (closure is None):
-        raise StatisticsError("give exactly one of loss_function (outputs, targets) and closure (model, batch)")
+    check_loss_contract(loss_function, closure)
     reduction = resolve_reduction(reduction, loss_function if closure is None else closure)
     run = closure if closure is not None else closure_from_loss(loss_function)
     chosen = [

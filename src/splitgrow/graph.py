@@ -1707,7 +1707,8 @@ class ChannelGraph:
             if activation is not None and activation.curvature_free and activation.kinks:
                 return (
                     f"its activation {activation.name} has phi'' = 0, so every splitting index is 0; pass "
-                    "relu_surrogate=beta to use softplus(beta) curvature explicitly"
+                    "relu_surrogate=beta (splitgrow inspect: --relu-surrogate BETA) to use softplus(beta) curvature "
+                    "explicitly"
                 )
         for name in sorted(nodes, key=self.order.__getitem__):
             node = self.nodes[name]

@@ -27,7 +27,7 @@ from .graph import ChannelGraph, Site, check_excluded, model_fingerprint
 from .modes import evaluating
 from .selection import Selection, select_splits
 from .statistics import LossClosure, LossFunction, SplittingResults, StatisticsError, splitting_eigenpairs
-from .statistics.recording import batch_to_device, closure_from_loss
+from .statistics.recording import batch_to_device, check_loss_contract, closure_from_loss
 from .statistics.splitting import report_skipped
 from .surgery import NewNeuron, SplitReport, SplitRequest, split_network
 
@@ -229,16 +229,6 @@ def check_example_inputs(example_inputs: Any) -> None:
     )
 
 
-def check_loss_contract(loss_function: Any, closure: Any) -> None:
-    """Exactly one of ``loss_function`` and ``closure``, and it callable."""
-    if (loss_function is None) == (closure is None):
-        raise ConfigError("give exactly one of loss_function and closure (how the loss is computed)")
-    name, given = ("loss_function", loss_function) if closure is None else ("closure", closure)
-    if not callable(given):
-        expected = "(outputs, targets) -> loss" if closure is None else "(model, batch) -> (loss, batch_size)"
-        raise ConfigError(f"{name} must be callable ({expected}), got {type(given).__name__}")
-
-
 def check_data(data: Any, name: str) -> None:
     """Statistics data must be iterable (a list of batches, a DataLoader, or a class with ``__getitem__`` that
     Python iterates by index; not called here: iterating a DataLoader starts its workers)."""
@@ -294,7 +284,7 @@ def diagnosed(
             + (
                 "(inputs, targets) with inputs the model accepts and targets its loss accepts"
                 if closure is None
-                else "ones the closure can run, returning (loss, batch_size)"
+                else "ones the closure can run, returning the loss or (loss, weight)"
             ),
         ) from error
 

@@ -50,13 +50,13 @@ from ..firefly import new_neuron_candidates, select_growth
 from ..graph import GraphError, is_within, model_fingerprint
 from ..inspection import added_cost, finite, model_flops, non_finite_tensor, split_costs
 from ..modes import evaluating
-from ..network import SplittableNetwork, TrackedData, check_data, check_loss_contract, diagnosed
+from ..network import SplittableNetwork, TrackedData, check_data, diagnosed
 from ..selection import Selection, eligible_neurons, select_splits, select_within_budget
 from ..signed import signed_splitting
 from ..statistics import LossClosure, LossFunction, SplittingResults, StatisticsError
 from ..statistics import distributed as dist
 from ..statistics.adaptive import adaptive_splitting
-from ..statistics.recording import batch_to_device, batch_units, closure_from_loss
+from ..statistics.recording import batch_to_device, batch_units, check_loss_contract, closure_from_loss
 from ..statistics.splitting import SolverOptions, solve
 from ..surgery import (
     NewNeuron,

@@ -33,7 +33,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from ..checks import is_count, is_number
-from ..errors import SplitgrowError, SplitgrowWarning
+from ..errors import ConfigError, SplitgrowError, SplitgrowWarning
 from ..graph import ChannelGraph, Site
 from ..inspection import non_finite_tensor
 from ..modes import evaluating
@@ -200,6 +200,16 @@ def _model_users(node: fx.Node) -> list[fx.Node]:
     return found
 
 
+def check_loss_contract(loss_function: Any, closure: Any) -> None:
+    """Exactly one of ``loss_function`` and ``closure``, and it callable."""
+    if (loss_function is None) == (closure is None):
+        raise ConfigError("give exactly one of loss_function and closure (how the loss is computed)")
+    name, given = ("loss_function", loss_function) if closure is None else ("closure", closure)
+    if not callable(given):
+        expected = "(outputs, targets) -> loss" if closure is None else "(model, batch) -> loss or (loss, weight)"
+        raise ConfigError(f"{name} must be callable ({expected}), got {type(given).__name__}")
+
+
 def closure_from_loss(loss_function: LossFunction) -> LossClosure:
     """The closure of the data contract for ``loss_function(outputs, targets)`` on ``(inputs, targets)`` batches."""
 
@@ -280,8 +290,7 @@ def record_batches(
     StatisticsError for a non-scalar or non-finite loss, an unusable batch, inference mode, or no batch at all
     (on every process at once, under ``reduce``).
     """
-    if (loss_function is None) == (closure is None):
-        raise StatisticsError("give exactly one of loss_function (outputs, targets) and closure (model, batch)")
+    check_loss_contract(loss_function, closure)
     if batches is not None and not is_count(batches, 1):
         raise StatisticsError(f"batches must be an integer >= 1 (or None: every batch), got {batches!r}")
     if torch.is_inference_mode_enabled():
