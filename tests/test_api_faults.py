@@ -530,10 +530,17 @@ def test_a_request_made_from_a_results_entries_as_they_are_is_accepted():
     inputs, targets = torch.randn(8, 4), torch.randint(0, 3, (8,))
     net = SplittableNetwork(model, inputs[:2])
     result = net.splitting([(inputs, targets)], F.cross_entropy)["0"]
-    channel = int(result.indexes.argmin())
-    report = net.split([SplitRequest("0", channel, result.directions[channel], result.indexes[channel])], 0.01)
+    channel = result.indexes.argmin()  # a 0-d integer tensor, as argmin gives it
+    request = SplitRequest("0", channel, result.directions[channel], result.indexes[channel])
+    assert request.channel == int(channel) and type(request.channel) is int
+    report = net.split([request], 0.01)
     assert model[0].out_features == 7
     assert report.predicted_change == pytest.approx(0.5 * 0.01**2 * float(result.indexes[channel]))
+    # a channel picked by numpy is the same channel; a bool or a fractional tensor is no channel
+    assert SplitRequest("0", np.int64(3)) == SplitRequest("0", 3)
+    for channel in (True, torch.tensor(1.0)):
+        with pytest.raises(GraphError, match="^the channel of a split request must be an integer"):
+            net.split([SplitRequest("0", channel)], 0.01)
 
 
 @pytest.mark.parametrize("epsilon", [1e200, 10**400])

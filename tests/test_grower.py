@@ -175,6 +175,13 @@ def test_resuming_under_another_policy_says_which_settings_changed(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", SplitgrowWarning)
         _fit_resumed(path, GrowthPolicy(first=1, every=1, count=1, max_stages=2), 4)  # the same policy: no warning
+    # a run that stopped splitting-stable is not stopped by a limit: raising one does not restart it
+    stable = tmp_path / "stable.pt"
+    _, grower = _fit_resumed(stable, GrowthPolicy(first=1, every=1, count=1, threshold=-1e6, max_stages=1), 2)
+    assert grower.stopped and grower.stop_reason.startswith("splitting-stable") and not grower.history
+    with pytest.warns(SplitgrowWarning, match=r"max_stages 1 -> 3"):
+        _, grower = _fit_resumed(stable, GrowthPolicy(first=1, every=1, count=1, threshold=-1e6, max_stages=3), 4)
+    assert grower.stopped and grower.stop_reason.startswith("splitting-stable") and grower.epoch == 4
 
 
 @pytest.mark.parametrize("architecture", ["mobilenetv1", "dscnn"])

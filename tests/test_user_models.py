@@ -356,3 +356,41 @@ def test_a_grower_grows_a_model_with_two_inputs_and_counts_its_flops() -> None:
 def test_a_model_without_parameters_has_no_sites() -> None:
     net = SplittableNetwork(nn.Tanh(), torch.randn(2, 3))
     assert net.widths() == {}
+
+
+class FunctionalLayers(nn.Module):
+    """A layer written as a function of raw parameters, as some research code does, and a layer-scale parameter."""
+
+    def __init__(self, call: str) -> None:
+        super().__init__()
+        self.call = call
+        self.kernel = nn.Parameter(torch.randn(6, 3, 3, 3))
+        self.projection = nn.Parameter(torch.randn(6, 4))
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.scale = nn.Parameter(torch.ones(4))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.call == "conv2d":
+            return self.head(F.silu(F.conv2d(x, self.kernel, padding=1)).mean((2, 3))[:, :4])
+        pooled = F.silu(self.conv(x)).mean((2, 3))
+        if self.call == "linear":  # the weight transposed first
+            features = F.linear(pooled, self.projection.T)
+        else:
+            features = pooled @ self.projection
+        return self.head(features * self.scale)
+
+
+@pytest.mark.parametrize(
+    ("call", "parameter"), [("conv2d", "kernel"), ("linear", "projection"), ("matmul", "projection")]
+)
+def test_a_parameter_used_by_a_functional_layer_is_listed_with_how_to_grow_it(call: str, parameter: str) -> None:
+    from splitgrow.inspection import site_table
+
+    example = torch.randn(2, 3, 5, 5)
+    graph = ChannelGraph(FunctionalLayers(call), example)
+    note = graph.skipped()[parameter]
+    assert f"parameter '{parameter}' is the weight of a functional {call}" in note and "nn.Conv2d" in note
+    rows, _ = site_table(graph, example)
+    assert {row["site"]: row["parameters"] for row in rows}[parameter] == getattr(graph.model, parameter).numel()
+    assert "scale" not in graph.skipped()  # a parameter that scales features is no layer

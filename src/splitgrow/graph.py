@@ -168,6 +168,25 @@ _REDUCTION_METHODS = {"mean", "sum", "amax", "amin"}
 _IGNORED_METHODS = {"size", "dim", "numel"}
 _SQUEEZES = {torch.squeeze: "squeeze", torch.unsqueeze: "unsqueeze"}
 _SQUEEZE_METHODS = {"squeeze", "unsqueeze"}
+#: functions that make a parameter a layer's weights (a functional layer, which has no module to resize)
+_WEIGHT_FUNCTIONS = {
+    torch.nn.functional.linear,
+    torch.nn.functional.bilinear,
+    torch.nn.functional.conv1d,
+    torch.nn.functional.conv2d,
+    torch.nn.functional.conv3d,
+    torch.nn.functional.conv_transpose1d,
+    torch.nn.functional.conv_transpose2d,
+    torch.nn.functional.conv_transpose3d,
+    torch.matmul,
+    torch.mm,
+    torch.bmm,
+    torch.addmm,
+    torch.einsum,
+    operator.matmul,
+}
+_WEIGHT_METHODS = {"matmul", "mm", "bmm", "addmm"}
+_WEIGHT_VIEW_METHODS = {"t", "transpose", "permute", "view", "reshape", "contiguous", "to", "flatten"}
 
 
 # ------------------------------------------------------------------------------------------ data structures
@@ -363,6 +382,14 @@ class _ShapeRecorder(fx.Interpreter):
         if isinstance(result, torch.Tensor):
             node.meta["tensor_meta"] = TensorShape(tuple(result.shape))
         return result
+
+
+def _attribute(module: nn.Module, target: str) -> Any:
+    """The object a ``get_attr`` node reads (``target`` is a dotted path), or None."""
+    found: Any = module
+    for part in target.split("."):
+        found = getattr(found, part, None)
+    return found
 
 
 def _shape(node: fx.Node) -> tuple[int, ...] | None:
@@ -1269,6 +1296,38 @@ class ChannelGraph:
             if isinstance(handler_for(module), NeuronHandler) and name not in self.sites and name not in self.not_sites:
                 if not any(name in (m.module for m in s.members) for s in self.sites.values()):
                     self.not_sites[name] = self._why_not(name)
+        self._list_functional_layers()
+
+    def _list_functional_layers(self) -> None:
+        """A parameter used as a layer's weights by a function (``F.conv2d(x, self.weight)``) has no module that a
+        split could resize: list it with the way to make it growable rather than leave it out of the report."""
+        for node in self.module.graph.nodes:
+            if node.op != "get_attr" or not isinstance(_attribute(self.module, node.target), nn.Parameter):
+                continue
+            users, seen = list(node.users), set()
+            while users:
+                user = users.pop()
+                if user in seen:
+                    continue
+                seen.add(user)
+                method = user.op == "call_method"
+                if (
+                    (method and user.target in _WEIGHT_VIEW_METHODS)
+                    or user.target in (torch.t, torch.transpose, torch.permute, torch.reshape)
+                    or (user.target is getattr and user.args[1:] in (("T",), ("mT",)))
+                ):
+                    users.extend(user.users)  # the weight transposed or viewed first
+                    continue
+                if (method and user.target in _WEIGHT_METHODS) or (
+                    user.op == "call_function" and user.target in _WEIGHT_FUNCTIONS
+                ):
+                    function = user.target if method else getattr(user.target, "__name__", str(user.target))
+                    self.not_sites.setdefault(
+                        node.target,
+                        f"parameter '{node.target}' is the weight of a functional {function} call: splitgrow grows "
+                        "layers that are modules; make it one (nn.Linear, nn.Conv2d, ...) to grow it",
+                    )
+                    break
 
     def _why_not(self, name: str) -> str:
         nodes = [node for node in self.module.graph.nodes if node.op == "call_module" and node.target == name]

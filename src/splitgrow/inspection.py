@@ -272,7 +272,12 @@ def site_table(
                 "site": name,
                 "kind": "-",
                 "neurons": None,
-                "parameters": parameter_count(modules[name], recurse=False),
+                # a functional layer's row is named after its parameter, not a module
+                "parameters": (
+                    parameter_count(modules[name], recurse=False)
+                    if name in modules
+                    else graph.model.get_parameter(name).numel()
+                ),
                 "flops": flops.get(name, 0),
                 "note": f"not a site: {reason}",
             }

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .checks import MAX_STEP_SIZE, check_model_type, is_number, is_step_size
+from .checks import MAX_STEP_SIZE, check_model_type, is_integer, is_number, is_step_size
 from .errors import ConfigError
 from .graph import ChannelGraph, GraphError, Member, handler_of
 
@@ -85,6 +85,15 @@ class SplitRequest:
     index: float | None = None
     fingerprint: tuple | None = field(default=None, compare=False, repr=False)
     offspring: tuple[Offspring, ...] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        # a channel picked out of numpy or torch (np.int64, a 0-d integer tensor) is the plain int it stands for,
+        # so that requests compare, hash and go into JSON histories alike; anything else is checked at the split
+        channel = self.channel
+        if isinstance(channel, Tensor) and channel.numel() == 1 and not channel.is_floating_point():
+            channel = channel.item()
+        if is_integer(channel):
+            object.__setattr__(self, "channel", int(channel))
 
     def children(self) -> tuple[Offspring, ...]:
         """The offspring this request makes (the two-way split unless ``offspring`` is given)."""

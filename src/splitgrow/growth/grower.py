@@ -193,6 +193,7 @@ class Grower:
         self.epochs_since_growth = 0
         self.stopped = False
         self.stop_reason = ""
+        self._stopped_by_limit = False  # by max_stages/max_parameters/max_flops, which a resumed policy may raise
         self._best: float | None = None
         self._stale = 0
         self._training_started = time.perf_counter()
@@ -261,7 +262,7 @@ class Grower:
             return False
         reason = self._limit_reached()
         if reason is not None:
-            self.stopped, self.stop_reason = True, reason
+            self._stop(reason, by_limit=True)
             return False
         plateaued = self._plateaued(metrics)
         if not may_grow:
@@ -299,6 +300,9 @@ class Grower:
         if policy.max_flops is not None and self._flops() >= policy.max_flops:
             return f"reached max_flops = {policy.max_flops:,}"
         return None
+
+    def _stop(self, reason: str, by_limit: bool = False) -> None:
+        self.stopped, self.stop_reason, self._stopped_by_limit = True, reason, by_limit
 
     def _flops(self) -> int:
         """FLOPs of the model for one sample, on the traced example (every positional input)."""
@@ -483,10 +487,9 @@ class Grower:
         eligible = self._eligible(results)
         if not requests:
             if eligible:  # neurons could lower the loss but none fits: no later stage would fit either
-                self.stopped, self.stop_reason = True, self._nothing_fits(eligible)
+                self._stop(self._nothing_fits(eligible))
             elif self.policy.stop_when_stable:
-                self.stopped = True
-                self.stop_reason = (
+                self._stop(
                     f"splitting-stable: no neuron of the splittable sites has an index below the threshold "
                     f"{self.policy.threshold:g}"
                 )
@@ -532,7 +535,7 @@ class Grower:
         self._best, self._stale = None, 0
         reason = self._limit_reached()
         if reason is not None:
-            self.stopped, self.stop_reason = True, reason
+            self._stop(reason, by_limit=True)
         if self.on_grow is not None:
             self.on_grow(stage)
         return stage
@@ -657,6 +660,7 @@ class Grower:
             "epochs_since_growth": self.epochs_since_growth,
             "stopped": self.stopped,
             "stop_reason": self.stop_reason,
+            "stopped_by_limit": self._stopped_by_limit,
             "best": self._best,
             "stale": self._stale,
             "training_seconds": self._training_seconds,
@@ -675,6 +679,8 @@ class Grower:
             epoch = int(state["epoch"])
             epochs_since_growth = int(state["epochs_since_growth"])
             stopped, stop_reason = bool(state["stopped"]), str(state["stop_reason"])
+            # absent from earlier checkpoints, whose limit reasons all began so
+            by_limit = bool(state.get("stopped_by_limit", stop_reason.startswith("reached ")))
             best, stale = state["best"], int(state["stale"])
             training_seconds = float(state.get("training_seconds", 0.0))  # absent from earlier checkpoints
             metrics = [dict(m) for m in state["metrics"]]
@@ -686,7 +692,7 @@ class Grower:
                 fix="pass what Grower.state_dict() returned",
             ) from None
         self.epoch, self.epochs_since_growth = epoch, epochs_since_growth
-        self.stopped, self.stop_reason = stopped, stop_reason
+        self.stopped, self.stop_reason, self._stopped_by_limit = stopped, stop_reason, by_limit
         self._best, self._stale = best, stale
         self._training_seconds = training_seconds
         self.metrics, self.history = metrics, history
@@ -892,8 +898,8 @@ class Grower:
                 "to start again",
             ) from error
         # a run stopped by a limit the new policy raised goes on growing (a limit it still meets stops it again)
-        if restarts and self.stopped and self.stop_reason.startswith("reached ") and self._limit_reached() is None:
-            self.stopped, self.stop_reason = False, ""
+        if restarts and self.stopped and self._stopped_by_limit and self._limit_reached() is None:
+            self.stopped, self.stop_reason, self._stopped_by_limit = False, "", False
         return scheduler
 
     def _check_checkpoint(self, path: Path, state: Any) -> None:
