@@ -17,7 +17,7 @@ from test_grower import _setup as _grower_setup
 from torch import nn
 
 from splitgrow import SplittableNetwork
-from splitgrow.errors import CheckpointError, ConfigError, DivergenceError, SplitgrowWarning
+from splitgrow.errors import CheckpointError, ConfigError, DivergenceError
 from splitgrow.graph import GraphError
 from splitgrow.growth import Grower, GrowthPolicy
 from splitgrow.inspection import model_flops, split_costs
@@ -154,7 +154,10 @@ def test_batches_the_model_cannot_take_name_the_batch_and_the_dtypes_and_change_
     assert _unchanged(model, before, optimizer) and grower.history == []
 
 
-def test_data_that_can_be_iterated_once_warns_at_its_measurement_and_is_named_at_the_next_stage():
+@pytest.mark.parametrize("kept", [True, False])
+def test_data_that_can_be_iterated_once_is_named_at_the_next_stage(kept, monkeypatch):
+    import splitgrow.growth.grower as grower_module
+
     model, batches, optimizer = _setup()
 
     class Once:
@@ -164,11 +167,16 @@ def test_data_that_can_be_iterated_once_warns_at_its_measurement_and_is_named_at
         def __iter__(self):
             return self.batches
 
+    if not kept:  # batches too large to keep: the loss after the split needs a second pass, which finds none
+        monkeypatch.setattr(grower_module, "MEASURED_BATCH_BYTES", 1)
     policy = GrowthPolicy(count=1, every=1)
     grower = Grower(model, batches[0][0][:2], Once(), policy=policy, loss_function=F.cross_entropy, optimizer=optimizer)
-    with pytest.warns(SplitgrowWarning, match="gave no batches when iterated again to measure the loss"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         stage = grower.epoch_end()
-    assert stage.loss_after is None and stage.widths_after == {"fc": 4, "fc2": 3}
+    warned = [str(w.message) for w in caught if "gave no batches when iterated again" in str(w.message)]
+    assert (stage.loss_after is None, len(warned)) == ((False, 0) if kept else (True, 1))
+    assert stage.widths_after == {"fc": 4, "fc2": 3}
     with pytest.raises(StatisticsError, match=r"^statistics_data gave no batches at stage 2, although it gave"):
         grower.epoch_end()
 
@@ -290,6 +298,12 @@ def test_saved_models_refuse_unwritable_histories_and_foreign_files(tmp_path):
     (tmp_path / "z.pt").write_bytes((tmp_path / "a.pt").read_bytes())
     with pytest.raises(Exception, match=r"z: not a valid saved splitgrow model \(unknown activation 'x'; choose"):
         load_model(tmp_path / "z")
+    from test_faults import flip_tensor_bytes
+
+    save_model(tmp_path / "d", build_model("mlp", widths=[64, 64], in_features=64, num_classes=3))
+    flip_tensor_bytes(tmp_path / "d.pt")  # inside the weights: torch.load would read others without complaint
+    with pytest.raises(Exception, match=r"d: not a valid saved splitgrow model \(ValueError: the bytes of its record"):
+        load_model(tmp_path / "d")
     with pytest.raises(ConfigError, match="^MLP has no setting 'depth'; its settings: activation, in_features"):
         build_model("mlp", depth=3)
     with pytest.raises(ConfigError, match=r"^MLP's widths must be a list of positive integers, got 'ab'"):
@@ -309,6 +323,11 @@ def test_saved_models_refuse_unwritable_histories_and_foreign_files(tmp_path):
         ({"train_epoch": lambda epoch: "done"}, r"^train_epoch must return its loss \(a number\), a dict of metrics"),
         ({"scheduler_factory": lambda optimizer, epochs: None}, "^scheduler_factory must return a learning-rate sch"),
         ({"checkpoint": 3}, "^checkpoint must be a file path, got 3"),
+        # a folder no one can create (not even root): found before the first epoch, not at the first checkpoint
+        (
+            {"checkpoint": "/proc/splitgrow-none/run.pt"},
+            r"^the checkpoint /proc/splitgrow-none/run.pt cannot be written",
+        ),
         ({"extra_state": (lambda: 1,)}, r"^extra_state must be a tuple \(get, set\) of two callables"),
     ],
 )
@@ -573,3 +592,42 @@ def test_batches_iterable_by_index_alone_are_statistics_data():
     torch.testing.assert_close(found, expected)
     with pytest.raises(ConfigError, match="data must be an iterable of batches"):
         net.splitting(3, F.cross_entropy)
+    # a Dataset's items are single samples: each would pass for a batch of x.shape[0] samples
+    samples = torch.utils.data.TensorDataset(inputs, targets)
+    with pytest.raises(ConfigError, match=r"^data is a Dataset \(TensorDataset\), whose items are single samples"):
+        net.splitting(samples, F.cross_entropy)
+    loader = torch.utils.data.DataLoader(samples, batch_size=4)
+    torch.testing.assert_close(net.splitting(loader, F.cross_entropy)["0"].indexes, expected)
+
+
+def test_a_split_that_leaves_a_model_that_does_not_run_is_undone():
+    # a check of the width that the traced graph cannot see (a forward hook): the split breaks the model, so it
+    # must come back as it was, optimiser state and gradients included
+    model, batches, optimizer = _setup()
+    inputs, targets = batches[0]
+    F.cross_entropy(model(inputs), targets).backward()  # a gradient to keep
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    before = _snapshot(model, optimizer)
+    net = SplittableNetwork(model, inputs[:2])
+    site = next(iter(net.graph.sites))
+    module = net.graph.modules[site]
+
+    width = module.weight.shape[0]
+
+    def width_check(_module, _inputs, output):
+        if output.shape[-1] != width:
+            raise RuntimeError(f"expected {width} features, got {output.shape[-1]}")
+
+    hook = module.register_forward_hook(width_check)
+    with pytest.raises(
+        GraphError, match=rf"^the split left a model that does not run \(RuntimeError: expected {width} "
+    ):
+        net.split([SplitRequest(site, 1, torch.randn(net.graph.sites[site].neuron_dim))], 0.1, optimizer=optimizer)
+    assert _unchanged(model, before, optimizer) and module.weight.shape[0] == module.out_features == width
+    assert all(torch.equal(p.grad, grads[name]) for name, p in model.named_parameters())
+    hook.remove()
+    net.split([SplitRequest(site, 1)], 0.1, optimizer=optimizer)  # the model still splits and trains
+    optimizer.zero_grad()
+    F.cross_entropy(model(inputs), targets).backward()
+    optimizer.step()
+    assert module.weight.shape[0] == width + 1

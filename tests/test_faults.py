@@ -255,7 +255,17 @@ def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def flip_tensor_bytes(path: Path) -> None:
+    """Damage 16 bytes in the middle of the file, inside the 64 x 64 tensor's record: torch.load reads them as
+    other numbers without complaint; the record's CRC-32 tells."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
+    path.write_bytes(bytes(data))
+
+
 CHECKPOINT_FAULTS = {
+    "damaged tensor bytes": ("checkpoint.pt", flip_tensor_bytes, "corrupt checkpoint: the bytes of its record"),
     "truncated checkpoint.pt": ("checkpoint.pt", truncate, "corrupt checkpoint: cut short"),
     "0-byte checkpoint.pt": ("checkpoint.pt", lambda path: path.write_bytes(b""), "corrupt checkpoint: empty"),
     "random bytes": ("checkpoint.pt", lambda path: path.write_bytes(os.urandom(3000)), "corrupt checkpoint"),

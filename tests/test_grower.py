@@ -80,6 +80,43 @@ def test_the_history_records_every_stage_and_its_predictions():
     assert model.fc.out_features + model.fc2.out_features == 6 + 6
 
 
+def test_the_loss_after_a_split_is_measured_on_the_samples_of_the_statistics_even_when_the_data_shuffles(
+    monkeypatch,
+):
+    import splitgrow.growth.grower as grower_module
+
+    model, batches, optimizer = _setup()
+    inputs, targets = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(inputs, targets), batch_size=8, shuffle=True, generator=torch.Generator()
+    )
+    policy = GrowthPolicy(first=1, every=1, count=2, epsilon=1e-3, solver="dense", statistics_batches=2)
+    grower = Grower(model, inputs[:2], loader, policy=policy, loss_function=F.cross_entropy, optimizer=optimizer)
+    stage = grower.epoch_end()
+    assert stage.samples == 16  # 2 of the 8 shuffled batches: other samples at every pass
+    assert stage.measured_change == pytest.approx(stage.predicted_change, rel=0.02)
+    # batches too large to keep: measured on a fresh draw, which the stage says
+    monkeypatch.setattr(grower_module, "MEASURED_BATCH_BYTES", 1)
+    with pytest.warns(SplitgrowWarning, match="measured on other samples than the loss before it"):
+        grower.epoch_end()
+
+
+def test_sites_that_no_optimiser_trains_or_that_are_frozen_do_not_grow_and_fractions_leave_them_out():
+    model, batches, _ = _setup()
+    # fc2 is trainable but in no optimiser (fine-tuning part of a model): its offspring would never move
+    optimizer = torch.optim.SGD([*model.fc.parameters(), *model.head.parameters()], lr=0.1)
+    policy = GrowthPolicy(first=1, every=1, fraction=0.5, solver="dense", threshold=-1e-12)
+    grower = Grower(model, batches[0][0], batches, policy=policy, loss_function=F.cross_entropy, optimizer=optimizer)
+    with pytest.warns(SplitgrowWarning, match="'fc2': no optimiser of the grower trains its parameters"):
+        stage = grower.epoch_end()
+    assert stage.widths_after == {"fc": 5, "fc2": 3}  # half of fc's 3 neurons, rounded up: not half of all 6
+    assert "no optimiser of the grower trains" in stage.skipped["fc2"]
+    model.fc.requires_grad_(False)
+    with pytest.warns(SplitgrowWarning, match="'fc': frozen"):
+        assert grower.epoch_end() is None
+    assert grower.stopped and grower.stop_reason.startswith("no site can grow: 'fc': frozen")
+
+
 def test_a_plateau_trigger_and_a_parameter_budget_stop_where_they_should():
     model, batches, optimizer = _setup(1)
     limit = 50
@@ -277,6 +314,11 @@ def test_policies_refuse_bad_settings():
         ({"fraction": True}, "fraction must be a finite number > 0, got True"),
         ({"statistics_batches": 2.5}, "statistics_batches must be an integer >= 1"),
         ({"weight_bound": None}, "weight_bound"),
+        # checked when the policy is made, not at its first stage after an epoch of training
+        ({"trigger": 3}, "trigger must be a function of the growth state .* got 3; to grow every k epochs, set every"),
+        ({"options": {"max_positons": 256}}, r"unknown solver option\(s\) in options: 'max_positons'; known: "),
+        ({"options": {"solver": "dense"}}, r"options must not set 'solver': the policy sets it \(use solver\)"),
+        ({"options": {"max_positions": 0}}, "max_positions must be an integer >= 1"),
     ],
 )
 def test_a_setting_of_the_wrong_type_is_a_config_error_naming_it(setting, message):

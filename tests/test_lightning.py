@@ -109,3 +109,16 @@ def test_a_strategy_that_spawns_its_processes_is_refused():
     trainer = lightning.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False)
     with pytest.raises(SplitgrowError, match="strategy='ddp'"):
         callback.setup(trainer, _Module(), "fit")
+
+
+def test_a_plateau_rule_on_a_metric_lightning_does_not_log_says_how_to_log_it(tmp_path):
+    from splitgrow.errors import ConfigError
+
+    policy = GrowthPolicy(plateau_patience=1, monitor="val_loss", count=1)
+    callback = GrowthCallback(torch.randn(2, 3), policy=policy, loss_function=F.cross_entropy)
+    with pytest.raises(
+        ConfigError,
+        match=r"monitors 'val_loss', which Lightning's callback_metrics do not have .*"
+        r"\(they have: train_loss\): log it at every epoch \(self.log\('val_loss'",
+    ):
+        _trainer(tmp_path, 2, callback).fit(_Module(), _loader())

@@ -882,9 +882,12 @@ MODELS = {
     "mobilenet_v3_small": Reference(
         MobileNetV3Small,
         (3, 16, 16),
-        relu=False,  # Hardswish sites are exact up to their kinks; the ReLU blocks need the surrogate
+        relu=False,  # Hardswish sites are exact up to their kinks; so is the ReLU expansion -> depthwise product
         sites={
             "features.0.0": "segment",  # stem -> Hardswish -> depthwise -> ReLU (a kink) -> SE
+            # expansion -> ReLU -> depthwise -> ReLU: phi'' = 0 twice, but the depthwise filter multiplies the
+            # expansion's output, a product of the two members' parameters with a mixed second derivative
+            "features.2.block.0.0": "segment",
             "features.3.block.0.0": "chain",
             "features.4.0": "ridge",
             "classifier.0": "ridge",
@@ -893,11 +896,10 @@ MODELS = {
             "features.1.block.1.fc1": "its activation relu has phi'' = 0",
             "features.1.block.1.fc2": "copied exactly when site 'features.0.0' is split",
             "features.3.block.2.fc2": "copied exactly when site 'features.3.block.0.0' is split",
-            "features.2.block.0.0": "its activation relu has phi'' = 0",
             "features.3.block.3.0": NO_CURVATURE,
             "classifier.3": "reaches the model output",
         },
-        exact=["features.0.0", "features.3.block.0.0", "features.4.0", "classifier.0"],
+        exact=["features.0.0", "features.2.block.0.0", "features.3.block.0.0", "features.4.0", "classifier.0"],
     ),
     "efficientnet_b0": Reference(
         EfficientNet,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -191,7 +192,8 @@ def _train_steps(model, optimizer, scheduler, inputs, targets, steps):
         loss = F.cross_entropy(model(inputs), targets)
         loss.backward()
         optimizer.step()
-        scheduler.step()
+        if scheduler is not None:
+            scheduler.step()
     return float(loss.detach())
 
 
@@ -206,7 +208,7 @@ def _train_steps(model, optimizer, scheduler, inputs, targets, steps):
         (lambda p: torch.optim.Adam(p, lr=1e-3), "exp_avg", "exp_avg_sq"),
         (lambda p: torch.optim.AdamW(p, lr=1e-3, amsgrad=True), "exp_avg", "max_exp_avg_sq"),
         (lambda p: torch.optim.Adagrad(p, lr=0.01), None, "sum"),
-        (lambda p: torch.optim.RMSprop(p, lr=1e-3, momentum=0.5), "momentum_buffer", "square_avg"),
+        (lambda p: torch.optim.RMSprop(p, lr=1e-3, centered=True), "grad_avg", "square_avg"),
     ],
 )
 def test_optimizer_state_follows_the_documented_rule(make_optimizer, first, second):
@@ -246,6 +248,49 @@ def test_optimizer_state_follows_the_documented_rule(make_optimizer, first, seco
     after = _train_steps(model, optimizer, scheduler, inputs, targets, 4)
     assert after < before  # training continues with the carried state
     assert optimizer.param_groups[0]["lr"] == pytest.approx(optimizer.defaults["lr"] * 0.1)
+
+
+_SCALE_FREE = {  # optimisers whose step does not change when the gradient is multiplied by a positive number (up
+    # to their eps, set tiny here so that the test sees the rule alone)
+    "adam": lambda p: torch.optim.Adam(p, lr=0.01, eps=1e-30),
+    "adamw-amsgrad": lambda p: torch.optim.AdamW(p, lr=0.01, amsgrad=True, eps=1e-30, weight_decay=0.0),
+    "adamax": lambda p: torch.optim.Adamax(p, lr=0.01, eps=1e-30),
+    "nadam": lambda p: torch.optim.NAdam(p, lr=0.01, eps=1e-30),
+    "radam": lambda p: torch.optim.RAdam(p, lr=0.01, eps=1e-30),
+    "adagrad": lambda p: torch.optim.Adagrad(p, lr=0.05, eps=1e-30),
+    "rmsprop-centered-momentum": lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.9, centered=True, eps=1e-30),
+    "adadelta": lambda p: torch.optim.Adadelta(p, lr=1.0, eps=1e-30),
+    "rprop": lambda p: torch.optim.Rprop(p, lr=0.01),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_SCALE_FREE))
+@pytest.mark.parametrize("shares", [(0.5, 0.5), (1.0, 1.0, -1.0)], ids=["split", "signed"])
+def test_after_a_split_each_offspring_steps_as_its_parent_would(name, shares):
+    """The state rule's purpose: at eps = 0 an offspring of share w gets w times its parent's gradient, and with its
+    state carried it takes its parent's next step (times the sign of w: its output is negated). A rule with the
+    wrong units (RMSprop's momentum of g / sqrt(v) or Adadelta's squared updates halved like gradient moments, or
+    Adamax's running max of abs(g) negated) makes the offspring step short, or the wrong way."""
+    from splitgrow.surgery import Offspring
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).double()
+    inputs, targets = torch.randn(16, 4, dtype=torch.float64), torch.randint(0, 2, (16,))
+    optimizer = _SCALE_FREE[name](model.parameters())
+    _train_steps(model, optimizer, None, inputs, targets, 8)  # RAdam takes unscaled momentum steps up to step 5
+    twin = copy.deepcopy(model)
+    twin_optimizer = _SCALE_FREE[name](twin.parameters())
+    twin_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # its step counts are tensors
+    request = SplitRequest("0", 1, offspring=tuple(Offspring(share) for share in shares))
+    SplittableNetwork(model, inputs[:2]).split([request], 0.0, optimizer=optimizer)
+    rows = list(range(1, 1 + len(shares)))  # the first offspring in its parent's place, the others right after it
+    before, parent_before = model[0].weight[rows].detach().clone(), twin[0].weight[1].detach().clone()
+    _train_steps(model, optimizer, None, inputs, targets, 1)
+    _train_steps(twin, twin_optimizer, None, inputs, targets, 1)
+    parent_step = twin[0].weight[1].detach() - parent_before
+    for row, share in enumerate(shares):
+        step = model[0].weight[rows[row]].detach() - before[row]
+        torch.testing.assert_close(step, math.copysign(1.0, share) * parent_step, rtol=1e-7, atol=1e-12)
 
 
 def test_rprop_step_sizes_are_copied_and_its_last_gradient_halved():

@@ -833,3 +833,40 @@ def test_dict_and_tuple_outputs_and_module_containers_split_exactly(build, sites
     inputs, labels = torch.randn(8, 5, dtype=torch.float64), torch.randint(0, 3, (8,))
     assert_exact_splits(model, inputs, labels, sites)
     assert_optimisers_continue(model, inputs, labels, sites[-1])
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block as torchvision writes it: expand -> BN -> ReLU6 -> depthwise -> BN -> ReLU6 -> project."""
+
+    def __init__(self, channels: int = 4, hidden: int = 6, activation: type[nn.Module] = nn.ReLU6) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.expand = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden), activation())
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), activation()
+        )
+        self.project = nn.Sequential(nn.Conv2d(hidden, channels, 1, bias=False), nn.BatchNorm2d(channels))
+        self.head = nn.Linear(channels, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.stem(x)
+        h = h + self.project(self.depthwise(self.expand(h)))
+        return self.head(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("activation", [nn.ReLU6, nn.ReLU])
+def test_a_relu_expansion_and_the_depthwise_filter_it_feeds_split_exactly_without_a_surrogate(activation) -> None:
+    """phi'' = 0 at both activations, yet the neuron's output is a product of its pointwise row and its depthwise
+    filter: S is their mixed second derivative (zero diagonal blocks), whose negative eigenvalues are real."""
+    torch.manual_seed(0)
+    model = _prepare(InvertedResidual(activation=activation))
+    images, labels = _images(6)
+    graph = ChannelGraph(model, images)
+    site = graph.sites["expand.0"]
+    assert (site.engine, site.exact, [m.module for m in site.members]) == ("segment", True, ["expand.0", "depthwise.0"])
+    assert "phi'' = 0" in site.kinks or "jumps" in site.kinks  # both activations' kinks are listed
+    assert_exact_splits(model, images, labels, ["expand.0"], allow_kinks=True, index_below=-1e-6)
+    matrices = SplittableNetwork(model, images).splitting([(images, labels)], F.cross_entropy, keep_matrices=True)
+    pointwise = graph.modules["expand.0"].weight[0].numel()
+    blocks = matrices["expand.0"].matrices
+    assert float(blocks[:, :pointwise, :pointwise].abs().max()) < 1e-12 * float(blocks.abs().max())

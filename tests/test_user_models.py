@@ -20,6 +20,7 @@ from deep_helpers import assert_exact_splits
 from torch import Tensor, nn
 
 from splitgrow import ChannelGraph, SplittableNetwork
+from splitgrow.errors import ConfigError
 from splitgrow.graph import GraphError
 from splitgrow.growth import Grower, GrowthPolicy
 from splitgrow.surgery import SplitRequest
@@ -312,6 +313,16 @@ def test_optimiser_state_spanning_several_parameters_is_refused_before_the_split
         net.split([SplitRequest("2", 0, None)], 0.0, optimizer=optimizer)
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, before[name]), name
+    # a grower's optimiser always has state by its first stage: refused when it is given, with the way round
+    with pytest.raises(ConfigError, match=r"cannot carry LBFGS's state .* give the grower optimizer=None and build"):
+        Grower(
+            model,
+            inputs,
+            [(inputs, targets)],
+            policy=GrowthPolicy(count=1),
+            loss_function=F.cross_entropy,
+            optimizer=optimizer,
+        )
 
 
 class TwoInputs(nn.Module):
@@ -390,7 +401,74 @@ def test_a_parameter_used_by_a_functional_layer_is_listed_with_how_to_grow_it(ca
     example = torch.randn(2, 3, 5, 5)
     graph = ChannelGraph(FunctionalLayers(call), example)
     note = graph.skipped()[parameter]
-    assert f"parameter '{parameter}' is the weight of a functional {call}" in note and "nn.Conv2d" in note
+    assert f"parameter '{parameter}' belongs to a functional {call} call" in note and "nn.Conv2d" in note
     rows, _ = site_table(graph, example)
     assert {row["site"]: row["parameters"] for row in rows}[parameter] == getattr(graph.model, parameter).numel()
     assert "scale" not in graph.skipped()  # a parameter that scales features is no layer
+
+
+class WeightReadTwice(nn.Module):
+    """A convolution called as a module and again, on flipped images, through its own weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(8, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        direct = torch.tanh(self.conv(x)).mean((2, 3))
+        flipped = torch.tanh(F.conv2d(x.flip(-1), self.conv.weight, self.conv.bias, padding=1)).mean((2, 3))
+        return self.head(torch.tanh(self.fc(torch.cat([direct, flipped], 1))))
+
+
+def test_a_module_whose_weight_is_also_read_outside_its_call_is_refused_and_the_rest_grows() -> None:
+    torch.manual_seed(0)
+    model = WeightReadTwice().double()
+    inputs, targets = torch.randn(6, 3, 5, 5, dtype=torch.float64), torch.randint(0, 3, (6,))
+    net = SplittableNetwork(model, inputs[:2])
+    note = net.graph.skipped()["conv"]
+    assert "its tensor 'weight' is also read outside its call (by 'conv2d')" in note
+    with pytest.raises(GraphError, match="'conv' is not a splittable site"):
+        net.split([SplitRequest("conv", 0)], 0.1)
+    policy = GrowthPolicy(first=1, every=1, count=2)
+    grower = Grower(model, inputs[:2], [(inputs, targets)], policy=policy, loss_function=F.cross_entropy)
+    assert grower.epoch_end() is not None
+    assert (model.conv.out_channels, model.fc.out_features) == (4, 8)
+    assert model(inputs).shape == (6, 3)
+
+
+class OptionalLabels(nn.Module):
+    """A model written the HuggingFace way: optional labels, a loss computed inside, a dict of outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: Tensor, labels: Tensor | None = None, return_dict: bool = True):
+        logits = self.head(torch.tanh(self.fc(x)))
+        if not return_dict:
+            return logits
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = F.cross_entropy(logits, labels)
+        return out
+
+
+def test_a_forward_with_optional_labels_is_traced_as_the_example_calls_it() -> None:
+    from splitgrow.statistics import StatisticsError
+
+    torch.manual_seed(0)
+    model = OptionalLabels().double()
+    inputs, targets = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    data = [(inputs, targets)]
+    by_logits = SplittableNetwork(model, inputs[:2]).splitting(
+        data, closure=lambda m, b: F.cross_entropy(m(b[0])["logits"], b[1])
+    )["fc"]
+    inside = SplittableNetwork(model, (inputs[:2], targets[:2])).splitting(
+        data, closure=lambda m, b: m(b[0], b[1])["loss"]
+    )["fc"]
+    torch.testing.assert_close(inside.indexes, by_logits.indexes, rtol=1e-10, atol=1e-14)
+    with pytest.raises(StatisticsError, match=r"calls the model with an input that its example input left out"):
+        SplittableNetwork(model, inputs[:2]).splitting(data, closure=lambda m, b: m(b[0], b[1])["loss"])

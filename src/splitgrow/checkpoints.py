@@ -12,8 +12,9 @@ import io
 import json
 import math
 import time
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -178,10 +179,30 @@ def _digest(progress: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(json_ready(body), sort_keys=True).encode()).hexdigest()
 
 
+def damaged_record(stream: BinaryIO) -> str | None:
+    """The first record of a torch zip file whose bytes fail their CRC-32 (torch.load reads damaged tensor bytes
+    without complaint), or None; a file that is no zip archive is left to torch.load to judge. Rewinds the stream."""
+    try:
+        if not zipfile.is_zipfile(stream):
+            return None
+        stream.seek(0)
+        with zipfile.ZipFile(stream) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError):
+        return None  # a damaged directory: torch.load refuses it, with the message below
+    finally:
+        stream.seek(0)
+
+
 def load_tensors(path: Path, fix: str = "delete it to start again") -> Any:
     """A weights-only torch file, or a one-line CheckpointError saying it is empty, cut short or not a torch file."""
     path = Path(path)
     with path.open("rb") as stream:  # a file that cannot be opened is the file system's error, reported as such
+        damaged = damaged_record(stream)
+        if damaged is not None:
+            raise CheckpointError(
+                f"corrupt checkpoint: the bytes of its record '{damaged}' do not match their checksum", path, fix
+            )
         try:
             return torch.load(stream, map_location="cpu", weights_only=True)
         except Exception:  # torch reports damaged bytes with many types (OSError, EOFError, UnpicklingError, ...)

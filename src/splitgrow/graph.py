@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import inspect
 import math
 import operator
 from collections import deque
@@ -464,6 +465,25 @@ def _tied_modules(model: nn.Module) -> dict[str, str]:
     return tied
 
 
+def _read_outside_their_call(traced: fx.GraphModule) -> dict[str, str]:
+    """The modules whose own parameters or buffers the forward also reads directly (``F.conv2d(x,
+    self.conv.weight)`` beside ``self.conv(y)``), each with the refusal: a split would resize the tensor under
+    that other use, which splitgrow does not see."""
+    found: dict[str, str] = {}
+    for node in traced.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        owner, _, attribute = node.target.rpartition(".")
+        if not owner or owner in found:  # the model's own tensors (a class token) belong to no layer
+            continue
+        readers = ", ".join(f"'{user.name}'" for user in node.users)
+        found[owner] = (
+            f"module '{owner}': its tensor '{attribute}' is also read outside its call (by {readers}): a split "
+            "would resize it under that use too; call the module there instead, or exclude it"
+        )
+    return found
+
+
 def model_fingerprint(model: nn.Module) -> tuple:
     """The names and shapes of every parameter and buffer: changes whenever a split (or anything else) resizes
     the model."""
@@ -488,8 +508,25 @@ class _Tracer(fx.Tracer):
         return super().call_module(module, forward, args, kwargs)
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
-    """The model as a ``torch.fx.GraphModule`` sharing its submodules (GraphError if it cannot be traced)."""
+def _defaults_left_out(model: nn.Module, given: int | None) -> dict[str, Any]:
+    """The forward's arguments after the ``given`` positional inputs that have defaults, with those defaults: the
+    example leaves them out, so the traced graph is the forward run with them (``forward(x, labels=None)`` with a
+    branch on ``labels is not None``, which fx cannot follow on a symbolic input)."""
+    if given is None:
+        return {}
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # a forward without a signature Python can read
+        return {}
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    left_out = positional[given:] + [p for p in parameters if p.kind == p.KEYWORD_ONLY]
+    return {p.name: p.default for p in left_out if p.default is not p.empty}
+
+
+def trace(model: nn.Module, given: int | None = None) -> fx.GraphModule:
+    """The model as a ``torch.fx.GraphModule`` sharing its submodules (GraphError if it cannot be traced);
+    ``given``: the number of positional inputs the model will be called with (the forward's later arguments keep
+    their defaults in the graph)."""
     if isinstance(getattr(model, "_orig_mod", None), nn.Module):
         raise GraphError(
             f"{type(model).__name__} is the model compiled with torch.compile; give the graph the module it compiled "
@@ -509,7 +546,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
         )
     tracer = _Tracer()
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=_defaults_left_out(model, given) or None)
     except Exception as error:  # noqa: BLE001 - any tracing failure becomes one clear message
         raise GraphError(
             f"cannot trace {type(model).__name__} with torch.fx ({type(error).__name__}: {error}); "
@@ -526,16 +563,16 @@ def _stateful_calls(module: fx.GraphModule) -> set[str]:
     }
 
 
-def _trace_for_statistics(model: nn.Module) -> fx.GraphModule:
+def _trace_for_statistics(model: nn.Module, given: int) -> fx.GraphModule:
     """The model traced in eval mode, as the statistics run it: a forward that branches on ``self.training``
     (functional dropout, stochastic depth) would otherwise keep its random training form in the traced graph. A
     model in training mode whose training forward calls layers with parameters that its eval forward does not
     (auxiliary heads) is traced as it is: those layers read channels that a split must grow too."""
     with evaluating(model):
-        evaluated = trace(model)
+        evaluated = trace(model, given)
     if not any(module.training for module in model.modules()):
         return evaluated
-    as_is = trace(model)
+    as_is = trace(model, given)
     return as_is if _stateful_calls(as_is) - _stateful_calls(evaluated) else evaluated
 
 
@@ -600,7 +637,7 @@ class ChannelGraph:
         inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
         #: the example the shapes were recorded with
         self.example_inputs = inputs
-        self.module = _trace_for_statistics(model)
+        self.module = _trace_for_statistics(model, len(inputs))
         with evaluating(model), torch.no_grad():
             _ShapeRecorder(self.module).run(*inputs)
         self.fingerprint = model_fingerprint(model)
@@ -618,6 +655,7 @@ class ChannelGraph:
         self._refusals: dict[str, str] = {}
         self._calls: dict[str, int] = {}
         self._tied = _tied_modules(model)
+        self._tied.update({k: v for k, v in _read_outside_their_call(self.module).items() if k not in self._tied})
         self._closures: dict[tuple[SpaceKey, int], dict[SpaceKey, list[int]]] = {}
         self._build_spaces()
         self._find_sites()
@@ -1304,6 +1342,9 @@ class ChannelGraph:
         for node in self.module.graph.nodes:
             if node.op != "get_attr" or not isinstance(_attribute(self.module, node.target), nn.Parameter):
                 continue
+            owner = node.target.rpartition(".")[0]
+            if owner and owner in self.modules:
+                continue  # a module's own tensor: the module is refused, with the reason
             users, seen = list(node.users), set()
             while users:
                 user = users.pop()
@@ -1324,8 +1365,9 @@ class ChannelGraph:
                     function = user.target if method else getattr(user.target, "__name__", str(user.target))
                     self.not_sites.setdefault(
                         node.target,
-                        f"parameter '{node.target}' is the weight of a functional {function} call: splitgrow grows "
-                        "layers that are modules; make it one (nn.Linear, nn.Conv2d, ...) to grow it",
+                        f"parameter '{node.target}' belongs to a functional {function} call (a layer written as a "
+                        "function): splitgrow grows layers that are modules; make it one (nn.Linear, nn.Conv2d, "
+                        "...) to grow it",
                     )
                     break
 
@@ -1406,7 +1448,7 @@ class ChannelGraph:
             first = members[0]
         segment, frontier, smooth = self._segment(members, in_closure, gate_nodes)
         nonlinear_members = any(m.handler.nonlinear_in_theta for m in members)
-        if not smooth and not nonlinear_members:
+        if not smooth and not nonlinear_members and (blocked or not self._in_series(members, in_closure)):
             return "; ".join(blocked) if blocked else self._no_curvature_reason(in_closure)
         closed = self._closed(segment, members, in_closure)
         ridge = None if nonlinear_members else self._ridge_pattern(first)
@@ -1593,6 +1635,13 @@ class ChannelGraph:
         segment = sorted(keep, key=self.order.__getitem__)
         frontier = [n for n in segment if any(user.name not in keep for user in self.nodes[n].users)]
         return segment, frontier, smooth & keep
+
+    def _in_series(self, members: list[Member], in_closure: set[str]) -> bool:
+        """Whether one member reads another's output (a depthwise filter after the convolution it grows with): the
+        neuron's function is then a product of the two members' parameters, whose mixed second derivative is a
+        splitting matrix even where every activation on the way is piecewise linear (ReLU)."""
+        nodes = {self._node_of_module(m.module).name for m in members}
+        return any(self._reachable({name}, in_closure, forward=True) & (nodes - {name}) for name in nodes)
 
     def _fed_back(self, segment: list[str], frontier: list[str], members: list[Member], smooth: set[str]) -> list[str]:
         """The frontier nodes that also feed the rest of the segment and are nonlinear in theta (a smooth node, a

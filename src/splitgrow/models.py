@@ -613,6 +613,7 @@ def load_model(
     Returns:
         The model and its growth history.
     """
+    from .checkpoints import damaged_record
     from .surgery import resize_like
 
     if model is not None and not isinstance(model, nn.Module):
@@ -624,7 +625,11 @@ def load_model(
             raise SplitgrowError(f"missing {required}: a saved model is a .json and a .pt file side by side")
     try:
         description = json.loads(description_path.read_text())
-        state = torch.load(weights_path, map_location=map_location, weights_only=True)
+        with weights_path.open("rb") as stream:
+            damaged = damaged_record(stream)
+            if damaged is not None:
+                raise ValueError(f"the bytes of its record '{damaged}' do not match their checksum")
+            state = torch.load(stream, map_location=map_location, weights_only=True)
         if not isinstance(description, dict) or not isinstance(state, dict):
             raise TypeError(f"it holds a {type(description).__name__} and a {type(state).__name__}, not two dicts")
         if model is None:

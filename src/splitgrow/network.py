@@ -235,6 +235,13 @@ def check_data(data: Any, name: str) -> None:
     iterable = isinstance(data, Iterable) or hasattr(type(data), "__getitem__")
     if data is None or isinstance(data, (str, bytes)) or not iterable:
         raise ConfigError(f"{name} must be an iterable of batches (a list, a DataLoader), got {type(data).__name__}")
+    dataset = torch.utils.data
+    if isinstance(data, dataset.Dataset) and not isinstance(data, dataset.IterableDataset):
+        # its items are single samples: each would be taken for a batch, its first dimension for the samples
+        raise ConfigError(
+            f"{name} is a Dataset ({type(data).__name__}), whose items are single samples, not batches",
+            fix=f"give DataLoader(dataset, batch_size=...) as {name}",
+        )
 
 
 _NO_BATCH = object()
@@ -244,15 +251,26 @@ class TrackedData:
     """Statistics data that remembers the last batch each pass gave, so that an error raised while the statistics
     use it can be traced to that batch (see :func:`diagnosed`)."""
 
-    def __init__(self, data: Iterable) -> None:
+    def __init__(self, data: Iterable, keep_bytes: int = 0) -> None:
         self.data = data
         self.last: Any = _NO_BATCH
         self.given = 0
+        self.keep_bytes = keep_bytes
+        #: the batches the last pass gave, while their tensors take at most ``keep_bytes`` (None beyond that): a
+        #: loss measured again on them is measured on the same samples, whatever order the data shuffles into
+        self.kept: list[Any] | None = None
 
     def __iter__(self) -> Iterator[Any]:
         self.last, self.given = _NO_BATCH, 0
+        self.kept, size = ([] if self.keep_bytes > 0 else None), 0
         for batch in self.data:
             self.last, self.given = batch, self.given + 1
+            if self.kept is not None:
+                size += sum(t.nbytes for t in _tensors(batch))
+                if size <= self.keep_bytes:
+                    self.kept.append(batch)
+                else:
+                    self.kept = None
             yield batch
 
     def __len__(self) -> int:
@@ -275,6 +293,13 @@ def diagnosed(
         memory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
         if isinstance(error, memory) or tracked.last is _NO_BATCH:
             raise
+        if isinstance(error, AssertionError) and "has been specialized to have value" in str(error):
+            # torch.fx's guard on an argument the example input left out (traced with its default)
+            raise StatisticsError(
+                f"the loss closure calls the model with an input that its example input left out ({error}): the "
+                "model was traced as the example calls it, that argument at its default",
+                fix="give the example every input the closure passes, in the same order (example=(x, labels))",
+            ) from error
         fault = batch_fault(model, tracked.last, loss_function, closure)
         if fault is None:
             raise

@@ -44,16 +44,23 @@ import torch
 from torch import Tensor, nn
 
 from .checks import MAX_STEP_SIZE, check_model_type, is_integer, is_number, is_step_size
-from .errors import ConfigError
+from .errors import ConfigError, SplitgrowError
 from .graph import ChannelGraph, GraphError, Member, handler_of
+from .modes import evaluating
 
 #: optimiser state entries that scale like the gradient (Rprop's ``prev`` is the last gradient)
-FIRST_MOMENT_STATES = frozenset({"momentum_buffer", "exp_avg", "grad_avg", "exp_inf", "prev"})
+FIRST_MOMENT_STATES = frozenset({"momentum_buffer", "exp_avg", "grad_avg", "prev"})
 #: optimiser state entries that scale like the squared gradient
-SECOND_MOMENT_STATES = frozenset({"exp_avg_sq", "max_exp_avg_sq", "sum", "square_avg", "acc_delta"})
+SECOND_MOMENT_STATES = frozenset({"exp_avg_sq", "max_exp_avg_sq", "sum", "square_avg"})
+#: optimiser state entries that scale like the gradient's magnitude (Adamax's running max of abs(g))
+MAGNITUDE_STATES = frozenset({"exp_inf"})
 #: optimiser state entries in the parameters' own units, whatever the gradient's scale (Rprop's per-entry step
-#: sizes): each offspring keeps its parent's, as it keeps its parent's parameters
-COPIED_STATES = frozenset({"step_size"})
+#: sizes, Adadelta's running mean of squared updates): each offspring keeps its parent's, as it keeps its
+#: parent's parameters
+COPIED_STATES = frozenset({"step_size", "acc_delta"})
+#: entries whose meaning depends on the optimiser: RMSprop's ``momentum_buffer`` accumulates g / sqrt(v), a step
+#: direction in the parameters' units that keeps the gradient's sign, where SGD's accumulates g itself
+_SIGN_STATES = {torch.optim.RMSprop: frozenset({"momentum_buffer"})}
 
 OUTPUTS, INPUTS = "outputs", "inputs"
 
@@ -348,19 +355,23 @@ def _new_order(
     return torch.tensor(order, dtype=torch.long), slots
 
 
-def _state_scale(key: str, weight: float) -> float:
+def _state_scale(key: str, weight: float, optimizer: torch.optim.Optimizer | None = None) -> float:
     """How an optimiser state entry of a parent's row scales for an offspring of output weight share ``weight``
-    (its gradient is ``weight`` times the parent's)."""
+    (its gradient is ``weight`` times the parent's; a signed split's share may be negative)."""
+    if any(isinstance(optimizer, kind) and key in keys for kind, keys in _SIGN_STATES.items()):
+        return math.copysign(1.0, weight) if weight != 0 else 0.0
     if key in FIRST_MOMENT_STATES:
         return weight
     if key in SECOND_MOMENT_STATES:
         return weight * weight
+    if key in MAGNITUDE_STATES:
+        return abs(weight)
     if key in COPIED_STATES:
         return 1.0
+    known = FIRST_MOMENT_STATES | SECOND_MOMENT_STATES | MAGNITUDE_STATES | COPIED_STATES
     raise GraphError(
         f"splitgrow does not know how to carry the optimiser state {key!r} across a split (known: "
-        f"{', '.join(sorted(FIRST_MOMENT_STATES | SECOND_MOMENT_STATES | COPIED_STATES))}); rebuild the optimiser "
-        "after the split instead"
+        f"{', '.join(sorted(known))}); rebuild the optimiser after the split instead"
     )
 
 
@@ -387,7 +398,7 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, parameters: list[Tensor])
                     f"{tuple(parameter.shape)}: splitgrow cannot carry it across a split (factored or sharded "
                     "state); rebuild the optimiser after the split instead"
                 )
-            _state_scale(key, 0.5)
+            _state_scale(key, 0.5, optimizer)
 
 
 def _same_layout(grown: Tensor, reference: Tensor) -> Tensor:
@@ -496,70 +507,91 @@ def split_network(
                 elif unit.role == "member" and child.shift is not None and epsilon > 0:
                     new_rows[id(unit), copy] = _member_rows(module, handler, unit, child.shift, epsilon)
 
-    # inputs first: a member whose inputs grow in the same step gets its rows mapped like its weight row
-    column_maps: dict[str, tuple[Tensor, dict[int, float]]] = {}
-    rows: dict[int, list[tuple]] = defaultdict(list)
-    columns: dict[int, dict[str, list[int]]] = defaultdict(dict)
-    for module_name, role, module, handler, tensors, units in sorted(changes, key=lambda c: c[1] != INPUTS):
-        if not tensors:
-            if role == OUTPUTS and handler.follows_channels(module):  # only a size attribute (a plain instance norm)
-                order, _ = _new_order(graph.channel_count(module_name), units, children)
-                handler.resize(module, outputs=len(order))
-            continue
-        first = getattr(module, tensors[0][0])
-        order, slots = _new_order(first.shape[tensors[0][1]], units, children)
-        weights = {position: float(children[id(unit.request)][copy].weight) for position, (unit, copy) in slots.items()}
-        fresh = {position for position, (unit, copy) in slots.items() if is_fresh(unit, copy)}
-        zeros: dict[int, Tensor | float] = dict.fromkeys(fresh, 0.0)  # a new neuron's gradient and state start at 0
-        input_dims = dict(handler.input_tensors(module))
-        replace: dict[str, dict[int, Tensor | float]] = defaultdict(dict)
-        perturb: dict[str, dict[int, Tensor]] = defaultdict(dict)
-        if role == INPUTS:
-            # consumers: the columns of offspring i carry its share w_i of the parent's
-            scaled = {position: weight for position, weight in weights.items() if weight != 1.0}
-            column_maps[module_name] = (order, scaled)
-            state_scale: dict[int, float] = {}  # a consumer column's gradient is the parent's
-            inserted: dict[int, list[int]] = defaultdict(list)
-            for position, (unit, copy) in slots.items():
-                if copy > 0:
-                    inserted[id(unit.request)].append(position)
-            for request_id, positions in inserted.items():
-                columns[request_id][module_name] = positions
-                addition = additions.get(request_id)
-                for name, _ in tensors if addition is not None and addition.output else ():
-                    given = addition.output.get(f"{module_name}.{name}" if module_name else name)
-                    if given is not None:
-                        given = torch.as_tensor(given)
-                        replace[name].update({position: given[k] for k, position in enumerate(positions)})
-        else:
-            scaled = {}
-            state_scale = {position: weight for position, weight in weights.items() if weight != 1.0}
-            placed: dict[int, dict[int, int]] = defaultdict(dict)
-            for position, (unit, copy) in slots.items():
-                if unit.role == "member":
-                    placed[id(unit)][copy] = position
-                target = replace if is_fresh(unit, copy) else perturb
-                for name, value in new_rows.get((id(unit), copy), {}).items():
-                    target[name][position] = _follow(value, input_dims.get(name), column_maps.get(module_name))
-            for unit_id, copies in placed.items():
-                unit = next(u for u in units if id(u) == unit_id)
-                rows[id(unit.request)].append((unit.columns.start, module_name, *(copies[k] for k in sorted(copies))))
-        for name, dim in tensors:
-            tensor = getattr(module, name)
-            new_value = _grow_tensor(tensor.data, dim, order, scaled, perturb.get(name), replace.get(name))
-            for each in optimizers:
-                if isinstance(tensor, nn.Parameter) and tensor in each.state:
-                    _grow_state(each.state[tensor], dim, order, state_scale, fresh)
-            if isinstance(tensor, nn.Parameter):
-                # a gradient scales like the first moment: at eps = 0, the grown network's gradient exactly
-                grad = None if tensor.grad is None else _grow_tensor(tensor.grad, dim, order, state_scale, None, zeros)
-                _replace_data(tensor, new_value, grad)
+    backup = _Backup(changes, optimizers, graph)
+    try:
+        # inputs first: a member whose inputs grow in the same step gets its rows mapped like its weight row
+        column_maps: dict[str, tuple[Tensor, dict[int, float]]] = {}
+        rows: dict[int, list[tuple]] = defaultdict(list)
+        columns: dict[int, dict[str, list[int]]] = defaultdict(dict)
+        for module_name, role, module, handler, tensors, units in sorted(changes, key=lambda c: c[1] != INPUTS):
+            if not tensors:
+                if role == OUTPUTS and handler.follows_channels(
+                    module
+                ):  # only a size attribute (a plain instance norm)
+                    order, _ = _new_order(graph.channel_count(module_name), units, children)
+                    handler.resize(module, outputs=len(order))
+                continue
+            first = getattr(module, tensors[0][0])
+            order, slots = _new_order(first.shape[tensors[0][1]], units, children)
+            weights = {
+                position: float(children[id(unit.request)][copy].weight) for position, (unit, copy) in slots.items()
+            }
+            fresh = {position for position, (unit, copy) in slots.items() if is_fresh(unit, copy)}
+            zeros: dict[int, Tensor | float] = dict.fromkeys(fresh, 0.0)  # a new neuron's gradient and state start at 0
+            input_dims = dict(handler.input_tensors(module))
+            replace: dict[str, dict[int, Tensor | float]] = defaultdict(dict)
+            perturb: dict[str, dict[int, Tensor]] = defaultdict(dict)
+            if role == INPUTS:
+                # consumers: the columns of offspring i carry its share w_i of the parent's
+                scaled = {position: weight for position, weight in weights.items() if weight != 1.0}
+                column_maps[module_name] = (order, scaled)
+                state_scale: dict[int, float] = {}  # a consumer column's gradient is the parent's
+                inserted: dict[int, list[int]] = defaultdict(list)
+                for position, (unit, copy) in slots.items():
+                    if copy > 0:
+                        inserted[id(unit.request)].append(position)
+                for request_id, positions in inserted.items():
+                    columns[request_id][module_name] = positions
+                    addition = additions.get(request_id)
+                    for name, _ in tensors if addition is not None and addition.output else ():
+                        given = addition.output.get(f"{module_name}.{name}" if module_name else name)
+                        if given is not None:
+                            given = torch.as_tensor(given)
+                            replace[name].update({position: given[k] for k, position in enumerate(positions)})
             else:
-                setattr(module, name, new_value)
-        size = len(order)
-        handler.resize(module, **({"outputs": size} if role == OUTPUTS else {"inputs": size}))
-        report.modules.setdefault(module_name, []).append(role)
-        report.inserted.setdefault(module_name, {})[role] = sorted(p for p, (_, copy) in slots.items() if copy > 0)
+                scaled = {}
+                state_scale = {position: weight for position, weight in weights.items() if weight != 1.0}
+                placed: dict[int, dict[int, int]] = defaultdict(dict)
+                for position, (unit, copy) in slots.items():
+                    if unit.role == "member":
+                        placed[id(unit)][copy] = position
+                    target = replace if is_fresh(unit, copy) else perturb
+                    for name, value in new_rows.get((id(unit), copy), {}).items():
+                        target[name][position] = _follow(value, input_dims.get(name), column_maps.get(module_name))
+                for unit_id, copies in placed.items():
+                    unit = next(u for u in units if id(u) == unit_id)
+                    rows[id(unit.request)].append(
+                        (unit.columns.start, module_name, *(copies[k] for k in sorted(copies)))
+                    )
+            for name, dim in tensors:
+                tensor = getattr(module, name)
+                new_value = _grow_tensor(tensor.data, dim, order, scaled, perturb.get(name), replace.get(name))
+                for each in optimizers:
+                    if isinstance(tensor, nn.Parameter) and tensor in each.state:
+                        _grow_state(each, tensor, dim, order, state_scale, fresh)
+                if isinstance(tensor, nn.Parameter):
+                    # a gradient scales like the first moment: at eps = 0, the grown network's gradient exactly
+                    grad = (
+                        None if tensor.grad is None else _grow_tensor(tensor.grad, dim, order, state_scale, None, zeros)
+                    )
+                    _replace_data(tensor, new_value, grad)
+                else:
+                    setattr(module, name, new_value)
+            size = len(order)
+            handler.resize(module, **({"outputs": size} if role == OUTPUTS else {"inputs": size}))
+            report.modules.setdefault(module_name, []).append(role)
+            report.inserted.setdefault(module_name, {})[role] = sorted(p for p, (_, copy) in slots.items() if copy > 0)
+        _check_still_runs(model, graph)
+    except BaseException as error:
+        backup.restore()  # all or nothing: a split that fails part-way, or breaks the model, leaves it as it was
+        if isinstance(error, Exception) and not isinstance(error, SplitgrowError):
+            raise GraphError(
+                f"the split left a model that does not run ({type(error).__name__}: {error}); the model and its "
+                "optimiser state are as they were before it",
+                fix="exclude the sites it touched (exclude=[...]) and report the model to splitgrow: its graph "
+                "misread a pattern of this model",
+            ) from error
+        raise
     report.parameters_after = parameter_count(model)
     report.offspring = [[entry[1:] for entry in sorted(rows[id(request)])] for request in proxies]
     report.columns = [dict(columns[id(request)]) for request in proxies]
@@ -702,6 +734,50 @@ def check_optimizers_hold(optimizers: Sequence[torch.optim.Optimizer], model: nn
             )
 
 
+class _Backup:
+    """What a split changes, kept so that a failed split can be undone: every grown tensor (a parameter's data and
+    gradient, a buffer), each module's channel count, and the optimiser state of the grown parameters."""
+
+    def __init__(self, changes: list, optimizers: list[torch.optim.Optimizer], graph: ChannelGraph) -> None:
+        self.tensors = []
+        self.sizes = []
+        for module_name, role, module, handler, tensors, _ in changes:
+            for name, _ in tensors:
+                tensor = getattr(module, name)
+                grad = tensor.grad if isinstance(tensor, nn.Parameter) else None
+                self.tensors.append((module, name, tensor, tensor.data, grad))
+            size = getattr(module, tensors[0][0]).shape[tensors[0][1]] if tensors else None
+            if size is None and role == OUTPUTS:
+                size = graph.channel_count(module_name)
+            if size is not None:
+                self.sizes.append((module, handler, role, size))
+        grown = {id(tensor) for _, _, tensor, _, _ in self.tensors}
+        self.states = [
+            (each.state, parameter, dict(state))
+            for each in optimizers
+            for parameter, state in list(each.state.items())
+            if id(parameter) in grown
+        ]
+
+    def restore(self) -> None:
+        for module, name, tensor, data, grad in self.tensors:
+            if isinstance(tensor, nn.Parameter):
+                _replace_data(tensor, data, grad)
+            else:
+                setattr(module, name, tensor)
+        for module, handler, role, size in self.sizes:
+            handler.resize(module, **({"outputs": size} if role == OUTPUTS else {"inputs": size}))
+        for states, parameter, saved in self.states:
+            states[parameter] = saved
+
+
+def _check_still_runs(model: nn.Module, graph: ChannelGraph) -> None:
+    """Run the grown model on the example it was traced with: a pattern the graph misread shows here as a shape
+    error, before the model is handed back broken."""
+    with evaluating(model), torch.no_grad():
+        model(*graph.example_inputs)
+
+
 def _replace_data(parameter: nn.Parameter, value: Tensor, grad: Tensor | None = None) -> None:
     """Give ``parameter`` its grown ``value`` and ``grad`` (None: no gradient) in place, with a fresh gradient
     accumulator.
@@ -717,14 +793,22 @@ def _replace_data(parameter: nn.Parameter, value: Tensor, grad: Tensor | None = 
     parameter.grad = grad
 
 
-def _grow_state(state: dict, dim: int, order: Tensor, scaled: dict[int, float], fresh: set[int]) -> None:
-    """Carry one parameter's optimiser state: rows scaled by their offspring's share (first moments) or its
-    square (second moments), new neurons' rows and columns zero (step sizes: their parent's, since a zero step size
-    would never grow again)."""
+def _grow_state(
+    optimizer: torch.optim.Optimizer,
+    parameter: Tensor,
+    dim: int,
+    order: Tensor,
+    scaled: dict[int, float],
+    fresh: set[int],
+) -> None:
+    """Carry one parameter's optimiser state: rows scaled by their offspring's share (first moments), its square
+    (second moments) or its magnitude, or copied (state in the parameters' units); new neurons' rows and columns
+    zero (step sizes: their parent's, since a zero step size would never grow again)."""
+    state = optimizer.state[parameter]
     for key, value in list(state.items()):
         if not isinstance(value, Tensor) or value.dim() == 0:
             continue
-        factors = {position: _state_scale(key, weight) for position, weight in scaled.items()}
+        factors = {position: _state_scale(key, weight, optimizer) for position, weight in scaled.items()}
         zeros = {} if key in COPIED_STATES else {position: 0.0 for position in fresh}
         state[key] = _grow_tensor(value, dim, order, factors, replace=zeros)
 

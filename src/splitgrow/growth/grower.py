@@ -32,6 +32,7 @@ import io
 import math
 import numbers
 import os
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -51,7 +52,7 @@ from ..graph import GraphError, is_within, model_fingerprint
 from ..inspection import added_cost, finite, model_flops, non_finite_tensor, split_costs
 from ..modes import evaluating
 from ..network import SplittableNetwork, TrackedData, check_data, diagnosed
-from ..selection import Selection, eligible_neurons, select_splits, select_within_budget
+from ..selection import FROZEN, Selection, eligible_neurons, is_frozen, select_splits, select_within_budget
 from ..signed import signed_splitting
 from ..statistics import LossClosure, LossFunction, SplittingResults, StatisticsError
 from ..statistics import distributed as dist
@@ -129,6 +130,27 @@ def averaged_copy(averaged: nn.Module) -> nn.Module:
     return compiled if isinstance(compiled, nn.Module) else copy
 
 
+#: optimisers whose state no split can carry, with the reason (their state is refused at a split; a grower's
+#: optimiser always has state by its first stage)
+_UNCARRIED_OPTIMIZERS: dict[type, str] = {
+    torch.optim.LBFGS: "its history of flat vectors spans all parameters",
+    torch.optim.ASGD: "its running average of the parameters has no offspring rule",
+}
+if hasattr(torch.optim, "Adafactor"):
+    _UNCARRIED_OPTIMIZERS[torch.optim.Adafactor] = "its second moments are factored into rows and columns"
+
+#: the most bytes of statistics batches a stage keeps, to measure the loss after its split on the same samples
+MEASURED_BATCH_BYTES = 512 * 2**20
+
+
+def _shuffles(data: Iterable) -> bool:
+    """Whether ``data`` is a DataLoader that draws its samples in a new random order at every pass."""
+    sampler = getattr(data, "sampler", None)
+    return isinstance(data, torch.utils.data.DataLoader) and (
+        isinstance(sampler, torch.utils.data.RandomSampler) or bool(getattr(sampler, "shuffle", False))
+    )
+
+
 class Grower:
     """Grow ``model`` by splitting steepest descent on a schedule (see the module docstring).
 
@@ -198,6 +220,7 @@ class Grower:
         self._stale = 0
         self._training_started = time.perf_counter()
         self._training_seconds = 0.0
+        self._statistics_batches: list | None = None  # the batches of the last statistics, kept to measure on
         self._phase_epochs_made: int | None = None  # what fit's scheduler factory got for the current phase
 
     # ---------------------------------------------------------------------------------------- the schedule
@@ -225,6 +248,14 @@ class Grower:
     @optimizer.setter
     def optimizer(self, optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None) -> None:
         check_optimizers_hold(optimizer_list(optimizer), self.model)
+        for each in optimizer_list(optimizer):
+            reason = next((why for kind, why in _UNCARRIED_OPTIMIZERS.items() if isinstance(each, kind)), None)
+            if reason is not None:  # refused now, not at the first stage after epochs of training
+                raise ConfigError(
+                    f"the grower cannot carry {type(each).__name__}'s state across a split ({reason})",
+                    fix="give the grower optimizer=None and build a new optimiser over model.parameters() after each "
+                    "stage (in on_grow)",
+                )
         self._optimizer = (
             optimizer if optimizer is None or isinstance(optimizer, torch.optim.Optimizer) else list(optimizer)
         )
@@ -333,7 +364,7 @@ class Grower:
                 finite scalar, or no batches (data that a stage used up, too).
         """
         graph = self.net.graph
-        tracked = TrackedData(self.statistics_data)
+        tracked = TrackedData(self.statistics_data, keep_bytes=MEASURED_BATCH_BYTES if self.policy.measure else 0)
         try:
             with diagnosed(self.model, tracked, self.loss_function, self.closure):
                 results = self._statistics(graph, tracked)
@@ -346,6 +377,7 @@ class Grower:
                 ) from error
             raise
         results.fingerprint = graph.fingerprint
+        self._statistics_batches = tracked.kept
         return results
 
     def _statistics(self, graph, data: Iterable) -> SplittingResults:
@@ -361,13 +393,15 @@ class Grower:
                 options=self._options(),
                 reduce=reduce,
                 rank=self._ranked,  # the checks score selections by the indexes they were ranked by
+                sites=[site.name for site in graph.splittable_sites() if site.name not in self._idle_sites()],
                 **contract,
             )
         from ..statistics.recording import record_batches
         from ..statistics.splitting import _chosen, report_skipped
 
-        chosen = _chosen(graph, None)
-        skipped = graph.skipped()
+        idle = self._idle_sites()
+        chosen = [site for site in _chosen(graph, None) if site.name not in idle]
+        skipped = {**graph.skipped(), **idle}
         report_skipped(graph, skipped, strict=False, what="splitting statistics")
         options = self._options()
         accumulator = options.accumulator(graph, chosen)
@@ -413,8 +447,28 @@ class Grower:
         if policy.count is not None:
             return policy.count
         if policy.fraction is not None:
-            return max(1, math.ceil(policy.fraction * self.net.neurons()))
+            idle = self._idle_sites()
+            growable = sum(site.num_neurons for site in self.net.graph.splittable_sites() if site.name not in idle)
+            return max(1, math.ceil(policy.fraction * growable))
         return None
+
+    def _idle_sites(self) -> dict[str, str]:
+        """The splittable sites whose offspring would never train, with the reason: frozen ones, and, when the
+        grower has optimisers, ones none of them trains (head-only fine-tuning). They are not computed, not split
+        and not counted by ``fraction``, like excluded ones."""
+        graph = self.net.graph
+        trained = {id(p) for each in optimizer_list(self.optimizer) for g in each.param_groups for p in g["params"]}
+        idle = {}
+        for site in graph.splittable_sites():
+            own = [p for m in site.members for p in graph.modules[m.module].parameters(recurse=False)]
+            if is_frozen(graph, site):
+                idle[site.name] = FROZEN
+            elif trained and own and not any(id(p) in trained for p in own):
+                idle[site.name] = (
+                    "no optimiser of the grower trains its parameters (its offspring would never train); add them "
+                    "to the optimiser, or exclude the layer, to grow it"
+                )
+        return idle
 
     def _eligible(self, results: SplittingResults) -> list[tuple[float, str, int]]:
         """(index, site, neuron) of every neuron a stage may split: below the threshold, by the indexes the method
@@ -434,6 +488,7 @@ class Grower:
             self.loss_function,
             closure=self.closure,
             reduction=self.reduction,
+            sites=[site.name for site in graph.splittable_sites() if site.name not in self._idle_sites()],
             options=policy.firefly,
             allow_inexact=policy.allow_inexact,
             seed=self.seed + len(self.history),
@@ -486,8 +541,11 @@ class Grower:
         requests: list[SplitRequest | NewNeuron] = list(dist.broadcast_object(list(selection)))
         eligible = self._eligible(results)
         if not requests:
+            idle = self._idle_sites()
             if eligible:  # neurons could lower the loss but none fits: no later stage would fit either
                 self._stop(self._nothing_fits(eligible))
+            elif idle and all(site.name in idle for site in self.net.graph.splittable_sites()):
+                self._stop("no site can grow: " + "; ".join(f"'{name}': {reason}" for name, reason in idle.items()))
             elif self.policy.stop_when_stable:
                 self._stop(
                     f"splitting-stable: no neuron of the splittable sites has an index below the threshold "
@@ -619,8 +677,18 @@ class Grower:
         closure = self.closure or closure_from_loss(self.loss_function)
         device = next(self.model.parameters()).device
         total, weight, used = 0.0, 0.0, 0
+        kept, self._statistics_batches = self._statistics_batches, None
+        if kept is None and _shuffles(self.statistics_data):
+            warnings.warn(
+                "the statistics batches were too large to keep, and statistics_data shuffles: the loss after the split "
+                "is measured on other samples than the loss before it, so measured_change mixes the split's effect "
+                "with the difference between samples; give statistics data in a fixed order (shuffle=False) or set "
+                "GrowthPolicy(measure=False)",
+                SplitgrowWarning,
+                stacklevel=4,
+            )
         with evaluating(self.model):
-            for batch in self.statistics_data:
+            for batch in self.statistics_data if kept is None else kept:
                 if used == batches:
                     break
                 batch = batch_to_device(batch, device)
@@ -1030,6 +1098,16 @@ def _check_fit(
     blocking = next((parent for parent in path.parents if parent.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise ConfigError(f"the checkpoint's folder {blocking} is a file", fix="give a path in a folder")
+    # a folder that cannot be written would fail at the first checkpoint, after an epoch of training: try it now
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"the checkpoint {path} cannot be written ({error.strerror or error})",
+            fix="give a path in a folder you can write to",
+        ) from None
     return path
 
 

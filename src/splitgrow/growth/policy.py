@@ -177,10 +177,33 @@ class GrowthPolicy:
             )
         if self.method == "signed" and self.solver == "rayleigh":
             raise ConfigError("signed splitting needs lambda_max too: use the dense, lobpcg or auto solver")
+        if self.trigger is not None and not callable(self.trigger):
+            raise ConfigError(
+                f"trigger must be a function of the growth state returning True when a stage is due (or None), got "
+                f"{self.trigger!r}; to grow every k epochs, set every=k"
+            )
+        self._check_options()
         if self.statistics_batches is not None and not is_count(self.statistics_batches, 1):
             raise ConfigError(
                 f"statistics_batches must be an integer >= 1 (or None: all), got {self.statistics_batches!r}"
             )
+
+    def _check_options(self) -> None:
+        """Refuse, when the policy is made (not at its first stage, after an epoch), solver options that are not
+        SolverOptions fields or that the policy sets itself; build them once, so that a bad value is named too."""
+        from ..statistics.splitting import SolverOptions
+
+        if not isinstance(self.options, dict):
+            raise ConfigError(f"options must be a dict of SolverOptions settings, got {type(self.options).__name__}")
+        own = {"solver": "solver", "seed": "the grower's seed", "largest": "method='signed'"}
+        for name in self.options:
+            if name in own:
+                raise ConfigError(f"options must not set {name!r}: the policy sets it (use {own[name]})")
+        unknown = sorted(set(self.options) - set(SolverOptions.__dataclass_fields__))
+        if unknown:
+            known = ", ".join(sorted(set(SolverOptions.__dataclass_fields__) - set(own)))
+            raise ConfigError(f"unknown solver option(s) in options: {', '.join(map(repr, unknown))}; known: {known}")
+        SolverOptions(solver=self.solver, **self.options)
 
     def improved(self, value: float, best: float | None) -> bool:
         """Whether a monitored ``value`` improves on the ``best`` so far (None: no best yet) by the plateau rule."""
