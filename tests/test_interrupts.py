@@ -185,7 +185,7 @@ def test_sigterm_to_the_parent_stops_its_running_workers(start_run):
     # `kill PID` signals the parent alone: it must stop its workers rather than wait for their seeds to end
     run = start_run("jobs")
     workers = run.wait_for_workers()
-    _wait_until(lambda: _running_tasks(workers), START_TIMEOUT_S)
+    assert _wait_until(lambda: _running_tasks(workers), START_TIMEOUT_S), run.stderr()
     run.process.send_signal(signal.SIGTERM)
     run.wait()
     assert_interrupted_cleanly(run)
@@ -194,22 +194,47 @@ def test_sigterm_to_the_parent_stops_its_running_workers(start_run):
 def test_workers_do_not_outlive_a_killed_parent(start_run):
     run = start_run("workers")
     workers = run.wait_for_workers()
-    _wait_until(lambda: _running_tasks(workers), START_TIMEOUT_S)
+    assert _wait_until(lambda: _running_tasks(workers), START_TIMEOUT_S), run.stderr()
     run.process.kill()
     run.process.wait()
     ended = _wait_until(lambda: not any(_alive(pid) for pid in workers), EXIT_TIMEOUT_S)
     assert ended, f"workers {[pid for pid in workers if _alive(pid)]} still run after their parent was killed"
 
 
-def _write_until_stopped(folder: str) -> None:
-    """A task that, like a checkpoint write, must clean up when it is stopped part-way."""
+def _write_until_stopped(folder: str, cleanup_s: float = 0.0) -> None:
+    """A task that, like a checkpoint write, must clean up when it is stopped part-way (in ``cleanup_s`` seconds)."""
     partial = Path(folder) / "partial.tmp"
     partial.touch()
     try:
         while True:
             time.sleep(0.01)
     finally:
+        time.sleep(cleanup_s)
         partial.rename(Path(folder) / "cleaned-up")
+
+
+class _Lingering:
+    """An object whose finalizer takes a while, as a progress bar's or a generator's may."""
+
+    def __del__(self) -> None:
+        time.sleep(0.001)
+
+
+def _write_in_finalizers_until_stopped(folder: str) -> None:
+    """:func:`_write_until_stopped`, with the main thread in finalizers most of the time (where Python drops an
+    exception raised by a signal handler)."""
+    partial = Path(folder) / "partial.tmp"
+    partial.touch()
+    try:
+        while True:
+            _Lingering()
+            time.sleep(0.0001)
+    finally:
+        partial.rename(Path(folder) / "cleaned-up")
+
+
+def _quick() -> int:
+    return 1
 
 
 def test_a_stopped_task_unwinds_before_its_worker_ends(tmp_path):
@@ -218,3 +243,24 @@ def test_a_stopped_task_unwinds_before_its_worker_ends(tmp_path):
         assert _wait_until(lambda: (tmp_path / "partial.tmp").exists() or future.done(), START_TIMEOUT_S)
         raise KeyboardInterrupt  # as Ctrl-C in the parent does
     assert sorted(path.name for path in tmp_path.iterdir()) == ["cleaned-up"]
+
+
+def test_a_second_stop_request_does_not_cut_a_cleanup_short(tmp_path):
+    # The other worker, between tasks, exits at once on the stop; the executor then signals the remaining workers
+    # again, while this task runs its cleanup.
+    with pytest.raises(KeyboardInterrupt), WorkerPool(2) as pool:
+        pool.submit(_write_until_stopped, str(tmp_path), 0.5)
+        assert pool.submit(_quick).result(timeout=START_TIMEOUT_S) == 1  # (in the other worker: this one is busy)
+        assert _wait_until(lambda: (tmp_path / "partial.tmp").exists(), START_TIMEOUT_S)
+        raise KeyboardInterrupt
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cleaned-up"]
+
+
+def test_a_stop_request_that_a_finalizer_drops_is_asked_again(tmp_path, capfd):
+    # Python prints an exception raised in a finalizer and goes on: the stop must reach the task all the same
+    with pytest.raises(KeyboardInterrupt), WorkerPool(1) as pool:
+        future = pool.submit(_write_in_finalizers_until_stopped, str(tmp_path))
+        assert _wait_until(lambda: (tmp_path / "partial.tmp").exists() or future.done(), START_TIMEOUT_S)
+        raise KeyboardInterrupt
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cleaned-up"]  # unwound, not killed after a grace
+    assert "Traceback" not in capfd.readouterr().err

@@ -1023,7 +1023,7 @@ MODELS = {
         (1, 400),
         relu=True,  # F.relu: no SiLU twin
         sites={"conv1": "ridge", "conv2": "ridge", "conv3": "ridge"},
-        reasons={"fc1": "operation 'log_softmax' (log_softmax) is not supported"},
+        reasons={"fc1": "'log_softmax' (log_softmax) normalises across dimension 2"},
         loss=log_probability_loss,
     ),
     "ds_cnn_1d": Reference(

@@ -870,3 +870,106 @@ def test_a_relu_expansion_and_the_depthwise_filter_it_feeds_split_exactly_withou
     pointwise = graph.modules["expand.0"].weight[0].numel()
     blocks = matrices["expand.0"].matrices
     assert float(blocks[:, :pointwise, :pointwise].abs().max()) < 1e-12 * float(blocks.abs().max())
+
+
+class SoftmaxOver(nn.Module):
+    """A softmax over each channel's positions (spatial attention maps), over the last axis, or over channels."""
+
+    def __init__(self, over: str) -> None:
+        super().__init__()
+        self.over = over
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.mix = nn.Conv2d(4, 5, 1)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv(x)
+        if self.over == "positions":
+            h = torch.softmax(h.flatten(2), dim=-1).view_as(h)
+        elif self.over == "last":
+            h = h.log_softmax(-1)
+        else:
+            h = F.softmax(h, dim=1)
+        return self.head(torch.tanh(self.mix(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("over", ["positions", "last", "channels"])
+def test_a_softmax_over_positions_is_a_smooth_map_of_each_channel_and_over_channels_is_refused(over: str) -> None:
+    torch.manual_seed(0)
+    model = SoftmaxOver(over).double().eval()
+    images, labels = _images(4, 4)
+    graph = ChannelGraph(model, images)
+    if over == "channels":
+        assert "'softmax' (softmax) normalises across dimension 1" in graph.skipped()["conv"]
+        return
+    site = graph.sites["conv"]
+    assert (site.engine, site.exact, site.splittable) == ("segment", True, True)
+    assert_exact_splits(model, images, labels, ["conv"], index_below=1e9)
+
+
+class GatedConvolution(nn.Module):
+    """A gated convolution (Dauphin et al.; Conformer's convolution module): conv -> GLU over channels."""
+
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        self.functional = functional
+        self.conv = nn.Conv1d(3, 8, 3, padding=1)
+        self.glu = nn.GLU(dim=1)
+        self.mix = nn.Conv1d(4, 5, 1)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.glu(self.conv(x), dim=1) if self.functional else self.glu(self.conv(x))
+        return self.head(torch.tanh(self.mix(h)).mean(2))
+
+
+@pytest.mark.parametrize("functional", [False, True], ids=["nn.GLU", "F.glu"])
+def test_a_glu_pairs_each_channel_with_its_gate_and_splits_both_exactly(functional: bool) -> None:
+    torch.manual_seed(0)
+    model = GatedConvolution(functional).double().eval()
+    signals, labels = torch.randn(5, 3, 6, dtype=torch.float64), torch.randint(0, 3, (5,))
+    site = ChannelGraph(model, signals).sites["conv"]
+    assert (site.engine, site.exact, site.num_neurons) == ("segment", True, 4)  # (a_j, b_j): 4 neurons of 8 rows
+    assert_exact_splits(model, signals, labels, ["conv"], index_below=1e9)
+    optimizer = torch.optim.Adam(model.parameters())
+    grower = Grower(
+        model,
+        signals,
+        [(signals, labels)],
+        policy=GrowthPolicy(count=2, every=1),
+        loss_function=F.cross_entropy,
+        optimizer=optimizer,
+    )
+    assert grower.epoch_end().widths_after["conv"] == 6
+    assert model.conv.out_channels == 12 and model.mix.in_channels == 6 and model(signals).shape == (5, 3)
+
+
+class TemporalMaxPool(nn.Module):
+    """Global max pooling over time written with torch.max's (values, indices) pair, as audio and text CNNs do."""
+
+    def __init__(self, spelling: str) -> None:
+        super().__init__()
+        self.spelling = spelling
+        self.conv = nn.Conv1d(3, 4, 3)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.conv(x))
+        if self.spelling == "index":
+            return self.head(h.max(dim=2)[0])
+        if self.spelling == "values":
+            return self.head(torch.max(h, dim=-1, keepdim=True).values.squeeze(-1))
+        return self.head(torch.max(h, dim=1).values.unsqueeze(1).expand(-1, 4, -1).mean(-1))  # over channels
+
+
+@pytest.mark.parametrize("spelling", ["index", "values", "channels"])
+def test_a_max_over_time_with_its_indices_is_followed_and_over_channels_refused(spelling: str) -> None:
+    torch.manual_seed(0)
+    model = TemporalMaxPool(spelling).double()
+    signals, labels = torch.randn(4, 3, 7, dtype=torch.float64), torch.randint(0, 2, (4,))
+    graph = ChannelGraph(model, signals)
+    if spelling == "channels":
+        assert "reduces over dimension 1" in graph.skipped()["conv"]
+        return
+    assert graph.sites["conv"].kinks  # a maximum: a kink, as max pooling
+    assert_exact_splits(model, signals, labels, ["conv"], allow_kinks=True, index_below=1e9)

@@ -472,3 +472,38 @@ def test_a_forward_with_optional_labels_is_traced_as_the_example_calls_it() -> N
     torch.testing.assert_close(inside.indexes, by_logits.indexes, rtol=1e-10, atol=1e-14)
     with pytest.raises(StatisticsError, match=r"calls the model with an input that its example input left out"):
         SplittableNetwork(model, inputs[:2]).splitting(data, closure=lambda m, b: m(b[0], b[1])["loss"])
+
+
+class LayersWithoutNeurons(nn.Module):
+    """Layers with weights that no split grows, each of which must still say why in the report."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 6)
+        self.gru = nn.GRU(6, 6, batch_first=True)
+        self.attn = nn.MultiheadAttention(6, 2, batch_first=True)
+        self.bilinear = nn.Bilinear(6, 6, 4)
+        self.fc = nn.Linear(4, 5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        h = self.embed(tokens)
+        h, _ = self.gru(h)
+        a, _ = self.attn(h, h, h)
+        pooled = a.mean(1)
+        return self.head(torch.tanh(self.fc(self.bilinear(pooled, pooled))))
+
+
+def test_every_layer_with_weights_has_a_row_and_a_frozen_site_says_it_is() -> None:
+    model = LayersWithoutNeurons()
+    graph = ChannelGraph(model, torch.randint(0, 10, (2, 5)))
+    skipped = graph.skipped()
+    assert skipped["embed"].startswith("Embedding: embedding rows are not neurons")
+    assert skipped["gru"] == "GRU: recurrent layers are not supported"
+    assert skipped["attn"].startswith("MultiheadAttention: attention heads are not growable")
+    assert skipped["bilinear"].startswith("module 'bilinear' (Bilinear) is not supported")
+    with_weights = {name for name, module in model.named_modules() if list(module.parameters(recurse=False))}
+    assert with_weights <= set(skipped) | set(graph.sites)
+    assert {row["site"]: row["note"] for row in graph.describe()}["fc"] == ""
+    model.fc.requires_grad_(False)
+    assert {row["site"]: row["note"] for row in graph.describe()}["fc"].startswith("frozen: no parameter")

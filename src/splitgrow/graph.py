@@ -159,6 +159,7 @@ _BROADCASTS = {torch.broadcast_to}
 _BROADCAST_METHODS = {"expand", "expand_as", "broadcast_to"}
 _PADDINGS = {torch.nn.functional.pad}
 _CONCATENATIONS = {torch.cat, torch.concat}
+_SOFTMAXES = {torch.softmax, torch.log_softmax, torch.nn.functional.softmax, torch.nn.functional.log_softmax}
 _CHUNKS = {torch.chunk}
 _FLATTEN = {torch.flatten}
 _RESHAPES = {torch.reshape, torch.unflatten}
@@ -169,6 +170,10 @@ _REDUCTION_METHODS = {"mean", "sum", "amax", "amin"}
 _IGNORED_METHODS = {"size", "dim", "numel"}
 _SQUEEZES = {torch.squeeze: "squeeze", torch.unsqueeze: "unsqueeze"}
 _SQUEEZE_METHODS = {"squeeze", "unsqueeze"}
+#: layers that normalise across channels: they have weights, but are no layer with neurons of their own
+_NORMALISATIONS = tuple(
+    kind for kind in (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, getattr(nn, "RMSNorm", None)) if kind
+)
 #: functions that make a parameter a layer's weights (a functional layer, which has no module to resize)
 _WEIGHT_FUNCTIONS = {
     torch.nn.functional.linear,
@@ -383,6 +388,20 @@ class _ShapeRecorder(fx.Interpreter):
         if isinstance(result, torch.Tensor):
             node.meta["tensor_meta"] = TensorShape(tuple(result.shape))
         return result
+
+
+def _function_name(node: fx.Node) -> str:
+    return node.target if node.op == "call_method" else getattr(node.target, "__name__", str(node.target))
+
+
+def _is_extreme_along(node: Any) -> bool:
+    """Whether ``node`` is ``torch.max(x, dim)`` or ``torch.min(x, dim)`` (or the methods): the values and their
+    indices along one dimension."""
+    if not isinstance(node, fx.Node) or _argument(node, 1, "dim") is None:
+        return False
+    if node.op == "call_method":
+        return node.target in ("max", "min")
+    return node.op == "call_function" and node.target in (torch.max, torch.min)
 
 
 def _attribute(module: nn.Module, target: str) -> Any:
@@ -653,6 +672,8 @@ class ChannelGraph:
         self._pending_flattens: list[tuple[fx.Node, fx.Node, int, int]] = []
         self._pending_unflattens: list[tuple[fx.Node, fx.Node, int, int, int | None]] = []
         self._refusals: dict[str, str] = {}
+        #: layers with weights that no handler grows (attention, embeddings, recurrent layers, unknown modules)
+        self._unsupported: dict[str, str] = {}
         self._calls: dict[str, int] = {}
         self._tied = _tied_modules(model)
         self._tied.update({k: v for k, v in _read_outside_their_call(self.module).items() if k not in self._tied})
@@ -770,6 +791,7 @@ class ChannelGraph:
         if _shape(node) is None:
             reason = self._refusal_of(node) or f"module '{name}' ({type(module).__name__}) returns several tensors"
             self._block_node(node, reason)
+            self._unsupported.setdefault(name, reason.removeprefix(f"'{name}': "))
             return
         if isinstance(module, nn.Flatten):
             self._flatten(node, node.args[0], module.start_dim, module.end_dim)
@@ -777,13 +799,17 @@ class ChannelGraph:
         if isinstance(module, nn.Unflatten):
             self._reshape(node, node.args[0])
             return
+        if isinstance(module, nn.GLU):
+            self._glu(node, node.args[0], module.dim)
+            return
         handler = handler_for(module)
         if handler is None:
-            self._block_node(
-                node,
+            reason = (
                 f"module '{name}' ({type(module).__name__}) is not supported: exclude what feeds it, or register a "
-                "handler for it (splitgrow.layers.register_layer)",
+                "handler for it (splitgrow.layers.register_layer)"
             )
+            self._block_node(node, reason)
+            self._unsupported.setdefault(name, reason)
             return
         refusal = None
         if self._calls[name] > 1 and _stateful(module):
@@ -814,6 +840,8 @@ class ChannelGraph:
         self._maps[node.name] = mapping
         if mapping.kind == REFUSE:
             self._block_node(node, f"'{name}': {mapping.reason}")
+            if not isinstance(module, _NORMALISATIONS):  # a layer with weights of its own, never a neuron
+                self._unsupported.setdefault(name, mapping.reason)
             return
         if mapping.kind == PRODUCE:
             consumed = self.space(source.name, mapping.input_dim)
@@ -971,11 +999,19 @@ class ChannelGraph:
         if target is operator.getitem:
             self._getitem(node)
             return
+        if target is getattr and node.args[1:] == ("values",) and _is_extreme_along(node.args[0]):
+            extreme = node.args[0]
+            self._reduce_dims(
+                node, extreme.args[0], _argument(extreme, 1, "dim"), _argument(extreme, 2, "keepdim"), True
+            )
+            return
         if out_shape is None:
             if _is_shape_query(node):
                 return
             if (method and target == "chunk") or target in _CHUNKS:
                 return  # handled by the getitem nodes that pick the parts
+            if _is_extreme_along(node):
+                return  # handled by the getitem (or .values) nodes that pick the values
             self._block_node(node, f"'{node.name}' turns the channels into something splitgrow does not follow")
             return
         if not sources:
@@ -1016,6 +1052,12 @@ class ChannelGraph:
                 out.nonlinearity = _POOLING[target]
             self._block_mixed(node, source, {1})
             return
+        if not method and target is torch.nn.functional.glu:
+            self._glu(node, source, _argument(node, 1, "dim", -1))
+            return
+        if (not method and target in _SOFTMAXES) or (method and target in ("softmax", "log_softmax")):
+            self._softmax(node, source)
+            return
         if (not method and target in _CONCATENATIONS) or (method and target == "cat"):
             self._concatenate(node, sources)
             return
@@ -1024,7 +1066,9 @@ class ChannelGraph:
             end = _argument(node, 2, "end_dim", -1)
             self._flatten(node, source, start, end)
             return
-        if (not method and target in _RESHAPES) or (method and target in ("view", "reshape", "unflatten")):
+        if (not method and target in _RESHAPES) or (
+            method and target in ("view", "reshape", "unflatten", "view_as", "reshape_as")
+        ):
             self._reshape(node, source)
             return
         if (not method and target in _PERMUTATIONS) or (method and target in _PERMUTATION_METHODS):
@@ -1038,9 +1082,60 @@ class ChannelGraph:
             return
         self._block_node(node, f"operation '{node.name}' ({name}) is not supported")
 
+    def _glu(self, node: fx.Node, source: fx.Node, dim: int) -> None:
+        """A gated linear unit, a * sigmoid(b) with (a, b) the two halves of ``dim``: channel j of the output is a
+        smooth function of input channels j and j + n/2, which a split must grow together (as for ``chunk``)."""
+        shape = _shape(source)
+        dim %= len(shape)
+        if dim == 0:
+            self._block_node(node, f"'{node.name}' gates across the batch dimension")
+            return
+        half = shape[dim] // 2
+        whole, out = self.space(source.name, dim), self.space(node.name, dim)
+        for offset in (0, half):
+            self._link(whole, out, "to_part", offset=offset, size=half)
+        if whole is not None:
+            whole.parts = [(0, half), (half, half)]
+        if out is not None:
+            out.nonlinearity = SMOOTH
+        for other in range(1, len(shape)):
+            if other != dim:
+                linked = self.space(node.name, other)
+                self._link(self.space(source.name, other), linked)
+                if linked is not None:
+                    linked.nonlinearity = SMOOTH
+
+    def _softmax(self, node: fx.Node, source: fx.Node) -> None:
+        """A softmax normalises along one dimension: every other passes through it position by position (a smooth
+        map of each channel when the softmax runs over positions), and its own is mixed (channels that reach it
+        would change the others' outputs)."""
+        shape = _shape(source)
+        dim = _argument(node, 1, "dim", None)
+        if not isinstance(dim, int) or not shape:
+            self._block_node(node, f"'{node.name}' is a softmax without a dimension given: pass dim=")
+            return
+        dim %= len(shape)
+        if dim == 0:
+            self._block_node(node, f"'{node.name}' normalises across the batch dimension (it mixes samples)")
+            return
+        followed = set(range(1, len(shape))) - {dim}
+        for kept in followed:
+            out = self.space(node.name, kept)
+            self._link(self.space(source.name, kept), out)
+            if out is not None:
+                out.nonlinearity = SMOOTH
+        self._block(
+            [self.space(source.name, dim)],
+            f"'{node.name}' ({_function_name(node)}) normalises across dimension {dim}: a split would change the "
+            "other channels' outputs",
+        )
+
     def _getitem(self, node: fx.Node) -> None:
         source, index = node.args
         if not isinstance(source, fx.Node):
+            return
+        if _shape(source) is None and _is_extreme_along(source) and index == 0 and _shape(node) is not None:
+            self._reduce_dims(node, source.args[0], _argument(source, 1, "dim"), _argument(source, 2, "keepdim"), True)
             return
         if _shape(source) is None:  # picking one output of a chunk
             producer = source
@@ -1215,14 +1310,19 @@ class ChannelGraph:
                 self._link(self.space(source.name, in_dim), self.space(node.name, out_dim))
 
     def _reduce(self, node: fx.Node, source: fx.Node) -> None:
+        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+        dims, keepdim = _argument(node, 1, "dim"), _argument(node, 2, "keepdim", False)
+        self._reduce_dims(node, source, dims, keepdim, kink=name in ("amax", "amin"))
+
+    def _reduce_dims(self, node: fx.Node, source: fx.Node, dims: Any, keepdim: Any, kink: bool) -> None:
+        """``node`` reduces ``source`` over ``dims``: the other dimensions pass through (a maximum over positions
+        is a kink, as max pooling)."""
         rank = len(_shape(source))
-        dims = _argument(node, 1, "dim")
-        keepdim = bool(_argument(node, 2, "keepdim", False))
+        keepdim = bool(keepdim)
         if dims is None:
             self._block_node(node, f"'{node.name}' reduces over every dimension")
             return
         reduced = {d % rank for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
-        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
         out_dim = 0
         for dim in range(rank):
             if dim in reduced:
@@ -1233,7 +1333,7 @@ class ChannelGraph:
             if dim > 0:
                 out = self.space(node.name, out_dim)
                 self._link(self.space(source.name, dim), out)
-                if out is not None and name in ("amax", "amin"):  # a maximum over positions: a kink, as max pooling
+                if out is not None and kink:
                     out.nonlinearity = PIECEWISE_LINEAR
             out_dim += 1
 
@@ -1334,6 +1434,9 @@ class ChannelGraph:
             if isinstance(handler_for(module), NeuronHandler) and name not in self.sites and name not in self.not_sites:
                 if not any(name in (m.module for m in s.members) for s in self.sites.values()):
                     self.not_sites[name] = self._why_not(name)
+        for name, reason in self._unsupported.items():
+            if any(True for _ in self.modules[name].parameters(recurse=False)):
+                self.not_sites.setdefault(name, reason)
         self._list_functional_layers()
 
     def _list_functional_layers(self) -> None:
@@ -1840,7 +1943,10 @@ class ChannelGraph:
         return found
 
     def describe(self) -> list[dict[str, Any]]:
-        """One plain dict per site and per non-site layer, for reports."""
+        """One plain dict per site and per non-site layer, for reports (a frozen site's note says so: the selection
+        skips it)."""
+        from .selection import FROZEN, is_frozen
+
         rows = [
             {
                 "site": site.name,
@@ -1854,7 +1960,7 @@ class ChannelGraph:
                 "exact": site.exact,
                 "kinks": site.kinks,
                 "splittable": site.splittable,
-                "note": site.reason or site.inexact_reason,
+                "note": site.reason or site.inexact_reason or (FROZEN if is_frozen(self, site) else ""),
                 "gates": site.gates,
             }
             for site in self.sites.values()

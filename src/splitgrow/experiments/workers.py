@@ -4,11 +4,14 @@ A run's worker processes end with it. A Ctrl-C at the terminal reaches every pro
 parent acts on it: the workers ignore SIGINT from their first instruction (they are started with it blocked, as
 CPython starts its resource tracker, so that not even their imports see it: a worker importing torch would print
 a traceback). The parent then stops them with SIGTERM, on which a worker unwinds the task it runs (its cleanups,
-such as removing a temporary file, run) and exits at once and silently. A worker whose parent died (SIGKILL, a
-crash) stops itself the same way: a thread waits on multiprocessing's parent sentinel, a pipe that the operating
-system closes however the parent ends. Unlike Linux's PR_SET_PDEATHSIG (tied to the thread that started the
-worker, and unset during the worker's first seconds), it works on every platform and cannot miss a parent that
-died while the worker was starting.
+such as removing a temporary file, run) and exits at once and silently. The request is raised in the task once:
+a second SIGTERM (the executor signals the workers again as soon as one of them has ended) must not cut the
+cleanups short. A request that lands in a finalizer (``__del__``, a weakref callback, a generator closed by the
+garbage collector), where Python prints an exception and drops it, is asked again until it unwinds the task. A
+worker whose parent died (SIGKILL, a crash) stops itself the same way: a thread waits on multiprocessing's parent
+sentinel, a pipe that the operating system closes however the parent ends. Unlike Linux's PR_SET_PDEATHSIG (tied
+to the thread that started the worker, and unset during the worker's first seconds), it works on every platform
+and cannot miss a parent that died while the worker was starting.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import multiprocessing
 import multiprocessing.context
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -38,28 +42,77 @@ class _WorkerStopped(BaseException):
     """Raised in a worker's task when its parent stops it: unwinds the task, then the worker exits."""
 
 
+#: seconds between the requests that a worker sends itself after a finalizer dropped one
+_ASK_AGAIN_S = 0.02
+
 #: whether this worker process is inside a task (when its stop request must unwind it)
 _task_running = False
+#: whether a stop request is unwinding the task (further requests wait: they would interrupt its cleanups)
+_stop_unwinding = False
+#: how many stop requests have been raised in this worker's task (those a finalizer dropped included)
+_stops_raised = 0
+#: the number of the stop request that a finalizer dropped last, and the event that says one was dropped
+_last_dropped = 0
+_stop_dropped_event = threading.Event()
 
 
 def _stop_worker(signum: int, frame: Any) -> None:
     """A worker's SIGTERM handler: unwind the running task, or exit at once between tasks."""
-    if _task_running:
-        raise _WorkerStopped
-    os._exit(_EXIT_STOPPED)
+    global _stop_unwinding, _stops_raised
+    if not _task_running:
+        os._exit(_EXIT_STOPPED)
+    if _stop_unwinding or (frame is not None and frame.f_code is _stop_dropped.__code__):
+        return  # already unwinding; or in the hook below, which has the request asked again
+    _stop_unwinding = True
+    _stops_raised += 1
+    raise _WorkerStopped
+
+
+def _stop_dropped(unraisable: Any) -> None:
+    """A worker's ``sys.unraisablehook``: a stop request raised in a finalizer, which cannot propagate it, is asked
+    again (by a thread: a signal sent from here could be handled in here) rather than printed and lost."""
+    global _stop_unwinding, _last_dropped
+    if not isinstance(unraisable.exc_value, _WorkerStopped):
+        sys.__unraisablehook__(unraisable)
+        return
+    _last_dropped = _stops_raised
+    _stop_dropped_event.set()  # (an event that only these two functions use: no lock the main thread could hold)
+    _stop_unwinding = False  # last: no instruction of this hook can see the request that it lets through
+
+
+def _ask_again_when_dropped() -> None:
+    """In a worker's thread: after a finalizer dropped a stop request, send the main thread requests until one more
+    has been raised (it unwinds the task, or is dropped and asked again in turn)."""
+    while True:
+        _stop_dropped_event.wait()
+        _stop_dropped_event.clear()
+        dropped = _last_dropped
+        while _task_running and _stops_raised == dropped:
+            if not _signal_main_thread():
+                os._exit(_EXIT_STOPPED)
+            time.sleep(_ASK_AGAIN_S)
+
+
+def _signal_main_thread() -> bool:
+    """SIGTERM to this process' main thread, whose blocking calls the signal interrupts; False where signals cannot
+    be sent to a thread."""
+    if not hasattr(signal, "pthread_kill"):
+        return False
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+    return True
 
 
 def _run_task(function: Callable[..., Any], *args: Any) -> Any:
-    """``function(*args)`` in a worker, which exits once a stop request has unwound it."""
+    """``function(*args)`` in a worker, which exits once a stop request has unwound it, whatever the task made of the
+    request (code run by a finalizer or ``__set_name__`` turns it into another error or drops it)."""
     global _task_running
     try:
         _task_running = True
-        try:
-            return function(*args)
-        finally:
-            _task_running = False
-    except _WorkerStopped:
-        os._exit(_EXIT_STOPPED)
+        return function(*args)
+    finally:
+        _task_running = False
+        if _stops_raised:
+            os._exit(_EXIT_STOPPED)
 
 
 def _stop_when_orphaned() -> None:
@@ -68,18 +121,19 @@ def _stop_when_orphaned() -> None:
     if parent is None:
         return
     parent.join()
-    if hasattr(signal, "pthread_kill"):  # to the main thread, whose blocking calls the signal interrupts
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+    if _signal_main_thread():
         time.sleep(STOP_GRACE_S)
-    os._exit(_EXIT_STOPPED)  # no signals, or a main thread stuck in native code
+    os._exit(_EXIT_STOPPED)  # a main thread stuck in native code, or a task that swallowed the request
 
 
 def _initialize_worker(threads: int | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # also discards a Ctrl-C pending since the worker started
     signal.signal(signal.SIGTERM, _stop_worker)
+    sys.unraisablehook = _stop_dropped
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _BLOCKED_AT_START)
     threading.Thread(target=_stop_when_orphaned, name="stop-when-orphaned", daemon=True).start()
+    threading.Thread(target=_ask_again_when_dropped, name="ask-again-when-dropped", daemon=True).start()
     if threads is not None:
         torch.set_num_threads(threads)
     # workers draw no progress bars; a thread lock spares them tqdm's inter-process one, a semaphore that a stopped
