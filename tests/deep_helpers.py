@@ -59,11 +59,15 @@ def split_hessian(model, graph, site_name, channel, inputs, targets) -> torch.Te
         for (member, columns), (module_name, plus, minus) in zip(site.member_slices(), report.offspring[0]):
             module = modules[module_name]
             rows = member.handler.parameters_from_theta(module, delta[columns].unsqueeze(0))
-            for attribute, row in rows.items():
+            dims = dict(member.handler.output_tensors(module))  # a transposed convolution's neurons are dim 1
+            for attribute, rows_of in rows.items():  # in the module's layout, the one row along its neurons' dim
+                dim = dims.get(attribute, 0)
+                row = rows_of.movedim(dim, 0)[0]
                 key = f"{module_name}.{attribute}" if module_name else attribute
                 shift = torch.zeros_like(parameters[key])
-                shift[plus] = row[0]
-                shift[minus] = -row[0]
+                along = shift.movedim(dim, 0)  # a view: writing it writes shift
+                along[plus] = row
+                along[minus] = -row
                 parameters[key] = parameters[key] + shift
         return F.cross_entropy(functional_call(grown, parameters, (inputs,)), targets)
 

@@ -352,7 +352,22 @@ def test_a_splitting_stable_network_stops_the_grower():
     policy = GrowthPolicy(first=1, every=1, count=1, threshold=-1e9)  # nothing is that negative
     grower = Grower(model, x, [(x, torch.zeros(10, 1, dtype=DTYPE))], policy=policy, loss_function=F.mse_loss)
     assert grower.epoch_end() is None and grower.stopped and "splitting-stable" in grower.stop_reason
+    assert "every index is exactly 0" not in grower.stop_reason
     assert copy.deepcopy(grower.state_dict())["stopped"]
+    # a saturated network (what a diverged step leaves) has every index exactly 0: the reason says so
+    with torch.no_grad():
+        model[0].weight.mul_(1e6)
+    model[1] = nn.Tanh()
+    grower = Grower(
+        model,
+        x,
+        [(x, torch.zeros(10, 1, dtype=DTYPE))],
+        policy=GrowthPolicy(count=1, every=1),
+        loss_function=F.mse_loss,
+    )
+    assert (
+        grower.epoch_end() is None and "every index is exactly 0: the activations are saturated" in grower.stop_reason
+    )
 
 
 @pytest.mark.parametrize("method", ["signed", "firefly"])

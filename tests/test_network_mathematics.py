@@ -138,3 +138,44 @@ def test_splitting_matrices_are_the_hessian_of_the_split(name, which):
         scale = float(expected.abs().max())
         assert scale > 1e-14, f"{site.name}: a zero Hessian tests nothing"
         assert float((found - expected).abs().max()) <= 1e-8 * scale, site.name
+
+
+def _hessian_models():
+    """Sites whose S comes from other engines and layouts than the zoo's: a transposed convolution (its neurons
+    are dim 1 of its weight), a ReLU6 expansion feeding a depthwise filter (S is their mixed derivative alone), a
+    GLU pairing each channel with its gate, and a softmax over each channel's positions."""
+    from test_user_architectures import GatedConvolution, InvertedResidual, SoftmaxOver
+
+    decoder = nn.Sequential(
+        nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1),
+        nn.Tanh(),
+        nn.Conv2d(4, 2, 3),
+        nn.Flatten(),
+        nn.LazyLinear(3),
+    )
+    images = torch.randn(4, 3, 4, 4, dtype=DTYPE)
+    return {
+        "conv-transpose": (decoder, images, "0"),
+        "relu6-depthwise": (InvertedResidual(), images, "expand.0"),
+        "glu": (GatedConvolution(functional=False), torch.randn(4, 3, 6, dtype=DTYPE), "conv"),
+        "softmax-over-positions": (SoftmaxOver("positions"), images, "conv"),
+    }
+
+
+@pytest.mark.parametrize("name", ["conv-transpose", "relu6-depthwise", "glu", "softmax-over-positions"])
+def test_splitting_matrices_of_other_engines_are_the_hessian_of_the_split(name):
+    torch.manual_seed(3)
+    model, inputs, site = _hessian_models()[name]
+    model(inputs.float())  # materialise lazy layers
+    model = model.double().eval()
+    with torch.no_grad():
+        randomise_batch_norms(model, torch.Generator().manual_seed(4))
+    targets = torch.randint(0, 3, (len(inputs),))
+    graph = ChannelGraph(model, inputs)
+    assert graph.sites[site].exact
+    matrices = splitting_matrices(model, graph, [(inputs, targets)], F.cross_entropy)[site]
+    for channel in (0, graph.sites[site].num_neurons - 1):
+        expected = split_hessian(model, graph, site, channel, inputs, targets)
+        scale = float(expected.abs().max())
+        assert scale > 1e-14, f"{name}: a zero Hessian tests nothing"
+        assert float((matrices[channel] - expected).abs().max()) <= 1e-8 * scale, (name, channel)

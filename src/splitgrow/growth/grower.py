@@ -547,9 +547,17 @@ class Grower:
             elif idle and all(site.name in idle for site in self.net.graph.splittable_sites()):
                 self._stop("no site can grow: " + "; ".join(f"'{name}': {reason}" for name, reason in idle.items()))
             elif self.policy.stop_when_stable:
+                # every index exactly 0 is no converged network but one whose activations are saturated or dead
+                dead = bool(results) and all(bool((r.indexes == 0).all()) for r in results.values())
                 self._stop(
                     f"splitting-stable: no neuron of the splittable sites has an index below the threshold "
                     f"{self.policy.threshold:g}"
+                    + (
+                        "; every index is exactly 0: the activations are saturated or dead (a diverged training "
+                        "step? check the loss and the learning rate)"
+                        if dead
+                        else ""
+                    )
                 )
             return None
         followers = [(net, _within(prefix, requests, self.net.graph)) for net, prefix in self._averaged_networks()]
