@@ -251,7 +251,11 @@ def site_table(
             or "; ".join(
                 part
                 for part in (
-                    f"with {', '.join(members[1:])}" if len(members) > 1 else "",
+                    # a module listed twice holds two rows per neuron (a GLU's or chunk's value and gate)
+                    f"with {', '.join(m for m in dict.fromkeys(members) if m != name)}"
+                    if len(set(members)) > 1
+                    else "",
+                    "two rows per neuron (gated)" if len(members) > len(set(members)) else "",
                     f"gated by {', '.join(site.gates)} (copied)" if site.gates else "",
                 )
                 if part
