@@ -631,3 +631,13 @@ def test_a_split_that_leaves_a_model_that_does_not_run_is_undone():
     F.cross_entropy(model(inputs), targets).backward()
     optimizer.step()
     assert module.weight.shape[0] == width + 1
+
+
+def test_a_model_cast_after_its_graph_was_traced_still_splits():
+    # the graph keeps the example it was traced with; the split's run of the grown model casts it to the model's dtype
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    net = SplittableNetwork(model, torch.randn(2, 4))
+    assert net.graph.sites["0"].splittable
+    model.double()
+    net.split([SplitRequest("0", 1)], 0.0)
+    assert model[0].out_features == 7 and model(torch.randn(2, 4, dtype=torch.float64)).shape == (2, 3)

@@ -95,7 +95,20 @@ def test_the_loss_after_a_split_is_measured_on_the_samples_of_the_statistics_eve
     stage = grower.epoch_end()
     assert stage.samples == 16  # 2 of the 8 shuffled batches: other samples at every pass
     assert stage.measured_change == pytest.approx(stage.predicted_change, rel=0.02)
+
+    # a loader that refills one buffer (pinned memory, prefetching): its batches cannot be kept, only drawn again
+    class Refilled:
+        def __iter__(self):
+            buffer = (torch.empty_like(inputs[:8]), torch.empty_like(targets[:8]))
+            for start in range(0, 32, 8):
+                buffer[0].copy_(inputs[start : start + 8]), buffer[1].copy_(targets[start : start + 8])
+                yield buffer
+
+    grower.statistics_data = Refilled()
+    stage = grower.epoch_end()
+    assert stage.measured_change == pytest.approx(stage.predicted_change, rel=0.02)
     # batches too large to keep: measured on a fresh draw, which the stage says
+    grower.statistics_data = loader
     monkeypatch.setattr(grower_module, "MEASURED_BATCH_BYTES", 1)
     with pytest.warns(SplitgrowWarning, match="measured on other samples than the loss before it"):
         grower.epoch_end()

@@ -119,6 +119,38 @@ def test_an_averaged_model_is_split_alongside_and_keeps_averaging():
     assert int(ema.n_averaged) == len(batches) + 1
 
 
+def test_a_stage_whose_averaged_copy_cannot_split_leaves_the_model_and_its_copy_as_they_were():
+    """A stage's splits are one change: when the copy's split fails after the model's, both are undone."""
+    from splitgrow.graph import GraphError
+
+    torch.manual_seed(0)
+    model, batches = _Net().double(), _batches()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9))
+    grower = _grower(model, batches, optimizer, GrowthPolicy(first=1, every=1, count=1), averaged_models=[ema])
+    x, y = batches[0]
+    optimizer.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    momenta = {name: optimizer.state[p]["momentum_buffer"].clone() for name, p in model.named_parameters()}
+    shapes = {name: tuple(tensor.shape) for name, tensor in ema.module.state_dict().items()}
+
+    def width_check(module, _inputs, _output):  # a check on the copy alone, which the trace cannot see
+        if any(tuple(p.shape) != shapes[n] for n, p in ema.module.named_parameters()):
+            raise RuntimeError("the averaged copy changed width")
+
+    hook = ema.module.register_forward_hook(width_check)
+    with pytest.raises(GraphError, match="the averaged copy changed width"):
+        grower.epoch_end()
+    assert grower.history == [] and {n: tuple(t.shape) for n, t in ema.module.state_dict().items()} == shapes
+    assert set(model.state_dict()) == set(state)
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in state.items())
+    assert all(torch.equal(optimizer.state[p]["momentum_buffer"], momenta[n]) for n, p in model.named_parameters())
+    hook.remove()
+    assert grower.epoch_end() is not None and model.fc.weight.shape == ema.module.fc.weight.shape  # grows again
+
+
 def test_an_averaged_model_of_other_shapes_is_refused_before_anything_changes():
     torch.manual_seed(0)
     model, batches = _Net().double(), _batches()

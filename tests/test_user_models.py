@@ -407,6 +407,24 @@ def test_a_parameter_used_by_a_functional_layer_is_listed_with_how_to_grow_it(ca
     assert "scale" not in graph.skipped()  # a parameter that scales features is no layer
 
 
+class OwnConv(nn.Module):
+    """A convolution layer of the user's own, written with F.conv2d (fx traces through it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 3, 3, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight, padding=1)
+
+
+def test_a_layer_of_the_users_own_written_functionally_says_to_register_it() -> None:
+    model = nn.Sequential(OwnConv(), nn.Tanh(), nn.Flatten(), nn.LazyLinear(3))
+    model(torch.randn(2, 3, 4, 4))
+    note = ChannelGraph(model, torch.randn(2, 3, 4, 4)).skipped()["0.weight"]
+    assert "belongs to a functional conv2d call" in note and "register a handler for OwnConv" in note
+
+
 class WeightReadTwice(nn.Module):
     """A convolution called as a module and again, on flipped images, through its own weight."""
 
@@ -420,6 +438,24 @@ class WeightReadTwice(nn.Module):
         direct = torch.tanh(self.conv(x)).mean((2, 3))
         flipped = torch.tanh(F.conv2d(x.flip(-1), self.conv.weight, self.conv.bias, padding=1)).mean((2, 3))
         return self.head(torch.tanh(self.fc(torch.cat([direct, flipped], 1))))
+
+
+class ReadsItsDtype(WeightReadTwice):
+    """Reads a layer's weight for its dtype and shape alone (a cast to the layer's precision): no second use."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.to(self.conv.weight.dtype)
+        h = torch.tanh(self.conv(x)).mean((2, 3)).repeat(1, 2)
+        return self.head(torch.tanh(self.fc(h.view(-1, self.fc.weight.shape[1]))))
+
+
+def test_reading_a_layers_dtype_or_shape_is_no_second_use() -> None:
+    graph = ChannelGraph(ReadsItsDtype().double(), torch.randn(2, 3, 5, 5, dtype=torch.float64))
+    assert (
+        graph.sites["fc"].splittable
+        and "conv" not in graph.skipped()
+        or "outside its call" not in str(graph.skipped().get("conv"))
+    )
 
 
 def test_a_module_whose_weight_is_also_read_outside_its_call_is_refused_and_the_rest_grows() -> None:
@@ -436,6 +472,24 @@ def test_a_module_whose_weight_is_also_read_outside_its_call_is_refused_and_the_
     assert grower.epoch_end() is not None
     assert (model.conv.out_channels, model.fc.out_features) == (4, 8)
     assert model(inputs).shape == (6, 3)
+
+
+class DefaultsOfEveryKind(nn.Module):
+    """A default fx cannot write into its generated code (a tuple) beside plain ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: Tensor, dims: tuple = (1,), scale: float = 2.0, flag: bool = True) -> Tensor:
+        h = torch.tanh(self.fc(x))
+        return self.head(h * scale if flag else h)
+
+
+class TensorDefault(DefaultsOfEveryKind):
+    def forward(self, x: Tensor, scale: Tensor = torch.ones(1)) -> Tensor:  # noqa: B008 - the pattern under test
+        return self.head(torch.tanh(self.fc(x)) * scale)
 
 
 class OptionalLabels(nn.Module):
@@ -472,6 +526,11 @@ def test_a_forward_with_optional_labels_is_traced_as_the_example_calls_it() -> N
     torch.testing.assert_close(inside.indexes, by_logits.indexes, rtol=1e-10, atol=1e-14)
     with pytest.raises(StatisticsError, match=r"calls the model with an input that its example input left out"):
         SplittableNetwork(model, inputs[:2]).splitting(data, closure=lambda m, b: m(b[0], b[1])["loss"])
+    # a tuple default is traced as an input (fx cannot write it as a constant), a plain one as given; a tensor
+    # default fx cannot trace at all: the message says what to do
+    assert ChannelGraph(DefaultsOfEveryKind(), torch.randn(2, 4)).sites["fc"].splittable
+    with pytest.raises(GraphError, match=r"argument 'scale' has a tensor as its default.*: default it to None"):
+        ChannelGraph(TensorDefault(), torch.randn(2, 4))
 
 
 class LayersWithoutNeurons(nn.Module):
@@ -499,7 +558,7 @@ def test_every_layer_with_weights_has_a_row_and_a_frozen_site_says_it_is() -> No
     graph = ChannelGraph(model, torch.randint(0, 10, (2, 5)))
     skipped = graph.skipped()
     assert skipped["embed"].startswith("Embedding: embedding rows are not neurons")
-    assert skipped["gru"] == "GRU: recurrent layers are not supported"
+    assert skipped["gru"].startswith("GRU: recurrent layers are not supported: the layers that feed it keep")
     assert skipped["attn"].startswith("MultiheadAttention: attention heads are not growable")
     assert skipped["bilinear"].startswith("module 'bilinear' (Bilinear) is not supported")
     with_weights = {name for name, module in model.named_modules() if list(module.parameters(recurse=False))}

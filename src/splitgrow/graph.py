@@ -174,6 +174,8 @@ _SQUEEZE_METHODS = {"squeeze", "unsqueeze"}
 _NORMALISATIONS = tuple(
     kind for kind in (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, getattr(nn, "RMSNorm", None)) if kind
 )
+#: normalisations over a tensor's last dimensions (``normalized_shape``)
+_TRAILING_NORMS = tuple(kind for kind in (nn.LayerNorm, getattr(nn, "RMSNorm", None)) if kind)
 #: functions that make a parameter a layer's weights (a functional layer, which has no module to resize)
 _WEIGHT_FUNCTIONS = {
     torch.nn.functional.linear,
@@ -418,8 +420,26 @@ def _shape(node: fx.Node) -> tuple[int, ...] | None:
 
 
 def _is_shape_query(node: fx.Node) -> bool:
-    """Whether ``node`` reads only a tensor's shape (``x.shape``, ``x.size()``, ``x.dim()``), not its values."""
-    return node.target is getattr or (node.op == "call_method" and node.target in _IGNORED_METHODS)
+    """Whether ``node`` reads only a tensor's metadata (``x.shape``, ``x.dtype``, ``x.size()``, ``x.dim()``), not its
+    values (``x.T`` is an attribute too, but a tensor)."""
+    return (node.target is getattr and _shape(node) is None) or (
+        node.op == "call_method" and node.target in _IGNORED_METHODS
+    )
+
+
+def inputs_like(model: nn.Module, inputs: tuple) -> tuple:
+    """``inputs`` on the device of ``model``'s parameters, floating ones in their dtype (an example recorded before
+    the model was moved or cast)."""
+    parameter = next(model.parameters(), None)
+
+    def move(tensor: Any) -> Any:
+        if parameter is None or not isinstance(tensor, torch.Tensor):
+            return tensor
+        if tensor.is_floating_point():
+            return tensor.to(parameter.device, parameter.dtype)
+        return tensor.to(parameter.device)
+
+    return tuple(move(t) for t in inputs)
 
 
 def _value_users(node: fx.Node) -> list[fx.Node]:
@@ -495,7 +515,10 @@ def _read_outside_their_call(traced: fx.GraphModule) -> dict[str, str]:
         owner, _, attribute = node.target.rpartition(".")
         if not owner or owner in found:  # the model's own tensors (a class token) belong to no layer
             continue
-        readers = ", ".join(f"'{user.name}'" for user in node.users)
+        readers = [user for user in node.users if not _is_shape_query(user)]
+        if not readers:  # its dtype or shape read (x.to(self.fc.weight.dtype)): no use a split changes
+            continue
+        readers = ", ".join(f"'{user.name}'" for user in readers)
         found[owner] = (
             f"module '{owner}': its tensor '{attribute}' is also read outside its call (by {readers}): a split "
             "would resize it under that use too; call the module there instead, or exclude it"
@@ -527,6 +550,15 @@ class _Tracer(fx.Tracer):
         return super().call_module(module, forward, args, kwargs)
 
 
+def _tensor_default(model: nn.Module) -> str | None:
+    """The first argument of the model's forward whose default is a tensor, or None."""
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    return next((p.name for p in parameters if isinstance(p.default, torch.Tensor)), None)
+
+
 def _defaults_left_out(model: nn.Module, given: int | None) -> dict[str, Any]:
     """The forward's arguments after the ``given`` positional inputs that have defaults, with those defaults: the
     example leaves them out, so the traced graph is the forward run with them (``forward(x, labels=None)`` with a
@@ -539,7 +571,9 @@ def _defaults_left_out(model: nn.Module, given: int | None) -> dict[str, Any]:
         return {}
     positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     left_out = positional[given:] + [p for p in parameters if p.kind == p.KEYWORD_ONLY]
-    return {p.name: p.default for p in left_out if p.default is not p.empty}
+    # plain constants only: fx writes a tuple or a tensor default into generated code it cannot compile
+    constants = (type(None), bool, int, float, str)
+    return {p.name: p.default for p in left_out if p.default is not p.empty and type(p.default) in constants}
 
 
 def trace(model: nn.Module, given: int | None = None) -> fx.GraphModule:
@@ -563,15 +597,22 @@ def trace(model: nn.Module, given: int | None = None) -> fx.GraphModule:
             f"{type(model).__name__} is the model wrapped for data parallelism; give splitgrow the model itself "
             "(model.module) and wrap it again after each split"
         )
+    tensor_default = _tensor_default(model)
+    if tensor_default is not None:
+        raise GraphError(
+            f"{type(model).__name__}.forward's argument '{tensor_default}' has a tensor as its default, which torch.fx "
+            "cannot trace",
+            fix=f"default it to None and make the tensor inside forward when '{tensor_default}' is None",
+        )
     tracer = _Tracer()
     try:
         graph = tracer.trace(model, concrete_args=_defaults_left_out(model, given) or None)
+        return fx.GraphModule(tracer.root, graph)  # fx compiles its code here, which can fail too
     except Exception as error:  # noqa: BLE001 - any tracing failure becomes one clear message
         raise GraphError(
             f"cannot trace {type(model).__name__} with torch.fx ({type(error).__name__}: {error}); "
             "splitgrow needs a forward pass without Python control flow on tensor values"
         ) from None
-    return fx.GraphModule(tracer.root, graph)
 
 
 def _stateful_calls(module: fx.GraphModule) -> set[str]:
@@ -801,6 +842,10 @@ class ChannelGraph:
             return
         if isinstance(module, nn.GLU):
             self._glu(node, node.args[0], module.dim)
+            return
+        if isinstance(module, _TRAILING_NORMS) and not self._calls[name] > 1 and name not in self._tied:
+            refusal = handler_for(module).channel_map(module, (), ()).reason
+            self._normalise_trailing(node, node.args[0], len(module.normalized_shape), f"'{name}': {refusal}")
             return
         handler = handler_for(module)
         if handler is None:
@@ -1052,6 +1097,17 @@ class ChannelGraph:
                 out.nonlinearity = _POOLING[target]
             self._block_mixed(node, source, {1})
             return
+        if not method and target is torch.nn.functional.layer_norm:
+            normalized = _argument(node, 1, "normalized_shape")
+            count = len(normalized) if isinstance(normalized, (list, tuple)) else 1
+            self._normalise_trailing(
+                node,
+                source,
+                count,
+                f"'{node.name}': layer_norm: normalises across channels: a split would change "
+                "the other channels' outputs",
+            )
+            return
         if not method and target is torch.nn.functional.glu:
             self._glu(node, source, _argument(node, 1, "dim", -1))
             return
@@ -1081,6 +1137,21 @@ class ChannelGraph:
             self._squeeze(node, source, target if method else _SQUEEZES[target])
             return
         self._block_node(node, f"operation '{node.name}' ({name}) is not supported")
+
+    def _normalise_trailing(self, node: fx.Node, source: fx.Node, count: int, refusal: str) -> None:
+        """A LayerNorm (RMSNorm) over the last ``count`` dimensions: a smooth map of each position of the others (a
+        LayerNorm over the time axis of (N, C, T) acts on each channel alone, as an InstanceNorm); channels in a
+        normalised dimension are refused."""
+        shape = _shape(source)
+        normalised = set(range(len(shape) - count, len(shape)))
+        for dim in range(1, len(shape)):
+            if dim in normalised:
+                self._block([self.space(source.name, dim)], refusal)
+                continue
+            out = self.space(node.name, dim)
+            self._link(self.space(source.name, dim), out)
+            if out is not None:
+                out.nonlinearity = SMOOTH
 
     def _glu(self, node: fx.Node, source: fx.Node, dim: int) -> None:
         """A gated linear unit, a * sigmoid(b) with (a, b) the two halves of ``dim``: channel j of the output is a
@@ -1446,8 +1517,8 @@ class ChannelGraph:
             if node.op != "get_attr" or not isinstance(_attribute(self.module, node.target), nn.Parameter):
                 continue
             owner = node.target.rpartition(".")[0]
-            if owner and owner in self.modules:
-                continue  # a module's own tensor: the module is refused, with the reason
+            if owner in self._calls:
+                continue  # the tensor of a module called as one (refused, with the reason), not one traced through
             users, seen = list(node.users), set()
             while users:
                 user = users.pop()
@@ -1466,11 +1537,21 @@ class ChannelGraph:
                     user.op == "call_function" and user.target in _WEIGHT_FUNCTIONS
                 ):
                     function = user.target if method else getattr(user.target, "__name__", str(user.target))
+                    if owner:  # a layer of the user's own, whose forward fx traced through
+                        kind = type(self.modules[owner]).__name__
+                        how = (
+                            f"register a handler for {kind} (splitgrow.layers.register_layer), or build it from "
+                            "nn.Linear / nn.Conv2d layers, to grow it"
+                        )
+                    else:
+                        how = (
+                            "splitgrow grows layers that are modules; make it one (nn.Linear, nn.Conv2d, ...) to "
+                            "grow it"
+                        )
                     self.not_sites.setdefault(
                         node.target,
                         f"parameter '{node.target}' belongs to a functional {function} call (a layer written as a "
-                        "function): splitgrow grows layers that are modules; make it one (nn.Linear, nn.Conv2d, "
-                        "...) to grow it",
+                        f"function): {how}",
                     )
                     break
 
@@ -1532,6 +1613,13 @@ class ChannelGraph:
                 if len(set(counts)) > 1:
                     blocked.append(f"a split would move the boundaries of the chunks of '{key[0]}'")
         common = {"name": first.module, "num_neurons": num_neurons, "space": root}
+        feeding = self._feeds_itself(members, closure)
+        if feeding is not None:
+            blocked.append(
+                f"'{feeding}' reads the site's channels and writes them back (a residual through a layer that mixes "
+                "channels, as BC-ResNet's broadcast residual): a split moves every other channel's output, which "
+                "the statistics do not follow yet (the other sites grow)"
+            )
         if any(m.handler.whole_loss for m in members):
             site = Site(
                 members=members,
@@ -1738,6 +1826,13 @@ class ChannelGraph:
         segment = sorted(keep, key=self.order.__getitem__)
         frontier = [n for n in segment if any(user.name not in keep for user in self.nodes[n].users)]
         return segment, frontier, smooth & keep
+
+    def _feeds_itself(self, members: list[Member], closure: dict[SpaceKey, list[int]]) -> str | None:
+        """The member that also reads the site's channels through all its inputs (BC-ResNet's broadcast residual:
+        a 1 x 1 convolution over a block's channels added back onto them), or None: a split then moves every
+        other channel's output too, which no per-neuron closed form sees."""
+        readers = {consumer for key in closure for consumer in self.spaces[key].consumers}
+        return next((m.module for m in members if m.module in readers), None)
 
     def _in_series(self, members: list[Member], in_closure: set[str]) -> bool:
         """Whether one member reads another's output (a depthwise filter after the convolution it grows with): the

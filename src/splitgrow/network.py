@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .checks import check_model_type
 from .errors import ConfigError, SplitgrowError
-from .graph import ChannelGraph, Site, check_excluded, model_fingerprint
+from .graph import ChannelGraph, Site, check_excluded, inputs_like, model_fingerprint
 from .modes import evaluating
 from .selection import Selection, select_splits
 from .statistics import LossClosure, LossFunction, SplittingResults, StatisticsError, splitting_eigenpairs
@@ -67,17 +67,8 @@ class SplittableNetwork:
     def graph(self) -> ChannelGraph:
         """The current :class:`ChannelGraph`, traced again whenever the model's shapes changed."""
         if self._graph is None or self._graph.fingerprint != model_fingerprint(self.model):
-            parameter = next(self.model.parameters(), None)
-
-            def move(tensor: Tensor) -> Tensor:
-                if parameter is None or not isinstance(tensor, Tensor):
-                    return tensor
-                if tensor.is_floating_point():
-                    return tensor.to(parameter.device, parameter.dtype)
-                return tensor.to(parameter.device)
-
             inputs = self.example_inputs
-            inputs = move(inputs) if isinstance(inputs, Tensor) else tuple(move(t) for t in inputs)
+            inputs = inputs_like(self.model, (inputs,) if isinstance(inputs, Tensor) else tuple(inputs))
             self._graph = ChannelGraph(self.model, inputs, exclude=self.exclude, relu_surrogate=self.relu_surrogate)
         return self._graph
 
@@ -240,7 +231,8 @@ def check_data(data: Any, name: str) -> None:
         # its items are single samples: each would be taken for a batch, its first dimension for the samples
         raise ConfigError(
             f"{name} is a Dataset ({type(data).__name__}), whose items are single samples, not batches",
-            fix=f"give DataLoader(dataset, batch_size=...) as {name}",
+            fix=f"give DataLoader(dataset, batch_size=...) as {name} (batch_size=None for a Dataset whose items are "
+            "batches already)",
         )
 
 
@@ -262,13 +254,18 @@ class TrackedData:
 
     def __iter__(self) -> Iterator[Any]:
         self.last, self.given = _NO_BATCH, 0
-        self.kept, size = ([] if self.keep_bytes > 0 else None), 0
+        self.kept, size, storages = ([] if self.keep_bytes > 0 else None), 0, set()
         for batch in self.data:
             self.last, self.given = batch, self.given + 1
             if self.kept is not None:
-                size += sum(t.nbytes for t in _tensors(batch))
-                if size <= self.keep_bytes:
+                tensors = list(_tensors(batch))
+                size += sum(t.nbytes for t in tensors)
+                places = {(t.data_ptr(), t.device) for t in tensors if t.numel()}
+                # not kept: batches whose tensors splitgrow cannot see (their size is unknown), and a loader that
+                # refills one buffer (the kept batches would all be its last one)
+                if tensors and size <= self.keep_bytes and not places & storages:
                     self.kept.append(batch)
+                    storages |= places
                 else:
                     self.kept = None
             yield batch

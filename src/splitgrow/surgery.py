@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from .checks import MAX_STEP_SIZE, check_model_type, is_integer, is_number, is_step_size
 from .errors import ConfigError, SplitgrowError
-from .graph import ChannelGraph, GraphError, Member, handler_of
+from .graph import ChannelGraph, GraphError, Member, handler_of, inputs_like
 from .modes import evaluating
 
 #: optimiser state entries that scale like the gradient (Rprop's ``prev`` is the last gradient)
@@ -167,6 +167,8 @@ class SplitReport:
             new neuron: its output columns).
         inserted: every inserted position, by module and ``"outputs"``/``"inputs"``: the other positions are the
             model's old channels, in their old order.
+
+    The report holds the tensors the split replaced until :meth:`undo` (or the report is dropped).
     """
 
     requests: list[SplitRequest]
@@ -177,6 +179,15 @@ class SplitReport:
     offspring: list[list[tuple]] = field(default_factory=list)
     columns: list[dict[str, list[int]]] = field(default_factory=list)
     inserted: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    _backup: _Backup | None = field(default=None, repr=False, compare=False)
+
+    def undo(self) -> None:
+        """Put the model and the optimiser state back as they were before this split (when a split that must go
+        with it, such as an averaged copy's, fails); the model's graph is stale afterwards, as after the split."""
+        if self._backup is None:
+            raise GraphError("this split report has nothing to undo (it was undone already)")
+        self._backup.restore()
+        self._backup = None
 
     @property
     def predicted_change(self) -> float | None:
@@ -515,9 +526,8 @@ def split_network(
         columns: dict[int, dict[str, list[int]]] = defaultdict(dict)
         for module_name, role, module, handler, tensors, units in sorted(changes, key=lambda c: c[1] != INPUTS):
             if not tensors:
-                if role == OUTPUTS and handler.follows_channels(
-                    module
-                ):  # only a size attribute (a plain instance norm)
+                # only a size attribute (a plain instance norm)
+                if role == OUTPUTS and handler.follows_channels(module):
                     order, _ = _new_order(graph.channel_count(module_name), units, children)
                     handler.resize(module, outputs=len(order))
                 continue
@@ -592,6 +602,7 @@ def split_network(
                 "misread a pattern of this model",
             ) from error
         raise
+    report._backup = backup
     report.parameters_after = parameter_count(model)
     report.offspring = [[entry[1:] for entry in sorted(rows[id(request)])] for request in proxies]
     report.columns = [dict(columns[id(request)]) for request in proxies]
@@ -775,7 +786,7 @@ def _check_still_runs(model: nn.Module, graph: ChannelGraph) -> None:
     """Run the grown model on the example it was traced with: a pattern the graph misread shows here as a shape
     error, before the model is handed back broken."""
     with evaluating(model), torch.no_grad():
-        model(*graph.example_inputs)
+        model(*inputs_like(model, graph.example_inputs))  # the model may have been cast or moved since
 
 
 def _replace_data(parameter: nn.Parameter, value: Tensor, grad: Tensor | None = None) -> None:

@@ -58,11 +58,16 @@ _stop_dropped_event = threading.Event()
 
 def _stop_worker(signum: int, frame: Any) -> None:
     """A worker's SIGTERM handler: unwind the running task, or exit at once between tasks."""
-    global _stop_unwinding, _stops_raised
+    global _stop_unwinding, _stops_raised, _last_dropped
     if not _task_running:
         os._exit(_EXIT_STOPPED)
-    if _stop_unwinding or (frame is not None and frame.f_code is _stop_dropped.__code__):
-        return  # already unwinding; or in the hook below, which has the request asked again
+    if _stop_unwinding:
+        return  # already unwinding: a second request would cut its cleanups short
+    if frame is not None and frame.f_code is _stop_dropped.__code__:
+        # in the hook below, reporting another finalizer's error: raised there, the request would be dropped too
+        _last_dropped = _stops_raised
+        _stop_dropped_event.set()  # asked again by the thread once the hook has returned
+        return
     _stop_unwinding = True
     _stops_raised += 1
     raise _WorkerStopped

@@ -139,6 +139,12 @@ _UNCARRIED_OPTIMIZERS: dict[type, str] = {
 if hasattr(torch.optim, "Adafactor"):
     _UNCARRIED_OPTIMIZERS[torch.optim.Adafactor] = "its second moments are factored into rows and columns"
 
+
+def uncarried_reason(optimizer: torch.optim.Optimizer) -> str | None:
+    """Why no split can carry ``optimizer``'s state (None: it can)."""
+    return next((why for kind, why in _UNCARRIED_OPTIMIZERS.items() if isinstance(optimizer, kind)), None)
+
+
 #: the most bytes of statistics batches a stage keeps, to measure the loss after its split on the same samples
 MEASURED_BATCH_BYTES = 512 * 2**20
 
@@ -202,6 +208,7 @@ class Grower:
         self.model = self.net.model  # a compiled model's own module
         if next(self.model.parameters(), None) is None:
             raise ConfigError(f"{type(self.model).__name__} has no parameters: there is nothing to grow")
+        self._check_something_grows()  # now, not at the first stage after epochs of training
         self.statistics_data = statistics_data
         self.policy = policy
         self.loss_function, self.closure, self.reduction = loss_function, closure, reduction
@@ -249,7 +256,7 @@ class Grower:
     def optimizer(self, optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None) -> None:
         check_optimizers_hold(optimizer_list(optimizer), self.model)
         for each in optimizer_list(optimizer):
-            reason = next((why for kind, why in _UNCARRIED_OPTIMIZERS.items() if isinstance(each, kind)), None)
+            reason = uncarried_reason(each)
             if reason is not None:  # refused now, not at the first stage after epochs of training
                 raise ConfigError(
                     f"the grower cannot carry {type(each).__name__}'s state across a split ({reason})",
@@ -452,6 +459,16 @@ class Grower:
             return max(1, math.ceil(policy.fraction * growable))
         return None
 
+    def _check_something_grows(self) -> None:
+        """Refuse a model none of whose layers can grow (not splitting-stable: nothing could ever split)."""
+        graph = self.net.graph
+        if not graph.splittable_sites():
+            reasons = "; ".join(f"'{name}': {reason}" for name, reason in graph.skipped().items())
+            raise GraphError(
+                f"no layer of {type(self.model).__name__} can grow ({reasons or 'it has no layer splitgrow splits'}); "
+                "Grower.net.graph.describe() lists every layer and why"
+            )
+
     def _idle_sites(self) -> dict[str, str]:
         """The splittable sites whose offspring would never train, with the reason: frozen ones, and, when the
         grower has optimisers, ones none of them trains (head-only fine-tuning). They are not computed, not split
@@ -520,18 +537,15 @@ class Grower:
         neurons do but no split of them fits what a stage may add (a budget too small, whatever the setting)."""
         device = next(self.model.parameters()).device  # the constructor refused a model without parameters
         # statistics in the model's dtype whatever region the caller is in (autocast would round them to bf16)
-        with torch.autocast(device.type, enabled=False):
-            return self._grow(metrics)
+        try:
+            with torch.autocast(device.type, enabled=False):
+                return self._grow(metrics)
+        finally:
+            self._statistics_batches = None  # kept to measure the loss after the split: not through training
 
     def _grow(self, metrics: dict[str, float] | None) -> GrowthStage | None:
         started = time.perf_counter()
-        graph = self.net.graph
-        if not graph.splittable_sites():  # not splitting-stable: nothing could ever grow
-            reasons = "; ".join(f"'{name}': {reason}" for name, reason in graph.skipped().items())
-            raise GraphError(
-                f"no layer of {type(self.model).__name__} can grow ({reasons or 'it has no layer splitgrow splits'}); "
-                "Grower.net.graph.describe() lists every layer and why"
-            )
+        self._check_something_grows()
         widths_before = self.net.widths()
         parameters_before = parameter_count(self.model)
         asked = self._asked()
@@ -564,8 +578,14 @@ class Grower:
         report = self.net.split(
             requests, self.policy.epsilon, optimizer=self.optimizer, allow_inexact=self.policy.allow_inexact
         )
-        for follower, mapped in followers:  # the same requests (made for the same shapes), so the same map
-            follower.split(mapped, self.policy.epsilon, allow_inexact=self.policy.allow_inexact)
+        done = [report]
+        try:
+            for follower, mapped in followers:  # the same requests (made for the same shapes), so the same map
+                done.append(follower.split(mapped, self.policy.epsilon, allow_inexact=self.policy.allow_inexact))
+        except BaseException:
+            for each in reversed(done):  # a stage's splits are one change: the model keeps its averaged copies' shape
+                each.undo()
+            raise
         loss_after = self._loss(results.batches) if self.policy.measure else None
         widths_after = self.net.widths()
         added = sum(widths_after.values()) - sum(widths_before.values())

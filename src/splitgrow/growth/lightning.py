@@ -41,7 +41,7 @@ except ImportError as error:  # pragma: no cover - the extra is not installed
 from ..errors import ConfigError, SplitgrowError
 from ..statistics import LossClosure, LossFunction
 from ..surgery import resize_like
-from .grower import Grower, GrowthStage, averaged_copy, averaged_model_list, check_policy
+from .grower import Grower, GrowthStage, averaged_copy, averaged_model_list, check_policy, uncarried_reason
 from .policy import GrowthPolicy
 
 
@@ -127,6 +127,16 @@ class GrowthCallback(Callback):
             self.grower = Grower(pl_module, self.example_inputs, (), policy=self.policy, **self.options)
             if self._pending_state is not None:
                 self.grower.load_state_dict(self._pending_state)
+
+    def on_train_start(self, trainer: Any, pl_module: torch.nn.Module) -> None:
+        for optimizer in trainer.optimizers:  # refused before training, not at the first stage
+            reason = uncarried_reason(optimizer)
+            if reason is not None:
+                raise ConfigError(
+                    f"GrowthCallback cannot carry {type(optimizer).__name__}'s state across a split ({reason})",
+                    fix="return an optimiser whose state splits carry (SGD, Adam, AdamW, RMSprop, ...) from "
+                    "configure_optimizers",
+                )
 
     def _statistics(self, trainer: Any) -> Iterable:
         if self.statistics_data is None:

@@ -24,7 +24,9 @@ _REASONS: dict[tuple[type[nn.Module], ...], str] = {
         "blocks with Linear layers to grow their MLPs"
     ),
     (nn.Embedding, nn.EmbeddingBag): "embedding rows are not neurons (no activation follows them)",
-    (nn.RNNBase,): "recurrent layers are not supported",
+    (nn.RNNBase,): (
+        "recurrent layers are not supported: the layers that feed it keep their width, the layers after it grow"
+    ),
 }
 if hasattr(nn, "RMSNorm"):
     _REASONS[(nn.RMSNorm,)] = _REASONS[(nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)]
