@@ -1613,14 +1613,9 @@ class ChannelGraph:
                 if len(set(counts)) > 1:
                     blocked.append(f"a split would move the boundaries of the chunks of '{key[0]}'")
         common = {"name": first.module, "num_neurons": num_neurons, "space": root}
-        feeding = self._feeds_itself(members, closure)
-        if feeding is not None:
-            blocked.append(
-                f"'{feeding}' reads the site's channels and writes them back (a residual through a layer that mixes "
-                "channels, as BC-ResNet's broadcast residual): a split moves every other channel's output, which "
-                "the statistics do not follow yet (the other sites grow)"
-            )
-        if any(m.handler.whole_loss for m in members):
+        # a member that reads the site's channels back moves every channel's output at a split: only the Hessian
+        # of the whole loss in the split sees that
+        if any(m.handler.whole_loss for m in members) or self._feeds_itself(members, closure) is not None:
             site = Site(
                 members=members,
                 neuron_dim=sum(m.neuron_dim for m in members),
@@ -1830,7 +1825,7 @@ class ChannelGraph:
     def _feeds_itself(self, members: list[Member], closure: dict[SpaceKey, list[int]]) -> str | None:
         """The member that also reads the site's channels through all its inputs (BC-ResNet's broadcast residual:
         a 1 x 1 convolution over a block's channels added back onto them), or None: a split then moves every
-        other channel's output too, which no per-neuron closed form sees."""
+        other channel's output too, which no per-neuron closed form sees (the whole-loss engine does)."""
         readers = {consumer for key in closure for consumer in self.spaces[key].consumers}
         return next((m.module for m in members if m.module in readers), None)
 

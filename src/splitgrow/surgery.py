@@ -179,6 +179,9 @@ class SplitReport:
     offspring: list[list[tuple]] = field(default_factory=list)
     columns: list[dict[str, list[int]]] = field(default_factory=list)
     inserted: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    #: for every module whose inputs grew: the old input index of each new one, and the share of the columns that
+    #: offspring carry (a grown module's rows are mapped so, as the split maps a site's direction)
+    column_maps: dict[str, tuple[Tensor, dict[int, float]]] = field(default_factory=dict, repr=False)
     _backup: _Backup | None = field(default=None, repr=False, compare=False)
 
     def undo(self) -> None:
@@ -603,6 +606,7 @@ def split_network(
             ) from error
         raise
     report._backup = backup
+    report.column_maps = column_maps
     report.parameters_after = parameter_count(model)
     report.offspring = [[entry[1:] for entry in sorted(rows[id(request)])] for request in proxies]
     report.columns = [dict(columns[id(request)]) for request in proxies]

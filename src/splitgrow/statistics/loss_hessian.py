@@ -60,7 +60,11 @@ class LossHessianOperator(CachedBatchOperator):
             minus = torch.tensor([placed[index][2] for placed in report.offspring])
             self.rows.append((member.module, plus, minus, columns))
         self.modules = dict(self.twin.named_modules())
+        self.originals = dict(self.graph.model.named_modules())
         self.handlers = {member.module: member.handler for member in site.members}
+        # a member that also reads the site's channels (a broadcast residual) has grown inputs in the twin: its
+        # rows' deltas are mapped onto them as the split maps a direction (duplicated columns share it)
+        self.column_maps = {name: report.column_maps[name] for name in self.handlers if name in report.column_maps}
 
     def _cache(self, record: BatchRecord) -> BatchRecord:
         return record  # the products rerun the model on the batch itself
@@ -71,17 +75,21 @@ class LossHessianOperator(CachedBatchOperator):
 
     def _parameters(self, delta: Tensor) -> dict[str, Tensor]:
         """The twin's parameters with every neuron's offspring moved by +delta and -delta."""
-        thetas: dict[str, Tensor] = {}
-        for module_name, plus, minus, columns in self.rows:
-            if module_name not in thetas:
-                thetas[module_name] = self.handlers[module_name].theta(self.modules[module_name]).to(delta)
-            theta = thetas[module_name].index_add(0, plus.to(delta.device), delta[:, columns])
-            thetas[module_name] = theta.index_add(0, minus.to(delta.device), -delta[:, columns])
         replaced: dict[str, Tensor] = {}
-        for module_name, theta in thetas.items():
-            module = self.modules[module_name]
-            for attribute, value in self.handlers[module_name].parameters_from_theta(module, theta).items():
-                replaced[f"{module_name}.{attribute}" if module_name else attribute] = value
+        for module_name, plus, minus, columns in self.rows:
+            handler, grown = self.handlers[module_name], self.modules[module_name]
+            # the rows in the module's own layout, as the original module has them (its inputs before the split)
+            rows = handler.parameters_from_theta(self.originals[module_name], delta[:, columns])
+            output_dims, input_dims = dict(handler.output_tensors(grown)), dict(handler.input_tensors(grown))
+            for attribute, value in rows.items():
+                if module_name in self.column_maps and attribute in input_dims:
+                    value = _spread(value, input_dims[attribute], *self.column_maps[module_name])
+                key = f"{module_name}.{attribute}" if module_name else attribute
+                dim = output_dims[attribute]
+                base = replaced.get(key, getattr(grown, attribute).detach().to(delta)).movedim(dim, 0)
+                moved = value.movedim(dim, 0)
+                base = base.index_add(0, plus.to(delta.device), moved).index_add(0, minus.to(delta.device), -moved)
+                replaced[key] = base.movedim(0, dim)
         return replaced
 
     def _products(self, record: BatchRecord, directions: Tensor) -> Tensor:
@@ -123,6 +131,18 @@ class LossHessianOperator(CachedBatchOperator):
 
     def ritz_start(self, dim: int, generator: torch.Generator, power_iterations: int = 1) -> Tensor | None:
         return None
+
+
+def _spread(rows: Tensor, dim: int, order: Tensor, shares: dict[int, float]) -> Tensor:
+    """Rows over a module's old inputs (along ``dim``) laid out over its grown inputs: gathered by ``order`` and
+    each copied column scaled by its share."""
+    spread = rows.index_select(dim, order.to(rows.device))
+    scale = torch.ones(spread.shape[dim], dtype=spread.dtype, device=spread.device)
+    for position, share in shares.items():
+        scale[position] = share
+    view = [1] * spread.dim()
+    view[dim] = -1
+    return spread * scale.view(view)
 
 
 def _cast(value: Any, dtype: torch.dtype) -> Any:
