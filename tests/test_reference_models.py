@@ -941,8 +941,10 @@ MODELS = {
         },
         reasons={
             # channel_shuffle's view into (N, groups, C / groups, H, W)
-            "stage2.0.branch1.2": "'view' reshapes (2, 8, 2, 2) to (2, 2, 4, 2, 2)",
-            "stage2.1.branch2.5": "'view_2' reshapes (2, 8, 2, 2) to (2, 2, 4, 2, 2)",
+            "stage2.0.branch1.2": "'view' in module 'stage2.0' (ShuffleInvertedResidual) reshapes (2, 8, 2, 2) to "
+            "(2, 2, 4, 2, 2), splitting channels",
+            "stage2.1.branch2.5": "'view_2' in module 'stage2.1' (ShuffleInvertedResidual) reshapes (2, 8, 2, 2) to "
+            "(2, 2, 4, 2, 2), splitting channels",
             # the depthwise filter after a shuffle: no layer splitgrow grows produces its channels
             "stage3.0.branch1.0": "is depthwise: its channels grow with its input's, which come from 'view_3'",
             "fc": "reaches the model output",

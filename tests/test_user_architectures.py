@@ -215,7 +215,7 @@ class ChannelsFlattenedAndBack(nn.Module):
 def test_an_unflatten_of_channels_is_refused_even_after_a_flatten() -> None:
     """Channels flattened into the features and unflattened back cannot follow a split (their block would move)."""
     graph = ChannelGraph(ChannelsFlattenedAndBack(), torch.randn(2, 3, 4, 4))
-    assert graph.skipped()["conv1"] == "'view' reshapes (2, 64) to (2, 4, 4, 4)"
+    assert graph.skipped()["conv1"] == "'view' reshapes (2, 64) to (2, 4, 4, 4), splitting channels"
     assert graph.sites["conv2"].splittable
 
 
@@ -246,7 +246,7 @@ def test_channels_through_an_unflatten_then_a_flatten_reach_their_consumer_and_s
     assert_exact_splits(model, tokens, labels, ["lin"])
     refused = ChannelGraph(TokensToFeatures(split_channels=True), tokens.float())
     assert not refused.sites["lin"].splittable
-    assert refused.skipped()["lin"] == "'unflatten_1' reshapes (6, 4, 4, 12) to (6, 4, 4, 4, 3)"
+    assert refused.skipped()["lin"] == "'unflatten_1' reshapes (6, 4, 4, 12) to (6, 4, 4, 4, 3), splitting channels"
 
 
 # ---------------------------------------------------------------------------------------------- convolutional

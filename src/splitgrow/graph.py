@@ -392,6 +392,16 @@ class _ShapeRecorder(fx.Interpreter):
         return result
 
 
+def _inside(node: fx.Node) -> str:
+    """Where a traced operation sits, for a message: " in module 'name' (Type)" for one inside a module of the user's
+    that fx traced through (its name alone would not say where to look), else ""."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path, kind = list(stack.values())[-1]
+    return f" in module '{path}' ({getattr(kind, '__name__', kind)})"
+
+
 def _function_name(node: fx.Node) -> str:
     return node.target if node.op == "call_method" else getattr(node.target, "__name__", str(node.target))
 
@@ -1032,7 +1042,10 @@ class ChannelGraph:
             if kept is not None:
                 self._link(self.space(source.name, split), self.space(node.name, kept))
             elif (source.name, split) in channel_dims:
-                self._block_node(node, f"'{node.name}' reshapes {_shape(source)} to {_shape(node)}")
+                self._block_node(
+                    node,
+                    f"'{node.name}'{_inside(node)} reshapes {_shape(source)} to {_shape(node)}, splitting channels",
+                )
 
     def _function_edges(self, node: fx.Node) -> None:
         target, op = node.target, node.op
@@ -1136,7 +1149,7 @@ class ChannelGraph:
         if (not method and target in _SQUEEZES) or (method and target in _SQUEEZE_METHODS):
             self._squeeze(node, source, target if method else _SQUEEZES[target])
             return
-        self._block_node(node, f"operation '{node.name}' ({name}) is not supported")
+        self._block_node(node, f"operation '{node.name}' ({name}){_inside(node)} is not supported")
 
     def _normalise_trailing(self, node: fx.Node, source: fx.Node, count: int, refusal: str) -> None:
         """A LayerNorm (RMSNorm) over the last ``count`` dimensions: a smooth map of each position of the others (a
@@ -1326,7 +1339,7 @@ class ChannelGraph:
                 if before[:start] + (merged,) + before[end + 1 :] == after:
                     self._flatten(node, source, start, end)
                     return
-        self._block_node(node, f"'{node.name}' reshapes {before} to {after}")
+        self._block_node(node, f"'{node.name}'{_inside(node)} reshapes {before} to {after}")
 
     def _permute(self, node: fx.Node, source: fx.Node, name: str) -> None:
         rank = len(_shape(source))
