@@ -1045,3 +1045,47 @@ def test_a_layer_that_reads_the_channels_it_writes_back_splits_exactly_by_the_wh
     dense = net.splitting([(signals, labels)], F.cross_entropy)["conv"].indexes
     found = net.splitting([(signals, labels)], F.cross_entropy, solver=solver, tolerance=1e-8)["conv"].indexes
     torch.testing.assert_close(found, dense, rtol=1e-5, atol=1e-9)
+
+
+class SqueezeExcitation1d(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv1d(channels, channels // 2, 1), nn.Conv1d(channels // 2, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(self.fc2(F.silu(self.fc1(x.mean(-1, keepdim=True)))))
+
+
+class SEResidualBlock(nn.Module):
+    """SE-ResNet's block with a 1 x 1 shortcut: the gate reads the block's output before (or after) its activation."""
+
+    def __init__(self, gate_after_activation: bool) -> None:
+        super().__init__()
+        self.after = gate_after_activation
+        self.conv1, self.bn1 = nn.Conv1d(4, 6, 3, padding=1, bias=False), nn.BatchNorm1d(6)
+        self.conv2, self.bn2 = nn.Conv1d(6, 8, 3, padding=1, bias=False), nn.BatchNorm1d(8)
+        self.se = SqueezeExcitation1d(8)
+        self.short = nn.Conv1d(4, 8, 1, bias=False)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.bn2(self.conv2(F.silu(self.bn1(self.conv1(x)))))
+        y = self.se(F.silu(y) if self.after else y)
+        return self.head(F.silu(y + self.short(x)).mean(-1))
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["gate-on-linear-part", "gate-after-activation"])
+def test_a_squeeze_excitation_inside_a_residual_block_is_a_constant_of_the_split_where_it_reads_linear_values(
+    after: bool,
+) -> None:
+    """Read where the block is still linear in theta, the gate's consumer sees the offspring's exact mean: both see
+    its old value and the block's S is exact; read after an activation, the mean moves at second order, and the
+    site is the paper's per-layer one, said to be inexact."""
+    torch.manual_seed(0)
+    model = _prepare(SEResidualBlock(after))
+    signals, labels = torch.randn(6, 4, 10, dtype=torch.float64), torch.randint(0, 3, (6,))
+    site = ChannelGraph(model, signals).sites["conv2"]
+    assert site.gates == ["se.fc2"] and site.exact is not after
+    if not after:
+        assert site.engine == "segment" and [m.module for m in site.members] == ["conv2", "short"]
+        assert_exact_splits(model, signals, labels, ["conv2"], index_below=1e9)

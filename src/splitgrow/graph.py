@@ -1649,7 +1649,7 @@ class ChannelGraph:
         nonlinear_members = any(m.handler.nonlinear_in_theta for m in members)
         if not smooth and not nonlinear_members and (blocked or not self._in_series(members, in_closure)):
             return "; ".join(blocked) if blocked else self._no_curvature_reason(in_closure)
-        closed = self._closed(segment, members, in_closure)
+        closed = self._closed(segment, members, in_closure, gate_nodes)
         ridge = None if nonlinear_members else self._ridge_pattern(first)
         if ridge is not None:
             activation_node, batch_norm, activation = ridge
@@ -1892,7 +1892,9 @@ class ChannelGraph:
                     queue.append(arg)
         return False
 
-    def _closed(self, segment: list[str], members: list[Member], in_closure: set[str]) -> bool:
+    def _closed(
+        self, segment: list[str], members: list[Member], in_closure: set[str], gate_nodes: set[str] = frozenset()
+    ) -> bool:
         """Whether no input of the segment that reaches the group's channels depends on the segment (else its
         channels feed back into it, as a residual stream's do into the next block's producers).
 
@@ -1900,7 +1902,11 @@ class ChannelGraph:
         segment nodes that carry the group's channels. An input that only carries other positions (the other parts
         of a DenseNet concatenation, computed from earlier splits of the same channels) sees the offspring averaged
         by their consumers: a change of order eps^2, the same for every offspring, whose effect on the loss is first
-        order and counted by the recorded gradients."""
+        order and counted by the recorded gradients.
+
+        A gate (a squeeze-and-excitation inside a residual block) may read the segment where it is still linear in
+        theta: its consumer reads the offspring's mean, which a symmetric split leaves exactly as it was, so both
+        offspring see the gate's old value, a constant of the segment's function."""
         inside = set(segment)
         member_nodes = {self._node_of_module(m.module).name for m in members}
         outside_inputs = {
@@ -1909,7 +1915,40 @@ class ChannelGraph:
             for arg in self.nodes[name].all_input_nodes
             if arg.name not in inside and (name in member_nodes or arg.name in in_closure)
         }
-        return not any(self._downstream_of(name, inside) for name in outside_inputs)
+        linear = self._linear_in_theta(segment, members) if gate_nodes else set()
+        for name in outside_inputs:
+            read = self._ancestors_within(name, inside)
+            if read and not (name in gate_nodes and read <= linear):
+                return False
+        return True
+
+    def _ancestors_within(self, name: str, inside: set[str]) -> set[str]:
+        """The nodes of ``inside`` that ``name`` depends on."""
+        found, queue, seen = set(), deque([self.nodes[name]]), set()
+        while queue:
+            node = queue.popleft()
+            for arg in node.all_input_nodes:
+                if arg.name in seen:
+                    continue
+                seen.add(arg.name)
+                if arg.name in inside:
+                    found.add(arg.name)
+                queue.append(arg)
+        return found
+
+    def _linear_in_theta(self, segment: list[str], members: list[Member]) -> set[str]:
+        """The segment nodes whose values are linear in the site's parameters: the members' outputs (a member fed by
+        another is a product of both) and what linear operations make of them alone."""
+        member_nodes = {self._node_of_module(m.module).name: m for m in members}
+        inside, linear = set(segment), set()
+        for name in segment:
+            inputs = [arg.name for arg in self.nodes[name].all_input_nodes if arg.name in inside]
+            if name in member_nodes:
+                if not inputs and not member_nodes[name].handler.nonlinear_in_theta:
+                    linear.add(name)
+            elif inputs and all(i in linear for i in inputs) and self._nonlinearity(name) == LINEAR:
+                linear.add(name)
+        return linear
 
     def _chain_pattern(
         self, members: list[Member], ridge: tuple[str, str | None, Activation], segment: list[str]
