@@ -641,3 +641,26 @@ def test_a_model_cast_after_its_graph_was_traced_still_splits():
     model.double()
     net.split([SplitRequest("0", 1)], 0.0)
     assert model[0].out_features == 7 and model(torch.randn(2, 4, dtype=torch.float64)).shape == (2, 3)
+
+
+def test_statistics_inside_autocast_are_computed_in_the_models_dtype():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.GELU(), nn.Linear(6, 3))
+    inputs, targets = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    net = SplittableNetwork(model, inputs[:2])
+    plain = net.splitting([(inputs, targets)], F.cross_entropy)["0"].indexes
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a training loop's region, as users write it
+        rounded = net.splitting([(inputs, targets)], F.cross_entropy)["0"].indexes
+    torch.testing.assert_close(rounded, plain)
+
+
+def test_a_lobpcg_tolerance_below_the_operators_precision_warns_with_the_fix():
+    from splitgrow.errors import SplitgrowWarning
+    from splitgrow.statistics.splitting import SolverOptions
+
+    with pytest.warns(SplitgrowWarning, match=r"tolerance 1e-08 is below .* pass operator_dtype=torch.float64"):
+        SolverOptions(solver="lobpcg", tolerance=1e-8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SplitgrowWarning)
+        SolverOptions(solver="lobpcg", tolerance=1e-8, operator_dtype=torch.float64)
+        SolverOptions(solver="dense", tolerance=1e-8)

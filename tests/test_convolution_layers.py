@@ -111,7 +111,7 @@ def test_a_decoder_splits_exactly_through_its_transposed_convolutions() -> None:
     assert_exact_splits(model, images, labels, ["down", "up1", "up2"])
     dense = SplittableNetwork(copy.deepcopy(model), images).splitting([(images, labels)], classification_loss)
     free = SplittableNetwork(copy.deepcopy(model), images).splitting(
-        [(images, labels)], classification_loss, solver="lobpcg", tolerance=1e-8
+        [(images, labels)], classification_loss, solver="lobpcg", tolerance=1e-8, operator_dtype=torch.float64
     )
     for name in ("up1", "up2"):
         torch.testing.assert_close(free[name].indexes.min(), dense[name].indexes.min(), rtol=1e-5, atol=1e-10)
@@ -258,7 +258,7 @@ def test_a_video_net_splits_exactly_through_its_3d_convolutions_and_depthwise_ch
     assert_exact_splits(model, clips, labels, ["stem", "pointwise"])
     dense = SplittableNetwork(copy.deepcopy(model), clips).splitting([(clips, labels)], classification_loss)
     free = SplittableNetwork(copy.deepcopy(model), clips).splitting(
-        [(clips, labels)], classification_loss, solver="lobpcg", tolerance=1e-8
+        [(clips, labels)], classification_loss, solver="lobpcg", tolerance=1e-8, operator_dtype=torch.float64
     )
     for name in ("stem", "pointwise"):
         torch.testing.assert_close(free[name].indexes.min(), dense[name].indexes.min(), rtol=1e-5, atol=1e-10)

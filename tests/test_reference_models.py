@@ -860,6 +860,8 @@ class Reference:
 
 
 NO_CURVATURE = "no activation with curvature follows it"
+#: a residual stream's channels: no neuron's output, whatever follows (linear bottlenecks summed into a stream)
+OPEN_STREAM = "its channels pass a residual sum before any activation"
 MODELS = {
     "mobilenet_v2": Reference(
         MobileNetV2,
@@ -874,7 +876,7 @@ MODELS = {
         },
         reasons={
             "features.1.conv.1": NO_CURVATURE,  # the linear bottlenecks
-            "features.3.conv.2": NO_CURVATURE,
+            "features.3.conv.2": OPEN_STREAM,  # the linear bottleneck summed into the block's stream
             "classifier.1": "'classifier.1' reaches the model output",
         },
         exact=["features.0.0", "features.2.conv.0.0", "features.4.conv.0.0", "features.5.0"],
@@ -918,7 +920,7 @@ MODELS = {
         },
         reasons={
             "features.2.0.block.2.fc2": "copied exactly when site 'features.2.0.block.0.0' is split",
-            "features.2.1.block.3.0": NO_CURVATURE,
+            "features.2.1.block.3.0": OPEN_STREAM,
             "classifier.1": "reaches the model output",
         },
         exact=["features.0.0", "features.2.0.block.0.0", "features.2.1.block.0.0", "features.2.1.block.2.fc1"],

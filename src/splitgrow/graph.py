@@ -174,6 +174,11 @@ _SQUEEZE_METHODS = {"squeeze", "unsqueeze"}
 _NORMALISATIONS = tuple(
     kind for kind in (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, getattr(nn, "RMSNorm", None)) if kind
 )
+#: why the channels of a residual stream do not grow
+_OPEN_STREAM = (
+    "its channels pass a residual sum before any activation, so they are no neuron's output (split the layers "
+    "inside the blocks)"
+)
 #: normalisations over a tensor's last dimensions (``normalized_shape``)
 _TRAILING_NORMS = tuple(kind for kind in (nn.LayerNorm, getattr(nn, "RMSNorm", None)) if kind)
 #: functions that make a parameter a layer's weights (a functional layer, which has no module to resize)
@@ -1117,7 +1122,7 @@ class ChannelGraph:
                 node,
                 source,
                 count,
-                f"'{node.name}': layer_norm: normalises across channels: a split would change "
+                f"'{node.name}'{_inside(node)}: layer_norm normalises across channels: a split would change "
                 "the other channels' outputs",
             )
             return
@@ -1647,9 +1652,12 @@ class ChannelGraph:
             first = members[0]
         segment, frontier, smooth = self._segment(members, in_closure, gate_nodes)
         nonlinear_members = any(m.handler.nonlinear_in_theta for m in members)
-        if not smooth and not nonlinear_members and (blocked or not self._in_series(members, in_closure)):
-            return "; ".join(blocked) if blocked else self._no_curvature_reason(in_closure)
         closed = self._closed(segment, members, in_closure, gate_nodes)
+        if not smooth and not nonlinear_members and (blocked or not self._in_series(members, in_closure)):
+            if blocked:
+                return "; ".join(blocked)
+            # a residual stream is no neuron's output whatever its activation: say that, not "pass a surrogate"
+            return self._no_curvature_reason(in_closure) if closed else _OPEN_STREAM
         ridge = None if nonlinear_members else self._ridge_pattern(first)
         if ridge is not None:
             activation_node, batch_norm, activation = ridge
@@ -1702,10 +1710,7 @@ class ChannelGraph:
                 "copied exactly"
             )
         else:
-            return (
-                "its channels pass a residual sum before any activation, so they are no neuron's output "
-                "(split the layers inside the blocks)"
-            )
+            return _OPEN_STREAM
         site.gates = sorted(gates, key=lambda m: self.order[self._node_of_module(m).name])
         site.kinks = self._kinks(closure, site, gate_nodes)
         if blocked:

@@ -122,7 +122,10 @@ class SplittableNetwork:
             )
         graph = self.graph
         tracked = TrackedData(data)
-        with diagnosed(self.model, tracked, loss_function, closure):
+        parameter = next(self.model.parameters(), None)
+        device = parameter.device.type if parameter is not None else "cpu"
+        # statistics in the model's dtype whatever region the caller is in (autocast would round them to bf16)
+        with torch.autocast(device, enabled=False), diagnosed(self.model, tracked, loss_function, closure):
             results = splitting_eigenpairs(
                 self.model,
                 graph,

@@ -125,7 +125,9 @@ class Conv2dHandler(NeuronHandler):
         if is_depthwise(module):
             return ChannelMap(PER_CHANNEL, input_dim=1, output_dim=1, neurons=True)
         return ChannelMap.refuse(
-            f"{type(module).__name__} with groups={module.groups}: PyTorch needs channel counts divisible by groups"
+            f"{type(module).__name__} with groups={module.groups}: PyTorch needs channel counts divisible by groups "
+            "(splitgrow grows "
+            "groups=1 and depthwise convolutions; the layers around it still grow)"
         )
 
     def shares_inputs(self, module: nn.Module) -> bool:

@@ -37,7 +37,9 @@ class ConvTransposeHandler(NeuronHandler):
         name = type(module).__name__
         if module.groups != 1:
             return ChannelMap.refuse(
-                f"{name} with groups={module.groups}: PyTorch needs channel counts divisible by groups"
+                f"{name} with groups={module.groups}: PyTorch needs channel counts divisible by groups "
+                "(splitgrow grows "
+                "groups=1 and depthwise convolutions; the layers around it still grow)"
             )
         if len(input_shape) != len(module.kernel_size) + 2:
             return ChannelMap.refuse(f"{name} on an input of shape {input_shape} reads it as one unbatched sample")

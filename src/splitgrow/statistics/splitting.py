@@ -508,6 +508,15 @@ class SolverOptions:
         for name in ("tolerance", "rayleigh_learning_rate"):
             if not (is_number(getattr(self, name)) and getattr(self, name) > 0):
                 raise ConfigError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        resolution = 4 * torch.finfo(self.operator_dtype).eps  # what products in that precision resolve
+        if self.solver in ("lobpcg", "auto") and self.tolerance < resolution:
+            warnings.warn(
+                f"tolerance {self.tolerance:g} is below what an operator in {self.operator_dtype} resolves (about "
+                f"{resolution:.0e}): LOBPCG will run max_iterations without converging; pass "
+                "operator_dtype=torch.float64 for tolerances this small",
+                SplitgrowWarning,
+                stacklevel=3,
+            )
 
     def method(self, graph: ChannelGraph, site: Site) -> str:
         """The solver of one site ("auto": dense for small neurons whose matrices fit in ``dense_bytes``)."""
