@@ -246,6 +246,7 @@ def site_table(
             "split_parameters": None if cost is None else cost.parameters,
             "split_flops": None if cost is None else cost.flops,
             "exact": site.exact,
+            "kinks": site.kinks,
             "note": site.reason
             or site.inexact_reason
             or "; ".join(
@@ -256,6 +257,7 @@ def site_table(
                     if len(set(members)) > 1
                     else "",
                     "two rows per neuron (gated)" if len(members) > len(set(members)) else "",
+                    f"exact up to the kinks of {site.kinks}" if site.kinks else "",
                     f"gated by {', '.join(site.gates)} (copied)" if site.gates else "",
                 )
                 if part

@@ -116,12 +116,10 @@ class SplittingResults(dict):
 
 def report_skipped(graph: ChannelGraph, skipped: dict[str, str], *, strict: bool, what: str) -> None:
     """Warn about (or, with ``strict``, refuse) layers that will not grow, leaving out those that cannot by nature
-    (their channels are the model's output) and those the user excluded."""
-    notable = {
-        name: reason
-        for name, reason in skipped.items()
-        if "model output" not in reason and "excluded by the user" not in reason
-    }
+    (their channels are the model's output; the forward never calls them, as an averaged copy kept beside the
+    model), those the user excluded, and those that do grow, copied with a site they are coupled to."""
+    quiet = ("model output", "excluded by the user", "it is never called", "copied exactly when site")
+    notable = {name: reason for name, reason in skipped.items() if not any(part in reason for part in quiet)}
     if not notable:
         return
     listing = "; ".join(f"'{name}': {reason}" for name, reason in notable.items())
