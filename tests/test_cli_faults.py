@@ -38,6 +38,10 @@ from splitgrow.experiments.rbf import RBFConfig
         (["frobnicate"], ["no such command 'frobnicate'", "(splitgrow)", "splitgrow --help"]),
         (["inspect", "--model", "mlp", "--width", "x"], ["invalid value for '--width'", "(splitgrow inspect)"]),
         (["list", "extra"], ["unexpected extra argument", "(splitgrow list)"]),
+        (  # a shape written as separate numbers
+            ["inspect", "--model", "mlp", "--input-shape", "1", "8", "8"],
+            ["unexpected extra argument(s) (8 8)", "give a shape as one value with commas, e.g. --input-shape 3,32,32"],
+        ),
     ],
 )
 def test_option_parser_errors_are_one_line(tmp_path, monkeypatch, args, fragments):

@@ -78,6 +78,9 @@ def _usage_problem(error: Any) -> SplitgrowError:
     if possibilities:
         fix = f"did you mean {' or '.join(sorted(possibilities))}? {fix}"
     message = " ".join((error.message if possibilities else error.format_message()).split()).rstrip(".")
+    given = error.ctx.params if error.ctx is not None else {}
+    if "unexpected extra argument" in message and given.get("input_shape") is not None:
+        fix = "give a shape as one value with commas, e.g. --input-shape 3,32,32; " + fix  # a shape's usual typo
     return SplitgrowError(message[:1].lower() + message[1:], command, fix)
 
 
