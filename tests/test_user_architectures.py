@@ -1114,3 +1114,37 @@ def test_a_relu_residual_stream_is_refused_as_a_stream_not_for_its_curvature(sur
     skipped = ChannelGraph(PreActivationBlock(), _images()[0].float(), relu_surrogate=surrogate).skipped()
     for layer in ("stem", "conv2"):
         assert skipped[layer].startswith("its channels pass a residual sum before any activation"), layer
+
+
+class ResidualTail(nn.Module):
+    """A stem's activated channels summed with a residual block's output, then only linear maps (or a ReLU)."""
+
+    def __init__(self, after_sum: str) -> None:
+        super().__init__()
+        self.after_sum = after_sum
+        self.stem = nn.Conv2d(3, 6, 3, stride=2, padding=1)
+        self.conv1, self.conv2 = nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.softplus(self.stem(x))
+        h = h + self.conv2(torch.tanh(self.conv1(h)))
+        h = F.relu(h) if self.after_sum == "relu" else torch.tanh(h) if self.after_sum == "tanh" else h
+        return self.head(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("after_sum", ["linear", "relu", "tanh"])
+def test_a_stem_summed_with_a_block_is_exact_when_no_curvature_follows_the_sum(after_sum: str) -> None:
+    """The block's output is a copy for both offspring (its conv reads their mean through a consumer), so with only
+    linear maps (or kinks) after the sum every consumer averages the offspring; a curvature after it they see
+    separately, which the per-layer S does not."""
+    torch.manual_seed(0)
+    model = ResidualTail(after_sum).double().eval()
+    images, labels = _images(6, 8)
+    site = ChannelGraph(model, images).sites["stem"]
+    assert site.engine == "ridge" and site.exact is (after_sum != "tanh")
+    if after_sum == "tanh":
+        assert "then a nonlinearity that the offspring see separately ('tanh" in site.inexact_reason
+        return
+    assert bool(site.kinks) is (after_sum == "relu")
+    assert_exact_splits(model, images, labels, ["stem"], allow_kinks=True, index_below=1e9)

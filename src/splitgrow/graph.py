@@ -1701,14 +1701,18 @@ class ChannelGraph:
             site.fed_back = self._fed_back(segment, frontier, members, smooth)
         elif ridge is not None:
             site = self._ridge_site(first, ridge, ridge_nodes, common)
-            site.exact = False
-            beyond = [n for n in segment if n not in ridge_nodes and n in smooth] or segment[-1:]
-            named = ", ".join(repr(self._label(n)) for n in beyond)
-            site.inexact_reason = (
-                "its channels pass a residual sum or another nonlinearity that the offspring see separately "
-                f"({named}); its S is the paper's per-layer one and the other layers summed into these channels are "
-                "copied exactly"
-            )
+            beyond = [n for n in segment if n not in ridge_nodes and n in smooth]
+            # with no curvature after the activation, the layers summed into these channels are copies that read the
+            # offspring's mean through a consumer: both offspring add the same values, every consumer averages them,
+            # and the loss moves by eps^2/2 v^T S v with the gradient of the activation's output along every path
+            site.exact = not beyond
+            if beyond:
+                named = ", ".join(repr(self._label(n)) for n in beyond)
+                site.inexact_reason = (
+                    "its channels pass a residual sum and then a nonlinearity that the offspring see separately "
+                    f"({named}); its S is the paper's per-layer one and the other layers summed into these channels "
+                    "are copied exactly"
+                )
         else:
             return _OPEN_STREAM
         site.gates = sorted(gates, key=lambda m: self.order[self._node_of_module(m).name])
