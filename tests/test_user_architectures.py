@@ -1148,3 +1148,43 @@ def test_a_stem_summed_with_a_block_is_exact_when_no_curvature_follows_the_sum(a
         return
     assert bool(site.kinks) is (after_sum == "relu")
     assert_exact_splits(model, images, labels, ["stem"], allow_kinks=True, index_below=1e9)
+
+
+class PerChannelStatistics(nn.Module):
+    """Each channel scaled or shifted by a statistic of its own positions, as hand-written normalisations do."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.mix = nn.Conv2d(4, 5, 1)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv(x)
+        if self.kind == "std":
+            h = h / h.std(dim=(2, 3), keepdim=True)
+        elif self.kind == "var":
+            h = h * torch.var(h, dim=(2, 3), keepdim=True)
+        elif self.kind == "logsumexp":
+            h = h - torch.logsumexp(h, dim=(2, 3), keepdim=True)
+        elif self.kind == "normalize":
+            h = F.normalize(h.flatten(2), dim=2).view_as(h)
+        elif self.kind == "instance_norm":
+            h = F.instance_norm(h)
+        else:  # across channels
+            h = F.normalize(h, dim=1)
+        return self.head(torch.tanh(self.mix(torch.tanh(h))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("kind", ["std", "var", "logsumexp", "normalize", "instance_norm", "normalize-channels"])
+def test_statistics_of_each_channels_own_positions_are_smooth_maps_of_it(kind: str) -> None:
+    torch.manual_seed(0)
+    model = PerChannelStatistics(kind).double().eval()
+    images, labels = _images(5, 4)
+    graph = ChannelGraph(model, images)
+    if kind == "normalize-channels":
+        assert "'normalize' (normalize) normalises across dimension 1" in graph.skipped()["conv"]
+        return
+    assert (graph.sites["conv"].engine, graph.sites["conv"].exact) == ("segment", True)
+    assert_exact_splits(model, images, labels, ["conv"], index_below=1e9)

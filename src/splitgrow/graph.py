@@ -159,6 +159,9 @@ _BROADCASTS = {torch.broadcast_to}
 _BROADCAST_METHODS = {"expand", "expand_as", "broadcast_to"}
 _PADDINGS = {torch.nn.functional.pad}
 _CONCATENATIONS = {torch.cat, torch.concat}
+#: reductions over positions that are smooth in each value, by the position of their keepdim argument
+_SMOOTH_REDUCTIONS = {torch.std: 3, torch.var: 3, torch.logsumexp: 2}
+_SMOOTH_REDUCTION_METHODS = {"std": 3, "var": 3, "logsumexp": 2}
 _SOFTMAXES = {torch.softmax, torch.log_softmax, torch.nn.functional.softmax, torch.nn.functional.log_softmax}
 _CHUNKS = {torch.chunk}
 _FLATTEN = {torch.flatten}
@@ -1130,7 +1133,22 @@ class ChannelGraph:
             self._glu(node, source, _argument(node, 1, "dim", -1))
             return
         if (not method and target in _SOFTMAXES) or (method and target in ("softmax", "log_softmax")):
-            self._softmax(node, source)
+            self._softmax(node, source, _argument(node, 1, "dim", None))
+            return
+        if not method and target is torch.nn.functional.normalize:
+            self._softmax(node, source, _argument(node, 2, "dim", 1))
+            return
+        if not method and target is torch.nn.functional.instance_norm:  # each channel over its own positions
+            out = self.space(node.name, 1)
+            self._link(self.space(source.name, 1), out)
+            if out is not None:
+                out.nonlinearity = SMOOTH
+            self._block_mixed(node, source, {1})
+            return
+        smooth_reduction = _SMOOTH_REDUCTION_METHODS.get(target) if method else _SMOOTH_REDUCTIONS.get(target)
+        if smooth_reduction is not None:  # a spread over positions (std, var, logsumexp): smooth in each channel
+            keepdim = _argument(node, smooth_reduction, "keepdim", False)
+            self._reduce_dims(node, source, _argument(node, 1, "dim"), keepdim, SMOOTH)
             return
         if (not method and target in _CONCATENATIONS) or (method and target == "cat"):
             self._concatenate(node, sources)
@@ -1194,14 +1212,13 @@ class ChannelGraph:
                 if linked is not None:
                     linked.nonlinearity = SMOOTH
 
-    def _softmax(self, node: fx.Node, source: fx.Node) -> None:
-        """A softmax normalises along one dimension: every other passes through it position by position (a smooth
-        map of each channel when the softmax runs over positions), and its own is mixed (channels that reach it
+    def _softmax(self, node: fx.Node, source: fx.Node, dim: Any) -> None:
+        """A softmax (or an L_p normalisation) along one dimension: every other passes through it position by position
+        (a smooth map of each channel when it runs over positions), and its own is mixed (channels that reach it
         would change the others' outputs)."""
         shape = _shape(source)
-        dim = _argument(node, 1, "dim", None)
         if not isinstance(dim, int) or not shape:
-            self._block_node(node, f"'{node.name}' is a softmax without a dimension given: pass dim=")
+            self._block_node(node, f"'{node.name}' ({_function_name(node)}) has no dimension given: pass dim=")
             return
         dim %= len(shape)
         if dim == 0:
@@ -1401,11 +1418,12 @@ class ChannelGraph:
     def _reduce(self, node: fx.Node, source: fx.Node) -> None:
         name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
         dims, keepdim = _argument(node, 1, "dim"), _argument(node, 2, "keepdim", False)
-        self._reduce_dims(node, source, dims, keepdim, kink=name in ("amax", "amin"))
+        self._reduce_dims(node, source, dims, keepdim, name in ("amax", "amin"))
 
-    def _reduce_dims(self, node: fx.Node, source: fx.Node, dims: Any, keepdim: Any, kink: bool) -> None:
-        """``node`` reduces ``source`` over ``dims``: the other dimensions pass through (a maximum over positions
-        is a kink, as max pooling)."""
+    def _reduce_dims(self, node: fx.Node, source: fx.Node, dims: Any, keepdim: Any, kind: bool | str) -> None:
+        """``node`` reduces ``source`` over ``dims``: the other dimensions pass through, as ``kind`` makes them (True:
+        a maximum over positions, a kink as max pooling; a nonlinearity kind: a standard deviation's SMOOTH)."""
+        kind = PIECEWISE_LINEAR if kind is True else LINEAR if kind is False else kind
         rank = len(_shape(source))
         keepdim = bool(keepdim)
         if dims is None:
@@ -1422,8 +1440,8 @@ class ChannelGraph:
             if dim > 0:
                 out = self.space(node.name, out_dim)
                 self._link(self.space(source.name, dim), out)
-                if out is not None and kink:
-                    out.nonlinearity = PIECEWISE_LINEAR
+                if out is not None and kind != LINEAR:
+                    out.nonlinearity = kind
             out_dim += 1
 
     # ---------------------------------------------------------------------------------------- closure
