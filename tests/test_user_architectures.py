@@ -1188,3 +1188,14 @@ def test_statistics_of_each_channels_own_positions_are_smooth_maps_of_it(kind: s
         return
     assert (graph.sites["conv"].engine, graph.sites["conv"].exact) == ("segment", True)
     assert_exact_splits(model, images, labels, ["conv"], index_below=1e9)
+
+
+class ReLUBeforeTheGate(SEResidualBlock):
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.relu(self.bn2(self.conv2(F.silu(self.bn1(self.conv1(x))))))
+        return self.head(F.silu(self.se(y) + self.short(x)).mean(-1))
+
+
+def test_a_gate_read_after_a_relu_is_named_as_the_reason_not_a_residual_stream() -> None:
+    graph = ChannelGraph(_prepare(ReLUBeforeTheGate(False)), torch.randn(2, 4, 10, dtype=torch.float64))
+    assert graph.skipped()["conv2"].startswith("the gate 'se.fc2' reads these channels after a nonlinearity")

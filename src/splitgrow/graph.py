@@ -1675,7 +1675,7 @@ class ChannelGraph:
             if blocked:
                 return "; ".join(blocked)
             # a residual stream is no neuron's output whatever its activation: say that, not "pass a surrogate"
-            return self._no_curvature_reason(in_closure) if closed else _OPEN_STREAM
+            return self._no_curvature_reason(in_closure) if closed else self._open_reason(segment, gate_nodes, gates)
         ridge = None if nonlinear_members else self._ridge_pattern(first)
         if ridge is not None:
             activation_node, batch_norm, activation = ridge
@@ -1732,7 +1732,7 @@ class ChannelGraph:
                     "are copied exactly"
                 )
         else:
-            return _OPEN_STREAM
+            return self._open_reason(segment, gate_nodes, gates)
         site.gates = sorted(gates, key=lambda m: self.order[self._node_of_module(m).name])
         site.kinks = self._kinks(closure, site, gate_nodes)
         if blocked:
@@ -1948,6 +1948,19 @@ class ChannelGraph:
             if read and not (name in gate_nodes and read <= linear):
                 return False
         return True
+
+    def _open_reason(self, segment: list[str], gate_nodes: set[str], gates: set[str]) -> str:
+        """Why a segment that is not closed is no neuron: a gate that reads it after a nonlinearity (the offspring's
+        mean moves there, and with it the gate both see), else a residual stream fed back into it."""
+        inside = set(segment)
+        for name in sorted(gate_nodes, key=self.order.__getitem__):
+            if name not in inside and self._ancestors_within(name, inside):
+                named = ", ".join(f"'{gate}'" for gate in sorted(gates)) or f"'{self._label(name)}'"
+                return (
+                    f"the gate {named} reads these channels after a nonlinearity, so a split moves the gate value "
+                    "both offspring see; a gate read before the block's activation would keep it"
+                )
+        return _OPEN_STREAM
 
     def _ancestors_within(self, name: str, inside: set[str]) -> set[str]:
         """The nodes of ``inside`` that ``name`` depends on."""
