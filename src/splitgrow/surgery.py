@@ -789,8 +789,10 @@ class _Backup:
 def _check_still_runs(model: nn.Module, graph: ChannelGraph) -> None:
     """Run the grown model on the example it was traced with: a pattern the graph misread shows here as a shape
     error, before the model is handed back broken."""
+    # cast or moved to the model (which may have changed since the trace); copies, which a forward may overwrite
+    inputs = tuple(t.clone() if isinstance(t, Tensor) else t for t in inputs_like(model, graph.example_inputs))
     with evaluating(model), torch.no_grad():
-        model(*inputs_like(model, graph.example_inputs))  # the model may have been cast or moved since
+        model(*inputs)
 
 
 def _replace_data(parameter: nn.Parameter, value: Tensor, grad: Tensor | None = None) -> None:
