@@ -144,7 +144,7 @@ def _hessian_models():
     """Sites whose S comes from other engines and layouts than the zoo's: a transposed convolution (its neurons
     are dim 1 of its weight), a ReLU6 expansion feeding a depthwise filter (S is their mixed derivative alone), a
     GLU pairing each channel with its gate, and a softmax over each channel's positions."""
-    from test_user_architectures import GatedConvolution, InvertedResidual, SoftmaxOver
+    from test_user_architectures import ChannelwiseMap, GatedConvolution, InvertedResidual
 
     decoder = nn.Sequential(
         nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, output_padding=1),
@@ -158,7 +158,7 @@ def _hessian_models():
         "conv-transpose": (decoder, images, "0"),
         "relu6-depthwise": (InvertedResidual(), images, "expand.0"),
         "glu": (GatedConvolution(functional=False), torch.randn(4, 3, 6, dtype=DTYPE), "conv"),
-        "softmax-over-positions": (SoftmaxOver("positions"), images, "conv"),
+        "softmax-over-positions": (ChannelwiseMap("softmax-positions"), images, "conv"),
     }
 
 

@@ -410,6 +410,12 @@ def _inside(node: fx.Node) -> str:
     return f" in module '{path}' ({getattr(kind, '__name__', kind)})"
 
 
+def _trailing(source: fx.Node, count: int) -> set[int]:
+    """The last ``count`` dimensions of ``source`` (what a LayerNorm of ``normalized_shape`` of that length covers)."""
+    rank = len(_shape(source))
+    return set(range(rank - count, rank))
+
+
 def _function_name(node: fx.Node) -> str:
     return node.target if node.op == "call_method" else getattr(node.target, "__name__", str(node.target))
 
@@ -863,7 +869,8 @@ class ChannelGraph:
             return
         if isinstance(module, _TRAILING_NORMS) and not self._calls[name] > 1 and name not in self._tied:
             refusal = handler_for(module).channel_map(module, (), ()).reason
-            self._normalise_trailing(node, node.args[0], len(module.normalized_shape), f"'{name}': {refusal}")
+            source = node.args[0]
+            self._normalise_over(node, source, _trailing(source, len(module.normalized_shape)), f"'{name}': {refusal}")
             return
         handler = handler_for(module)
         if handler is None:
@@ -1066,10 +1073,7 @@ class ChannelGraph:
             self._getitem(node)
             return
         if target is getattr and node.args[1:] == ("values",) and _is_extreme_along(node.args[0]):
-            extreme = node.args[0]
-            self._reduce_dims(
-                node, extreme.args[0], _argument(extreme, 1, "dim"), _argument(extreme, 2, "keepdim"), True
-            )
+            self._extreme_values(node, node.args[0])
             return
         if out_shape is None:
             if _is_shape_query(node):
@@ -1083,7 +1087,7 @@ class ChannelGraph:
         if not sources:
             return
         source = sources[0]
-        name = getattr(target, "__name__", str(target))
+        name = _function_name(node)
         activation = activation_of_call(op, target, tuple(node.args), dict(node.kwargs))
         if activation is not None:
             kind = (
@@ -1121,29 +1125,19 @@ class ChannelGraph:
         if not method and target is torch.nn.functional.layer_norm:
             normalized = _argument(node, 1, "normalized_shape")
             count = len(normalized) if isinstance(normalized, (list, tuple)) else 1
-            self._normalise_trailing(
-                node,
-                source,
-                count,
-                f"'{node.name}'{_inside(node)}: layer_norm normalises across channels: a split would change "
-                "the other channels' outputs",
-            )
+            self._normalise_over(node, source, _trailing(source, count))
             return
         if not method and target is torch.nn.functional.glu:
             self._glu(node, source, _argument(node, 1, "dim", -1))
             return
         if (not method and target in _SOFTMAXES) or (method and target in ("softmax", "log_softmax")):
-            self._softmax(node, source, _argument(node, 1, "dim", None))
+            self._normalise_along(node, source, _argument(node, 1, "dim", None))
             return
         if not method and target is torch.nn.functional.normalize:
-            self._softmax(node, source, _argument(node, 2, "dim", 1))
+            self._normalise_along(node, source, _argument(node, 2, "dim", 1))
             return
         if not method and target is torch.nn.functional.instance_norm:  # each channel over its own positions
-            out = self.space(node.name, 1)
-            self._link(self.space(source.name, 1), out)
-            if out is not None:
-                out.nonlinearity = SMOOTH
-            self._block_mixed(node, source, {1})
+            self._normalise_over(node, source, set(range(2, len(_shape(source)))))
             return
         smooth_reduction = _SMOOTH_REDUCTION_METHODS.get(target) if method else _SMOOTH_REDUCTIONS.get(target)
         if smooth_reduction is not None:  # a spread over positions (std, var, logsumexp): smooth in each channel
@@ -1174,15 +1168,18 @@ class ChannelGraph:
             return
         self._block_node(node, f"operation '{node.name}' ({name}){_inside(node)} is not supported")
 
-    def _normalise_trailing(self, node: fx.Node, source: fx.Node, count: int, refusal: str) -> None:
-        """A LayerNorm (RMSNorm) over the last ``count`` dimensions: a smooth map of each position of the others (a
-        LayerNorm over the time axis of (N, C, T) acts on each channel alone, as an InstanceNorm); channels in a
-        normalised dimension are refused."""
-        shape = _shape(source)
-        normalised = set(range(len(shape) - count, len(shape)))
-        for dim in range(1, len(shape)):
+    def _normalise_over(self, node: fx.Node, source: fx.Node, normalised: set[int], refusal: str = "") -> None:
+        """A normalisation over the dimensions ``normalised`` (a LayerNorm over its trailing ones, a softmax or an L_p
+        normalisation along one, an instance norm over the positions): a smooth map of each position of the other
+        dimensions (a LayerNorm over the time axis of (N, C, T) acts on each channel alone); channels in a
+        normalised dimension would change the others' outputs and are refused, with ``refusal`` or the default."""
+        for dim in range(1, len(_shape(source))):
             if dim in normalised:
-                self._block([self.space(source.name, dim)], refusal)
+                reason = refusal or (
+                    f"'{node.name}'{_inside(node)} ({_function_name(node)}) normalises across dimension {dim}: a "
+                    "split would change the other channels' outputs"
+                )
+                self._block([self.space(source.name, dim)], reason)
                 continue
             out = self.space(node.name, dim)
             self._link(self.space(source.name, dim), out)
@@ -1212,36 +1209,23 @@ class ChannelGraph:
                 if linked is not None:
                     linked.nonlinearity = SMOOTH
 
-    def _softmax(self, node: fx.Node, source: fx.Node, dim: Any) -> None:
-        """A softmax (or an L_p normalisation) along one dimension: every other passes through it position by position
-        (a smooth map of each channel when it runs over positions), and its own is mixed (channels that reach it
-        would change the others' outputs)."""
-        shape = _shape(source)
-        if not isinstance(dim, int) or not shape:
+    def _normalise_along(self, node: fx.Node, source: fx.Node, dim: Any) -> None:
+        """A softmax or an L_p normalisation along one dimension (see :meth:`_normalise_over`)."""
+        if not isinstance(dim, int):
             self._block_node(node, f"'{node.name}' ({_function_name(node)}) has no dimension given: pass dim=")
             return
-        dim %= len(shape)
+        dim %= len(_shape(source))
         if dim == 0:
             self._block_node(node, f"'{node.name}' normalises across the batch dimension (it mixes samples)")
             return
-        followed = set(range(1, len(shape))) - {dim}
-        for kept in followed:
-            out = self.space(node.name, kept)
-            self._link(self.space(source.name, kept), out)
-            if out is not None:
-                out.nonlinearity = SMOOTH
-        self._block(
-            [self.space(source.name, dim)],
-            f"'{node.name}' ({_function_name(node)}) normalises across dimension {dim}: a split would change the "
-            "other channels' outputs",
-        )
+        self._normalise_over(node, source, {dim})
 
     def _getitem(self, node: fx.Node) -> None:
         source, index = node.args
         if not isinstance(source, fx.Node):
             return
         if _shape(source) is None and _is_extreme_along(source) and index == 0 and _shape(node) is not None:
-            self._reduce_dims(node, source.args[0], _argument(source, 1, "dim"), _argument(source, 2, "keepdim"), True)
+            self._extreme_values(node, source)
             return
         if _shape(source) is None:  # picking one output of a chunk
             producer = source
@@ -1416,14 +1400,18 @@ class ChannelGraph:
                 self._link(self.space(source.name, in_dim), self.space(node.name, out_dim))
 
     def _reduce(self, node: fx.Node, source: fx.Node) -> None:
-        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-        dims, keepdim = _argument(node, 1, "dim"), _argument(node, 2, "keepdim", False)
-        self._reduce_dims(node, source, dims, keepdim, name in ("amax", "amin"))
+        # a maximum over positions is a kink, as max pooling
+        kind = PIECEWISE_LINEAR if _function_name(node) in ("amax", "amin") else LINEAR
+        self._reduce_dims(node, source, _argument(node, 1, "dim"), _argument(node, 2, "keepdim", False), kind)
 
-    def _reduce_dims(self, node: fx.Node, source: fx.Node, dims: Any, keepdim: Any, kind: bool | str) -> None:
-        """``node`` reduces ``source`` over ``dims``: the other dimensions pass through, as ``kind`` makes them (True:
-        a maximum over positions, a kink as max pooling; a nonlinearity kind: a standard deviation's SMOOTH)."""
-        kind = PIECEWISE_LINEAR if kind is True else LINEAR if kind is False else kind
+    def _extreme_values(self, node: fx.Node, extreme: fx.Node) -> None:
+        """``node`` picks the values of ``torch.max(x, dim)`` (or min): a maximum over ``dim``, a kink."""
+        dims, keepdim = _argument(extreme, 1, "dim"), _argument(extreme, 2, "keepdim")
+        self._reduce_dims(node, extreme.args[0], dims, keepdim, PIECEWISE_LINEAR)
+
+    def _reduce_dims(self, node: fx.Node, source: fx.Node, dims: Any, keepdim: Any, kind: str) -> None:
+        """``node`` reduces ``source`` over ``dims``: the other dimensions pass through, with the nonlinearity
+        ``kind`` (a maximum's kink, a standard deviation's curvature)."""
         rank = len(_shape(source))
         keepdim = bool(keepdim)
         if dims is None:
@@ -1440,7 +1428,7 @@ class ChannelGraph:
             if dim > 0:
                 out = self.space(node.name, out_dim)
                 self._link(self.space(source.name, dim), out)
-                if out is not None and kind != LINEAR:
+                if out is not None:
                     out.nonlinearity = kind
             out_dim += 1
 
@@ -1572,7 +1560,7 @@ class ChannelGraph:
                 if (method and user.target in _WEIGHT_METHODS) or (
                     user.op == "call_function" and user.target in _WEIGHT_FUNCTIONS
                 ):
-                    function = user.target if method else getattr(user.target, "__name__", str(user.target))
+                    function = _function_name(user)
                     if owner:  # a layer of the user's own, whose forward fx traced through
                         kind = type(self.modules[owner]).__name__
                         how = (
@@ -1832,7 +1820,7 @@ class ChannelGraph:
             if len(operands) != 2 or not (multiply or (divide and operands[1] is current)):
                 continue
             other = operands[0] if operands[1] is current else operands[1]
-            if other is current or self._downstream_of(other.name, {start.name}):
+            if other is current or other is start or start.name in self._ancestors_within(other.name, {start.name}):
                 continue
             candidates[member.module] = (path, product, other)
         gate_nodes = {name for path, _, _ in candidates.values() for name in path}
@@ -1906,18 +1894,6 @@ class ChannelGraph:
                     found.add(other.name)
                     queue.append(other.name)
         return found
-
-    def _downstream_of(self, name: str, sources: set[str]) -> bool:
-        queue, seen = deque([self.nodes[name]]), set()
-        while queue:
-            node = queue.popleft()
-            if node.name in sources:
-                return True
-            for arg in node.all_input_nodes:
-                if arg.name not in seen:
-                    seen.add(arg.name)
-                    queue.append(arg)
-        return False
 
     def _closed(
         self, segment: list[str], members: list[Member], in_closure: set[str], gate_nodes: set[str] = frozenset()

@@ -619,13 +619,19 @@ def _follow(row: Tensor | float, input_dim: int | None, column_map: tuple[Tensor
     neuron's)."""
     if column_map is None or input_dim is None or not isinstance(row, Tensor) or row.dim() == 0:
         return row
-    order, scaled = column_map
-    row_dim = input_dim - 1
-    row = row.index_select(row_dim, order.to(row.device)).clone()
-    moved = row.movedim(row_dim, 0)
-    for column, factor in scaled.items():
-        moved[column] *= factor
-    return row
+    return spread_columns(row, input_dim - 1, *column_map)  # a row has no output dimension
+
+
+def spread_columns(values: Tensor, dim: int, order: Tensor, shares: dict[int, float]) -> Tensor:
+    """``values`` over a module's inputs before a split (along ``dim``) laid out over its grown inputs (a
+    :attr:`SplitReport.column_maps` entry): gathered by ``order``, each offspring's column scaled by its share."""
+    spread = values.index_select(dim, order.to(values.device))
+    scale = torch.ones(spread.shape[dim], dtype=spread.dtype, device=spread.device)
+    for position, share in shares.items():
+        scale[position] = share
+    view = [1] * spread.dim()
+    view[dim] = -1
+    return spread * scale.view(view)
 
 
 def _check_new(graph: ChannelGraph, addition: NewNeuron, proxy: SplitRequest, plan: dict, modules: dict) -> None:

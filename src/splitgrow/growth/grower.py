@@ -228,6 +228,12 @@ class Grower:
         self._training_started = time.perf_counter()
         self._training_seconds = 0.0
         self._statistics_batches: list | None = None  # the batches of the last statistics, kept to measure on
+        #: where epoch_end's metrics come from and how to add one, for the plateau rule's message (the Lightning
+        #: callback says its own)
+        self._metrics_source = (
+            "the metrics given to epoch_end",
+            "pass it to epoch_end(metrics={{{monitor}: ...}}) (with fit: return it from evaluate or train_epoch)",
+        )
         self._phase_epochs_made: int | None = None  # what fit's scheduler factory got for the current phase
 
     # ---------------------------------------------------------------------------------------- the schedule
@@ -317,10 +323,11 @@ class Grower:
         if policy.plateau_patience is None:
             return False
         if policy.monitor not in metrics:
+            source, fix = self._metrics_source
             raise ConfigError(
-                f"the plateau rule monitors {policy.monitor!r}, which the metrics of epoch {self.epoch} do not have "
-                f"(they have: {', '.join(metrics) or 'none'}): pass it to epoch_end(metrics={{{policy.monitor!r}: "
-                "...}) (with fit: return it from evaluate or train_epoch), or set GrowthPolicy(monitor=...)"
+                f"the plateau rule monitors {policy.monitor!r}, which {source} do not have at the end of epoch "
+                f"{self.epoch} (they have: {', '.join(metrics) or 'none'})",
+                fix=fix.format(monitor=repr(policy.monitor)) + ", or set GrowthPolicy(monitor=...)",
             )
         value = float(metrics[policy.monitor])
         if policy.improved(value, self._best):
@@ -400,7 +407,7 @@ class Grower:
                 options=self._options(),
                 reduce=reduce,
                 rank=self._ranked,  # the checks score selections by the indexes they were ranked by
-                sites=[site.name for site in graph.splittable_sites() if site.name not in self._idle_sites()],
+                sites=self._growable_sites(),
                 **contract,
             )
         from ..statistics.recording import record_batches
@@ -454,8 +461,8 @@ class Grower:
         if policy.count is not None:
             return policy.count
         if policy.fraction is not None:
-            idle = self._idle_sites()
-            growable = sum(site.num_neurons for site in self.net.graph.splittable_sites() if site.name not in idle)
+            sites = self.net.graph.sites
+            growable = sum(sites[name].num_neurons for name in self._growable_sites())
             return max(1, math.ceil(policy.fraction * growable))
         return None
 
@@ -468,6 +475,11 @@ class Grower:
                 f"no layer of {type(self.model).__name__} can grow ({reasons or 'it has no layer splitgrow splits'}); "
                 "Grower.net.graph.describe() lists every layer and why"
             )
+
+    def _growable_sites(self) -> list[str]:
+        """The splittable sites whose offspring would train."""
+        idle = self._idle_sites()
+        return [site.name for site in self.net.graph.splittable_sites() if site.name not in idle]
 
     def _idle_sites(self) -> dict[str, str]:
         """The splittable sites whose offspring would never train, with the reason: frozen ones, and, when the
@@ -505,7 +517,7 @@ class Grower:
             self.loss_function,
             closure=self.closure,
             reduction=self.reduction,
-            sites=[site.name for site in graph.splittable_sites() if site.name not in self._idle_sites()],
+            sites=self._growable_sites(),
             options=policy.firefly,
             allow_inexact=policy.allow_inexact,
             seed=self.seed + len(self.history),

@@ -125,6 +125,11 @@ class GrowthCallback(Callback):
         _resize_before_loading(pl_module)
         if self.grower is None:
             self.grower = Grower(pl_module, self.example_inputs, (), policy=self.policy, **self.options)
+            self.grower._metrics_source = (
+                "Lightning's callback_metrics",
+                "log it at every epoch (self.log({monitor}, ...); validation at every epoch: "
+                "check_val_every_n_epoch=1)",
+            )
             if self._pending_state is not None:
                 self.grower.load_state_dict(self._pending_state)
 
@@ -152,14 +157,6 @@ class GrowthCallback(Callback):
         own = self.averaged_models(pl_module) if callable(self.averaged_models) else self.averaged_models
         grower.averaged_models = [*_averaged_models(trainer), *averaged_model_list(own, or_callable=True)]
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items() if _scalar(value)}
-        policy = grower.policy
-        if policy.plateau_patience is not None and policy.monitor not in metrics and not grower.stopped:
-            raise ConfigError(
-                f"the plateau rule monitors {policy.monitor!r}, which Lightning's callback_metrics do not have at the "
-                f"end of epoch {trainer.current_epoch} (they have: {', '.join(metrics) or 'none'})",
-                fix=f"log it at every epoch (self.log({policy.monitor!r}, ...); validation at every epoch: "
-                "check_val_every_n_epoch=1), or set GrowthPolicy(monitor=...)",
-            )
         if grower.epoch_end(metrics) is not None:
             _rebuild_data_parallel(trainer)
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..surgery import spread_columns
 from .operator import CachedBatchOperator
 from .recording import BatchRecord
 
@@ -83,7 +84,7 @@ class LossHessianOperator(CachedBatchOperator):
             output_dims, input_dims = dict(handler.output_tensors(grown)), dict(handler.input_tensors(grown))
             for attribute, value in rows.items():
                 if module_name in self.column_maps and attribute in input_dims:
-                    value = _spread(value, input_dims[attribute], *self.column_maps[module_name])
+                    value = spread_columns(value, input_dims[attribute], *self.column_maps[module_name])
                 key = f"{module_name}.{attribute}" if module_name else attribute
                 dim = output_dims[attribute]
                 base = replaced.get(key, getattr(grown, attribute).detach().to(delta)).movedim(dim, 0)
@@ -131,18 +132,6 @@ class LossHessianOperator(CachedBatchOperator):
 
     def ritz_start(self, dim: int, generator: torch.Generator, power_iterations: int = 1) -> Tensor | None:
         return None
-
-
-def _spread(rows: Tensor, dim: int, order: Tensor, shares: dict[int, float]) -> Tensor:
-    """Rows over a module's old inputs (along ``dim``) laid out over its grown inputs: gathered by ``order`` and
-    each copied column scaled by its share."""
-    spread = rows.index_select(dim, order.to(rows.device))
-    scale = torch.ones(spread.shape[dim], dtype=spread.dtype, device=spread.device)
-    for position, share in shares.items():
-        scale[position] = share
-    view = [1] * spread.dim()
-    view[dim] = -1
-    return spread * scale.view(view)
 
 
 def _cast(value: Any, dtype: torch.dtype) -> Any:
